@@ -1,0 +1,33 @@
+# jielong — `make demo` and `make test` work on a fresh machine: they create .venv first.
+PY     ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+# A CPU machine gets this torch; on a GPU machine pass e.g. TORCH=torch to keep pip's choice.
+TORCH  ?= torch==2.13.0
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test install lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -e ".[all,dev]"
+	touch $@
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/jielong demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench
+
+bench: $(STAMP)
+	$(BIN)/python bench/bench_train.py
+	$(BIN)/python bench/bench_generate.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

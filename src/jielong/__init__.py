@@ -1,0 +1,3 @@
+"""jielong (接龍): a language model's whole life in one hackable PyTorch codebase."""
+
+__version__ = "0.1.0"

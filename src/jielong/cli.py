@@ -1,0 +1,187 @@
+"""`jielong <command>`: command names mapped to plain functions.
+
+A command's options are its function's signature and docstring: a parameter without a
+default is positional (a `list[str]` takes one or more values), `bool` becomes
+`--flag/--no-flag`, a dataclass parameter (e.g. `train: TrainConfig`) contributes its fields
+as options of their own (`--steps`, `--lr`, …), and `--config recipe.yaml` supplies any of
+them from a YAML file (its keys are the option names; the command line wins).
+
+We build on argparse rather than jsonargparse: with jsonargparse a list positional must be
+written `[a,b]` and a boolean `--resume true`, which is not how people type commands.
+
+A `UserError` from any command prints `error: …` on one line and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import inspect
+import re
+import sys
+import types
+import typing
+from collections.abc import Callable
+from pathlib import Path
+
+from jielong.errors import UserError
+
+
+def _commands() -> dict:
+    # Imported lazily so `jielong --help` and light commands start fast.
+    from jielong.demo import demo
+    from jielong.infer.generate import generate
+    from jielong.tokenizer import tokenize_cmd, train_cmd
+    from jielong.train.pretrain import pretrain
+
+    return {
+        "demo": demo,
+        "tokenizer": {"train": train_cmd},
+        "tokenize": tokenize_cmd,
+        "pretrain": pretrain,
+        "generate": generate,
+    }
+
+
+def _doc_args(fn: Callable) -> tuple[str, dict[str, str]]:
+    """(summary, {arg: help}) from a Google-style docstring."""
+    doc = inspect.getdoc(fn) or ""
+    summary = doc.split("\n\n")[0].strip()
+    helps: dict[str, str] = {}
+    m = re.search(r"^Args:\n((?:[ \t]+.*\n?)+)", doc, re.M)
+    if m:
+        name = None
+        for line in m.group(1).splitlines():
+            hit = re.match(r"\s+(\w+)(?:\s*\(.*?\))?:\s*(.*)", line)
+            if hit and (name is None or len(line) - len(line.lstrip()) <= 4):
+                name, helps[hit.group(1)] = hit.group(1), hit.group(2)
+            elif name:
+                helps[name] += " " + line.strip()
+    return summary, helps
+
+
+def _unwrap(tp) -> tuple[type, bool]:
+    """(inner type, optional?) for `X | None`."""
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return args[0], True
+    return tp, False
+
+
+def _add_arg(p: argparse.ArgumentParser, name: str, tp, default, help_: str) -> None:
+    tp, _ = _unwrap(tp)
+    origin = typing.get_origin(tp)
+    flag = "--" + name
+    kw: dict = {"help": help_ + (f" (default: {default})" if default not in (None, inspect._empty, [], False) else "")}
+    if default is inspect._empty:
+        if origin is list:
+            p.add_argument(name, nargs="+", type=typing.get_args(tp)[0], help=help_, metavar=name.upper())
+        else:
+            p.add_argument(name, type=tp, help=help_)
+        return
+    if tp is bool:
+        p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_)
+    elif origin is list:
+        p.add_argument(flag, nargs="*", type=typing.get_args(tp)[0], default=default, **kw)
+    elif origin is typing.Literal:
+        p.add_argument(flag, choices=typing.get_args(tp), default=default, **kw)
+    else:
+        p.add_argument(flag, type=tp, default=default, **kw)
+
+
+def _build(sub: argparse._SubParsersAction, name: str, fn: Callable) -> None:
+    summary, helps = _doc_args(fn)
+    p = sub.add_parser(name, help=summary, description=inspect.getdoc(fn).split("\n\nArgs:")[0],
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", type=Path, help="YAML recipe whose keys are this command's options")
+    hints = typing.get_type_hints(fn)
+    nested: dict[str, type] = {}
+    for pname, param in inspect.signature(fn).parameters.items():
+        tp, _ = _unwrap(hints[pname])
+        if dataclasses.is_dataclass(tp):
+            nested[pname] = tp
+            group = p.add_argument_group(f"{pname} options ({tp.__name__})")
+            dc_hints = typing.get_type_hints(tp)
+            _, dc_helps = _doc_args(tp)
+            for f in dataclasses.fields(tp):
+                default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                _add_arg(group, f.name, dc_hints[f.name], default, dc_helps.get(f.name, ""))
+        else:
+            _add_arg(p, pname, hints[pname], param.default, helps.get(pname, ""))
+    p.set_defaults(_fn=fn, _nested=nested, _parser=p)
+
+
+def _parser(commands: dict) -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="jielong", description="接龍: a language model's whole life, "
+                                   "from raw text to a served assistant.")
+    root.add_argument("--version", action="version", version=f"jielong {_version()}")
+
+    def add(sub, table: dict) -> None:
+        for name, target in table.items():
+            if isinstance(target, dict):
+                group = sub.add_parser(name, help=f"{name} commands").add_subparsers(
+                    dest=f"_{name}", required=True, metavar="COMMAND")
+                add(group, target)
+            else:
+                _build(sub, name, target)
+
+    add(root.add_subparsers(dest="_command", required=True, metavar="COMMAND"), commands)
+    return root
+
+
+def _version() -> str:
+    from jielong import __version__
+
+    return __version__
+
+
+def _apply_config(args: argparse.Namespace, argv: list[str]) -> None:
+    """Values from --config fill the options not given on the command line."""
+    import yaml
+
+    path: Path = args.config
+    if not path.exists():
+        raise UserError(f"{path}: recipe not found")
+    try:
+        recipe = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise UserError(f"{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    if not isinstance(recipe, dict):
+        raise UserError(f"{path}: a recipe must be a mapping of option: value")
+    flat: dict = {}
+    for k, v in recipe.items():  # `train: {steps: 5}` and `steps: 5` both work
+        flat.update(v if k in args._nested and isinstance(v, dict) else {k: v})
+    given = {a.split("=")[0].lstrip("-").replace("no-", "", 1) for a in argv if a.startswith("--")}
+    for k, v in flat.items():
+        if not hasattr(args, k) or k.startswith("_"):
+            raise UserError(f"{path}: unknown option {k!r} for this command")
+        if k not in given:
+            setattr(args, k, v)
+
+
+def run(argv: list[str] | None = None, commands: dict | None = None):
+    argv = sys.argv[1:] if argv is None else argv
+    args = _parser(commands or _commands()).parse_args(argv)
+    if args.config is not None:
+        _apply_config(args, argv)
+    kwargs = {k: v for k, v in vars(args).items() if not k.startswith("_") and k != "config"}
+    for pname, tp in args._nested.items():
+        names = {f.name for f in dataclasses.fields(tp)}
+        kwargs[pname] = tp(**{k: kwargs.pop(k) for k in names})
+    return args._fn(**kwargs)
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        run(argv)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

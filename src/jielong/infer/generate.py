@@ -1,0 +1,193 @@
+"""Text generation with a KV cache: a batch of prompts at once.
+
+Run as:
+    jielong generate "從前有一個" "Once upon a time" --model runs/demo/model --temperature 0
+
+Prompts of different lengths are left-padded; each row gets its own rotary positions and a
+mask that hides its padding, so a prompt decodes the same alone or in a batch. Sampling:
+temperature (0 = greedy), top-k, top-p (nucleus), repetition penalty (as in CTRL,
+Keskar et al. 2019), stop strings, a token budget and a seed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from jielong.errors import UserError
+from jielong.model import KVCache, Transformer
+
+
+@dataclass
+class Sampling:
+    max_new_tokens: int = 64
+    temperature: float = 0.8  # 0: greedy
+    top_k: int = 0  # 0: off
+    top_p: float = 1.0  # 1: off
+    repetition_penalty: float = 1.0  # 1: off
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+
+    def validate(self) -> None:
+        if self.max_new_tokens < 1:
+            raise UserError(f"--max_tokens={self.max_new_tokens} must be at least 1")
+        if self.temperature < 0:
+            raise UserError(f"--temperature={self.temperature} must be 0 (greedy) or positive")
+        if not 0 < self.top_p <= 1:
+            raise UserError(f"--top_p={self.top_p} must be in (0, 1]")
+        if self.top_k < 0 or self.repetition_penalty <= 0:
+            raise UserError("--top_k must be ≥ 0 and --repetition_penalty > 0")
+
+
+def next_token(logits: torch.Tensor, s: Sampling, seen: torch.Tensor | None,
+               gen: torch.Generator | None) -> torch.Tensor:
+    """Pick one token per row from (B, V) logits."""
+    logits = logits.float()
+    if seen is not None and s.repetition_penalty != 1.0:
+        penalised = torch.where(logits > 0, logits / s.repetition_penalty, logits * s.repetition_penalty)
+        logits = torch.where(seen, penalised, logits)
+    if s.temperature == 0:
+        return logits.argmax(-1)
+    logits = logits / s.temperature
+    if s.top_k > 0:
+        kth = torch.topk(logits, min(s.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if s.top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cum - sorted_logits.softmax(-1) > s.top_p  # keep the smallest set reaching top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    return torch.multinomial(logits.softmax(-1), 1, generator=gen).squeeze(-1)
+
+
+@torch.no_grad()
+def generate_ids(model: Transformer, prompts: list[list[int]], s: Sampling,
+                 stop_ids: set[int] = frozenset(), decode=None) -> list[list[int]]:
+    """Token ids generated for each prompt (prompt excluded, stop token excluded).
+
+    decode: ids -> text, needed only for stop strings.
+    """
+    s.validate()
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise UserError("every prompt needs at least one token")
+    cfg = model.config
+    device = next(model.parameters()).device
+    B, L = len(prompts), max(len(p) for p in prompts)
+    if L + s.max_new_tokens > cfg.max_position_embeddings:
+        raise UserError(f"prompt ({L} tokens) + --max_tokens {s.max_new_tokens} is longer than the "
+                        f"model's context of {cfg.max_position_embeddings} tokens; shorten the prompt "
+                        "or lower --max_tokens")
+    pad = cfg.pad_token_id or 0
+    ids = torch.full((B, L), pad, dtype=torch.long)
+    valid = torch.zeros((B, L), dtype=torch.bool)
+    for i, p in enumerate(prompts):
+        ids[i, L - len(p):] = torch.tensor(p)
+        valid[i, L - len(p):] = True
+    ids, valid = ids.to(device), valid.to(device)
+    padded = not bool(valid.all())
+    gen = None
+    if s.seed is not None:
+        gen = torch.Generator(device=device).manual_seed(s.seed)
+    seen = None
+    if s.repetition_penalty != 1.0:
+        seen = torch.zeros((B, cfg.vocab_size), dtype=torch.bool, device=device)
+        seen.scatter_(1, ids, valid)
+    cache = KVCache(cfg, B, L + s.max_new_tokens, device=device,
+                    dtype=next(model.parameters()).dtype)
+    if padded:
+        positions = (valid.cumsum(1) - 1).clamp(min=0)
+        causal = torch.ones(L, L, dtype=torch.bool, device=device).tril()
+        # A padding query sees itself only, so no row of the softmax is empty (NaN).
+        mask = (causal & valid[:, None, :]) | torch.eye(L, dtype=torch.bool, device=device)
+        logits = model(ids, positions, cache, mask[:, None], last_only=True)[:, -1]
+        keys = torch.cat([valid, torch.ones(B, s.max_new_tokens, dtype=torch.bool, device=device)], 1)
+        pos = positions[:, -1:] + 1
+    else:
+        logits = model(ids, cache=cache, last_only=True)[:, -1]
+    out: list[list[int]] = [[] for _ in range(B)]
+    done = torch.zeros(B, dtype=torch.bool)
+    for t in range(s.max_new_tokens):
+        tok = next_token(logits, s, seen, gen)
+        tok_cpu = tok.tolist()
+        for i, x in enumerate(tok_cpu):
+            if done[i]:
+                continue
+            if x in stop_ids:
+                done[i] = True
+                continue
+            out[i].append(x)
+            if s.stop and decode is not None and any(st in decode(out[i]) for st in s.stop):
+                done[i] = True
+        if bool(done.all()) or t == s.max_new_tokens - 1:
+            break
+        if seen is not None:
+            seen[torch.arange(B, device=device), tok] = True
+        if padded:
+            logits = model(tok[:, None], pos, cache, keys[:, None, None, :L + t + 1])[:, -1]
+            pos = pos + 1
+        else:
+            logits = model(tok[:, None], cache=cache)[:, -1]
+    return out
+
+
+def cut_at_stop(text: str, stop: list[str]) -> str:
+    cut = min((text.find(st) for st in stop if st in text), default=-1)
+    return text[:cut] if cut >= 0 else text
+
+
+def generate_text(model: Transformer, tok, prompts: list[str], s: Sampling) -> list[str]:
+    """Continuations of `prompts` as text, cut before any stop string."""
+    stop_ids = {tok.eos_id, tok.im_end_id}
+    if model.config.eos_token_id is not None:
+        stop_ids.add(model.config.eos_token_id)
+    outs = generate_ids(model, [tok.encode(p) for p in prompts], s, stop_ids, decode=tok.decode)
+    return [cut_at_stop(tok.decode(o), s.stop) for o in outs]
+
+
+def generate(
+    prompt: list[str],
+    model: str = "runs/demo/model",
+    max_tokens: int = 64,
+    temperature: float = 0.8,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    repetition_penalty: float = 1.0,
+    stop: list[str] | None = None,
+    seed: int | None = None,
+    device: str = "auto",
+) -> list[str]:
+    """Continue one or more prompts with a trained model.
+
+    Args:
+        prompt: One or more prompts, decoded together as a batch.
+        model: A model directory (HF layout with tokenizer).
+        max_tokens: Most new tokens per prompt.
+        temperature: Sampling temperature; 0 is greedy.
+        top_k: Sample among the k likeliest tokens (0: all).
+        top_p: Sample from the smallest set with this probability mass (1: all).
+        repetition_penalty: >1 discourages repeating tokens already present.
+        stop: Stop strings; the output is cut before the first one.
+        seed: Random seed for reproducible sampling.
+        device: auto, cpu, cuda, mps.
+    """
+    from jielong.checkpoint import load_model
+    from jielong.tokenizer import Tokenizer
+    from jielong.train.loop import pick_device
+
+    tok = Tokenizer.from_dir(model)
+    net = load_model(model, device=pick_device(device)).eval()
+    s = Sampling(max_tokens, temperature, top_k, top_p, repetition_penalty, stop or [], seed)
+    texts = generate_text(net, tok, prompt, s)
+    for p, t in zip(prompt, texts, strict=True):
+        print(f"\033[2m{p}\033[0m{t}" if _color() else p + t)
+        print("─" * 40)
+    return texts
+
+
+def _color() -> bool:
+    import os
+    import sys
+
+    return "NO_COLOR" not in os.environ and (sys.stdout.isatty() or "FORCE_COLOR" in os.environ)

@@ -1,0 +1,455 @@
+"""Byte-level BPE for English and Chinese (Traditional and Simplified), with the ChatML template.
+
+    jielong tokenizer train data/ --out runs/tokenizer --vocab_size 4096
+    jielong tokenize "今天天氣如何? The weather" --model runs/tokenizer
+
+Training and encoding are the `tokenizers` library's (Rust, fast); this file holds what is
+ours: the pre-tokenizer pattern, the special tokens, the chat template, the files a
+Hugging Face `AutoTokenizer` loads unchanged, and a view of how a text splits into tokens.
+
+Byte-level means the 256 byte values are the base vocabulary, so no text is ever unknown:
+a character the merges never saw (a rare 饕) is spelled as its UTF-8 bytes, 1–4 tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import tokenizers
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, trainers
+
+from jielong.errors import UserError, at
+
+EOS, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
+SPECIAL_TOKENS = (EOS, IM_START, IM_END)  # ids 0, 1, 2
+
+# How text is cut into chunks before BPE; merges never cross a chunk boundary. The rules
+# are tried left to right at each position.
+PATTERN = "|".join([
+    # English contractions as their own chunk (don|'t, it|'s), not a contraction-like start
+    # of a word ('tis); ' and ’ alike.
+    r"(?i:['’](?:s|t|re|ve|m|ll|d))(?![\p{L}\p{M}&&[^\p{Han}]])",
+    # A run of Han characters (Traditional and Simplified, 〇, CJK extensions): BPE may learn
+    # multi-character words inside it, never with a Latin letter, digit or punctuation.
+    r"\p{Han}+",
+    # A word of other letters (Latin, Greek, Cyrillic, kana…, with combining marks) and the
+    # space before it, as in GPT-2: " weather" is one chunk.
+    r" ?[\p{L}\p{M}&&[^\p{Han}]]+",
+    # Every digit alone, so 12345 is always 1|2|3|4|5 and a model can learn arithmetic on
+    # digits instead of on arbitrary number chunks.
+    r"\p{N}",
+    # A run of punctuation and symbols (ASCII and full-width ，。？！「」, emoji) with an
+    # optional leading space and the line breaks right after it ("。\n" is common in poems).
+    r" ?[^\s\p{L}\p{N}]+[\r\n]*",
+    # Line breaks, with the spaces before them.
+    r"\s*[\r\n]+",
+    # A run of spaces, except the last one, which goes with the next word (indentation).
+    r"\s+(?!\S)",
+    r"\s+",
+])
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+MODEL_MAX_LENGTH = 2048  # written into tokenizer_config.json; set tok.config to change
+
+
+def _byte_symbols() -> list[str]:
+    """The character ByteLevel uses for each byte value (GPT-2's scheme): printable bytes
+    stand for themselves, the other 68 are moved to U+0100 onwards, in byte order."""
+    printable = {*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAD), *range(0xAE, 0x100)}
+    out, moved = [], 0
+    for b in range(256):
+        if b in printable:
+            out.append(chr(b))
+        else:
+            out.append(chr(256 + moved))
+            moved += 1
+    return out
+
+
+BYTE_SYMBOLS = _byte_symbols()
+_BYTE_OF = {s: b for b, s in enumerate(BYTE_SYMBOLS)}
+
+
+def pre_tokenizer() -> pre_tokenizers.PreTokenizer:
+    return pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(PATTERN), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+
+
+def default_config(backend: tokenizers.Tokenizer) -> dict:
+    """tokenizer_config.json for a tokenizer we trained: what `AutoTokenizer` needs."""
+    added = {
+        str(i): {"content": t.content, "lstrip": t.lstrip, "normalized": t.normalized,
+                 "rstrip": t.rstrip, "single_word": t.single_word, "special": t.special}
+        for i, t in sorted(backend.get_added_tokens_decoder().items())
+    }
+    return {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": None,
+        "eos_token": EOS,
+        "pad_token": EOS,
+        "unk_token": None,
+        "model_max_length": MODEL_MAX_LENGTH,
+        "clean_up_tokenization_spaces": False,
+        "added_tokens_decoder": added,
+        "chat_template": CHAT_TEMPLATE,
+    }
+
+
+class Tokenizer:
+    """A `tokenizers.Tokenizer` (`.backend`) plus its tokenizer_config (`.config`)."""
+
+    def __init__(self, backend: tokenizers.Tokenizer, config: dict | None = None):
+        self.backend = backend
+        self.config = config if config is not None else default_config(backend)
+        self._special = {i for i, t in backend.get_added_tokens_decoder().items() if t.special}
+        self._template = None
+
+    # -- files ---------------------------------------------------------------------------
+
+    @classmethod
+    def from_dir(cls, path: str | Path) -> Tokenizer:
+        """Load tokenizer.json (+ tokenizer_config.json) from a tokenizer or model folder."""
+        d = Path(path)
+        expected = ("expected a folder with tokenizer.json (from `jielong tokenizer train`, "
+                    "`jielong pretrain`, or a Hugging Face model with a fast tokenizer)")
+        if not d.is_dir():
+            raise UserError(f"{d}: no such directory; {expected}")
+        if not (d / "tokenizer.json").is_file():
+            raise UserError(f"{d}: no tokenizer.json in this directory; {expected}")
+        try:
+            backend = tokenizers.Tokenizer.from_file(str(d / "tokenizer.json"))
+        except Exception as e:  # the Rust side raises a plain Exception
+            raise UserError(f"{d / 'tokenizer.json'}: not a valid tokenizer file ({e}); "
+                            "re-save it or train a new one") from None
+        config = None
+        if (d / "tokenizer_config.json").is_file():
+            config = _read_json(d / "tokenizer_config.json")
+            template = config.get("chat_template")
+            if isinstance(template, list):  # HF allows several named templates
+                named = {t.get("name"): t.get("template") for t in template}
+                config["chat_template"] = named.get("default", next(iter(named.values()), None))
+            if not config.get("chat_template") and (d / "chat_template.jinja").is_file():
+                config["chat_template"] = (d / "chat_template.jinja").read_text(encoding="utf-8")
+        return cls(backend, config)
+
+    def save(self, path: str | Path) -> Path:
+        """Write tokenizer.json and tokenizer_config.json into `path` (created), atomically."""
+        d = Path(path)
+        d.mkdir(parents=True, exist_ok=True)
+        _write_atomic(d / "tokenizer.json", self.backend.to_str(pretty=True))
+        _write_atomic(d / "tokenizer_config.json",
+                      json.dumps(self.config, ensure_ascii=False, indent=2) + "\n")
+        return d
+
+    # -- ids -----------------------------------------------------------------------------
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text`; special-token strings in it (e.g. <|im_end|>) become their ids."""
+        return self.backend.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self.backend.encode_batch(list(texts), add_special_tokens=False)]
+
+    def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
+        return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.backend.get_vocab_size(with_added_tokens=True)
+
+    @property
+    def eos_id(self) -> int:
+        """<|endoftext|>, the document separator (else the config's eos_token)."""
+        if self.backend.token_to_id(EOS) is not None:
+            return self.backend.token_to_id(EOS)
+        eos = self.config.get("eos_token")
+        return self._special_id(eos.get("content") if isinstance(eos, dict) else eos or EOS)
+
+    @property
+    def im_start_id(self) -> int:
+        return self._special_id(IM_START)
+
+    @property
+    def im_end_id(self) -> int:
+        return self._special_id(IM_END)
+
+    def _special_id(self, token: str) -> int:
+        i = self.backend.token_to_id(token)
+        if i is None:
+            raise UserError(f"this tokenizer has no {token} token; use a tokenizer trained by "
+                            "jielong, or one whose vocabulary has the ChatML tokens")
+        return i
+
+    def is_special(self, token_id: int) -> bool:
+        return token_id in self._special
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """The raw bytes token `token_id` stands for (maybe part of a UTF-8 character)."""
+        token = self.backend.id_to_token(token_id)
+        if token is None:
+            raise IndexError(f"token id {token_id} is outside the vocabulary ({self.vocab_size})")
+        if token_id in self._special or any(c not in _BYTE_OF for c in token):
+            return token.encode("utf-8")
+        return bytes(_BYTE_OF[c] for c in token)
+
+    # -- chat ----------------------------------------------------------------------------
+
+    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = False,
+                            **kwargs) -> str:
+        """Render `messages` ([{"role", "content"}, …]) with the stored chat template, as
+        transformers does (same Jinja settings), so both give the same string."""
+        if self._template is None:
+            source = self.config.get("chat_template")
+            if not source:
+                raise UserError("this tokenizer has no chat_template in tokenizer_config.json; "
+                                "add one or use a tokenizer trained by jielong")
+            env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+            env.globals["raise_exception"] = _raise_template_error
+            env.filters["tojson"] = lambda x, indent=None: json.dumps(
+                x, ensure_ascii=False, indent=indent)
+            self._template = env.from_string(source)
+        specials = {k: self._token_str(k) for k in ("bos_token", "eos_token", "pad_token")}
+        return self._template.render(messages=messages,
+                                     add_generation_prompt=add_generation_prompt,
+                                     **specials, **kwargs)
+
+    def _token_str(self, key: str) -> str | None:
+        v = self.config.get(key)
+        return v.get("content") if isinstance(v, dict) else v
+
+
+def _raise_template_error(message: str):
+    raise UserError(f"chat template: {message}")
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise UserError(f"{at(path, e.lineno)}: not valid JSON: {e.msg}; fix or delete the file") \
+            from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not valid UTF-8; re-save the file as UTF-8") from None
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# -- training ---------------------------------------------------------------------------
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int = 4096, min_frequency: int = 2,
+                    show_progress: bool = True) -> Tokenizer:
+    """Train a byte-level BPE on `texts` (streamed). The vocabulary may come out smaller than
+    `vocab_size` when the text has too few pairs seen `min_frequency` times."""
+    minimum = 256 + len(SPECIAL_TOKENS)
+    if vocab_size < minimum:
+        raise UserError(f"vocab_size {vocab_size} is too small: a byte-level BPE needs at least "
+                        f"{minimum} (256 bytes + {len(SPECIAL_TOKENS)} special tokens); "
+                        f"pass --vocab_size {minimum} or more (4096+ is typical)")
+    if min_frequency < 1:
+        raise UserError(f"min_frequency {min_frequency} must be at least 1")
+    backend = tokenizers.Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizer()
+    backend.decoder = decoders.ByteLevel()
+    specials = [AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS]
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=show_progress)
+    backend.train_from_iterator(texts, trainer)
+    backend.add_special_tokens(specials)  # a no-op after training, but says what they are
+    return Tokenizer(backend)
+
+
+def bytes_per_token(tok: Tokenizer, texts: Iterable[str]) -> float:
+    """UTF-8 bytes per token over `texts`: higher means the tokenizer compresses better."""
+    texts = list(texts)
+    n_tokens = sum(len(ids) for ids in tok.encode_batch(texts))
+    return sum(len(t.encode("utf-8")) for t in texts) / max(n_tokens, 1)
+
+
+# -- looking at tokens --------------------------------------------------------------------
+
+_BACKGROUNDS = (153, 187, 224, 230, 194, 225)  # pale blue, green, pink, yellow, mint, lilac
+_VISIBLE = {"\n": "↵", "\t": "→", "\r": "␍"}
+
+
+def _pieces(data: bytes) -> Iterator[tuple[bool, str]]:
+    """Split a token's bytes into (is_text, shown) pieces: whole UTF-8 characters as text,
+    any bytes that are only part of a character as hex, e.g. ⟨e9 a5⟩."""
+    while data:
+        try:
+            yield True, data.decode("utf-8")
+            return
+        except UnicodeDecodeError as e:
+            if e.start:
+                yield True, data[: e.start].decode("utf-8")
+            bad = data[e.start: max(e.end, e.start + 1)]
+            yield False, "⟨" + " ".join(f"{b:02x}" for b in bad) + "⟩"
+            data = data[e.start + len(bad):]
+
+
+def render_tokens(tok: Tokenizer, text: str, color: bool = True) -> str:
+    """Show how `text` splits into tokens: each token on its own alternating background
+    (or in [brackets] with color=False); bytes that are part of a character, not a whole
+    one, are shown as hex ⟨e9 a5⟩ (red, underlined); ↵ and → mark line breaks and tabs."""
+    out = []
+    for n, token_id in enumerate(tok.encode(text)):
+        raw = tok.token_bytes(token_id)
+        shown = []
+        for is_text, s in _pieces(raw):
+            if is_text:
+                s = "".join(_VISIBLE.get(c, c) for c in s)
+            if color:
+                style = "1;30" if tok.is_special(token_id) else ("4;31" if not is_text else "30")
+                s = f"\x1b[{style};48;5;{_BACKGROUNDS[n % len(_BACKGROUNDS)]}m{s}\x1b[0m"
+            shown.append(s)
+        piece = "".join(shown)
+        if not color:
+            piece = f"[{piece}]"
+        elif raw.endswith(b"\n"):
+            piece += "\n"  # keep the text's line layout in the coloured view
+        out.append(piece)
+    return "".join(out)
+
+
+def use_color(stream=None) -> bool:
+    """Colour for a terminal or when FORCE_COLOR is set; never when NO_COLOR is set."""
+    if os.environ.get("NO_COLOR"):
+        return False
+    if os.environ.get("FORCE_COLOR"):
+        return True
+    stream = stream or sys.stdout
+    return hasattr(stream, "isatty") and stream.isatty()
+
+
+# -- commands ------------------------------------------------------------------------------
+
+# Characters written differently in the two scripts, same order: a cheap way to tell a
+# Traditional document from a Simplified one (no converter needed).
+_HANT = "們這個來說時國會為對學過與無長開見東風飛馬門間聽歸萬書愛氣錢車語話點頭樂問關發當經電紅綠離葉鳥龍樓淚陽應處還邊夢聲歲燈橋蘭憶興舊斷鄉調塵劍戰羅雙獨寶"
+_HANS = "们这个来说时国会为对学过与无长开见东风飞马门间听归万书爱气钱车语话点头乐问关发当经电红绿离叶鸟龙楼泪阳应处还边梦声岁灯桥兰忆兴旧断乡调尘剑战罗双独宝"
+_HANT_SET, _HANS_SET = set(_HANT), set(_HANS)
+_SAMPLE_DOCS, _SAMPLE_CHARS = 300, 10_000  # per kind; long documents are cut
+
+
+def _is_han(c: str) -> bool:
+    o = ord(c)
+    return (0x4E00 <= o <= 0x9FFF or 0x3400 <= o <= 0x4DBF or 0xF900 <= o <= 0xFAFF
+            or 0x20000 <= o <= 0x3FFFF or o == 0x3007)
+
+
+def doc_kind(text: str) -> str | None:
+    """"en", "zh-Hant", "zh-Hans" or "zh" (script unclear) by the share of Han characters
+    among letters; None for a document without letters."""
+    letters = han = hant = hans = 0
+    for c in text:
+        if c.isalpha():
+            letters += 1
+            if _is_han(c):
+                han += 1
+                hant += c in _HANT_SET
+                hans += c in _HANS_SET
+    if not letters:
+        return None
+    if han < 0.3 * letters:
+        return "en"
+    return "zh-Hant" if hant > hans else "zh-Hans" if hans > hant else "zh"
+
+
+class _Sampler:
+    """Passes documents through while keeping a uniform sample of each kind (reservoir)."""
+
+    def __init__(self, size: int = _SAMPLE_DOCS, seed: int = 0):
+        self.size, self.rng = size, random.Random(seed)
+        self.seen: dict[str, int] = {}
+        self.kept: dict[str, list[str]] = {}
+        self.docs = self.chars = 0
+
+    def watch(self, texts: Iterable[str]) -> Iterator[str]:
+        for t in texts:
+            self.docs += 1
+            self.chars += len(t)
+            kind = doc_kind(t[:_SAMPLE_CHARS])
+            if kind is not None:
+                n = self.seen[kind] = self.seen.get(kind, 0) + 1
+                kept = self.kept.setdefault(kind, [])
+                if len(kept) < self.size:
+                    kept.append(t[:_SAMPLE_CHARS])
+                elif (j := self.rng.randrange(n)) < self.size:
+                    kept[j] = t[:_SAMPLE_CHARS]
+            yield t
+
+
+def train_cmd(data: list[str], out: str = "runs/tokenizer", vocab_size: int = 4096,
+              field: str = "text", min_frequency: int = 2) -> None:
+    """Train a byte-level BPE tokenizer on text files and save it.
+
+    Args:
+        data: Corpus files or folders (.txt whole-file documents, .jsonl, .parquet).
+        out: Folder to write tokenizer.json and tokenizer_config.json to.
+        vocab_size: Vocabulary size, counting the 256 byte tokens and 3 special tokens.
+        field: The text field of .jsonl lines and the text column of .parquet files.
+        min_frequency: Merge only pairs seen at least this many times.
+    """
+    from jielong.data.readers import iter_texts
+
+    t0 = time.time()
+    sampler = _Sampler()
+    print(f"training a {vocab_size}-token BPE on {', '.join(map(str, data))}", file=sys.stderr)
+    tok = train_tokenizer(sampler.watch(iter_texts(data, field)), vocab_size, min_frequency)
+    path = tok.save(out)
+    print(f"saved a {tok.vocab_size}-token tokenizer to {path}/ (tokenizer.json, "
+          f"tokenizer_config.json) · {sampler.docs:,} documents, {sampler.chars:,} characters "
+          f"in {time.time() - t0:.1f} s")
+    if tok.vocab_size < vocab_size:
+        print(f"note: the corpus supports only {tok.vocab_size} tokens at min_frequency "
+              f"{min_frequency} (asked for {vocab_size})")
+    kept = sampler.kept
+    chinese = [t for k in ("zh-Hant", "zh-Hans", "zh") for t in kept.get(k, [])]
+    rows = [("English", kept.get("en", [])), ("Chinese", chinese)]
+    if kept.get("zh-Hant") and kept.get("zh-Hans"):
+        rows += [("  Traditional", kept["zh-Hant"]), ("  Simplified", kept["zh-Hans"])]
+    print("compression, UTF-8 bytes per token (higher = fewer tokens for the same text):")
+    for name, texts in rows:
+        if texts:
+            print(f"  {name:<14}{bytes_per_token(tok, texts):5.2f}   "
+                  f"({len(texts)} sampled document{'s' * (len(texts) != 1)})")
+
+
+def tokenize_cmd(text: str, model: str = "runs/demo/model") -> None:
+    """Show how a text splits into tokens: coloured pieces, their ids and the compression.
+
+    Args:
+        text: The text to tokenize.
+        model: A model or tokenizer folder (with tokenizer.json).
+    """
+    tok = Tokenizer.from_dir(model)
+    ids = tok.encode(text)
+    n_bytes = len(text.encode("utf-8"))
+    print(render_tokens(tok, text, color=use_color()))
+    print(f"ids: {ids}")
+    print(f"{len(ids)} tokens · {n_bytes} bytes · {n_bytes / max(len(ids), 1):.2f} bytes/token")

@@ -1,0 +1,294 @@
+"""The one training loop, shared by every stage.
+
+A stage (pretrain now; sft, dpo, … later) supplies its data and its loss:
+
+    class Stage(Protocol):
+        def batch(self, step, micro, rank) -> dict[str, Tensor]   # deterministic in its args
+        def loss(self, model, batch) -> tuple[Tensor, int]       # mean loss, tokens counted
+        def evaluate(self, model) -> dict[str, float]            # e.g. {"val_loss": 2.1}
+
+and `fit(model, stage, cfg, run_dir)` does the rest: device and precision (bf16 autocast on
+CUDA), AdamW with warmup + cosine/WSD schedule, gradient accumulation and clipping, a
+progress bar with loss, tokens/s and ETA, `metrics.jsonl`, atomic checkpoints under
+`RUN/checkpoints/step-N/` (HF directory + trainer_state.pt), exact resume, and DDP when
+launched by torchrun. Because a batch depends only on (step, micro, rank) and the RNG state
+is saved, a run killed at any moment and resumed computes the same losses step for step.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal, Protocol
+
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from jielong.checkpoint import list_checkpoints, load_model, load_trainer_state, save_model
+from jielong.errors import UserError
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings shared by every training stage.
+
+    Args:
+        steps: Optimizer steps in the whole run.
+        batch_size: Sequences per micro-batch, per process.
+        grad_accum: Micro-batches accumulated per optimizer step.
+        lr: Peak learning rate.
+        min_lr_ratio: The schedule ends at lr * min_lr_ratio.
+        warmup_steps: Linear warmup steps.
+        schedule: cosine, wsd (warmup-stable-decay) or constant.
+        decay_fraction: wsd only: share of steps spent decaying at the end.
+        weight_decay: AdamW weight decay (not applied to norms and biases).
+        beta1: AdamW beta1.
+        beta2: AdamW beta2.
+        grad_clip: Clip the gradient norm to this.
+        eval_every: Evaluate every this many steps (and at the end).
+        save_every: Checkpoint every this many steps (and at the end).
+        keep_checkpoints: How many recent checkpoints to keep.
+        seed: Seed for initialisation and data order.
+        device: auto, cpu, cuda, cuda:N or mps.
+        compile: torch.compile the model (faster on GPUs, slow to start).
+    """
+
+    steps: int = 1000
+    batch_size: int = 16  # sequences per micro-batch, per process
+    grad_accum: int = 1
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1  # the schedule ends at lr * min_lr_ratio
+    warmup_steps: int = 50
+    schedule: Literal["cosine", "wsd", "constant"] = "cosine"
+    decay_fraction: float = 0.2  # wsd: the share of steps spent decaying at the end
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    eval_every: int = 100
+    save_every: int = 200
+    keep_checkpoints: int = 2
+    seed: int = 1337
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    compile: bool = False
+
+    def validate(self) -> None:
+        for name in ("steps", "batch_size", "grad_accum", "eval_every", "save_every", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise UserError(f"--{name}={getattr(self, name)} must be at least 1")
+        if self.lr <= 0:
+            raise UserError(f"--lr={self.lr} must be positive")
+        if not 0 <= self.warmup_steps <= self.steps:
+            raise UserError(f"--warmup_steps={self.warmup_steps} must be between 0 and --steps={self.steps}")
+
+
+class Stage(Protocol):
+    def batch(self, step: int, micro: int, rank: int) -> dict[str, torch.Tensor]: ...
+    def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]: ...
+    def evaluate(self, model: torch.nn.Module) -> dict[str, float]: ...
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warmup, then cosine decay (or WSD: hold, then linear decay) to min_lr_ratio."""
+    floor = cfg.lr * cfg.min_lr_ratio
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "constant":
+        return cfg.lr
+    if cfg.schedule == "wsd":
+        decay_start = int(cfg.steps * (1 - cfg.decay_fraction))
+        if step < decay_start:
+            return cfg.lr
+        frac = (step - decay_start) / max(1, cfg.steps - decay_start)
+        return cfg.lr - (cfg.lr - floor) * frac
+    frac = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return floor + 0.5 * (cfg.lr - floor) * (1 + math.cos(math.pi * min(1.0, frac)))
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+    return torch.device(name)
+
+
+def _dist_setup(device: torch.device) -> tuple[int, int]:
+    """(rank, world size); starts the process group when launched by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if world > 1 and not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return (dist.get_rank(), world) if world > 1 else (0, 1)
+
+
+def _optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    # No weight decay on norms, biases (1-D) — standard since GPT-2 / Chinchilla recipes.
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    fused = device.type == "cuda"
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused)
+
+
+class Metrics:
+    """metrics.jsonl: one JSON object a line, flushed as written."""
+
+    def __init__(self, path: Path, keep_until_step: int | None):
+        self.path = path
+        if keep_until_step is not None and path.exists():
+            # Resuming: drop lines logged after the checkpoint, they will be logged again.
+            lines = [ln for ln in path.read_text().splitlines()
+                     if ln.strip() and json.loads(ln)["step"] <= keep_until_step]
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text("".join(ln + "\n" for ln in lines))
+            os.replace(tmp, path)
+        elif keep_until_step is None:
+            path.unlink(missing_ok=True)
+        self.f = open(path, "a")
+
+    def log(self, **row) -> None:
+        self.f.write(json.dumps(row) + "\n")
+        self.f.flush()
+
+
+def fit(model: torch.nn.Module, stage: Stage, cfg: TrainConfig, run_dir: str | Path,
+        tokenizer=None, resume: bool = False, desc: str = "train") -> dict:
+    """Train `model` on `stage` for cfg.steps optimizer steps. Returns a summary dict."""
+    cfg.validate()
+    run = Path(run_dir)
+    device = pick_device(cfg.device)
+    rank, world = _dist_setup(device)
+    main = rank == 0
+    model.to(device)
+    opt = _optimizer(model, cfg, device)
+    start = 0
+    found = list_checkpoints(run)
+    if resume and found:
+        ckpt = found[-1]
+        state = load_trainer_state(ckpt)
+        model.load_state_dict(load_model(ckpt).state_dict())
+        opt.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng_cpu"])
+        if device.type == "cuda" and state.get("rng_cuda") is not None:
+            torch.cuda.set_rng_state(state["rng_cuda"], device)
+        start = state["step"]
+        if main:
+            print(f"resuming from {ckpt} (step {start}/{cfg.steps})")
+    elif found and not resume:
+        raise UserError(f"{run} already holds checkpoints from an earlier run; pass --resume to "
+                        "continue it, or choose another --out")
+    else:
+        torch.manual_seed(cfg.seed)
+    run.mkdir(parents=True, exist_ok=True)
+    metrics = Metrics(run / "metrics.jsonl", start if resume else None) if main else None
+
+    train_model = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:
+        train_model = torch.compile(train_model)
+    amp = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext())
+
+    def to_dev(b: dict) -> dict:
+        return {k: v.to(device, non_blocking=True) for k, v in b.items()}
+
+    def save(step: int) -> None:
+        if main:
+            trainer_state = {
+                "step": step, "optimizer": opt.state_dict(), "rng_cpu": torch.get_rng_state(),
+                "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+                "train_config": asdict(cfg),
+            }
+            save_model(run / "checkpoints" / f"step-{step:07d}", model, tokenizer, trainer_state)
+            for old in list_checkpoints(run)[:-cfg.keep_checkpoints]:
+                shutil.rmtree(old, ignore_errors=True)
+        if world > 1:
+            dist.barrier()
+
+    def evaluate(step: int) -> dict:
+        if not main:
+            return {}
+        model.eval()
+        with torch.no_grad(), amp:
+            result = stage.evaluate(model)
+        model.train()
+        metrics.log(step=step, **result)
+        return result
+
+    model.train()
+    t0 = time.time()
+    tokens = 0
+    last_eval: dict = {}
+    loss_val = float("nan")
+    bar = tqdm(total=cfg.steps, initial=start, desc=desc, unit="step", disable=not main,
+               dynamic_ncols=True)
+    step = start
+    try:
+        for step in range(start, cfg.steps):
+            lr = lr_at(step, cfg)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            loss_sum = torch.zeros((), device=device)
+            step_tokens = 0
+            for micro in range(cfg.grad_accum):
+                batch = to_dev(stage.batch(step, micro, rank))
+                sync = micro == cfg.grad_accum - 1 or world == 1
+                ctx = nullcontext() if sync or not hasattr(train_model, "no_sync") else train_model.no_sync()
+                with ctx, amp:
+                    loss, n = stage.loss(train_model, batch)
+                    (loss / cfg.grad_accum).backward()
+                loss_sum += loss.detach()
+                step_tokens += n
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            loss_avg = loss_sum / cfg.grad_accum
+            if world > 1:
+                dist.all_reduce(loss_avg, op=dist.ReduceOp.AVG)
+            loss_val = loss_avg.item()
+            if not math.isfinite(loss_val):
+                raise UserError(f"loss became {loss_val} at step {step + 1}; lower --lr "
+                                f"(now {cfg.lr}) or raise --warmup_steps")
+            tokens += step_tokens * world
+            elapsed = time.time() - t0
+            if main:
+                metrics.log(step=step + 1, loss=round(loss_val, 6), lr=lr,
+                            grad_norm=round(float(grad_norm), 4), tokens=tokens,
+                            tok_s=round(tokens / max(elapsed, 1e-9), 1))
+                bar.set_postfix(loss=f"{loss_val:.3f}", tok_s=f"{tokens / max(elapsed, 1e-9):,.0f}",
+                                refresh=False)
+                bar.update(1)
+            done = step + 1
+            if done % cfg.eval_every == 0 or done == cfg.steps:
+                last_eval = evaluate(done)
+                if last_eval:
+                    bar.write(f"step {done}: " + ", ".join(f"{k} {v:.4f}" for k, v in last_eval.items()))
+            if done % cfg.save_every == 0 or done == cfg.steps:
+                save(done)
+    except KeyboardInterrupt:
+        bar.close()
+        if main:
+            print(f"\ninterrupted at step {step}; the last checkpoint is in {run / 'checkpoints'} "
+                  "(continue with --resume)")
+        raise
+    bar.close()
+    elapsed = time.time() - t0
+    return {"steps": cfg.steps, "loss": loss_val, **last_eval, "tokens": tokens,
+            "seconds": round(elapsed, 1), "tok_s": round(tokens / max(elapsed, 1e-9), 1)}

@@ -1,0 +1,153 @@
+"""Pretraining: next-token prediction on a raw text corpus.
+
+Run as:
+    jielong pretrain --data corpus.jsonl --out runs/mine --preset demo --train.steps 2000
+    jielong pretrain --data corpus.jsonl --out runs/mine --resume      # after a crash or Ctrl-C
+
+Trains a tokenizer on the corpus unless `--tokenizer DIR` is given, tokenizes it once into
+memory-mapped shards (RUN/data, reused while the inputs are unchanged), then runs the
+shared loop. Writes RUN/model (an HF directory), RUN/metrics.jsonl and RUN/loss.png.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from jielong.checkpoint import save_model
+from jielong.config import ModelConfig, preset
+from jielong.data.readers import iter_texts
+from jielong.data.shards import TokenShards, file_fingerprint, prepare_shards, read_meta
+from jielong.errors import UserError
+from jielong.model import Transformer
+from jielong.plots import loss_curve
+from jielong.tokenizer import Tokenizer, train_tokenizer
+from jielong.train.loop import TrainConfig, fit
+
+
+@torch.no_grad()
+def evaluate_loss(model: Transformer, shards: TokenShards, batch_size: int = 16,
+                  max_batches: int = 20) -> float:
+    """Mean next-token cross-entropy (nats) over the first windows of a split."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for x, y in shards.sequential_batches(batch_size, max_batches):
+        logits = model(x.to(device))
+        total += F.cross_entropy(logits.flatten(0, 1).float(), y.to(device).flatten(),
+                                 reduction="sum").item()
+        count += y.numel()
+    model.train(was_training)
+    return total / count
+
+
+@dataclass
+class PretrainStage:
+    """Random windows of packed documents; loss on every next token."""
+
+    data_dir: Path
+    seq_len: int
+    batch_size: int
+    seed: int
+    eval_batches: int = 20
+
+    def __post_init__(self):
+        self.train = TokenShards(self.data_dir, "train", self.seq_len)
+        try:
+            self.val = TokenShards(self.data_dir, "val", self.seq_len)
+        except UserError as e:
+            raise UserError(f"{e}; or raise --val_fraction") from None
+
+    def batch(self, step: int, micro: int, rank: int) -> dict[str, torch.Tensor]:
+        x, y = self.train.random_batch(self.batch_size, self.seed, step, micro, rank)
+        return {"input_ids": x, "labels": y}
+
+    def loss(self, model, batch) -> tuple[torch.Tensor, int]:
+        logits = model(batch["input_ids"])
+        labels = batch["labels"]
+        return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten()), labels.numel()
+
+    def evaluate(self, model) -> dict[str, float]:
+        return {"val_loss": evaluate_loss(model, self.val, self.batch_size, self.eval_batches)}
+
+
+def prepare_tokenizer(data: list[str], run: Path, tokenizer: str | None, vocab_size: int,
+                      field: str) -> tuple[Tokenizer, Path]:
+    """The given tokenizer, else the run's own (trained on the corpus the first time)."""
+    own = Path(tokenizer) if tokenizer else run / "tokenizer"
+    if tokenizer or (own / "tokenizer_config.json").exists():
+        return Tokenizer.from_dir(own), own
+    print(f"training a {vocab_size}-token BPE tokenizer on the corpus")
+    tok = train_tokenizer(iter_texts(data, field), vocab_size=vocab_size)
+    tok.save(own)
+    return tok, own
+
+
+def prepare_data(data: list[str], tok: Tokenizer, tok_dir: Path, data_dir: Path, field: str,
+                 val_fraction: float) -> dict:
+    """Token shards for `data`, reused when the files, tokenizer and split are unchanged."""
+    tok_hash = hashlib.sha256((tok_dir / "tokenizer.json").read_bytes()).hexdigest()
+    fp = file_fingerprint(data, field, str(val_fraction), tok_hash)
+    meta = read_meta(data_dir)
+    if meta and meta.get("fingerprint") == fp:
+        return meta
+    return prepare_shards(iter_texts(data, field), tok, data_dir, val_fraction, fingerprint=fp)
+
+
+def build_model(name: str, tok: Tokenizer, seq_len: int, seed: int) -> Transformer:
+    cfg: ModelConfig = preset(name, vocab_size=tok.vocab_size, eos_token_id=tok.eos_id,
+                              pad_token_id=tok.eos_id)
+    if seq_len > cfg.max_position_embeddings:
+        raise UserError(f"--seq_len {seq_len} is longer than the {name!r} preset allows "
+                        f"(max_position_embeddings={cfg.max_position_embeddings}); use a shorter "
+                        "--seq_len or a larger --preset")
+    torch.manual_seed(seed)
+    return Transformer(cfg)
+
+
+def pretrain(
+    data: list[str],
+    out: str = "runs/pretrain",
+    tokenizer: str | None = None,
+    vocab_size: int = 4096,
+    preset: str = "demo",
+    seq_len: int = 256,
+    field: str = "text",
+    val_fraction: float = 0.01,
+    resume: bool = False,
+    train: TrainConfig | None = None,
+) -> dict:
+    """Pretrain a model from scratch by next-token prediction.
+
+    Args:
+        data: Text files or folders (.txt, .jsonl, .parquet).
+        out: Run directory (checkpoints, metrics.jsonl, loss.png, model/).
+        tokenizer: A tokenizer directory; default: train one on `data` into OUT/tokenizer.
+        vocab_size: Vocabulary size when training the tokenizer.
+        preset: Model size: test, demo, 124m, 350m.
+        seq_len: Tokens per training window.
+        field: The text field of .jsonl/.parquet records.
+        val_fraction: Share of documents held out for validation.
+        resume: Continue from the last checkpoint in OUT.
+        train: Optimisation settings (steps, batch size, learning rate, …).
+    """
+    train = train or TrainConfig()
+    run = Path(out)
+    tok, tok_dir = prepare_tokenizer(data, run, tokenizer, vocab_size, field)
+    meta = prepare_data(data, tok, tok_dir, run / "data", field, val_fraction)
+    model = build_model(preset, tok, seq_len, train.seed)
+    print(f"model: {preset} preset, {model.config.num_params / 1e6:.2f}M parameters; data: "
+          f"{sum(meta['train_sizes']):,} train / {sum(meta['val_sizes']):,} val tokens")
+    stage = PretrainStage(run / "data", seq_len, train.batch_size, train.seed)
+    summary = fit(model, stage, train, run, tokenizer=tok, resume=resume, desc="pretrain")
+    save_model(run / "model", model, tok)
+    loss_curve(run / "metrics.jsonl", run / "loss.png", title=f"pretraining · {preset}")
+    print(f"done: {summary['steps']} steps, loss {summary['loss']:.3f}, val_loss "
+          f"{summary.get('val_loss', float('nan')):.3f}, {summary['tok_s']:,.0f} tokens/s\n"
+          f"model: {run / 'model'}  curve: {run / 'loss.png'}  metrics: {run / 'metrics.jsonl'}")
+    return summary

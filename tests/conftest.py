@@ -1,0 +1,43 @@
+"""Shared test helpers: tiny models, the shared real-text folder, running the CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+# Deterministic, quiet, and small on a 2-core CI machine.
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip("../shared/data is not present")
+    return SHARED_DATA
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run `jielong ARGS…` in a subprocess, as a user would."""
+    env = {**os.environ, "NO_COLOR": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", "jielong.cli", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def tiny_corpus(n: int = 300) -> list[str]:
+    """Mixed English / Traditional / Simplified Chinese / digits documents."""
+    en = ["The cat sat on the mat near the river.", "Numbers like 12 and 345 add up to 357.",
+          "Mei lives in Maple town and keeps a goose."]
+    hant = ["今天天氣很好，我們去河邊散步。", "阿明住在龍鄉，他養了一隻貓。", "書店裡有很多書。"]
+    hans = ["今天天气很好，我们去河边散步。", "阿明住在龙乡，他养了一只猫。", "书店里有很多书。"]
+    docs = []
+    for i in range(n):
+        docs.append(" ".join([en[i % 3], hant[(i + 1) % 3], hans[(i + 2) % 3], f"{i} + {i % 7} = {i + i % 7}"]))
+    return docs

@@ -1,0 +1,75 @@
+"""KV-cache decoding: greedy equals a naive loop, batching equals one at a time, sampling knobs."""
+
+import pytest
+import torch
+
+from jielong.config import preset
+from jielong.errors import UserError
+from jielong.infer.generate import Sampling, cut_at_stop, generate_ids, next_token
+from jielong.model import Transformer
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return Transformer(preset("test", vocab_size=300)).eval()
+
+
+def naive_greedy(m, prompt, n):
+    ids = list(prompt)
+    with torch.no_grad():
+        for _ in range(n):
+            ids.append(int(m(torch.tensor([ids]))[0, -1].argmax()))
+    return ids[len(prompt):]
+
+
+def test_greedy_with_cache_equals_recomputing_everything(model):
+    prompt = [5, 6, 7, 8, 9, 10, 11]
+    assert generate_ids(model, [prompt], Sampling(20, temperature=0))[0] == naive_greedy(model, prompt, 20)
+
+
+def test_batch_of_uneven_prompts_decodes_like_each_alone(model):
+    prompts = [[5, 6, 7, 8, 9, 10, 11], [3, 4], [100, 200, 30, 40]]
+    s = Sampling(16, temperature=0)
+    batch = generate_ids(model, prompts, s)
+    for p, out in zip(prompts, batch, strict=True):
+        assert out == naive_greedy(model, p, 16)
+
+
+def test_seed_makes_sampling_reproducible_and_stop_tokens_end_rows(model):
+    s = Sampling(24, temperature=1.0, top_k=50, top_p=0.9, repetition_penalty=1.3, seed=3)
+    a = generate_ids(model, [[1, 2, 3], [4, 5]], s)
+    assert a == generate_ids(model, [[1, 2, 3], [4, 5]], s)
+    stop = a[0][3]
+    cut = generate_ids(model, [[1, 2, 3], [4, 5]], s, stop_ids={stop})
+    for row, full in zip(cut, a, strict=True):
+        assert row == (full[:full.index(stop)] if stop in full else full)
+
+
+def test_top_k_one_and_tiny_top_p_are_greedy():
+    logits = torch.tensor([[0.1, 3.0, 0.2, 2.9], [5.0, 0.0, 0.0, 4.9]])
+    g = torch.Generator().manual_seed(0)
+    for s in (Sampling(temperature=1.0, top_k=1), Sampling(temperature=1.0, top_p=0.01)):
+        for _ in range(20):
+            assert next_token(logits, s, None, g).tolist() == [1, 0]
+
+
+def test_repetition_penalty_pushes_away_seen_tokens():
+    logits = torch.tensor([[2.0, 1.9, -1.0]])
+    seen = torch.tensor([[True, False, False]])
+    assert next_token(logits, Sampling(temperature=0, repetition_penalty=1.5), seen, None).item() == 1
+    assert next_token(logits, Sampling(temperature=0), seen, None).item() == 0
+
+
+def test_stop_strings_cut_text():
+    assert cut_at_stop("天氣很好。\n明天", ["\n", "明"]) == "天氣很好。"
+    assert cut_at_stop("no stop here", ["。"]) == "no stop here"
+
+
+def test_too_long_and_bad_settings_are_user_errors(model):
+    with pytest.raises(UserError, match="longer than the model's context"):
+        generate_ids(model, [[1] * 250], Sampling(max_new_tokens=10))
+    with pytest.raises(UserError, match="temperature"):
+        generate_ids(model, [[1]], Sampling(temperature=-1))
+    with pytest.raises(UserError, match="at least one token"):
+        generate_ids(model, [[]], Sampling())
