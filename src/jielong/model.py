@@ -162,12 +162,21 @@ class Transformer(nn.Module):
         cache: KVCache | None = None,
         attn_mask: torch.Tensor | None = None,
         last_only: bool = False,
+        hidden_only: bool = False,
     ) -> torch.Tensor:
         """Logits (B, T, vocab), or (B, 1, vocab) with `last_only`.
 
         positions: (T,) or (B, T) rotary positions; default: continue from the cache.
         attn_mask: boolean (B, 1, T, keys), True where a query may look; default: causal.
+        hidden_only: return the final hidden states instead (for fused losses).
         """
+        x = self.hidden_states(input_ids, positions, cache, attn_mask)
+        if hidden_only:
+            return x
+        return self.lm_head(x[:, -1:] if last_only else x)
+
+    def hidden_states(self, input_ids, positions=None, cache=None, attn_mask=None) -> torch.Tensor:
+        """The final normalised hidden states (B, T, hidden), before the output projection."""
         B, T = input_ids.shape
         start = cache.pos if cache is not None else 0
         if start + T > self.config.max_position_embeddings:
@@ -190,6 +199,4 @@ class Transformer(nn.Module):
             x = layer(x, cos, sin, cache, attn_mask, causal)
         if cache is not None:
             cache.pos += T
-        if last_only:
-            x = x[:, -1:]
-        return self.lm_head(self.model.norm(x))
+        return self.model.norm(x)

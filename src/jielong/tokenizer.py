@@ -103,6 +103,7 @@ def default_config(backend: tokenizers.Tokenizer) -> dict:
         "eos_token": EOS,
         "pad_token": EOS,
         "unk_token": None,
+        "additional_special_tokens": [IM_START, IM_END],
         "model_max_length": MODEL_MAX_LENGTH,
         "clean_up_tokenization_spaces": False,
         "added_tokens_decoder": added,
@@ -262,16 +263,13 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 4096, min_frequency: int = 2,
-                    show_progress: bool = True) -> Tokenizer:
+                    show_progress: bool | None = None) -> Tokenizer:
     """Train a byte-level BPE on `texts` (streamed). The vocabulary may come out smaller than
-    `vocab_size` when the text has too few pairs seen `min_frequency` times."""
-    minimum = 256 + len(SPECIAL_TOKENS)
-    if vocab_size < minimum:
-        raise UserError(f"vocab_size {vocab_size} is too small: a byte-level BPE needs at least "
-                        f"{minimum} (256 bytes + {len(SPECIAL_TOKENS)} special tokens); "
-                        f"pass --vocab_size {minimum} or more (4096+ is typical)")
-    if min_frequency < 1:
-        raise UserError(f"min_frequency {min_frequency} must be at least 1")
+    `vocab_size` when the text has too few pairs seen `min_frequency` times. Progress bars
+    show by default when stderr is a terminal (the library also prints blank lines then)."""
+    _check_options(vocab_size, min_frequency)
+    if show_progress is None:
+        show_progress = sys.stderr.isatty()
     backend = tokenizers.Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizer()
     backend.decoder = decoders.ByteLevel()
@@ -282,6 +280,16 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 4096, min_frequency:
     backend.train_from_iterator(texts, trainer)
     backend.add_special_tokens(specials)  # a no-op after training, but says what they are
     return Tokenizer(backend)
+
+
+def _check_options(vocab_size: int, min_frequency: int) -> None:
+    minimum = 256 + len(SPECIAL_TOKENS)
+    if vocab_size < minimum:
+        raise UserError(f"vocab_size {vocab_size} is too small: a byte-level BPE needs at least "
+                        f"{minimum} (256 bytes + {len(SPECIAL_TOKENS)} special tokens); "
+                        f"pass --vocab_size {minimum} or more (4096+ is typical)")
+    if min_frequency < 1:
+        raise UserError(f"min_frequency {min_frequency} must be at least 1")
 
 
 def bytes_per_token(tok: Tokenizer, texts: Iterable[str]) -> float:
@@ -353,7 +361,7 @@ def use_color(stream=None) -> bool:
 _HANT = "們這個來說時國會為對學過與無長開見東風飛馬門間聽歸萬書愛氣錢車語話點頭樂問關發當經電紅綠離葉鳥龍樓淚陽應處還邊夢聲歲燈橋蘭憶興舊斷鄉調塵劍戰羅雙獨寶"
 _HANS = "们这个来说时国会为对学过与无长开见东风飞马门间听归万书爱气钱车语话点头乐问关发当经电红绿离叶鸟龙楼泪阳应处还边梦声岁灯桥兰忆兴旧断乡调尘剑战罗双独宝"
 _HANT_SET, _HANS_SET = set(_HANT), set(_HANS)
-_SAMPLE_DOCS, _SAMPLE_CHARS = 300, 10_000  # per kind; long documents are cut
+_SAMPLE_PIECES, _PIECE_CHARS = 300, 2000  # compression is measured on ≤ 300 pieces per kind
 
 
 def _is_han(c: str) -> bool:
@@ -364,7 +372,7 @@ def _is_han(c: str) -> bool:
 
 def doc_kind(text: str) -> str | None:
     """"en", "zh-Hant", "zh-Hans" or "zh" (script unclear) by the share of Han characters
-    among letters; None for a document without letters."""
+    among letters; None for a text without letters."""
     letters = han = hant = hans = 0
     for c in text:
         if c.isalpha():
@@ -381,27 +389,41 @@ def doc_kind(text: str) -> str | None:
 
 
 class _Sampler:
-    """Passes documents through while keeping a uniform sample of each kind (reservoir)."""
+    """Passes documents through while keeping a uniform sample of English and of Chinese
+    pieces (one reservoir each; a long document, e.g. a whole .txt file, is cut first)."""
 
-    def __init__(self, size: int = _SAMPLE_DOCS, seed: int = 0):
+    def __init__(self, size: int = _SAMPLE_PIECES, seed: int = 0):
         self.size, self.rng = size, random.Random(seed)
-        self.seen: dict[str, int] = {}
-        self.kept: dict[str, list[str]] = {}
+        self.kept: dict[str, list[str]] = {"en": [], "zh": []}
+        self.seen = {"en": 0, "zh": 0}
         self.docs = self.chars = 0
 
     def watch(self, texts: Iterable[str]) -> Iterator[str]:
         for t in texts:
             self.docs += 1
             self.chars += len(t)
-            kind = doc_kind(t[:_SAMPLE_CHARS])
-            if kind is not None:
-                n = self.seen[kind] = self.seen.get(kind, 0) + 1
-                kept = self.kept.setdefault(kind, [])
+            for i in range(0, len(t), _PIECE_CHARS):
+                kind = doc_kind(t[i: i + 200])  # the start of a piece is enough to tell
+                if kind is None:
+                    continue
+                kind = "en" if kind == "en" else "zh"
+                n = self.seen[kind] = self.seen[kind] + 1
+                kept = self.kept[kind]
                 if len(kept) < self.size:
-                    kept.append(t[:_SAMPLE_CHARS])
+                    kept.append(t[i: i + _PIECE_CHARS])
                 elif (j := self.rng.randrange(n)) < self.size:
-                    kept[j] = t[:_SAMPLE_CHARS]
+                    kept[j] = t[i: i + _PIECE_CHARS]
             yield t
+
+    def rows(self) -> list[tuple[str, list[str]]]:
+        """(name, pieces): English, Chinese, and its Traditional and Simplified parts."""
+        by_script: dict[str, list[str]] = {}
+        for t in self.kept["zh"]:
+            by_script.setdefault(doc_kind(t) or "zh", []).append(t)
+        rows = [("English", self.kept["en"]), ("Chinese", self.kept["zh"])]
+        if by_script.get("zh-Hant") and by_script.get("zh-Hans"):
+            rows += [("  Traditional", by_script["zh-Hant"]), ("  Simplified", by_script["zh-Hans"])]
+        return [(name, texts) for name, texts in rows if texts]
 
 
 def train_cmd(data: list[str], out: str = "runs/tokenizer", vocab_size: int = 4096,
@@ -415,12 +437,15 @@ def train_cmd(data: list[str], out: str = "runs/tokenizer", vocab_size: int = 40
         field: The text field of .jsonl lines and the text column of .parquet files.
         min_frequency: Merge only pairs seen at least this many times.
     """
-    from jielong.data.readers import iter_texts
+    from jielong.data.readers import find_files, iter_texts
 
+    _check_options(vocab_size, min_frequency)
+    files = find_files(data)  # fail on a bad path before any work
     t0 = time.time()
     sampler = _Sampler()
-    print(f"training a {vocab_size}-token BPE on {', '.join(map(str, data))}", file=sys.stderr)
-    tok = train_tokenizer(sampler.watch(iter_texts(data, field)), vocab_size, min_frequency)
+    print(f"training a {vocab_size}-token BPE on {len(files)} file{'s' * (len(files) != 1)}",
+          file=sys.stderr)
+    tok = train_tokenizer(sampler.watch(iter_texts(files, field)), vocab_size, min_frequency)
     path = tok.save(out)
     print(f"saved a {tok.vocab_size}-token tokenizer to {path}/ (tokenizer.json, "
           f"tokenizer_config.json) · {sampler.docs:,} documents, {sampler.chars:,} characters "
@@ -428,16 +453,9 @@ def train_cmd(data: list[str], out: str = "runs/tokenizer", vocab_size: int = 40
     if tok.vocab_size < vocab_size:
         print(f"note: the corpus supports only {tok.vocab_size} tokens at min_frequency "
               f"{min_frequency} (asked for {vocab_size})")
-    kept = sampler.kept
-    chinese = [t for k in ("zh-Hant", "zh-Hans", "zh") for t in kept.get(k, [])]
-    rows = [("English", kept.get("en", [])), ("Chinese", chinese)]
-    if kept.get("zh-Hant") and kept.get("zh-Hans"):
-        rows += [("  Traditional", kept["zh-Hant"]), ("  Simplified", kept["zh-Hans"])]
     print("compression, UTF-8 bytes per token (higher = fewer tokens for the same text):")
-    for name, texts in rows:
-        if texts:
-            print(f"  {name:<14}{bytes_per_token(tok, texts):5.2f}   "
-                  f"({len(texts)} sampled document{'s' * (len(texts) != 1)})")
+    for name, texts in sampler.rows():
+        print(f"  {name:<14}{bytes_per_token(tok, texts):5.2f}   ({len(texts)} sampled pieces)")
 
 
 def tokenize_cmd(text: str, model: str = "runs/demo/model") -> None:

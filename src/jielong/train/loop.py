@@ -85,8 +85,8 @@ class TrainConfig:
                 raise UserError(f"--{name}={getattr(self, name)} must be at least 1")
         if self.lr <= 0:
             raise UserError(f"--lr={self.lr} must be positive")
-        if not 0 <= self.warmup_steps <= self.steps:
-            raise UserError(f"--warmup_steps={self.warmup_steps} must be between 0 and --steps={self.steps}")
+        if self.warmup_steps < 0:
+            raise UserError(f"--warmup_steps={self.warmup_steps} must be 0 or more")
 
 
 class Stage(Protocol):
@@ -98,17 +98,18 @@ class Stage(Protocol):
 def lr_at(step: int, cfg: TrainConfig) -> float:
     """Linear warmup, then cosine decay (or WSD: hold, then linear decay) to min_lr_ratio."""
     floor = cfg.lr * cfg.min_lr_ratio
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
+    warmup = min(cfg.warmup_steps, cfg.steps)
+    if step < warmup:
+        return cfg.lr * (step + 1) / warmup
     if cfg.schedule == "constant":
         return cfg.lr
     if cfg.schedule == "wsd":
         decay_start = int(cfg.steps * (1 - cfg.decay_fraction))
         if step < decay_start:
             return cfg.lr
-        frac = (step - decay_start) / max(1, cfg.steps - decay_start)
+        frac = (step + 1 - decay_start) / max(1, cfg.steps - decay_start)
         return cfg.lr - (cfg.lr - floor) * frac
-    frac = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    frac = (step - warmup) / max(1, cfg.steps - warmup)
     return floor + 0.5 * (cfg.lr - floor) * (1 + math.cos(math.pi * min(1.0, frac)))
 
 

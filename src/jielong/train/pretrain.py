@@ -27,6 +27,7 @@ from jielong.model import Transformer
 from jielong.plots import loss_curve
 from jielong.tokenizer import Tokenizer, train_tokenizer
 from jielong.train.loop import TrainConfig, fit
+from jielong.train.losses import linear_cross_entropy
 
 
 @torch.no_grad()
@@ -68,9 +69,10 @@ class PretrainStage:
         return {"input_ids": x, "labels": y}
 
     def loss(self, model, batch) -> tuple[torch.Tensor, int]:
-        logits = model(batch["input_ids"])
+        hidden = model(batch["input_ids"], hidden_only=True)
+        head = getattr(model, "module", model).lm_head  # unwrap DDP
         labels = batch["labels"]
-        return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten()), labels.numel()
+        return linear_cross_entropy(hidden, head.weight, labels), labels.numel()
 
     def evaluate(self, model) -> dict[str, float]:
         return {"val_loss": evaluate_loss(model, self.val, self.batch_size, self.eval_batches)}
@@ -99,13 +101,19 @@ def prepare_data(data: list[str], tok: Tokenizer, tok_dir: Path, data_dir: Path,
     return prepare_shards(iter_texts(data, field), tok, data_dir, val_fraction, fingerprint=fp)
 
 
-def build_model(name: str, tok: Tokenizer, seq_len: int, seed: int) -> Transformer:
-    cfg: ModelConfig = preset(name, vocab_size=tok.vocab_size, eos_token_id=tok.eos_id,
-                              pad_token_id=tok.eos_id)
+def model_config(name: str, seq_len: int, **fields) -> ModelConfig:
+    """The preset's config, checked against the training window length."""
+    cfg = preset(name, **fields)
     if seq_len > cfg.max_position_embeddings:
         raise UserError(f"--seq_len {seq_len} is longer than the {name!r} preset allows "
                         f"(max_position_embeddings={cfg.max_position_embeddings}); use a shorter "
                         "--seq_len or a larger --preset")
+    return cfg
+
+
+def build_model(name: str, tok: Tokenizer, seq_len: int, seed: int) -> Transformer:
+    cfg = model_config(name, seq_len, vocab_size=tok.vocab_size, eos_token_id=tok.eos_id,
+                       pad_token_id=tok.eos_id)
     torch.manual_seed(seed)
     return Transformer(cfg)
 
@@ -137,6 +145,8 @@ def pretrain(
         train: Optimisation settings (steps, batch size, learning rate, …).
     """
     train = train or TrainConfig()
+    train.validate()
+    model_config(preset, seq_len)  # fail before any slow work
     run = Path(out)
     tok, tok_dir = prepare_tokenizer(data, run, tokenizer, vocab_size, field)
     meta = prepare_data(data, tok, tok_dir, run / "data", field, val_fraction)

@@ -1,0 +1,86 @@
+"""Pretraining end to end through the CLI: it learns, it resumes exactly after SIGKILL."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import run_cli, tiny_corpus
+
+from jielong.train.loop import TrainConfig, lr_at
+
+ARGS = ["--preset", "test", "--vocab_size", "320", "--seq_len", "32", "--batch_size", "4",
+        "--warmup_steps", "5", "--eval_every", "50", "--lr", "3e-3", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    path = tmp_path_factory.mktemp("corpus") / "docs.jsonl"
+    path.write_text("".join(json.dumps({"text": d}, ensure_ascii=False) + "\n" for d in tiny_corpus()),
+                    encoding="utf-8")
+    return path
+
+
+def losses(run) -> dict[int, float]:
+    rows = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in rows if "loss" in r}
+
+
+def test_pretrain_learns_and_writes_an_hf_model(tmp_path, corpus):
+    run = tmp_path / "run"
+    r = run_cli("pretrain", str(corpus), "--out", str(run), "--steps", "60", *ARGS)
+    assert r.returncode == 0, r.stderr
+    curve = losses(run)
+    assert len(curve) == 60
+    assert curve[60] < 0.5 * curve[1], f"loss did not fall: {curve[1]} -> {curve[60]}"
+    vals = [json.loads(ln)["val_loss"] for ln in (run / "metrics.jsonl").read_text().splitlines()
+            if "val_loss" in ln]
+    assert vals and vals[-1] < curve[1]
+    assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+            "generation_config.json"} <= {p.name for p in (run / "model").iterdir()}
+    assert (run / "loss.png").stat().st_size > 1000
+    assert "model:" in r.stdout and "tokens/s" in r.stdout
+    g = run_cli("generate", "The cat", "阿明住在", "--model", str(run / "model"), "--temperature", "0",
+                "--max_tokens", "8")
+    assert g.returncode == 0, g.stderr
+    assert g.stdout.count("The cat") == 1 and "阿明住在" in g.stdout
+
+
+def test_killed_run_resumes_with_identical_losses(tmp_path, corpus):
+    steps = ["--steps", "200", "--save_every", "5"]
+    ref = tmp_path / "ref"
+    assert run_cli("pretrain", str(corpus), "--out", str(ref), *steps, *ARGS).returncode == 0
+
+    run = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "jielong.cli", "pretrain", str(corpus), "--out", str(run), *steps, *ARGS]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not list((run / "checkpoints").glob("step-000001[0-9]")) and time.time() < deadline:
+        assert proc.poll() is None, "run ended before it could be killed"
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (run / "model").exists(), "the run finished before the kill; the test proves nothing"
+    done_before_kill = len(losses(run))
+    assert done_before_kill < 200
+
+    again = run_cli("pretrain", str(corpus), "--out", str(run), *steps, *ARGS)
+    assert again.returncode == 2 and "--resume" in again.stderr  # never silently overwrite
+
+    resumed = run_cli("pretrain", str(corpus), "--out", str(run), *steps, *ARGS, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert losses(run) == losses(ref)  # every step, bit for bit
+    assert len(list((run / "checkpoints").iterdir())) == 2  # keep_checkpoints, no temporaries
+
+
+def test_schedules_warm_up_then_decay_to_the_floor():
+    for schedule in ("cosine", "wsd"):
+        cfg = TrainConfig(steps=100, lr=1.0, warmup_steps=10, min_lr_ratio=0.1, schedule=schedule)
+        lrs = [lr_at(s, cfg) for s in range(100)]
+        assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+        assert all(a >= b - 1e-12 for a, b in zip(lrs[10:], lrs[11:], strict=False))
+        assert lrs[-1] == pytest.approx(0.1, abs=0.02)
+    wsd = TrainConfig(steps=100, lr=1.0, warmup_steps=10, schedule="wsd", decay_fraction=0.2)
+    assert lr_at(79, wsd) == 1.0 and lr_at(90, wsd) < 1.0
