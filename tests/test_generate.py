@@ -73,3 +73,25 @@ def test_too_long_and_bad_settings_are_user_errors(model):
         generate_ids(model, [[1]], Sampling(temperature=-1))
     with pytest.raises(UserError, match="at least one token"):
         generate_ids(model, [[]], Sampling())
+
+
+def test_token_healing_lets_the_first_token_span_the_prompt_end():
+    from jielong.infer.generate import _heal, generate_text
+    from jielong.tokenizer import train_tokenizer
+
+    tok = train_tokenizer(["阿明住在龍鄉。" * 3, "阿華住在龍鄉。" * 3] * 20, vocab_size=300)
+    prompt = tok.encode("阿明住在")
+    assert tok.encode("阿明住在龍鄉")[:len(prompt)] != prompt  # BPE merged across the prompt's end
+    ids, tail, allowed = _heal(tok, prompt)
+    assert ids == prompt[:-1] and tail == tok.token_bytes(prompt[-1])
+    assert len(allowed) > 1 and all(tok.token_bytes(a).startswith(tail) for a in allowed)
+
+    torch.manual_seed(0)
+    m = Transformer(preset("test", vocab_size=tok.vocab_size)).eval()
+    first = generate_ids(m, [ids], Sampling(3, temperature=0), first_allowed=[allowed])[0][0]
+    assert first in allowed
+    # The healed text never repeats the prompt's tail, and stop strings still cut it.
+    out = generate_text(m, tok, ["阿明住在"], Sampling(3, temperature=0))[0]
+    raw = b"".join(tok.token_bytes(t) for t in generate_ids(m, [ids], Sampling(3, temperature=0),
+                                                             first_allowed=[allowed])[0])
+    assert out == raw[len(tail):].decode("utf-8", errors="replace")

@@ -87,6 +87,7 @@ def save_model(
            "bos_token_id": cfg.bos_token_id, **(generation or {})}
     write_json(tmp / "generation_config.json", gen)
     if tokenizer is not None:
+        tokenizer.config["model_max_length"] = cfg.max_position_embeddings
         tokenizer.save(tmp)
     if trainer_state is not None:
         torch.save(trainer_state, tmp / TRAINER_STATE)

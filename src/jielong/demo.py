@@ -71,7 +71,7 @@ def demo(
     seq_len: int = 128,
     batch_size: int = 32,
     lr: float = 3e-3,
-    docs: int = 4000,
+    docs: int = 12000,
     resume: bool = False,
     device: str = "auto",
 ) -> dict:

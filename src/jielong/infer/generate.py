@@ -4,7 +4,13 @@ Run as:
     jielong generate "從前有一個" "Once upon a time" --model runs/demo/model --temperature 0
 
 Prompts of different lengths are left-padded; each row gets its own rotary positions and a
-mask that hides its padding, so a prompt decodes the same alone or in a batch. Sampling:
+mask that hides its padding, so a prompt decodes the same alone or in a batch.
+
+Token healing: BPE merges across the end of a prompt in running text ("住在" + "龍鄉" is
+tokenized "住在龍" "鄉" when Han runs merge), so a prompt's last token is often one the model
+rarely saw followed by the answer. `generate_text` therefore drops the prompt's last token
+and makes the first generated token start with its bytes (the idea of "token healing" in
+Microsoft's guidance library). Sampling:
 temperature (0 = greedy), top-k, top-p (nucleus), repetition penalty (as in CTRL,
 Keskar et al. 2019), stop strings, a token budget and a seed.
 """
@@ -64,10 +70,12 @@ def next_token(logits: torch.Tensor, s: Sampling, seen: torch.Tensor | None,
 
 @torch.no_grad()
 def generate_ids(model: Transformer, prompts: list[list[int]], s: Sampling,
-                 stop_ids: set[int] = frozenset(), decode=None) -> list[list[int]]:
+                 stop_ids: set[int] = frozenset(), decode=None,
+                 first_allowed: list[list[int] | None] | None = None) -> list[list[int]]:
     """Token ids generated for each prompt (prompt excluded, stop token excluded).
 
-    decode: ids -> text, needed only for stop strings.
+    decode: (row, ids) -> text, needed only for stop strings.
+    first_allowed: per prompt, the only token ids the first new token may be (or None).
     """
     s.validate()
     if not prompts or any(len(p) == 0 for p in prompts):
@@ -106,6 +114,13 @@ def generate_ids(model: Transformer, prompts: list[list[int]], s: Sampling,
         pos = positions[:, -1:] + 1
     else:
         logits = model(ids, cache=cache, last_only=True)[:, -1]
+    if first_allowed is not None and any(a is not None for a in first_allowed):
+        allowed = torch.ones((B, cfg.vocab_size), dtype=torch.bool, device=device)
+        for i, a in enumerate(first_allowed):
+            if a is not None:
+                allowed[i] = False
+                allowed[i, a] = True
+        logits = logits.masked_fill(~allowed, float("-inf"))
     out: list[list[int]] = [[] for _ in range(B)]
     done = torch.zeros(B, dtype=torch.bool)
     for t in range(s.max_new_tokens):
@@ -118,7 +133,7 @@ def generate_ids(model: Transformer, prompts: list[list[int]], s: Sampling,
                 done[i] = True
                 continue
             out[i].append(x)
-            if s.stop and decode is not None and any(st in decode(out[i]) for st in s.stop):
+            if s.stop and decode is not None and any(st in decode(i, out[i]) for st in s.stop):
                 done[i] = True
         if bool(done.all()) or t == s.max_new_tokens - 1:
             break
@@ -137,13 +152,41 @@ def cut_at_stop(text: str, stop: list[str]) -> str:
     return text[:cut] if cut >= 0 else text
 
 
-def generate_text(model: Transformer, tok, prompts: list[str], s: Sampling) -> list[str]:
+def _heal(tok, ids: list[int]) -> tuple[list[int], bytes, list[int] | None]:
+    """(prompt without its last token, that token's bytes, tokens that start with them)."""
+    if len(ids) < 2 or tok.is_special(ids[-1]):
+        return ids, b"", None
+    tail = tok.token_bytes(ids[-1])
+    table = _token_table(tok)
+    return ids[:-1], tail, [i for i, b in enumerate(table) if b.startswith(tail)]
+
+
+def _token_table(tok) -> list[bytes]:
+    if getattr(tok, "_bytes_table", None) is None:
+        tok._bytes_table = [b"" if tok.is_special(i) else tok.token_bytes(i)
+                            for i in range(tok.vocab_size)]
+    return tok._bytes_table
+
+
+def generate_text(model: Transformer, tok, prompts: list[str], s: Sampling,
+                  heal: bool = True) -> list[str]:
     """Continuations of `prompts` as text, cut before any stop string."""
     stop_ids = {tok.eos_id, tok.im_end_id}
     if model.config.eos_token_id is not None:
         stop_ids.add(model.config.eos_token_id)
-    outs = generate_ids(model, [tok.encode(p) for p in prompts], s, stop_ids, decode=tok.decode)
-    return [cut_at_stop(tok.decode(o), s.stop) for o in outs]
+    encoded = [tok.encode(p) for p in prompts]
+    healed = [_heal(tok, ids) if heal else (ids, b"", None) for ids in encoded]
+    tails = [t for _, t, _ in healed]
+
+    def text(i: int, ids: list[int]) -> str:
+        if not tails[i]:
+            return tok.decode(ids)
+        raw = b"".join(tok.token_bytes(x) for x in ids)
+        return raw[len(tails[i]):].decode("utf-8", errors="replace")
+
+    outs = generate_ids(model, [h for h, _, _ in healed], s, stop_ids, decode=text,
+                        first_allowed=[a for _, _, a in healed])
+    return [cut_at_stop(text(i, o), s.stop) for i, o in enumerate(outs)]
 
 
 def generate(
@@ -178,7 +221,9 @@ def generate(
 
     tok = Tokenizer.from_dir(model)
     net = load_model(model, device=pick_device(device)).eval()
-    s = Sampling(max_tokens, temperature, top_k, top_p, repetition_penalty, stop or [], seed)
+    # A shell passes "\n" as backslash + n; people mean a newline.
+    stops = [st.replace("\\n", "\n").replace("\\t", "\t") for st in stop or []]
+    s = Sampling(max_tokens, temperature, top_k, top_p, repetition_penalty, stops, seed)
     texts = generate_text(net, tok, prompt, s)
     for p, t in zip(prompt, texts, strict=True):
         print(f"\033[2m{p}\033[0m{t}" if _color() else p + t)
