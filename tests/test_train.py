@@ -84,3 +84,15 @@ def test_schedules_warm_up_then_decay_to_the_floor():
         assert lrs[-1] == pytest.approx(0.1, abs=0.02)
     wsd = TrainConfig(steps=100, lr=1.0, warmup_steps=10, schedule="wsd", decay_fraction=0.2)
     assert lr_at(79, wsd) == 1.0 and lr_at(90, wsd) < 1.0
+
+
+def test_torchrun_two_processes_on_cpu(tmp_path, corpus):
+    """DDP over gloo: rank 0 prepares the data, both train, one model is written."""
+    run = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "jielong.cli",
+           "pretrain", str(corpus), "--out", str(run), "--steps", "10", *ARGS]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert len(losses(run)) == 10
+    assert r.stdout.count("done: 10 steps") == 1
+    assert (run / "model" / "model.safetensors").exists()

@@ -22,7 +22,7 @@ import math
 import os
 import shutil
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal, Protocol
@@ -125,7 +125,7 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def _dist_setup(device: torch.device) -> tuple[int, int]:
+def init_distributed(device: torch.device) -> tuple[int, int]:
     """(rank, world size); starts the process group when launched by torchrun."""
     world = int(os.environ.get("WORLD_SIZE", 1))
     if world > 1 and not dist.is_initialized():
@@ -133,6 +133,22 @@ def _dist_setup(device: torch.device) -> tuple[int, int]:
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return (dist.get_rank(), world) if world > 1 else (0, 1)
+
+
+@contextmanager
+def main_process_first():
+    """Rank 0 runs the block first (e.g. tokenizing the corpus), then the others, who find
+    its results on disk."""
+    multi = dist.is_initialized() and dist.get_world_size() > 1
+    if multi and dist.get_rank() != 0:
+        dist.barrier()
+    yield
+    if multi and dist.get_rank() == 0:
+        dist.barrier()
+
+
+def is_main_process() -> bool:
+    return not dist.is_initialized() or dist.get_rank() == 0
 
 
 def _optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
@@ -173,7 +189,7 @@ def fit(model: torch.nn.Module, stage: Stage, cfg: TrainConfig, run_dir: str | P
     cfg.validate()
     run = Path(run_dir)
     device = pick_device(cfg.device)
-    rank, world = _dist_setup(device)
+    rank, world = init_distributed(device)
     main = rank == 0
     model.to(device)
     opt = _optimizer(model, cfg, device)

@@ -26,7 +26,14 @@ from jielong.errors import UserError
 from jielong.model import Transformer
 from jielong.plots import loss_curve
 from jielong.tokenizer import Tokenizer, train_tokenizer
-from jielong.train.loop import TrainConfig, fit
+from jielong.train.loop import (
+    TrainConfig,
+    fit,
+    init_distributed,
+    is_main_process,
+    main_process_first,
+    pick_device,
+)
 from jielong.train.losses import linear_cross_entropy
 
 
@@ -148,13 +155,19 @@ def pretrain(
     train.validate()
     model_config(preset, seq_len)  # fail before any slow work
     run = Path(out)
-    tok, tok_dir = prepare_tokenizer(data, run, tokenizer, vocab_size, field)
-    meta = prepare_data(data, tok, tok_dir, run / "data", field, val_fraction)
+    init_distributed(pick_device(train.device))  # under torchrun: rank 0 prepares the data
+    with main_process_first():
+        tok, tok_dir = prepare_tokenizer(data, run, tokenizer, vocab_size, field)
+        meta = prepare_data(data, tok, tok_dir, run / "data", field, val_fraction)
     model = build_model(preset, tok, seq_len, train.seed)
-    print(f"model: {preset} preset, {model.config.num_params / 1e6:.2f}M parameters; data: "
-          f"{sum(meta['train_sizes']):,} train / {sum(meta['val_sizes']):,} val tokens")
+    main = is_main_process()
+    if main:
+        print(f"model: {preset} preset, {model.config.num_params / 1e6:.2f}M parameters; data: "
+              f"{sum(meta['train_sizes']):,} train / {sum(meta['val_sizes']):,} val tokens")
     stage = PretrainStage(run / "data", seq_len, train.batch_size, train.seed)
     summary = fit(model, stage, train, run, tokenizer=tok, resume=resume, desc="pretrain")
+    if not main:
+        return summary
     save_model(run / "model", model, tok)
     loss_curve(run / "metrics.jsonl", run / "loss.png", title=f"pretraining · {preset}")
     print(f"done: {summary['steps']} steps, loss {summary['loss']:.3f}, val_loss "
