@@ -23,18 +23,12 @@ from safetensors.torch import save_file
 
 from jielong.config import ModelConfig
 from jielong.errors import UserError
+from jielong.files import write_json
 from jielong.model import Transformer, rope_tables
 
 WEIGHTS = "model.safetensors"
 INDEX = "model.safetensors.index.json"
 TRAINER_STATE = "trainer_state.pt"
-
-
-def write_json(path: Path, obj) -> None:
-    """Write JSON atomically (temp file in the same folder, then rename)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _weights_to_save(model: Transformer) -> dict[str, torch.Tensor]:

@@ -30,6 +30,7 @@ from jielong.checkpoint import save_model
 from jielong.data.shards import prepare_shards, unigram_loss
 from jielong.data.synthetic import build_corpus, demo_prompts
 from jielong.eval.choice import choice_accuracy
+from jielong.files import write_json, write_text
 from jielong.infer.generate import Sampling, generate_text
 from jielong.plots import loss_curve
 from jielong.tokenizer import bytes_per_token, train_tokenizer
@@ -46,11 +47,7 @@ def _bold(s: str) -> str:
 
 def _write_jsonl(path: Path, docs: list[str]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for d in docs:
-            f.write(json.dumps({"text": d}, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    write_text(path, "".join(json.dumps({"text": d}, ensure_ascii=False) + "\n" for d in docs))
 
 
 def _measure(model, tok, stage, questions, prompts) -> dict:
@@ -141,7 +138,7 @@ def demo(
     result = {"steps": steps, "tokens": summary["tokens"], "tok_s": summary["tok_s"],
               "unigram_loss": base, "before": before, "after": after, "bytes_per_token": bpt,
               "params": model.config.num_params, "seconds": round(wall, 1)}
-    (run / "results.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    write_json(run / "results.json", result)
     _report(run, result, corpus, prompts)
 
     print(_bold("4. result"))
@@ -184,6 +181,4 @@ def _report(run: Path, r: dict, corpus, prompts: list[str]) -> None:
         *[f"| {p} | {x!r} | {y!r} |" for p, x, y in zip(prompts, b["samples"], a["samples"], strict=True)],
         "",
     ]
-    tmp = run / ".report.md.tmp"
-    tmp.write_text("\n".join(lines), encoding="utf-8")
-    os.replace(tmp, run / "report.md")
+    write_text(run / "report.md", "\n".join(lines))

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
+
+from jielong.files import atomic_path
 
 
 def loss_curve(metrics: str | Path, png: str | Path, title: str = "training",
@@ -29,9 +30,7 @@ def loss_curve(metrics: str | Path, png: str | Path, title: str = "training",
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    png = Path(png)
-    tmp = png.with_name(f".{png.stem}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp)
+    with atomic_path(png) as tmp:
+        fig.savefig(tmp, format="png")
     plt.close(fig)
-    os.replace(tmp, png)
-    return png
+    return Path(png)

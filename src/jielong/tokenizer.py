@@ -17,7 +17,6 @@ import json
 import os
 import random
 import sys
-import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -27,6 +26,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, trainers
 
 from jielong.errors import UserError, at
+from jielong.files import write_text
 
 EOS, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
 SPECIAL_TOKENS = (EOS, IM_START, IM_END)  # ids 0, 1, 2
@@ -152,8 +152,8 @@ class Tokenizer:
         """Write tokenizer.json and tokenizer_config.json into `path` (created), atomically."""
         d = Path(path)
         d.mkdir(parents=True, exist_ok=True)
-        _write_atomic(d / "tokenizer.json", self.backend.to_str(pretty=True))
-        _write_atomic(d / "tokenizer_config.json",
+        write_text(d / "tokenizer.json", self.backend.to_str(pretty=True))
+        write_text(d / "tokenizer_config.json",
                       json.dumps(self.config, ensure_ascii=False, indent=2) + "\n")
         return d
 
@@ -246,17 +246,6 @@ def _read_json(path: Path) -> dict:
             from None
     except UnicodeDecodeError:
         raise UserError(f"{path}: not valid UTF-8; re-save the file as UTF-8") from None
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # -- training ---------------------------------------------------------------------------

@@ -24,6 +24,7 @@ import torch
 from tqdm import tqdm
 
 from jielong.errors import UserError
+from jielong.files import write_json
 
 SHARD_TOKENS = 2**27  # 128M tokens (256 MB as uint16) per file
 
@@ -108,7 +109,7 @@ def prepare_shards(texts: Iterable[str], tok, out_dir: str | Path, val_fraction:
         "train_docs": docs["train"], "val_docs": docs["val"], "bytes": n_bytes,
         "fingerprint": fingerprint,
     }
-    (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    write_json(tmp / "meta.json", meta)
     if out.exists():
         shutil.rmtree(out)
     os.replace(tmp, out)

@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from jielong.checkpoint import list_checkpoints, load_model, load_trainer_state, save_model
 from jielong.errors import UserError
+from jielong.files import write_text
 
 
 @dataclass
@@ -171,9 +172,7 @@ class Metrics:
             # Resuming: drop lines logged after the checkpoint, they will be logged again.
             lines = [ln for ln in path.read_text().splitlines()
                      if ln.strip() and json.loads(ln)["step"] <= keep_until_step]
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text("".join(ln + "\n" for ln in lines))
-            os.replace(tmp, path)
+            write_text(path, "".join(ln + "\n" for ln in lines))
         elif keep_until_step is None:
             path.unlink(missing_ok=True)
         self.f = open(path, "a")

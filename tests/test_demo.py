@@ -1,0 +1,26 @@
+"""The demo end to end at a tiny size: every step runs and the report says what happened."""
+
+import json
+
+from jielong.demo import demo
+
+
+def test_demo_runs_and_reports(tmp_path, capsys):
+    run = tmp_path / "demo"
+    r = demo(out=str(run), steps=40, preset="test", vocab_size=400, seq_len=64, batch_size=8,
+             docs=600, device="cpu")
+    assert r["after"]["val_loss"] < r["before"]["val_loss"] - 1.0
+    assert 0.0 < r["after"]["chance"] < 0.2
+    assert set(r["after"]["by_lang"]) == {"en", "zh-Hant", "zh-Hans", "math"}
+    report = (run / "report.md").read_text(encoding="utf-8")
+    assert "| validation loss" in report and "![loss curve](loss.png)" in report
+    assert "阿明" in report or "小華" in report  # the Chinese prompts and their continuations
+    assert json.loads((run / "results.json").read_text())["steps"] == 40
+    assert (run / "loss.png").exists() and (run / "model" / "tokenizer.json").exists()
+    for line in (run / "corpus" / "train.jsonl").read_text(encoding="utf-8").splitlines()[:5]:
+        assert json.loads(line)["text"]
+    assert "report:" in capsys.readouterr().out
+    # Running again starts over cleanly instead of refusing or mixing runs.
+    demo(out=str(run), steps=2, preset="test", vocab_size=400, seq_len=64, batch_size=8, docs=200,
+         device="cpu")
+    assert json.loads((run / "results.json").read_text())["steps"] == 2
