@@ -99,3 +99,17 @@ def test_torchrun_two_processes_on_cpu(tmp_path, corpus):
     assert len(losses(run)) == 10
     assert r.stdout.count("done: 10 steps") == 1
     assert (run / "model" / "model.safetensors").exists()
+
+
+def test_resume_clears_a_half_written_checkpoint(tmp_path, corpus):
+    run = tmp_path / "r"
+    assert run_cli("pretrain", str(corpus), "--out", str(run), "--steps", "6", "--save_every", "3",
+                   *ARGS).returncode == 0
+    half = run / "checkpoints" / ".step-0000009.tmp-12345"  # as a SIGKILL mid-save leaves it
+    half.mkdir()
+    (half / "config.json").write_text("{")
+    r = run_cli("pretrain", str(corpus), "--out", str(run), "--steps", "9", "--save_every", "3",
+                *ARGS, "--resume")
+    assert r.returncode == 0, r.stderr
+    assert "resuming from" in r.stdout and "step-0000006" in r.stdout
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-0000006", "step-0000009"]

@@ -211,6 +211,9 @@ def fit(model: torch.nn.Module, stage: Stage, cfg: TrainConfig, run_dir: str | P
     else:
         torch.manual_seed(cfg.seed)
     run.mkdir(parents=True, exist_ok=True)
+    if main:  # a run killed mid-save leaves its half-written checkpoint under a hidden name
+        for stale in (run / "checkpoints").glob(".step-*"):
+            shutil.rmtree(stale, ignore_errors=True)
     metrics = Metrics(run / "metrics.jsonl", start if resume else None) if main else None
 
     train_model = model
