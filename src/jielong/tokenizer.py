@@ -13,6 +13,7 @@ a character the merges never saw (a rare é¥•) is spelled as its UTF-8 bytes, 1â€
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
@@ -207,6 +208,12 @@ class Tokenizer:
         if token_id in self._special or any(c not in _BYTE_OF for c in token):
             return token.encode("utf-8")
         return bytes(_BYTE_OF[c] for c in token)
+
+    @functools.cached_property
+    def byte_table(self) -> list[bytes]:
+        """Every token's bytes by id (b"" for special tokens), e.g. to find all tokens that
+        start with given bytes."""
+        return [b"" if self.is_special(i) else self.token_bytes(i) for i in range(self.vocab_size)]
 
     # -- chat ----------------------------------------------------------------------------
 

@@ -157,15 +157,7 @@ def _heal(tok, ids: list[int]) -> tuple[list[int], bytes, list[int] | None]:
     if len(ids) < 2 or tok.is_special(ids[-1]):
         return ids, b"", None
     tail = tok.token_bytes(ids[-1])
-    table = _token_table(tok)
-    return ids[:-1], tail, [i for i, b in enumerate(table) if b.startswith(tail)]
-
-
-def _token_table(tok) -> list[bytes]:
-    if getattr(tok, "_bytes_table", None) is None:
-        tok._bytes_table = [b"" if tok.is_special(i) else tok.token_bytes(i)
-                            for i in range(tok.vocab_size)]
-    return tok._bytes_table
+    return ids[:-1], tail, [i for i, b in enumerate(tok.byte_table) if b.startswith(tail)]
 
 
 def generate_text(model: Transformer, tok, prompts: list[str], s: Sampling,
