@@ -75,3 +75,44 @@ def test_presets_have_their_advertised_sizes():
     assert 330e6 < preset("350m").num_params < 370e6
     m = Transformer(preset("test"))
     assert sum(p.numel() for p in m.parameters()) == preset("test").num_params
+
+
+@pytest.mark.parametrize("scaling", [
+    {"rope_type": "linear", "factor": 4.0},
+    {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64},
+    {"type": "yarn", "factor": 8.0, "original_max_position_embeddings": 32, "beta_fast": 16,
+     "mscale": 1.0, "mscale_all_dim": 0.5},
+    {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+     "original_max_position_embeddings": 64},
+])
+def test_rope_scaling_matches_transformers(scaling):
+    torch.manual_seed(0)
+    cfg = preset("test", vocab_size=320, rope_scaling=scaling, rope_theta=500000.0)
+    ours = Transformer(cfg).eval()
+    ref = hf_model(cfg)
+    ref.load_state_dict(ours.state_dict(), strict=True)
+    x = torch.randint(0, 320, (1, 200))
+    with torch.no_grad():
+        assert (ours(x) - ref(x).logits).abs().max() <= 1e-4
+
+
+def test_sliding_window_matches_transformers_with_and_without_cache():
+    torch.manual_seed(0)
+    cfg = preset("test", vocab_size=320, model_type="mistral", sliding_window=8)
+    ours = Transformer(cfg).eval()
+    ref = hf_model(cfg)
+    ref.load_state_dict(ours.state_dict(), strict=True)
+    x = torch.randint(0, 320, (2, 37))
+    cache = KVCache(cfg, 2, 40)
+    with torch.no_grad():
+        full = ours(x)
+        assert (full - ref(x).logits).abs().max() <= 1e-4
+        steps = [ours(x[:, :20], cache=cache)] + [ours(x[:, t:t + 1], cache=cache) for t in range(20, 37)]
+    assert (torch.cat(steps, 1) - full).abs().max() <= 1e-5
+
+
+def test_unsupported_rope_scaling_is_named():
+    with pytest.raises(UserError, match="'dynamic' is not supported.*linear, llama3, yarn"):
+        preset("test", rope_scaling={"rope_type": "dynamic", "factor": 2.0})
+    with pytest.raises(UserError, match="needs low_freq_factor"):
+        preset("test", rope_scaling={"rope_type": "llama3", "factor": 8.0})

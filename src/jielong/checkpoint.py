@@ -15,16 +15,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 
 from jielong.config import ModelConfig
 from jielong.errors import UserError
 from jielong.files import write_json
-from jielong.model import Transformer, rope_tables
+from jielong.model import Transformer, rope_frequencies
 
 WEIGHTS = "model.safetensors"
 INDEX = "model.safetensors.index.json"
@@ -75,10 +75,14 @@ def save_model(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     cfg = model.config
+    cfg.torch_dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
     cfg.save(tmp / "config.json")
     _save_weights(_weights_to_save(model), tmp, max_shard_bytes)
-    gen = {"eos_token_id": cfg.eos_token_id, "pad_token_id": cfg.pad_token_id,
-           "bos_token_id": cfg.bos_token_id, **(generation or {})}
+    eos = [cfg.eos_token_id] if cfg.eos_token_id is not None else []
+    if tokenizer is not None:  # end-of-turn tokens (<|im_end|>) end a reply too
+        eos += sorted(tokenizer.end_ids - set(eos))
+    gen = {"eos_token_id": eos if len(eos) > 1 else cfg.eos_token_id,
+           "pad_token_id": cfg.pad_token_id, "bos_token_id": cfg.bos_token_id, **(generation or {})}
     write_json(tmp / "generation_config.json", gen)
     if tokenizer is not None:
         tokenizer.config["model_max_length"] = cfg.max_position_embeddings
@@ -95,45 +99,136 @@ def save_model(
     return out
 
 
+BIN_WEIGHTS, BIN_INDEX = "pytorch_model.bin", "pytorch_model.bin.index.json"
+
+
 def _weight_files(d: Path) -> list[Path]:
-    if (d / INDEX).exists():
-        index = json.loads((d / INDEX).read_text(encoding="utf-8"))
-        return [d / f for f in sorted(set(index["weight_map"].values()))]
-    if (d / WEIGHTS).exists():
-        return [d / WEIGHTS]
+    """The safetensors files of a model directory; else its pytorch_model*.bin files."""
+    for index, single in ((INDEX, WEIGHTS), (BIN_INDEX, BIN_WEIGHTS)):
+        if (d / index).exists():
+            weight_map = _read_index(d / index)
+            return [d / f for f in sorted(set(weight_map.values()))]
+        if (d / single).exists():
+            return [d / single]
     return []
+
+
+def _read_index(path: Path) -> dict[str, str]:
+    try:
+        weight_map = json.loads(path.read_text(encoding="utf-8"))["weight_map"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise UserError(f"{path}: not a valid weight index ({e}); re-download the model") from None
+    missing = sorted({f for f in weight_map.values() if not (path.parent / f).exists()})
+    if missing:
+        raise UserError(f"{path.parent / missing[0]}: shard listed in {path.name} is missing; "
+                        "the download is incomplete, fetch the model again")
+    return weight_map
 
 
 def check_model_dir(path: str | Path) -> Path:
     d = Path(path)
     if not d.is_dir():
         raise UserError(f"{d}: no such model directory; pass a folder written by `jielong pretrain` "
-                        "or a Hugging Face model directory")
+                        "or a Hugging Face model directory (or a hub id such as Qwen/Qwen2.5-0.5B)")
     if not (d / "config.json").exists():
         raise UserError(f"{d}: not a model directory (no config.json); pass a folder written by "
                         "`jielong pretrain` or a Hugging Face model directory")
     if not _weight_files(d):
-        raise UserError(f"{d}: has no model.safetensors (or sharded safetensors with an index); "
-                        "jielong loads safetensors weights only")
+        raise UserError(f"{d}: has no model.safetensors (or sharded safetensors with an index) "
+                        "and no pytorch_model.bin")
     return d
 
 
+# safetensors' dtype names (https://github.com/huggingface/safetensors, format section)
+_ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
+              "BF16": torch.bfloat16, "I64": torch.int64, "I32": torch.int32, "I16": torch.int16,
+              "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
+
+
+def read_safetensors(path: Path):
+    """Yield (name, tensor) from a .safetensors file, one tensor at a time.
+
+    The format is an 8-byte little-endian header length, a JSON header of
+    {name: {dtype, shape, data_offsets}}, then the raw bytes. We read each tensor straight
+    into its own buffer with plain file reads instead of memory-mapping the file: a mapped
+    file's pages count towards the process's memory until it is closed, which would hold a
+    whole extra copy of a large shard while loading.
+    """
+    def bad(why: str) -> UserError:
+        return UserError(f"{path}: not a valid safetensors file ({why}); re-download or re-save it")
+
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise bad("shorter than its header")
+        n = int.from_bytes(head, "little")
+        try:
+            header = json.loads(f.read(n))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise bad(f"header: {e}") from None
+        header.pop("__metadata__", None)
+        for name, info in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]):
+            if info["dtype"] not in _ST_DTYPES:
+                raise bad(f"tensor {name} has dtype {info['dtype']}, which jielong does not load")
+            t = torch.empty(info["shape"], dtype=_ST_DTYPES[info["dtype"]])
+            begin, end = info["data_offsets"]
+            buf = t.reshape(-1).view(torch.uint8).numpy()
+            if end - begin != buf.nbytes:
+                raise bad(f"tensor {name}: {end - begin} bytes for shape {info['shape']}")
+            f.seek(8 + n + begin)
+            if f.readinto(memoryview(buf)) != buf.nbytes:
+                raise bad(f"truncated in tensor {name}")
+            yield name, t
+
+
+def _read_bin(path: Path):
+    print(f"note: {path.name} is a pickle file; loading it with torch.load(weights_only=True), "
+          "which refuses anything but tensors. Prefer safetensors.", file=sys.stderr)
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # an unpickling error names what was refused
+        raise UserError(f"{path}: cannot load safely ({str(e).splitlines()[0]}); convert the "
+                        "model to safetensors") from None
+    yield from sd.items()
+
+
+def _dtype(dtype: str | torch.dtype, cfg: ModelConfig, device: torch.device) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":  # the checkpoint's own dtype on a GPU; float32 on a CPU
+        dtype = cfg.torch_dtype if device.type == "cuda" else "float32"
+    if dtype not in ("float32", "bfloat16", "float16"):
+        raise UserError(f"dtype {dtype!r}: choose auto, float32, bfloat16 or float16")
+    return getattr(torch, dtype)
+
+
 def load_model(path: str | Path, device: str | torch.device = "cpu",
-               dtype: torch.dtype = torch.float32) -> Transformer:
-    """Build the model from `config.json` and fill it shard by shard from safetensors."""
+               dtype: str | torch.dtype = torch.float32) -> Transformer:
+    """Build the model from `config.json` and fill it tensor by tensor, in `dtype`
+    ("auto": the checkpoint's own on a GPU, float32 on a CPU). Peak memory stays near one
+    copy of the model: it is built on the meta device (no memory), and each tensor is read,
+    cast and moved before the next one is read."""
     d = check_model_dir(path)
     cfg = ModelConfig.load(d / "config.json")
+    device = torch.device(device)
+    dtype = _dtype(dtype, cfg, device)
     with torch.device("meta"):
         model = Transformer(cfg)
     params = dict(model.named_parameters())
     state: dict[str, torch.Tensor] = {}
     for f in _weight_files(d):
-        with safe_open(str(f), framework="pt", device=str(device)) as sf:
-            for k in sf.keys():
-                if k not in params:
-                    raise UserError(f"{f}: unexpected tensor {k!r} for a {cfg.model_type} model "
-                                    "with this config.json")
-                state[k] = sf.get_tensor(k).to(dtype)
+        tensors = read_safetensors(f) if f.suffix == ".safetensors" else _read_bin(f)
+        for k, t in tensors:
+            if k.endswith("rotary_emb.inv_freq"):  # some old checkpoints saved this buffer
+                continue
+            if k not in params:
+                raise UserError(f"{f}: unexpected tensor {k!r} for a {cfg.model_type} model "
+                                "with this config.json")
+            if t.shape != params[k].shape:
+                raise UserError(f"{f}: tensor {k!r} has shape {tuple(t.shape)} but config.json "
+                                f"implies {tuple(params[k].shape)}")
+            state[k] = t.to(device=device, dtype=dtype)
+            del t
     if cfg.tie_word_embeddings:
         state.pop("lm_head.weight", None)
     missing = set(params) - set(state) - ({"lm_head.weight"} if cfg.tie_word_embeddings else set())
@@ -142,8 +237,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu",
     model.load_state_dict(state, strict=False, assign=True)
     if cfg.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
-    cos, sin = rope_tables(cfg, device=device)
-    model.rope_cos, model.rope_sin = cos, sin
+    model.inv_freq = rope_frequencies(cfg, device=device)[0]
     return model
 
 

@@ -39,7 +39,12 @@ class ModelConfig:
     max_position_embeddings: int = 512
     rms_norm_eps: float = 1e-6
     rope_theta: float = 10000.0
-    attention_bias: bool = False  # Qwen2 puts a bias on q/k/v
+    # Longer context by rescaling rotary frequencies: None, or HF's dict, e.g. Llama 3.1's
+    # {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+    #  "original_max_position_embeddings": 8192}; also "linear" and "yarn".
+    rope_scaling: dict | None = None
+    sliding_window: int | None = None  # Mistral v0.1: each token sees this many tokens back
+    attention_bias: bool = False  # q/k/v bias (Qwen2 always; Llama/Qwen3 also bias o_proj)
     qk_norm: bool = False  # Qwen3 RMS-normalises q and k per head
     tie_word_embeddings: bool = True
     model_type: str = "llama"
@@ -47,10 +52,17 @@ class ModelConfig:
     eos_token_id: int | None = 0
     pad_token_id: int | None = 0
     initializer_range: float = 0.02
+    torch_dtype: str = "float32"  # the dtype the weights are stored in
 
     def __post_init__(self) -> None:
         if self.head_dim is None:
             self.head_dim = self.hidden_size // self.num_attention_heads
+        if self.model_type == "qwen2":
+            self.attention_bias = True  # Qwen2 has q/k/v biases whatever the config says
+        if self.model_type == "qwen3":
+            self.qk_norm = True
+        if self.rope_scaling is not None:
+            self.rope_scaling = _rope_scaling(self.rope_scaling)
         self.validate()
 
     def validate(self) -> None:
@@ -68,41 +80,79 @@ class ModelConfig:
             raise bad(f"head_dim={self.head_dim} must be even for rotary embeddings")
         if self.model_type not in ARCHITECTURES:
             raise bad(f"model_type {self.model_type!r} is not one of {', '.join(ARCHITECTURES)}")
+        if self.model_type == "mistral" and self.attention_bias:
+            raise bad("Mistral has no attention bias; set attention_bias false")
+        if self.sliding_window is not None and self.sliding_window <= 0:
+            raise bad(f"sliding_window={self.sliding_window} must be positive or null")
 
     @property
     def num_params(self) -> int:
         h, i, L, v = self.hidden_size, self.intermediate_size, self.num_hidden_layers, self.vocab_size
         q = self.num_attention_heads * self.head_dim
         kv = self.num_key_value_heads * self.head_dim
-        attn = h * q + 2 * h * kv + q * h + (q + 2 * kv if self.attention_bias else 0)
+        attn = h * q + 2 * h * kv + q * h
+        if self.attention_bias:
+            attn += q + 2 * kv + (h if self.model_type != "qwen2" else 0)
         layer = attn + 3 * h * i + 2 * h + (2 * self.head_dim if self.qk_norm else 0)
         return v * h * (1 if self.tie_word_embeddings else 2) + L * layer + h
 
     def to_hf(self) -> dict:
+        """config.json in the layout both transformers 4 and 5 read (5 converts
+        rope_theta + rope_scaling into its rope_parameters)."""
         d = asdict(self)
         d.pop("qk_norm")  # implied by model_type qwen3
-        d.update(
-            architectures=[ARCHITECTURES[self.model_type]],
-            hidden_act="silu",
-            torch_dtype="float32",
-            rope_scaling=None,
-            use_cache=True,
-        )
-        if self.model_type in ("qwen2", "qwen3", "mistral"):
-            d.update(use_sliding_window=False, sliding_window=None)
+        d.update(architectures=[ARCHITECTURES[self.model_type]], hidden_act="silu", use_cache=True)
+        if self.model_type == "qwen2":
+            d.pop("attention_bias")  # not a Qwen2 option
+            d.update(use_sliding_window=self.sliding_window is not None)
+        if self.model_type == "qwen3":
+            d.update(use_sliding_window=False)
+        if self.model_type == "llama":
+            d.update(mlp_bias=False)
+            d.pop("sliding_window")
         return d
 
     @classmethod
-    def from_hf(cls, d: dict) -> ModelConfig:
+    def from_hf(cls, d: dict, where: str = "config.json") -> ModelConfig:
+        """Read a transformers config.json (4.x or 5.x layout); `where` names it in errors."""
         d = dict(d)
-        if "rope_parameters" in d and "rope_theta" not in d:  # transformers >= 5 layout
-            d["rope_theta"] = (d["rope_parameters"] or {}).get("rope_theta", 10000.0)
+        model_type = d.get("model_type")
+        if model_type not in ARCHITECTURES:
+            arch = ", ".join(d.get("architectures") or []) or "unknown architecture"
+            raise UserError(f"{where}: model_type {model_type!r} ({arch}) is not supported; jielong "
+                            f"runs the {', '.join(ARCHITECTURES)} families (Llama 2/3, Mistral, "
+                            "Qwen2/2.5, Qwen3)")
+        if d.get("hidden_act", "silu") != "silu" or d.get("mlp_bias"):
+            raise UserError(f"{where}: hidden_act={d.get('hidden_act')!r}, mlp_bias="
+                            f"{d.get('mlp_bias')} is not the SwiGLU MLP jielong implements")
+        rope = d.get("rope_parameters")  # transformers >= 5: theta and scaling together
+        if isinstance(rope, dict):
+            d.setdefault("rope_theta", rope.get("rope_theta", 10000.0))
+            d.setdefault("rope_scaling", rope)
+        if (d.get("rope_scaling") or {}).get("partial_rotary_factor", 1.0) != 1.0:
+            raise UserError(f"{where}: partial rotary embeddings are not supported")
+        if model_type == "qwen2":
+            if not d.get("use_sliding_window"):
+                d["sliding_window"] = None
+            elif d.get("max_window_layers", 0) < d.get("num_hidden_layers", 0):
+                raise UserError(f"{where}: Qwen2 sliding-window attention on only some layers "
+                                "(max_window_layers) is not supported; set use_sliding_window false")
+        if d.get("sliding_window") is not None and d["sliding_window"] >= d.get(
+                "max_position_embeddings", 0):
+            d["sliding_window"] = None  # a window longer than the context changes nothing
+        if "dtype" in d and "torch_dtype" not in d:
+            d["torch_dtype"] = d["dtype"]
         known = {f.name for f in fields(cls)}
         kw = {k: v for k, v in d.items() if k in known}
-        kw["qk_norm"] = d.get("model_type") == "qwen3"
+        kw["torch_dtype"] = str(kw.get("torch_dtype") or "float32").removeprefix("torch.")
         if isinstance(kw.get("eos_token_id"), list):  # Llama-3 style: several EOS ids
-            kw["eos_token_id"] = kw["eos_token_id"][0]
-        return cls(**kw)
+            kw["eos_token_id"] = kw["eos_token_id"][0] if kw["eos_token_id"] else None
+        try:
+            return cls(**kw)
+        except UserError as e:
+            raise UserError(f"{where}: {e}") from None
+        except TypeError as e:
+            raise UserError(f"{where}: {e}") from None
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_hf(), indent=2, ensure_ascii=False) + "\n")
@@ -111,11 +161,33 @@ class ModelConfig:
     def load(cls, path: str | Path) -> ModelConfig:
         path = Path(path)
         try:
-            return cls.from_hf(json.loads(path.read_text(encoding="utf-8")))
+            return cls.from_hf(json.loads(path.read_text(encoding="utf-8")), where=str(path))
         except FileNotFoundError:
             raise UserError(f"{path}: not found; a model directory needs a config.json") from None
         except json.JSONDecodeError as e:
             raise UserError(f"{path}:{e.lineno}: config.json is not valid JSON ({e.msg})") from None
+
+
+ROPE_TYPES = ("linear", "llama3", "yarn")
+_ROPE_REQUIRED = {"linear": ("factor",), "yarn": ("factor", "original_max_position_embeddings"),
+                  "llama3": ("factor", "low_freq_factor", "high_freq_factor",
+                             "original_max_position_embeddings")}
+
+
+def _rope_scaling(r: dict) -> dict | None:
+    """Check a rope-scaling dict; None for plain RoPE. Old configs say "type" for "rope_type"."""
+    r = {k: v for k, v in r.items() if k not in ("rope_theta", "type")} | {
+        "rope_type": r.get("rope_type", r.get("type", "default"))}
+    kind = r["rope_type"]
+    if kind == "default":
+        return None
+    if kind not in ROPE_TYPES:
+        raise UserError(f"impossible model config: rope_scaling type {kind!r} is not supported; "
+                        f"jielong implements {', '.join(ROPE_TYPES)}")
+    missing = [k for k in _ROPE_REQUIRED[kind] if r.get(k) is None]
+    if missing:
+        raise UserError(f"impossible model config: {kind} rope_scaling needs {', '.join(missing)}")
+    return r
 
 
 PRESETS: dict[str, dict] = {

@@ -35,14 +35,59 @@ class RMSNorm(nn.Module):
         return self.weight * F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
 
 
-def rope_tables(cfg: ModelConfig, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin for every position, shape (max_position_embeddings, head_dim)."""
+def rope_frequencies(cfg: ModelConfig, device=None) -> tuple[torch.Tensor, float]:
+    """Rotary inverse frequencies (head_dim/2,) and the factor cos/sin are scaled by.
+
+    Plain RoPE: theta^(-2i/d). With `rope_scaling` (for contexts longer than pretraining):
+    linear divides every frequency by `factor`; llama3 (Llama 3.1) divides only the low
+    frequencies, whose wavelength exceeds the original context, blending smoothly in between;
+    yarn (Peng et al. 2023) blends per dimension by how many rotations it makes over the
+    original context, and scales attention by 0.1·ln(factor) + 1.
+    """
     d = cfg.head_dim
-    inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float64, device=device) / d))
-    t = torch.arange(cfg.max_position_embeddings, dtype=torch.float64, device=device)
-    freqs = torch.outer(t, inv_freq).float()
-    emb = torch.cat([freqs, freqs], dim=-1)  # HF's "half" layout: rotate first and second halves
-    return emb.cos(), emb.sin()
+    inv_freq = 1.0 / cfg.rope_theta ** (torch.arange(0, d, 2, device=device).float() / d)
+    r = cfg.rope_scaling
+    if r is None:
+        return inv_freq, 1.0
+    factor = float(r["factor"])
+    if r["rope_type"] == "linear":
+        return inv_freq / factor, 1.0
+    if r["rope_type"] == "llama3":
+        old = r["original_max_position_embeddings"]
+        low_wavelen, high_wavelen = old / r["low_freq_factor"], old / r["high_freq_factor"]
+        wavelen = 2 * math.pi / inv_freq
+        smooth = (old / wavelen - r["low_freq_factor"]) / (r["high_freq_factor"] - r["low_freq_factor"])
+        blended = (1 - smooth) * inv_freq / factor + smooth * inv_freq
+        scaled = torch.where(wavelen > low_wavelen, inv_freq / factor, inv_freq)
+        middle = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+        return torch.where(middle, blended, scaled), 1.0
+    # yarn
+    old, theta = r["original_max_position_embeddings"], cfg.rope_theta
+
+    def dim_for(rotations: float) -> float:  # the dimension that turns `rotations` times
+        return d * math.log(old / (rotations * 2 * math.pi)) / (2 * math.log(theta))
+
+    low, high = dim_for(r.get("beta_fast") or 32), dim_for(r.get("beta_slow") or 1)
+    if r.get("truncate", True):
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, d - 1)
+    ramp = ((torch.arange(d // 2, device=device).float() - low) / max(high - low, 1e-3)).clamp(0, 1)
+    inv_freq = inv_freq / factor * ramp + inv_freq * (1 - ramp)
+    scale = r.get("attention_factor")
+    if scale is None:
+        def mscale(m: float) -> float:
+            return 0.1 * m * math.log(factor) + 1.0 if factor > 1 else 1.0
+
+        m, m_all = r.get("mscale"), r.get("mscale_all_dim")
+        scale = mscale(m) / mscale(m_all) if m and m_all else mscale(1.0)
+    return inv_freq, float(scale)
+
+
+def rope_cos_sin(inv_freq: torch.Tensor, scale: float, positions: torch.Tensor):
+    """cos and sin for `positions` ((T,) or (B, T)), in HF's half layout: (..., head_dim)."""
+    freqs = positions[..., None].float() * inv_freq
+    emb = torch.cat([freqs, freqs], dim=-1)  # rotate the first and second halves together
+    return emb.cos() * scale, emb.sin() * scale
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -80,7 +125,8 @@ class Attention(nn.Module):
         self.q_proj = nn.Linear(h, self.n_head * self.head_dim, bias=bias)
         self.k_proj = nn.Linear(h, self.n_kv * self.head_dim, bias=bias)
         self.v_proj = nn.Linear(h, self.n_kv * self.head_dim, bias=bias)
-        self.o_proj = nn.Linear(self.n_head * self.head_dim, h, bias=False)
+        # Llama/Qwen3 with attention_bias put one on the output too; Qwen2 does not.
+        self.o_proj = nn.Linear(self.n_head * self.head_dim, h, bias=bias and cfg.model_type != "qwen2")
         if cfg.qk_norm:
             self.q_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
             self.k_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
@@ -127,6 +173,12 @@ class DecoderLayer(nn.Module):
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
+def _window(T: int, S: int, window: int, device) -> torch.Tensor:
+    """(T, S) mask of keys within `window` of each query, the T queries being the last of S."""
+    q = torch.arange(S - T, S, device=device)[:, None]
+    return torch.arange(S, device=device)[None, :] > q - window
+
+
 class Transformer(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -139,9 +191,8 @@ class Transformer(nn.Module):
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
-        cos, sin = rope_tables(cfg)
-        self.register_buffer("rope_cos", cos, persistent=False)
-        self.register_buffer("rope_sin", sin, persistent=False)
+        inv_freq, self.rope_scale = rope_frequencies(cfg)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
         self.apply(self._init_weights)
         # Residual projections start smaller so the residual stream's variance does not grow
         # with depth (GPT-2 paper, section 2.3).
@@ -184,17 +235,23 @@ class Transformer(nn.Module):
                              f"max_position_embeddings={self.config.max_position_embeddings}")
         if positions is None:
             positions = torch.arange(start, start + T, device=input_ids.device)
-        cos, sin = self.rope_cos[positions], self.rope_sin[positions]
+        cos, sin = rope_cos_sin(self.inv_freq, self.rope_scale, positions)
         if cos.dim() == 3:  # per-row positions: broadcast over heads
             cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
         causal = False
-        if attn_mask is None and T > 1:
-            if start == 0:
+        window = self.config.sliding_window
+        if attn_mask is None and (T > 1 or (window and start + T > window)):
+            if start == 0 and not (window and T > window):
                 causal = True  # SDPA's fast causal path
-            else:  # a chunk appended to a cache: each query sees the cache and its past
-                attn_mask = torch.ones(T, start + T, dtype=torch.bool, device=input_ids.device)
-                attn_mask = attn_mask.tril(diagonal=start)
+            else:  # each query sees the cache and its own past (and, with a window, no further)
+                q = torch.arange(start, start + T, device=input_ids.device)[:, None]
+                k = torch.arange(start + T, device=input_ids.device)[None, :]
+                attn_mask = (k <= q) & ((k > q - window) if window else True)
+        elif attn_mask is not None and window and attn_mask.shape[-1] > window:
+            attn_mask = attn_mask & _window(attn_mask.shape[-2], attn_mask.shape[-1], window,
+                                            attn_mask.device)
         x = self.model.embed_tokens(input_ids)
+        cos, sin = cos.to(x.dtype), sin.to(x.dtype)  # as HF does, for matching low-precision logits
         for layer in self.model.layers:
             x = layer(x, cos, sin, cache, attn_mask, causal)
         if cache is not None:

@@ -13,6 +13,7 @@ a character the merges never saw (a rare 饕) is spelled as its UTF-8 bytes, 1�
 
 from __future__ import annotations
 
+import datetime
 import functools
 import json
 import os
@@ -22,6 +23,8 @@ import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+import jinja2.ext
+import jinja2.nodes
 import tokenizers
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, trainers
@@ -120,6 +123,9 @@ class Tokenizer:
         self.config = config if config is not None else default_config(backend)
         self._special = {i for i, t in backend.get_added_tokens_decoder().items() if t.special}
         self._template = None
+        # GPT-2-style byte-level BPE spells bytes as printable characters; SentencePiece-style
+        # vocabularies (Llama 2, Mistral) write "▁" for a space and <0xNN> for a raw byte.
+        self.byte_level = "ByteLevel" in repr(backend.decoder)
 
     # -- files ---------------------------------------------------------------------------
 
@@ -205,7 +211,13 @@ class Tokenizer:
         token = self.backend.id_to_token(token_id)
         if token is None:
             raise IndexError(f"token id {token_id} is outside the vocabulary ({self.vocab_size})")
-        if token_id in self._special or any(c not in _BYTE_OF for c in token):
+        if token_id in self._special:
+            return token.encode("utf-8")
+        if not self.byte_level:
+            if len(token) == 6 and token.startswith("<0x") and token.endswith(">"):
+                return bytes([int(token[3:5], 16)])
+            return token.replace("▁", " ").encode("utf-8")
+        if any(c not in _BYTE_OF for c in token):
             return token.encode("utf-8")
         return bytes(_BYTE_OF[c] for c in token)
 
@@ -217,28 +229,161 @@ class Tokenizer:
 
     # -- chat ----------------------------------------------------------------------------
 
+    @property
+    def end_ids(self) -> set[int]:
+        """Token ids that end a reply: the eos token and any known end-of-turn token in the
+        vocabulary (a base model chatting through a template emits those). Add the model's
+        generation_config.json eos ids to these (see `jielong.hf.stop_ids`)."""
+        ids = {self.backend.token_to_id(t) for t in END_OF_TURN}
+        eos = self._token_str("eos_token")
+        ids.add(self.backend.token_to_id(eos) if eos else None)
+        return {i for i in ids if i is not None and i in self._special}
+
     def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = False,
                             **kwargs) -> str:
         """Render `messages` ([{"role", "content"}, …]) with the stored chat template, as
         transformers does (same Jinja settings), so both give the same string."""
+        return self.render_chat(messages, add_generation_prompt, **kwargs)[0]
+
+    def render_chat(self, messages: list[dict], add_generation_prompt: bool = False,
+                    **kwargs) -> tuple[str, list[tuple[int, int]]]:
+        """(text, spans): the rendered conversation, and the character spans the template
+        marks with {% generation %}…{% endgeneration %} (empty when it has no such tags)."""
         if self._template is None:
             source = self.config.get("chat_template")
             if not source:
                 raise UserError("this tokenizer has no chat_template in tokenizer_config.json; "
                                 "add one or use a tokenizer trained by jielong")
-            env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-            env.globals["raise_exception"] = _raise_template_error
-            env.filters["tojson"] = lambda x, indent=None: json.dumps(
-                x, ensure_ascii=False, indent=indent)
-            self._template = env.from_string(source)
-        specials = {k: self._token_str(k) for k in ("bos_token", "eos_token", "pad_token")}
-        return self._template.render(messages=messages,
-                                     add_generation_prompt=add_generation_prompt,
-                                     **specials, **kwargs)
+            self._template = _template_env().from_string(source)
+        messages = _check_messages(messages)
+        specials = {k: self._token_str(k) for k in ("bos_token", "eos_token", "unk_token", "pad_token")}
+        kwargs.setdefault("tools", None)
+        kwargs.setdefault("documents", None)
+        text = self._template.render(messages=messages, add_generation_prompt=add_generation_prompt,
+                                     **{**specials, **kwargs})
+        spans, pieces, at = [], [], 0
+        for i, piece in enumerate(text.split(_GEN_START)):
+            if i == 0:
+                pieces.append(piece)
+                at = len(piece)
+                continue
+            inside, _, after = piece.partition(_GEN_END)
+            spans.append((at, at + len(inside)))
+            pieces += [inside, after]
+            at += len(inside) + len(after)
+        return "".join(pieces), spans
+
+    def encode_chat(self, messages: list[dict], add_generation_prompt: bool = False,
+                    **kwargs) -> tuple[list[int], list[bool]]:
+        """(ids, mask): the conversation's token ids, exactly as transformers'
+        `apply_chat_template` gives them, and True for each token of an assistant reply
+        (the tokens an SFT loss trains on), including the end-of-turn token that closes it.
+
+        Templates with {% generation %} tags mark the replies themselves (as transformers'
+        `return_assistant_tokens_mask`). For the others, each assistant message's content is
+        found in the rendered text in order, and its mask runs on to the end-of-turn token.
+        """
+        text, spans = self.render_chat(messages, add_generation_prompt, **kwargs)
+        enc = self.backend.encode(text, add_special_tokens=False)
+        ids, mask = enc.ids, [False] * len(enc.ids)
+        if spans:
+            for a, b in spans:
+                first, last = enc.char_to_token(a), enc.char_to_token(b - 1) if b > a else None
+                if first is not None and last is not None:
+                    mask[first:last + 1] = [True] * (last + 1 - first)
+            return ids, mask
+        ends, cursor = self.end_ids, 0
+        for n, m in enumerate(messages):
+            if m.get("role") != "assistant" or not isinstance(m.get("content"), str):
+                continue
+            content = m["content"].strip()
+            a = text.find(content, cursor)
+            if a < 0 and "</think>" in content:  # templates that drop past reasoning
+                content = content.rsplit("</think>", 1)[-1].strip()
+                a = text.find(content, cursor)
+            if not content:
+                continue
+            if a < 0:
+                raise UserError(f"message {n + 1} (assistant) does not appear in the rendered chat "
+                                "template, so its tokens cannot be masked; use a template with "
+                                "{% generation %} tags")
+            cursor = a + len(content)
+            first, last = enc.char_to_token(a), enc.char_to_token(cursor - 1)
+            if first is None or last is None:
+                continue
+            while last + 1 < len(ids) and enc.offsets[last + 1][0] < cursor:
+                last += 1  # the other byte tokens of a character split across tokens (🍜)
+            j = last + 1  # run on over whitespace to the end-of-turn token, if one follows
+            while j < len(ids) and ids[j] not in ends and not self.decode([ids[j]]).strip():
+                j += 1
+            if j < len(ids) and ids[j] in ends:
+                last = j
+            mask[first:last + 1] = [True] * (last + 1 - first)
+        return ids, mask
 
     def _token_str(self, key: str) -> str | None:
         v = self.config.get(key)
         return v.get("content") if isinstance(v, dict) else v
+
+
+# Tokens that close a turn in the common chat formats (ChatML, Llama 3, Llama 2/Mistral, Gemma).
+END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<|end_of_text|>", "<|endoftext|>",
+               "</s>", "<end_of_turn>", "<|end|>")
+# Private-use noncharacters that bracket {% generation %} output while rendering.
+_GEN_START, _GEN_END = "\ufdd0", "\ufdd1"
+
+
+class _GenerationTags(jinja2.ext.Extension):
+    """{% generation %}…{% endgeneration %}: marks an assistant reply in a chat template (the
+    tag transformers defined for assistant masks). We bracket the output with two
+    noncharacters and turn them into spans after rendering."""
+
+    tags = {"generation"}
+
+    def parse(self, parser):
+        lineno = next(parser.stream).lineno
+        body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+        return jinja2.nodes.CallBlock(self.call_method("_mark"), [], [], body).set_lineno(lineno)
+
+    def _mark(self, caller) -> str:
+        return _GEN_START + caller() + _GEN_END
+
+
+@functools.cache
+def _template_env() -> ImmutableSandboxedEnvironment:
+    # The settings transformers renders with, so templates written for it render the same.
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                        extensions=[_GenerationTags, jinja2.ext.loopcontrols])
+    env.globals["raise_exception"] = _raise_template_error
+    env.globals["strftime_now"] = lambda fmt: datetime.datetime.now().strftime(fmt)
+    env.filters["tojson"] = lambda x, ensure_ascii=False, indent=None, separators=None, \
+        sort_keys=False: json.dumps(x, ensure_ascii=ensure_ascii, indent=indent,
+                                    separators=separators, sort_keys=sort_keys)
+    return env
+
+
+def _check_messages(messages) -> list[dict]:
+    """Messages as templates expect them: dicts with a role; keys set to None dropped (as
+    transformers does), our bracket characters removed from strings."""
+    if not isinstance(messages, list | tuple) or not messages:
+        raise UserError("a conversation must be a non-empty list of messages")
+    out = []
+    for n, m in enumerate(messages, 1):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+            raise UserError(f"message {n}: must be an object with a \"role\" (system, user, "
+                            f"assistant) and \"content\"; got {str(m)[:60]}")
+        out.append({k: _strip_marks(v) for k, v in m.items() if v is not None})
+    return out
+
+
+def _strip_marks(v):
+    if isinstance(v, str):
+        return v.replace(_GEN_START, "").replace(_GEN_END, "")
+    if isinstance(v, list):
+        return [_strip_marks(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _strip_marks(x) for k, x in v.items()}
+    return v
 
 
 def _raise_template_error(message: str):

@@ -161,11 +161,11 @@ def _heal(tok, ids: list[int]) -> tuple[list[int], bytes, list[int] | None]:
 
 
 def generate_text(model: Transformer, tok, prompts: list[str], s: Sampling,
-                  heal: bool = True) -> list[str]:
-    """Continuations of `prompts` as text, cut before any stop string."""
-    stop_ids = {tok.eos_id, tok.im_end_id}
-    if model.config.eos_token_id is not None:
-        stop_ids.add(model.config.eos_token_id)
+                  heal: bool = True, stop_ids: set[int] | None = None) -> list[str]:
+    """Continuations of `prompts` as text, cut before any stop string or stop token
+    (default: the tokenizer's eos and end-of-turn tokens and the model's eos)."""
+    if stop_ids is None:
+        stop_ids = tok.end_ids | ({model.config.eos_token_id} - {None})
     encoded = [tok.encode(p) for p in prompts]
     healed = [_heal(tok, ids) if heal else (ids, b"", None) for ids in encoded]
     tails = [t for _, t, _ in healed]
@@ -197,7 +197,7 @@ def generate(
 
     Args:
         prompt: One or more prompts, decoded together as a batch.
-        model: A model directory (HF layout with tokenizer).
+        model: A model directory (HF layout with tokenizer) or a Hugging Face hub id.
         max_tokens: Most new tokens per prompt.
         temperature: Sampling temperature; 0 is greedy.
         top_k: Sample among the k likeliest tokens (0: all).
@@ -207,16 +207,14 @@ def generate(
         seed: Random seed for reproducible sampling.
         device: auto, cpu, cuda, mps.
     """
-    from jielong.checkpoint import load_model
-    from jielong.tokenizer import Tokenizer
+    from jielong.hf import open_model, stop_ids
     from jielong.train.loop import pick_device
 
-    tok = Tokenizer.from_dir(model)
-    net = load_model(model, device=pick_device(device)).eval()
+    net, tok, gen = open_model(model, device=pick_device(device))
     # A shell passes "\n" as backslash + n; people mean a newline.
     stops = [st.replace("\\n", "\n").replace("\\t", "\t") for st in stop or []]
     s = Sampling(max_tokens, temperature, top_k, top_p, repetition_penalty, stops, seed)
-    texts = generate_text(net, tok, prompt, s)
+    texts = generate_text(net, tok, prompt, s, stop_ids=stop_ids(tok, gen, net.config.eos_token_id))
     for p, t in zip(prompt, texts, strict=True):
         print(f"\033[2m{p}\033[0m{t}" if _color() else p + t)
         print("─" * 40)

@@ -1,0 +1,90 @@
+"""Hugging Face model directories from anywhere: a local folder or a hub id.
+
+    from jielong.hf import open_model
+    model, tok, gen = open_model("Qwen/Qwen2.5-0.5B-Instruct", dtype="auto")
+
+What jielong reads from a model folder, and what it never does:
+- config.json → `ModelConfig.from_hf` (Llama 2/3 incl. rope scaling, Mistral, Qwen2/2.5,
+  Qwen3; anything else is refused with the list of supported families);
+- *.safetensors (single or sharded with an index) → `checkpoint.load_model`; a
+  pytorch_model.bin only through `torch.load(weights_only=True)`, with a note;
+- tokenizer.json + tokenizer_config.json (+ chat_template.jinja) → `Tokenizer.from_dir`;
+- generation_config.json → default sampling and the ids that end a reply.
+Python files in a model folder (`trust_remote_code`) are never imported or run.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from jielong.errors import UserError
+
+# What to fetch from the hub: weights in safetensors, configs, tokenizer files.
+_HUB_FILES = ["*.json", "*.safetensors", "*.jinja", "tokenizer.model"]
+
+
+def resolve_model(name: str | Path) -> Path:
+    """A local model directory for `name`: the folder itself, or a hub id (`org/model`)
+    downloaded (or found in the local cache) with huggingface_hub."""
+    p = Path(name)
+    if p.exists() or str(name).startswith((".", "/", "~")) or str(name).count("/") != 1:
+        return p.expanduser()
+    try:
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+    except ImportError:
+        raise UserError(f"{name}: not a local folder, and huggingface_hub is not installed to "
+                        "download it; pip install 'jielong[hub]' or pass a local directory") \
+            from None
+    try:
+        path = Path(snapshot_download(str(name), allow_patterns=_HUB_FILES))
+        if not any(path.glob("*.safetensors")):  # an old repo with pickle weights only
+            path = Path(snapshot_download(str(name), allow_patterns=_HUB_FILES + ["*.bin"]))
+    except LocalEntryNotFoundError:
+        raise UserError(f"{name}: not a local folder, not in the Hugging Face cache, and the hub "
+                        "cannot be reached (offline?); download it when online or pass a local "
+                        "directory") from None
+    except HfHubHTTPError as e:
+        status = getattr(getattr(e, "response", None), "status_code", None)
+        hint = {401: "it may be gated or private: accept its license on the hub and set HF_TOKEN",
+                403: "it is gated: accept its license on the hub and set HF_TOKEN",
+                404: "no such model on the hub; check the name"}.get(status, str(e).splitlines()[0])
+        raise UserError(f"{name}: could not download from the Hugging Face hub: {hint}") from None
+    except (OSError, ValueError) as e:
+        raise UserError(f"{name}: could not download from the Hugging Face hub: "
+                        f"{str(e).splitlines()[0]}") from None
+    return path
+
+
+def read_generation_config(model_dir: str | Path) -> dict:
+    """generation_config.json as a dict ({} when the folder has none)."""
+    path = Path(model_dir) / "generation_config.json"
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}:{e.lineno}: not valid JSON ({e.msg}); fix or delete it") from None
+
+
+def stop_ids(tok, generation: dict, config_eos: int | None = None) -> set[int]:
+    """Token ids that end a reply: generation_config's eos ids (one or a list), the model
+    config's eos id, and the tokenizer's eos and end-of-turn tokens."""
+    eos = generation.get("eos_token_id")
+    ids = set(eos if isinstance(eos, list) else [eos]) | {config_eos} | tok.end_ids
+    return {i for i in ids if isinstance(i, int)}
+
+
+def open_model(name: str | Path, device: str | torch.device = "cpu", dtype="auto"):
+    """(model, tokenizer, generation_config) from a folder or hub id."""
+    from jielong.checkpoint import load_model
+    from jielong.tokenizer import Tokenizer
+
+    path = resolve_model(name)
+    model = load_model(path, device=device, dtype=dtype).eval()
+    tok = Tokenizer.from_dir(path)
+    return model, tok, read_generation_config(path)
+
