@@ -24,11 +24,12 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
-def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run `jielong ARGS…` in a subprocess, as a user would."""
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300,
+            input: str | None = None) -> subprocess.CompletedProcess:
+    """Run `jielong ARGS…` in a subprocess, as a user would (`input` goes to its stdin)."""
     env = {**os.environ, "NO_COLOR": "1", "PYTHONUNBUFFERED": "1"}
     return subprocess.run([sys.executable, "-m", "jielong.cli", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout, input=input)
 
 
 def tiny_corpus(n: int = 300) -> list[str]:

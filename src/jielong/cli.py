@@ -30,6 +30,7 @@ from jielong.errors import UserError
 def _commands() -> dict:
     # Imported lazily so `jielong --help` and light commands start fast.
     from jielong.demo import demo
+    from jielong.infer.chat import chat
     from jielong.infer.generate import generate
     from jielong.tokenizer import tokenize_cmd, train_cmd
     from jielong.train.pretrain import pretrain
@@ -40,6 +41,7 @@ def _commands() -> dict:
         "tokenize": tokenize_cmd,
         "pretrain": pretrain,
         "generate": generate,
+        "chat": chat,
     }
 
 

@@ -1,0 +1,192 @@
+"""`jielong chat`: talk to a model in the terminal, replies streamed as they are made.
+
+    jielong chat --model Qwen/Qwen2.5-0.5B-Instruct --system "Answer briefly."
+    > /temperature 0.3
+    > 台北有什麼好玩的？
+
+The conversation is rendered with the model's own chat template every turn. The KV cache
+is kept between turns: only the tokens after the longest prefix shared with what the model
+already read are fed to it, so a long conversation does not slow each reply down.
+Commands: /reset, /system TEXT, /temperature X, /help, /quit (or Ctrl-D).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+
+import torch
+
+from jielong.errors import UserError
+from jielong.infer.generate import Sampling, next_token
+from jielong.model import KVCache, Transformer
+
+HELP = """commands:
+  /reset          forget the conversation (keeps the system prompt)
+  /system TEXT    set the system prompt (and start over); /system alone removes it
+  /temperature X  sampling temperature, 0 = greedy
+  /help           this list
+  /quit           leave (or Ctrl-D)"""
+
+
+class Session:
+    """One conversation's KV cache and the tokens it holds."""
+
+    def __init__(self, model: Transformer, context: int):
+        p = next(model.parameters())
+        self.model = model
+        self.cache = KVCache(model.config, 1, context, device=p.device, dtype=p.dtype)
+        self.fed: list[int] = []  # the tokens whose keys and values the cache holds
+        self.reused = 0  # how many of them the last reply did not have to read again
+
+    @torch.no_grad()
+    def reply(self, prompt: list[int], s: Sampling, stop_ids: set[int]) -> Iterator[int]:
+        """Yield new token ids for `prompt` (the whole conversation) until a stop token."""
+        room = self.cache.max_len - len(prompt)
+        if room < 1:
+            raise UserError(f"the conversation is {len(prompt)} tokens, more than the "
+                            f"{self.cache.max_len}-token context; /reset to start over")
+        keep = 0
+        while keep < min(len(prompt) - 1, len(self.fed)) and prompt[keep] == self.fed[keep]:
+            keep += 1
+        self.cache.pos, self.reused = keep, keep
+        device = self.cache.k.device
+        logits = self.model(torch.tensor([prompt[keep:]], device=device), cache=self.cache,
+                            last_only=True)[:, -1]
+        self.fed = list(prompt)
+        gen = torch.Generator(device=device).manual_seed(s.seed) if s.seed is not None else None
+        seen = None
+        if s.repetition_penalty != 1.0:
+            seen = torch.zeros((1, self.model.config.vocab_size), dtype=torch.bool, device=device)
+            seen[0, prompt] = True
+        n = min(s.max_new_tokens, room)
+        for i in range(n):
+            tok = next_token(logits, s, seen, gen)
+            t = int(tok)
+            if t in stop_ids:
+                return
+            yield t
+            if i == n - 1:
+                return
+            if seen is not None:
+                seen[0, t] = True
+            logits = self.model(tok[:, None], cache=self.cache)[:, -1]
+            self.fed.append(t)
+
+
+def stream_text(tok, ids: Iterator[int], write: Callable[[str], None]) -> str:
+    """Decode `ids` as they come and write the new text; a character split across tokens
+    is written once it is whole."""
+    out: list[int] = []
+    shown = ""
+    for i in ids:
+        out.append(i)
+        text = tok.decode(out, skip_special_tokens=True)
+        if not text.endswith("\ufffd") and len(text) > len(shown):
+            write(text[len(shown):])
+            shown = text
+    text = tok.decode(out, skip_special_tokens=True)
+    if len(text) > len(shown):
+        write(text[len(shown):])
+    return text
+
+
+def chat(
+    model: str = "runs/demo/model",
+    system: str | None = None,
+    temperature: float | None = None,
+    top_p: float | None = None,
+    top_k: int | None = None,
+    max_tokens: int = 512,
+    context: int = 4096,
+    seed: int | None = None,
+    device: str = "auto",
+    dtype: str = "auto",
+) -> None:
+    """Chat with a model in the terminal, using its own chat template; replies stream.
+
+    Commands while chatting: /reset, /system TEXT, /temperature X, /help, /quit.
+
+    Args:
+        model: A model directory or a Hugging Face hub id.
+        system: System prompt for the conversation.
+        temperature: Sampling temperature, 0 = greedy (default: the model's generation_config).
+        top_p: Nucleus sampling mass (default: the model's generation_config, else 1).
+        top_k: Sample among the k likeliest tokens (default: the model's, else all).
+        max_tokens: Most tokens in one reply.
+        context: Most tokens the conversation may hold (KV cache size).
+        seed: Random seed for reproducible replies.
+        device: auto, cpu, cuda, mps.
+        dtype: auto (the checkpoint's on a GPU, float32 on CPU), float32, bfloat16, float16.
+    """
+    from jielong.hf import open_model, stop_ids
+    from jielong.train.loop import pick_device
+
+    net, tok, gen = open_model(model, device=pick_device(device), dtype=dtype)
+    if not tok.config.get("chat_template"):
+        raise UserError(f"{model}: the tokenizer has no chat template, so it cannot chat; use "
+                        "`jielong generate` to continue text")
+    s = Sampling(
+        max_new_tokens=max_tokens,
+        temperature=temperature if temperature is not None else
+        (gen.get("temperature", 0.7) if gen.get("do_sample", True) else 0.0),
+        top_p=top_p if top_p is not None else gen.get("top_p", 1.0),
+        top_k=top_k if top_k is not None else gen.get("top_k", 0) or 0,
+        repetition_penalty=gen.get("repetition_penalty", 1.0), seed=seed)
+    s.validate()
+    stops = stop_ids(tok, gen, net.config.eos_token_id)
+    session = Session(net, min(context, net.config.max_position_embeddings))
+    messages: list[dict] = []
+    interactive = sys.stdin.isatty()
+    dim = (lambda t: f"\033[2m{t}\033[0m") if interactive else (lambda t: t)
+    print(dim(f"chatting with {model} · temperature {s.temperature:g} · /help for commands"))
+
+    def write(text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    while True:
+        try:
+            line = input("> " if interactive else "")
+        except EOFError:
+            print()
+            break
+        line = line.strip()
+        if not line:
+            continue
+        if line.startswith("/"):
+            cmd, _, arg = line.partition(" ")
+            if cmd in ("/quit", "/exit"):
+                break
+            elif cmd == "/reset":
+                messages = []
+                print(dim("(conversation cleared)"))
+            elif cmd == "/system":
+                system, messages = arg.strip() or None, []
+                print(dim(f"(system prompt {'set' if system else 'removed'}; conversation cleared)"))
+            elif cmd == "/temperature":
+                try:
+                    value = float(arg)
+                    if value < 0:
+                        raise ValueError
+                except ValueError:
+                    print(dim(f"(/temperature needs a number ≥ 0, got {arg!r})"))
+                    continue
+                s.temperature = value
+                print(dim(f"(temperature {value:g})"))
+            else:
+                print(dim(HELP))
+            continue
+        messages.append({"role": "user", "content": line})
+        convo = ([{"role": "system", "content": system}] if system else []) + messages
+        try:
+            prompt, _ = tok.encode_chat(convo, add_generation_prompt=True)
+            reply = stream_text(tok, session.reply(prompt, s, stops), write)
+        except UserError as e:
+            messages.pop()
+            print(dim(f"({e})"))
+            continue
+        except KeyboardInterrupt:  # Ctrl-C stops this reply, not the chat
+            reply = tok.decode(session.fed[len(prompt):], skip_special_tokens=True)
+        print()
+        messages.append({"role": "assistant", "content": reply})
