@@ -13,13 +13,17 @@ place only when complete, so a run killed mid-save never leaves a half checkpoin
 from __future__ import annotations
 
 import json
+import math
+import mmap
 import os
 import shutil
 import sys
+import warnings
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
+from torch.overrides import TorchFunctionMode
 
 from jielong.config import ModelConfig
 from jielong.errors import UserError
@@ -102,7 +106,7 @@ def save_model(
 BIN_WEIGHTS, BIN_INDEX = "pytorch_model.bin", "pytorch_model.bin.index.json"
 
 
-def _weight_files(d: Path) -> list[Path]:
+def weight_files(d: Path) -> list[Path]:
     """The safetensors files of a model directory; else its pytorch_model*.bin files."""
     for index, single in ((INDEX, WEIGHTS), (BIN_INDEX, BIN_WEIGHTS)):
         if (d / index).exists():
@@ -133,7 +137,7 @@ def check_model_dir(path: str | Path) -> Path:
     if not (d / "config.json").exists():
         raise UserError(f"{d}: not a model directory (no config.json); pass a folder written by "
                         "`jielong pretrain` or a Hugging Face model directory")
-    if not _weight_files(d):
+    if not weight_files(d):
         raise UserError(f"{d}: has no model.safetensors (or sharded safetensors with an index) "
                         "and no pytorch_model.bin")
     return d
@@ -148,11 +152,14 @@ _ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
 def read_safetensors(path: Path):
     """Yield (name, tensor) from a .safetensors file, one tensor at a time.
 
-    The format is an 8-byte little-endian header length, a JSON header of
-    {name: {dtype, shape, data_offsets}}, then the raw bytes. We read each tensor straight
-    into its own buffer with plain file reads instead of memory-mapping the file: a mapped
-    file's pages count towards the process's memory until it is closed, which would hold a
-    whole extra copy of a large shard while loading.
+    Each tensor is a read-only view of the memory-mapped file, valid only until the next
+    one is asked for: copy it (into the model's dtype and device) before moving on. Once a
+    tensor is passed, its pages are dropped from the mapping (MADV_DONTNEED), so the mapped
+    file never adds more than one tensor to the process's memory — a plain mapped file keeps
+    every page it touched resident until it is closed, a whole extra copy of a large shard.
+
+    The format: an 8-byte little-endian header length, a JSON header of
+    {name: {dtype, shape, data_offsets}}, then the raw little-endian bytes.
     """
     def bad(why: str) -> UserError:
         return UserError(f"{path}: not a valid safetensors file ({why}); re-download or re-save it")
@@ -167,18 +174,32 @@ def read_safetensors(path: Path):
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise bad(f"header: {e}") from None
         header.pop("__metadata__", None)
-        for name, info in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]):
-            if info["dtype"] not in _ST_DTYPES:
-                raise bad(f"tensor {name} has dtype {info['dtype']}, which jielong does not load")
-            t = torch.empty(info["shape"], dtype=_ST_DTYPES[info["dtype"]])
-            begin, end = info["data_offsets"]
-            buf = t.reshape(-1).view(torch.uint8).numpy()
-            if end - begin != buf.nbytes:
-                raise bad(f"tensor {name}: {end - begin} bytes for shape {info['shape']}")
-            f.seek(8 + n + begin)
-            if f.readinto(memoryview(buf)) != buf.nbytes:
-                raise bad(f"truncated in tensor {name}")
-            yield name, t
+        size = os.fstat(f.fileno()).st_size
+        # Not closed explicitly: the mapping goes when the last view of it does.
+        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    if not all(isinstance(v, dict) and {"dtype", "shape", "data_offsets"} <= v.keys()
+               for v in header.values()):
+        raise bad("header entries need dtype, shape and data_offsets")
+    for name, info in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]):
+        if info["dtype"] not in _ST_DTYPES:
+            raise bad(f"tensor {name} has dtype {info['dtype']}, which jielong does not load")
+        dtype = _ST_DTYPES[info["dtype"]]
+        begin, end = (8 + n + o for o in info["data_offsets"])
+        count = math.prod(info["shape"])
+        if end - begin != count * dtype.itemsize:
+            raise bad(f"tensor {name}: {end - begin} bytes for shape {info['shape']}")
+        if end > size:
+            raise bad(f"truncated in tensor {name}")
+        if count == 0:
+            yield name, torch.empty(info["shape"], dtype=dtype)
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "buffer is not writable": we only read
+            raw = torch.frombuffer(mm, dtype=torch.uint8, count=end - begin, offset=begin)
+        yield name, raw.view(dtype).reshape(info["shape"])
+        del raw
+        page = begin // mmap.PAGESIZE * mmap.PAGESIZE
+        mm.madvise(mmap.MADV_DONTNEED, page, end - page)
 
 
 def _read_bin(path: Path):
@@ -190,6 +211,18 @@ def _read_bin(path: Path):
         raise UserError(f"{path}: cannot load safely ({str(e).splitlines()[0]}); convert the "
                         "model to safetensors") from None
     yield from sd.items()
+
+
+class _NoInit(TorchFunctionMode):
+    """Skip the in-place random initialisers modules run when built: on the meta device
+    they do nothing useful, and the first one costs about a second of kernel setup."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if getattr(func, "__name__", "") in ("normal_", "uniform_", "kaiming_uniform_", "zero_",
+                                             "zeros_", "ones_", "fill_"):
+            return args[0] if args else next(iter(kwargs.values()))
+        return func(*args, **kwargs)
 
 
 def _dtype(dtype: str | torch.dtype, cfg: ModelConfig, device: torch.device) -> torch.dtype:
@@ -212,11 +245,11 @@ def load_model(path: str | Path, device: str | torch.device = "cpu",
     cfg = ModelConfig.load(d / "config.json")
     device = torch.device(device)
     dtype = _dtype(dtype, cfg, device)
-    with torch.device("meta"):
+    with torch.device("meta"), _NoInit():
         model = Transformer(cfg)
     params = dict(model.named_parameters())
     state: dict[str, torch.Tensor] = {}
-    for f in _weight_files(d):
+    for f in weight_files(d):
         tensors = read_safetensors(f) if f.suffix == ".safetensors" else _read_bin(f)
         for k, t in tensors:
             if k.endswith("rotary_emb.inv_freq"):  # some old checkpoints saved this buffer
@@ -227,7 +260,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu",
             if t.shape != params[k].shape:
                 raise UserError(f"{f}: tensor {k!r} has shape {tuple(t.shape)} but config.json "
                                 f"implies {tuple(params[k].shape)}")
-            state[k] = t.to(device=device, dtype=dtype)
+            state[k] = torch.empty(t.shape, dtype=dtype, device=device)
+            state[k].copy_(t)  # cast and move in one pass: no second copy on the CPU
             del t
     if cfg.tie_word_embeddings:
         state.pop("lm_head.weight", None)

@@ -30,6 +30,7 @@ from jielong.errors import UserError
 def _commands() -> dict:
     # Imported lazily so `jielong --help` and light commands start fast.
     from jielong.demo import demo
+    from jielong.export import gguf_cmd
     from jielong.infer.chat import chat
     from jielong.infer.generate import generate
     from jielong.tokenizer import tokenize_cmd, train_cmd
@@ -42,6 +43,7 @@ def _commands() -> dict:
         "pretrain": pretrain,
         "generate": generate,
         "chat": chat,
+        "export": {"gguf": gguf_cmd},
     }
 
 

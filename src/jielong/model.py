@@ -191,7 +191,7 @@ class Transformer(nn.Module):
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
-        inv_freq, self.rope_scale = rope_frequencies(cfg)
+        inv_freq, self.rope_scale = rope_frequencies(cfg, device="cpu")  # tiny; .to() moves it
         self.register_buffer("inv_freq", inv_freq, persistent=False)
         self.apply(self._init_weights)
         # Residual projections start smaller so the residual stream's variance does not grow
