@@ -28,6 +28,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/bench_train.py
 	$(BIN)/python bench/bench_generate.py
+	$(BIN)/python bench/bench_load.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -192,6 +192,7 @@ def generate(
     stop: list[str] | None = None,
     seed: int | None = None,
     device: str = "auto",
+    dtype: str = "auto",
 ) -> list[str]:
     """Continue one or more prompts with a trained model.
 
@@ -206,11 +207,12 @@ def generate(
         stop: Stop strings; the output is cut before the first one.
         seed: Random seed for reproducible sampling.
         device: auto, cpu, cuda, mps.
+        dtype: auto (the checkpoint's on a GPU, float32 on CPU), float32, bfloat16, float16.
     """
     from jielong.hf import open_model, stop_ids
     from jielong.train.loop import pick_device
 
-    net, tok, gen = open_model(model, device=pick_device(device))
+    net, tok, gen = open_model(model, device=pick_device(device), dtype=dtype)
     # A shell passes "\n" as backslash + n; people mean a newline.
     stops = [st.replace("\\n", "\n").replace("\\t", "\t") for st in stop or []]
     s = Sampling(max_tokens, temperature, top_k, top_p, repetition_penalty, stops, seed)
