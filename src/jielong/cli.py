@@ -33,8 +33,12 @@ def _commands() -> dict:
     from jielong.export import gguf_cmd
     from jielong.infer.chat import chat
     from jielong.infer.generate import generate
+    from jielong.lora import merge_cmd
     from jielong.tokenizer import tokenize_cmd, train_cmd
+    from jielong.train.classify import classify
+    from jielong.train.distill import distill
     from jielong.train.pretrain import pretrain
+    from jielong.train.sft import sft
 
     return {
         "demo": demo,
@@ -44,6 +48,8 @@ def _commands() -> dict:
         "generate": generate,
         "chat": chat,
         "export": {"gguf": gguf_cmd},
+        "train": {"sft": sft, "classify": classify, "distill": distill},
+        "merge": merge_cmd,
     }
 
 

@@ -83,7 +83,11 @@ def _read_txt(path: Path, field: str) -> Iterator[str]:
     yield text.removeprefix("\ufeff")
 
 
-def _read_jsonl(path: Path, field: str) -> Iterator[str]:
+def iter_records(path: str | Path) -> Iterator[tuple[str, object]]:
+    """(where, value) for each non-blank line of a JSONL file; `where` is "file:line"."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such file")
     with open(path, "rb") as f:
         for n, raw in enumerate(f, 1):
             try:
@@ -99,7 +103,12 @@ def _read_jsonl(path: Path, field: str) -> Iterator[str]:
             except json.JSONDecodeError as e:
                 raise UserError(f"{at(path, n)}: not valid JSON: {e.msg} at column {e.colno}; "
                                 "each line must be one JSON object") from None
-            yield _field_of(obj, field, at(path, n))
+            yield at(path, n), obj
+
+
+def _read_jsonl(path: Path, field: str) -> Iterator[str]:
+    for where, obj in iter_records(path):
+        yield _field_of(obj, field, where)
 
 
 def _field_of(obj: object, field: str, where: str) -> str:

@@ -182,9 +182,26 @@ class Metrics:
         self.f.flush()
 
 
+def _save_lm(model, path: Path, tokenizer, trainer_state: dict) -> None:
+    save_model(path, model, tokenizer, trainer_state)
+
+
+def _load_lm(model, path: Path) -> None:
+    model.load_state_dict(load_model(path).state_dict())
+
+
 def fit(model: torch.nn.Module, stage: Stage, cfg: TrainConfig, run_dir: str | Path,
-        tokenizer=None, resume: bool = False, desc: str = "train") -> dict:
-    """Train `model` on `stage` for cfg.steps optimizer steps. Returns a summary dict."""
+        tokenizer=None, resume: bool = False, desc: str = "train", save_fn=None,
+        load_fn=None) -> dict:
+    """Train `model` on `stage` for cfg.steps optimizer steps. Returns a summary dict.
+
+    save_fn(model, path, tokenizer, trainer_state) writes a checkpoint directory (with
+    trainer_state.pt in it) and load_fn(model, path) restores the weights from one; the
+    default is a whole causal-LM directory. LoRA saves only its adapter, a classifier its
+    head and body.
+    """
+    save_fn = save_fn or _save_lm
+    load_fn = load_fn or _load_lm
     cfg.validate()
     run = Path(run_dir)
     device = pick_device(cfg.device)
@@ -197,7 +214,7 @@ def fit(model: torch.nn.Module, stage: Stage, cfg: TrainConfig, run_dir: str | P
     if resume and found:
         ckpt = found[-1]
         state = load_trainer_state(ckpt)
-        model.load_state_dict(load_model(ckpt).state_dict())
+        load_fn(model, ckpt)
         opt.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng_cpu"])
         if device.type == "cuda" and state.get("rng_cuda") is not None:
@@ -235,7 +252,7 @@ def fit(model: torch.nn.Module, stage: Stage, cfg: TrainConfig, run_dir: str | P
                 "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
                 "train_config": asdict(cfg),
             }
-            save_model(run / "checkpoints" / f"step-{step:07d}", model, tokenizer, trainer_state)
+            save_fn(model, run / "checkpoints" / f"step-{step:07d}", tokenizer, trainer_state)
             for old in list_checkpoints(run)[:-cfg.keep_checkpoints]:
                 shutil.rmtree(old, ignore_errors=True)
         if world > 1:

@@ -22,10 +22,11 @@ class _LinearCrossEntropy(torch.autograd.Function):
         if not bool(keep.all()):  # ignored positions get no loss and no gradient: drop them
             hidden, targets = hidden[keep], targets[keep]
         n = max(1, targets.numel())
-        need_grad = any(ctx.needs_input_grad[:2])
+        need_grad, need_w = any(ctx.needs_input_grad[:2]), ctx.needs_input_grad[1]
         w = weight.to(hidden.dtype)
         grad_h = torch.empty_like(hidden) if need_grad else None
-        grad_w = torch.zeros_like(weight, dtype=torch.float32) if need_grad else None
+        # A frozen head (LoRA) needs no weight gradient: skip its vocab × hidden buffer.
+        grad_w = torch.zeros_like(weight, dtype=torch.float32) if need_w else None
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         for i in range(0, hidden.shape[0], chunk):
             h, t = hidden[i:i + chunk], targets[i:i + chunk]
@@ -36,19 +37,20 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 p[torch.arange(len(t), device=t.device), t] -= 1.0
                 p = p.to(h.dtype)
                 grad_h[i:i + chunk] = p @ w
-                grad_w.addmm_(p.T.float(), h.float())
+                if need_w:
+                    grad_w.addmm_(p.T.float(), h.float())
         if need_grad:
             if not bool(keep.all()):
                 full = torch.zeros(keep.shape + grad_h.shape[1:], dtype=grad_h.dtype, device=grad_h.device)
                 full[keep] = grad_h
                 grad_h = full
-            ctx.save_for_backward(grad_h / n, (grad_w / n).to(weight.dtype))
+            ctx.save_for_backward(grad_h / n, (grad_w / n).to(weight.dtype) if need_w else None)
         return total / n
 
     @staticmethod
     def backward(ctx, grad_out):
         grad_h, grad_w = ctx.saved_tensors
-        return grad_h * grad_out, grad_w * grad_out, None, None
+        return grad_h * grad_out, grad_w * grad_out if grad_w is not None else None, None, None
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
