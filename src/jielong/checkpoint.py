@@ -16,7 +16,6 @@ import json
 import math
 import mmap
 import os
-import shutil
 import sys
 import warnings
 from pathlib import Path
@@ -27,7 +26,7 @@ from torch.overrides import TorchFunctionMode
 
 from jielong.config import ModelConfig
 from jielong.errors import UserError
-from jielong.files import write_json
+from jielong.files import atomic_dir, write_json
 from jielong.model import Transformer, rope_frequencies
 
 WEIGHTS = "model.safetensors"
@@ -36,13 +35,15 @@ TRAINER_STATE = "trainer_state.pt"
 
 
 def _weights_to_save(model: Transformer) -> dict[str, torch.Tensor]:
-    sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    from jielong.lora import base_state_dict  # a model with adapters saves its base only
+
+    sd = {k: v.detach().contiguous().cpu() for k, v in base_state_dict(model).items()}
     if model.config.tie_word_embeddings:
         sd.pop("lm_head.weight", None)  # shared with embed_tokens; HF omits it too
     return sd
 
 
-def _save_weights(sd: dict[str, torch.Tensor], d: Path, max_shard_bytes: int) -> None:
+def save_weights(sd: dict[str, torch.Tensor], d: Path, max_shard_bytes: int) -> None:
     shards: list[dict[str, torch.Tensor]] = [{}]
     size = 0
     for k, v in sd.items():
@@ -74,32 +75,22 @@ def save_model(
 ) -> Path:
     """Write `model` (and optionally tokenizer / trainer state) as an HF directory, atomically."""
     out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    cfg = model.config
-    cfg.torch_dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
-    cfg.save(tmp / "config.json")
-    _save_weights(_weights_to_save(model), tmp, max_shard_bytes)
-    eos = [cfg.eos_token_id] if cfg.eos_token_id is not None else []
-    if tokenizer is not None:  # end-of-turn tokens (<|im_end|>) end a reply too
-        eos += sorted(tokenizer.end_ids - set(eos))
-    gen = {"eos_token_id": eos if len(eos) > 1 else cfg.eos_token_id,
-           "pad_token_id": cfg.pad_token_id, "bos_token_id": cfg.bos_token_id, **(generation or {})}
-    write_json(tmp / "generation_config.json", gen)
-    if tokenizer is not None:
-        tokenizer.config["model_max_length"] = cfg.max_position_embeddings
-        tokenizer.save(tmp)
-    if trainer_state is not None:
-        torch.save(trainer_state, tmp / TRAINER_STATE)
-    # Swap in: the old directory (if any) is renamed aside first, and removed only once the
-    # new one is in place.
-    old = out.with_name(f".{out.name}.old-{os.getpid()}")
-    if out.exists():
-        os.replace(out, old)
-    os.replace(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
+    with atomic_dir(out) as tmp:
+        cfg = model.config
+        cfg.torch_dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+        cfg.save(tmp / "config.json")
+        save_weights(_weights_to_save(model), tmp, max_shard_bytes)
+        eos = [cfg.eos_token_id] if cfg.eos_token_id is not None else []
+        if tokenizer is not None:  # end-of-turn tokens (<|im_end|>) end a reply too
+            eos += sorted(tokenizer.end_ids - set(eos))
+        gen = {"eos_token_id": eos if len(eos) > 1 else cfg.eos_token_id,
+               "pad_token_id": cfg.pad_token_id, "bos_token_id": cfg.bos_token_id, **(generation or {})}
+        write_json(tmp / "generation_config.json", gen)
+        if tokenizer is not None:
+            tokenizer.config["model_max_length"] = cfg.max_position_embeddings
+            tokenizer.save(tmp)
+        if trainer_state is not None:
+            torch.save(trainer_state, tmp / TRAINER_STATE)
     return out
 
 
@@ -213,7 +204,7 @@ def _read_bin(path: Path):
     yield from sd.items()
 
 
-class _NoInit(TorchFunctionMode):
+class NoInit(TorchFunctionMode):
     """Skip the in-place random initialisers modules run when built: on the meta device
     they do nothing useful, and the first one costs about a second of kernel setup."""
 
@@ -245,7 +236,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu",
     cfg = ModelConfig.load(d / "config.json")
     device = torch.device(device)
     dtype = _dtype(dtype, cfg, device)
-    with torch.device("meta"), _NoInit():
+    with torch.device("meta"), NoInit():
         model = Transformer(cfg)
     params = dict(model.named_parameters())
     state: dict[str, torch.Tensor] = {}

@@ -30,10 +30,8 @@ Writes OUT/model, OUT/metrics.jsonl, OUT/loss.png, OUT/report.json and OUT/confu
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
-import shutil
 import unicodedata
 import warnings
 from collections.abc import Sequence
@@ -44,10 +42,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from jielong.checkpoint import TRAINER_STATE, _NoInit, _save_weights, read_safetensors, weight_files
+from jielong.checkpoint import TRAINER_STATE, NoInit, read_safetensors, save_weights, weight_files
 from jielong.config import ARCHITECTURES, ModelConfig
 from jielong.errors import UserError
-from jielong.files import atomic_path, write_json
+from jielong.files import atomic_dir, atomic_path, write_json
 from jielong.model import Transformer, rope_frequencies
 from jielong.train.loop import TrainConfig, fit
 
@@ -164,23 +162,15 @@ def save_classifier(out_dir: str | Path, clf: Classifier, tokenizer=None,
     if labels is not None and [str(x) for x in labels] != clf.labels:
         raise ValueError(f"labels {list(labels)} differ from the classifier's {clf.labels}")
     out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    clf.config.torch_dtype = str(next(clf.parameters()).dtype).removeprefix("torch.")
-    write_json(tmp / "config.json", hf_config(clf))
-    sd = {k: v.detach().contiguous().cpu() for k, v in clf.state_dict().items()}
-    _save_weights(sd, tmp, max_shard_bytes)
-    if tokenizer is not None:
-        tokenizer.save(tmp)
-    if trainer_state is not None:
-        torch.save(trainer_state, tmp / TRAINER_STATE)
-    old = out.with_name(f".{out.name}.old-{os.getpid()}")
-    if out.exists():
-        os.replace(out, old)
-    os.replace(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
+    with atomic_dir(out) as tmp:
+        clf.config.torch_dtype = str(next(clf.parameters()).dtype).removeprefix("torch.")
+        write_json(tmp / "config.json", hf_config(clf))
+        sd = {k: v.detach().contiguous().cpu() for k, v in clf.state_dict().items()}
+        save_weights(sd, tmp, max_shard_bytes)
+        if tokenizer is not None:
+            tokenizer.save(tmp)
+        if trainer_state is not None:
+            torch.save(trainer_state, tmp / TRAINER_STATE)
     return out
 
 
@@ -236,7 +226,7 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu",
     cfg = ModelConfig.load(d / "config.json")
     labels = read_labels(d)
     device = torch.device(device)
-    with torch.device("meta"), _NoInit():
+    with torch.device("meta"), NoInit():
         clf = Classifier(cfg, labels)
     state = {}
     for k, t in _read_state(d, clf):
