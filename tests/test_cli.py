@@ -38,6 +38,7 @@ def test_positionals_flags_and_nested_settings():
     assert r["data"] == ["a.jsonl", "b.txt"] and r["resume"] is True and r["stop"] == ["\n", "。"]
     assert r["knobs"] == Knobs(steps=5, lr=1e-3)
     assert run(["cmd", "a", "--no-resume"], {"cmd": cmd})["resume"] is False
+    assert run(["cmd", "a", "--stop", "x", "--stop", "y", "z"], {"cmd": cmd})["stop"] == ["x", "y", "z"]
 
 
 def test_recipe_fills_options_and_the_command_line_wins(tmp_path):
@@ -45,6 +46,17 @@ def test_recipe_fills_options_and_the_command_line_wins(tmp_path):
     recipe.write_text("out: from-recipe\nknobs:\n  steps: 7\n  lr: 0.5\n")
     r = run(["cmd", "a", "--config", str(recipe), "--lr", "0.25"], {"cmd": cmd})
     assert r["out"] == "from-recipe" and r["knobs"] == Knobs(steps=7, lr=0.25)
+
+
+def tuned(out: str = "x", knobs: Knobs = Knobs(steps=3, lr=2e-5)) -> Knobs:  # noqa: B008
+    """A command with its own defaults for a settings dataclass."""
+    return knobs
+
+
+def test_a_commands_default_instance_sets_its_option_defaults():
+    assert run(["tuned"], {"tuned": tuned}) == Knobs(steps=3, lr=2e-5)
+    assert run(["tuned", "--lr", "0.1"], {"tuned": tuned}) == Knobs(steps=3, lr=0.1)
+    assert run(["cmd", "a"], {"cmd": cmd})["knobs"] == Knobs()  # no instance: the dataclass's
 
 
 @pytest.mark.parametrize("name", ["demo.yaml", "124m.yaml"])

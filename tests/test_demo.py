@@ -8,7 +8,7 @@ from jielong.demo import demo
 def test_demo_runs_and_reports(tmp_path, capsys):
     run = tmp_path / "demo"
     r = demo(out=str(run), steps=40, preset="test", vocab_size=400, seq_len=64, batch_size=8,
-             docs=600, device="cpu")
+             docs=600, finetune_steps=6, device="cpu")
     assert r["after"]["val_loss"] < r["before"]["val_loss"] - 1.0
     assert 0.0 < r["after"]["chance"] < 0.2
     assert set(r["after"]["by_lang"]) == {"en", "zh-Hant", "zh-Hans", "math"}
@@ -20,7 +20,17 @@ def test_demo_runs_and_reports(tmp_path, capsys):
     for line in (run / "corpus" / "train.jsonl").read_text(encoding="utf-8").splitlines()[:5]:
         assert json.loads(line)["text"]
     assert "report:" in capsys.readouterr().out
+    # Every finetuning stage ran, saved what it made and reported its numbers.
+    f = r["finetune"]
+    assert set(f) == {"sft", "lora", "classify", "distill"}
+    assert 0 <= f["sft"]["after"]["accuracy"] <= 1 and 0 <= f["lora"]["after"]["chrf"] <= 100
+    assert f["distill"]["distilled"]["params"] < f["distill"]["teacher"]["params"]
+    for section in ("### SFT", "### LoRA", "### Classification", "### Distillation"):
+        assert section in report
+    assert (run / "lora" / "adapter" / "adapter_config.json").exists()
+    assert (run / "spam" / "model" / "config.json").exists() and (run / "confusion.png").exists()
+    assert (run / "student-distilled" / "model" / "model.safetensors").exists()
     # Running again starts over cleanly instead of refusing or mixing runs.
     demo(out=str(run), steps=2, preset="test", vocab_size=400, seq_len=64, batch_size=8, docs=200,
-         device="cpu")
+         finetune_steps=0, device="cpu")
     assert json.loads((run / "results.json").read_text())["steps"] == 2

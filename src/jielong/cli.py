@@ -3,7 +3,8 @@
 A command's options are its function's signature and docstring: a parameter without a
 default is positional (a `list[str]` takes one or more values), `bool` becomes
 `--flag/--no-flag`, a dataclass parameter (e.g. `train: TrainConfig`) contributes its fields
-as options of their own (`--steps`, `--lr`, …), and `--config recipe.yaml` supplies any of
+as options of their own (`--steps`, `--lr`, …) whose defaults are those of the parameter's
+default instance when it has one (so `train sft` and `pretrain` differ in learning rate), and `--config recipe.yaml` supplies any of
 them from a YAML file (its keys are the option names; the command line wins).
 
 We build on argparse rather than jsonargparse: with jsonargparse a list positional must be
@@ -92,7 +93,8 @@ def _add_arg(p: argparse.ArgumentParser, name: str, tp, default, help_: str) -> 
     if tp is bool:
         p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_)
     elif origin is list:
-        p.add_argument(flag, nargs="*", type=typing.get_args(tp)[0], default=default, **kw)
+        # extend: `--stop a --stop b` and `--stop a b` both give [a, b]
+        p.add_argument(flag, nargs="*", action="extend", type=typing.get_args(tp)[0], default=default, **kw)
     elif origin is typing.Literal:
         p.add_argument(flag, choices=typing.get_args(tp), default=default, **kw)
     else:
@@ -113,8 +115,12 @@ def _build(sub: argparse._SubParsersAction, name: str, fn: Callable) -> None:
             group = p.add_argument_group(f"{pname} options ({tp.__name__})")
             dc_hints = typing.get_type_hints(tp)
             _, dc_helps = _doc_args(tp)
+            own = param.default if dataclasses.is_dataclass(param.default) else None
             for f in dataclasses.fields(tp):
-                default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                if own is not None:  # the command's own defaults, e.g. `train: TrainConfig = SFT_TRAIN`
+                    default = getattr(own, f.name)
+                else:
+                    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
                 _add_arg(group, f.name, dc_hints[f.name], default, dc_helps.get(f.name, ""))
         else:
             _add_arg(p, pname, hints[pname], param.default, helps.get(pname, ""))

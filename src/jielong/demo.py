@@ -9,9 +9,10 @@ Run as:
 3. measures an untrained model, pretrains it, and measures it again: validation loss against
    the unigram baseline, and held-out facts (sentences never seen in training whose facts
    were stated in other words or languages) picked by likelihood among their alternatives;
-4. writes RUN/report.md with the loss curve, the numbers and continuations before/after.
-
-Later stages (SFT, alignment, serving) extend this demo with their own steps.
+4. prints what pretraining did;
+5–8. finetunes (demo_finetune.py): SFT into an assistant, a LoRA adapter for translation, a
+   spam classifier, and a distilled smaller student, each measured before and after;
+9. writes RUN/report.md with the loss curve, the numbers and samples of every stage.
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ def demo(
     batch_size: int = 32,
     lr: float = 3e-3,
     docs: int = 12000,
+    finetune_steps: int = 300,
     resume: bool = False,
     device: str = "auto",
 ) -> dict:
@@ -83,6 +85,8 @@ def demo(
         batch_size: Windows per step.
         lr: Peak learning rate.
         docs: Synthetic training documents to generate.
+        finetune_steps: Steps of each finetuning stage (SFT, LoRA, distillation; half for the
+            classifier); 0 stops after pretraining.
         resume: Continue an interrupted demo instead of starting over.
         device: auto, cpu, cuda, mps.
     """
@@ -134,14 +138,7 @@ def demo(
     save_model(run / "model", model, tok)
     loss_curve(run / "metrics.jsonl", run / "loss.png", title="demo pretraining", baseline=base)
 
-    wall = time.time() - t_start
-    result = {"steps": steps, "tokens": summary["tokens"], "tok_s": summary["tok_s"],
-              "unigram_loss": base, "before": before, "after": after, "bytes_per_token": bpt,
-              "params": model.config.num_params, "seconds": round(wall, 1)}
-    write_json(run / "results.json", result)
-    _report(run, result, corpus, prompts)
-
-    print(_bold("4. result"))
+    print(_bold("4. pretraining result"))
     print(f"   val loss {before['val_loss']:.3f} → {after['val_loss']:.3f} "
           f"(unigram baseline {base:.3f})")
     print(f"   held-out facts {before['fact_accuracy']:.0%} → {after['fact_accuracy']:.0%} "
@@ -149,8 +146,33 @@ def demo(
           + ", ".join(f"{LANG_NAMES[k]} {v:.0%}" for k, v in after["by_lang"].items()))
     for p, b, a in zip(prompts, before["samples"], after["samples"], strict=True):
         print(f"   {p!r}: before {b!r}\n   {' ' * len(repr(p))}  after  {a!r}")
-    print(f"   report: {run / 'report.md'}  model: {run / 'model'}  ({wall / 60:.1f} min)")
+
+    result = {"steps": steps, "tokens": summary["tokens"], "tok_s": summary["tok_s"],
+              "unigram_loss": base, "before": before, "after": after, "bytes_per_token": bpt,
+              "params": model.config.num_params}
+    if finetune_steps > 0:
+        result["finetune"] = _finetune(run, model, tok, finetune_steps, device, resume)
+    result["seconds"] = round(time.time() - t_start, 1)
+    write_json(run / "results.json", result)
+    _report(run, result, corpus, prompts)
+    print(f"   report: {run / 'report.md'}  model: {run / 'model'}  "
+          f"({result['seconds'] / 60:.1f} min)")
     return result
+
+
+def _finetune(run: Path, model, tok, steps: int, device: str, resume: bool) -> dict:
+    from jielong import demo_finetune as ft
+    from jielong.data.synthetic_tasks import qa_conversations, world_for
+    from jielong.lora import remove_adapter
+
+    dev = str(pick_device(device))
+    sft, assistant = ft.sft_stage(run, model, tok, steps, dev, resume)
+    qa_test = qa_conversations(world_for(0), seed=0, n_train=0).test
+    lora = ft.lora_stage(run, assistant, tok, steps, dev, resume, qa_test)
+    remove_adapter(assistant, "translate")  # the teacher below is the assistant alone
+    spam = ft.classify_stage(run, run / "model", tok, max(1, steps // 2), dev, resume)
+    distill = ft.distill_stage(run, run / "model", assistant, tok, steps, dev, resume)
+    return {"sft": sft, "lora": lora, "classify": spam, "distill": distill}
 
 
 def _report(run: Path, r: dict, corpus, prompts: list[str]) -> None:
@@ -181,4 +203,62 @@ def _report(run: Path, r: dict, corpus, prompts: list[str]) -> None:
         *[f"| {p} | {x!r} | {y!r} |" for p, x, y in zip(prompts, b["samples"], a["samples"], strict=True)],
         "",
     ]
+    if "finetune" in r:
+        lines += _finetune_report(r["finetune"])
     write_text(run / "report.md", "\n".join(lines))
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _finetune_report(f: dict) -> list[str]:
+    s, lo, c, d = f["sft"], f["lora"], f["classify"], f["distill"]
+    langs = [k for k in LANG_NAMES if k in s["after"]["by_lang"]]
+    spam_b, spam_a = c["before"]["per_class"]["spam"], c["after"]["per_class"]["spam"]
+    lines = [
+        "## Finetuning", "",
+        f"### SFT: from text-continuer to assistant ({s['steps']} steps, "
+        f"{s['n_train']:,} question–answer chats)", "",
+        f"{s['n_test']} held-out questions: facts stated in pretraining but never asked about in "
+        "that language during SFT, and sums never seen. A reply counts as answered when it holds "
+        "the answer; it stops by itself when it ends with the end-of-turn token.", "",
+        "| | base model | after SFT |", "| --- | --- | --- |",
+        f"| questions answered | {s['before']['accuracy']:.1%} | {s['after']['accuracy']:.1%} |",
+        *[f"|   {LANG_NAMES[k]} | {s['before']['by_lang'][k]:.1%} | {s['after']['by_lang'][k]:.1%} |"
+          for k in langs],
+        f"| replies that stop by themselves | {s['before']['stop_rate']:.1%} | "
+        f"{s['after']['stop_rate']:.1%} |", "",
+        "| question | reply after SFT |", "| --- | --- |",
+        *[f"| {_cell(q)} | {_cell(a)} |" for q, a in s["after"]["examples"]], "",
+        f"### LoRA: a translation adapter ({lo['steps']} steps, {lo['trainable']:,} of "
+        f"{lo['total']:,} parameters trained)", "",
+        f"chrF (character n-gram F-score, 0–100) of {lo['n_test']} translations of sentences "
+        "about held-out facts. With the adapter switched off, the same base answers "
+        f"{lo['qa_with_adapter_off']:.1%} of the SFT questions.", "",
+        "| direction | assistant | + adapter |", "| --- | --- | --- |",
+        f"| all | {lo['before']['chrf']:.1f} | {lo['after']['chrf']:.1f} |",
+        *[f"| {k} | {lo['before']['by_direction'][k]:.1f} | {v:.1f} |"
+          for k, v in lo["after"]["by_direction"].items()], "",
+        "| source | reference | with the adapter |", "| --- | --- | --- |",
+        *[f"| {_cell(x)} | {_cell(y)} | {_cell(z)} |" for x, y, z in lo["after"]["examples"]], "",
+        f"### Classification: a spam filter ({c['steps']} steps, {c['n_train']:,} messages)", "",
+        f"{c['n_test']} held-out messages in the three languages; the head starts random.", "",
+        "| | random head | trained |", "| --- | --- | --- |",
+        f"| accuracy | {c['before']['accuracy']:.1%} | {c['after']['accuracy']:.1%} |",
+        f"| spam precision | {spam_b['precision']:.3f} | {spam_a['precision']:.3f} |",
+        f"| spam recall | {spam_b['recall']:.3f} | {spam_a['recall']:.3f} |",
+        f"| spam F1 | {spam_b['f1']:.3f} | {spam_a['f1']:.3f} |",
+        f"| macro F1 | {c['before']['macro']['f1']:.3f} | {c['after']['macro']['f1']:.3f} |", "",
+        "![confusion matrix](confusion.png)", "",
+        f"### Distillation: a {d['distilled']['params'] / 1e6:.2f}M-parameter student of the "
+        f"{d['teacher']['params'] / 1e6:.2f}M assistant", "",
+        d["note"], "",
+        "| | held-out loss | KL to the teacher | questions answered | stop by themselves |",
+        "| --- | --- | --- | --- | --- |",
+        *[f"| {name} | {d[k]['val_loss']:.3f} | {d[k]['val_kl']:.3f} | {d[k]['accuracy']:.1%} | "
+          f"{d[k]['stop_rate']:.1%} |"
+          for k, name in (("teacher", "teacher (the assistant)"), ("distilled", "student, distilled"),
+                          ("plain", "student, same data without the teacher"))], "",
+    ]
+    return lines

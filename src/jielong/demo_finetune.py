@@ -22,18 +22,31 @@ from pathlib import Path
 import torch
 
 from jielong.checkpoint import save_model
-from jielong.config import preset
 from jielong.data.synthetic_tasks import (
     qa_conversations,
+    spam_dataset,
+    translation_pairs,
     world_for,
 )
-from jielong.eval.replies import chat_replies, contains_answer
+from jielong.eval.replies import chat_replies, chrf, contains_answer
+from jielong.lora import LoraConfig, add_adapter, count_parameters, save_adapter, using_adapter
 from jielong.model import Transformer
-from jielong.train.distill import LogitStage
+from jielong.train.classify import (
+    Classifier,
+    ClassifyStage,
+    Encoded,
+    classification_report,
+    confusion_png,
+    predict_logits,
+    save_classifier,
+)
+from jielong.train.classify import checkpoint_fns as classifier_checkpoint_fns
+from jielong.train.distill import LogitStage, keep_layers
 from jielong.train.loop import TrainConfig, fit
-from jielong.train.sft import PackedStage, encode, pack, split
+from jielong.train.sft import PackedStage, checkpoint_fns, encode, pack, split
 
 SEQ_LEN = 128
+DISTILL_ALPHA, DISTILL_T = 0.2, 2.0  # see the note in distill_stage
 
 
 def _bold(s: str) -> str:
@@ -83,8 +96,13 @@ def sft_stage(run: Path, model, tok, steps: int, device: str, resume: bool) -> t
             "steps": steps, "n_train": len(train_r), "n_test": len(data.test)}, model
 
 
-def distill_stage(run: Path, teacher, tok, steps: int, device: str, resume: bool) -> dict:
-    print(_bold("8. distillation") + " — a smaller student learns from the assistant's logits")
+def distill_stage(run: Path, base_dir: Path, teacher, tok, steps: int, device: str, resume: bool,
+                  alpha: float = DISTILL_ALPHA, temperature: float = DISTILL_T) -> dict:
+    """A half-depth student (layers 0 and n-1 of the pretrained base) trained on the SFT chats
+    twice from the same start: once with the teacher's logits mixed in, once on the data alone."""
+    from jielong.checkpoint import load_model
+
+    print(_bold("8. distillation") + " — a shallower student learns from the assistant's logits")
     data = qa_conversations(world_for(0), seed=0, n_train=3000)
     pad = teacher.config.pad_token_id or 0
     train_r, val_r = split(data.train, 0.05, seed=0)
@@ -92,16 +110,15 @@ def distill_stage(run: Path, teacher, tok, steps: int, device: str, resume: bool
     teacher.eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
-    t = teacher.config
-    size = dict(vocab_size=t.vocab_size, max_position_embeddings=t.max_position_embeddings,
-                eos_token_id=t.eos_token_id, pad_token_id=t.pad_token_id)
+    base = load_model(base_dir)
+    n = base.config.num_hidden_layers
+    layers = [0, n - 1] if n >= 4 else [0]
     results = {}
-    for name, alpha in (("distilled", 0.5), ("plain", 1.0)):  # alpha 1: cross-entropy only
-        torch.manual_seed(0)
-        student = Transformer(preset("test", **size))
-        cfg = TrainConfig(steps=steps, batch_size=16, lr=3e-3, warmup_steps=20, eval_every=steps,
+    for name, a in (("distilled", alpha), ("plain", 1.0)):  # alpha 1: cross-entropy only
+        student = keep_layers(base, layers)
+        cfg = TrainConfig(steps=steps, batch_size=16, lr=1e-3, warmup_steps=20, eval_every=steps,
                           save_every=steps, device=device)
-        stage = LogitStage(packed, packed_val, cfg, teacher, "forward_kl", 2.0, alpha)
+        stage = LogitStage(packed, packed_val, cfg, teacher, "forward_kl", temperature, a)
         fit(student, stage, cfg, run / f"student-{name}", tokenizer=tok, resume=resume,
             desc=f"student ({name})")
         student.eval()
@@ -115,11 +132,103 @@ def distill_stage(run: Path, teacher, tok, steps: int, device: str, resume: bool
             save_model(run / "student-distilled" / "model", student, tok)
     with torch.no_grad():
         teacher_loss = PackedStage(packed, packed_val, TrainConfig()).evaluate(teacher)["val_loss"]
-    results["teacher"] = {"val_loss": teacher_loss, "params": t.num_params,
+    results["teacher"] = {"val_loss": teacher_loss, "val_kl": 0.0, "params": teacher.config.num_params,
                           **{k: v for k, v in answer_scores(teacher, tok, data.test).items()
                              if k in ("accuracy", "stop_rate")}}
     d, p = results["distilled"], results["plain"]
-    print(f"   student {d['params'] / 1e6:.2f}M vs teacher {t.num_params / 1e6:.2f}M parameters: "
-          f"held-out loss {d['val_loss']:.3f} distilled vs {p['val_loss']:.3f} without "
-          f"(teacher {teacher_loss:.3f}); KL to teacher {d['val_kl']:.3f} vs {p['val_kl']:.3f}")
+    results["note"] = (
+        f"Both students keep layer{'s' * (len(layers) > 1)} {' and '.join(map(str, layers))} of the pretrained base "
+        f"({len(layers)} of {base.config.num_hidden_layers}) and train {steps} steps on the SFT "
+        f"chats; the distilled one learns {1 - alpha:.0%} from the teacher's distribution "
+        f"(forward KL at temperature {temperature:g}) and {alpha:.0%} from the data.")
+    print(f"   student {d['params'] / 1e6:.2f}M vs teacher {teacher.config.num_params / 1e6:.2f}M "
+          f"parameters: held-out loss {d['val_loss']:.3f} distilled vs {p['val_loss']:.3f} without "
+          f"(teacher {teacher_loss:.3f}); KL to teacher {d['val_kl']:.3f} vs {p['val_kl']:.3f}; "
+          f"answered {d['accuracy']:.0%} vs {p['accuracy']:.0%} (teacher "
+          f"{results['teacher']['accuracy']:.0%})")
     return results
+
+
+def translation_scores(model, tok, items, max_new_tokens: int = 48) -> dict:
+    """chrF of greedy translations against the references, overall and per direction."""
+    model.eval()
+    replies = chat_replies(model, tok, [i.messages_without_answer for i in items], max_new_tokens)
+    scores = [chrf(r.text, i.reference) for r, i in zip(replies, items, strict=True)]
+    by_dir: dict[str, list[float]] = {}
+    for sc, i in zip(scores, items, strict=True):
+        by_dir.setdefault(f"{i.src_lang}→{i.tgt_lang}", []).append(sc)
+    return {"chrf": sum(scores) / len(scores),
+            "by_direction": {k: sum(v) / len(v) for k, v in sorted(by_dir.items())},
+            "examples": [(i.source, i.reference, r.text)
+                         for i, r in list(zip(items, replies, strict=True))[:: max(1, len(items) // 4)]]}
+
+
+def lora_stage(run: Path, model, tok, steps: int, device: str, resume: bool, qa_test) -> dict:
+    print(_bold("6. LoRA") + " — an adapter teaches the assistant a second task: translation")
+    train_r, test = translation_pairs(world_for(0), seed=0, n_train=2000, n_test=120)
+    pad = model.config.pad_token_id or 0
+    fit_r, val_r = split(train_r, 0.05, seed=0)
+    packed, packed_val = _packed(tok, fit_r, pad), _packed(tok, val_r, pad)
+    before = translation_scores(model, tok, test)
+    add_adapter(model, LoraConfig(r=16, alpha=32, dropout=0.0), name="translate")
+    trainable, total = count_parameters(model)
+    cfg = TrainConfig(steps=steps, batch_size=16, lr=3e-3, warmup_steps=20, eval_every=max(1, steps // 4),
+                      save_every=steps, device=device)
+    print(f"   {len(fit_r):,} translation chats (en ↔ 繁/简); adapter r=16 on every linear layer: "
+          f"{trainable:,} trainable of {total:,} parameters ({trainable / total:.1%}); "
+          f"before: chrF {before['chrf']:.1f}")
+    t0 = time.time()
+    save_fn, load_fn = checkpoint_fns("lora", "translate")
+    summary = fit(model, PackedStage(packed, packed_val, cfg), cfg, run / "lora", tokenizer=tok,
+                  resume=resume, desc="lora", save_fn=save_fn, load_fn=load_fn)
+    model.eval()
+    after = translation_scores(model, tok, test)
+    save_adapter(model, run / "lora" / "adapter", name="translate")
+    with using_adapter(model, None):  # the same base without the adapter: still the assistant
+        qa_off = answer_scores(model, tok, qa_test)["accuracy"]
+    print(f"   after: chrF {before['chrf']:.1f} → {after['chrf']:.1f} ("
+          + ", ".join(f"{k} {v:.1f}" for k, v in after["by_direction"].items())
+          + f"); adapter off, the assistant still answers {qa_off:.0%} ({time.time() - t0:.0f}s)")
+    return {"before": before, "after": after, "val_loss": summary.get("val_loss"), "steps": steps,
+            "trainable": trainable, "total": total, "qa_with_adapter_off": qa_off,
+            "n_train": len(fit_r), "n_test": len(test)}
+
+
+def classify_stage(run: Path, lm_dir: Path, tok, steps: int, device: str, resume: bool) -> dict:
+    from jielong.checkpoint import load_model
+
+    print(_bold("7. classification") + " — a spam filter from the pretrained model's body")
+    train_r, test_r = spam_dataset(seed=0, n_train=2000, n_test=400)
+    labels = ["ham", "spam"]
+    lm = load_model(lm_dir)
+    pad = lm.config.pad_token_id = lm.config.pad_token_id or 0
+    torch.manual_seed(0)
+    clf = Classifier.from_causal_lm(lm, labels)
+
+    def encoded(records):
+        ids = [tok.encode(r["text"])[: clf.config.max_position_embeddings] for r in records]
+        return Encoded(ids, [labels.index(r["label"]) for r in records])
+
+    train, test = encoded(train_r), encoded(test_r)
+    cfg = TrainConfig(steps=steps, batch_size=32, lr=1e-3, warmup_steps=10, eval_every=max(1, steps // 4),
+                      save_every=steps, device=device)
+    stage = ClassifyStage(train, test, labels, pad, cfg)
+
+    def report():
+        clf.eval()
+        pred = predict_logits(clf, test.ids, pad).argmax(-1).tolist()
+        return classification_report([labels[i] for i in test.labels], [labels[i] for i in pred], labels)
+
+    before = report()
+    t0 = time.time()
+    save_fn, load_fn = classifier_checkpoint_fns()
+    fit(clf, stage, cfg, run / "spam", tokenizer=tok, resume=resume, desc="classify",
+        save_fn=save_fn, load_fn=load_fn)
+    after = report()
+    save_classifier(run / "spam" / "model", clf, tok)
+    confusion_png(after, run / "confusion.png", title="spam filter, held-out messages")
+    print(f"   {len(train_r):,} training / {len(test_r)} held-out messages (繁/简/English); spam F1 "
+          f"{before['per_class']['spam']['f1']:.2f} → {after['per_class']['spam']['f1']:.2f}, accuracy "
+          f"{before['accuracy']:.0%} → {after['accuracy']:.0%} ({time.time() - t0:.0f}s)")
+    return {"before": before, "after": after, "steps": steps, "n_train": len(train_r),
+            "n_test": len(test_r)}

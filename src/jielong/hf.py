@@ -9,13 +9,18 @@ What jielong reads from a model folder, and what it never does:
 - *.safetensors (single or sharded with an index) → `checkpoint.load_model`; a
   pytorch_model.bin only through `torch.load(weights_only=True)`, with a note;
 - tokenizer.json + tokenizer_config.json (+ chat_template.jinja) → `Tokenizer.from_dir`;
-- generation_config.json → default sampling and the ids that end a reply.
+- generation_config.json → default sampling and the ids that end a reply;
+- LoRA adapters (PEFT folders, `jielong.lora`), as many as asked, on one shared base:
+  `open_model(dir, adapters=["chat=runs/chat/adapter", "runs/poem/adapter"])`, then
+  `set_adapter` / `using_adapter` (or `choose_adapter`) picks one per call.
 Python files in a model folder (`trust_remote_code`) are never imported or run.
 """
 
 from __future__ import annotations
 
 import json
+import re
+import sys
 from pathlib import Path
 
 import torch
@@ -78,13 +83,81 @@ def stop_ids(tok, generation: dict, config_eos: int | None = None) -> set[int]:
     return {i for i in ids if isinstance(i, int)}
 
 
-def open_model(name: str | Path, device: str | torch.device = "cpu", dtype="auto"):
-    """(model, tokenizer, generation_config) from a folder or hub id."""
+BASE = ("none", "off")  # adapter names that mean the base model alone
+
+
+def adapter_specs(specs: list[str] | None) -> dict[str, Path]:
+    """{name: folder} from `--adapter` values, each `NAME=DIR` or just `DIR` (then named after
+    the folder, or after its parent for a folder called `adapter`, which is where
+    `jielong train sft --method lora` writes runs/NAME/adapter). Each folder's
+    adapter_config.json is checked here, before a possibly large model is loaded."""
+    from jielong.lora import read_adapter_config
+
+    out: dict[str, Path] = {}
+    for spec in specs or []:
+        name, eq, path = spec.partition("=")
+        if not eq or not re.fullmatch(r"[A-Za-z0-9_-]+", name):
+            name, path = "", spec
+        d = resolve_model(path)
+        if not name:
+            p = d.resolve() if d.exists() else Path(path)
+            name = re.sub(r"[^A-Za-z0-9_-]", "_", p.parent.name if p.name == "adapter" else p.name)
+        if name.lower() in BASE or not name:
+            raise UserError(f"--adapter {spec}: give it a name, as in --adapter NAME={path}"
+                            + (f" ({name!r} means the base model)" if name else ""))
+        if name in out:
+            raise UserError(f"--adapter {spec}: a second adapter named {name!r}; name them "
+                            "apart, as in --adapter a=DIR1 b=DIR2")
+        read_adapter_config(d)
+        out[name] = d
+    return out
+
+
+def _pick(name: str | None, have) -> str | None:
+    """`name` checked against the loaded adapter names `have`; None for the base model."""
+    if name is None or name.lower() in BASE:
+        return None
+    if name not in have:
+        raise UserError(f"no adapter named {name!r}; loaded: {', '.join(have) or 'none'}; "
+                        "off: the base model alone")
+    return name
+
+
+def choose_adapter(model, name: str | None) -> str | None:
+    """Make adapter `name` the active one (None, "none" or "off": the base model alone) and
+    return it, or say which adapters there are."""
+    from jielong.lora import adapter_names, set_adapter
+
+    name = _pick(name, adapter_names(model))
+    set_adapter(model, name)
+    return name
+
+
+def _note_other_base(model_name, adapter_dir: Path, conf: dict) -> None:
+    """Say so when an adapter names another base model (its shapes fit: it may still work)."""
+    base = conf.get("base_model_name_or_path")
+    if base and Path(str(base)).name.lower() != Path(str(model_name)).resolve().name.lower():
+        print(f"note: adapter {adapter_dir} was trained on {base}; using it on {model_name}",
+              file=sys.stderr)
+
+
+def open_model(name: str | Path, device: str | torch.device = "cpu", dtype="auto",
+               adapters: list[str] | None = None, adapter_name: str | None = None):
+    """(model, tokenizer, generation_config) from a folder or hub id, with the LoRA adapters
+    `adapters` loaded (see `adapter_specs`) and `adapter_name` active (default: the first;
+    "off": the base model alone)."""
     from jielong.checkpoint import load_model
+    from jielong.lora import load_adapter, read_adapter_config, set_adapter
     from jielong.tokenizer import Tokenizer
 
+    specs = adapter_specs(adapters)
+    active = _pick(adapter_name, list(specs)) if adapter_name else next(iter(specs), None)
     path = resolve_model(name)
     model = load_model(path, device=device, dtype=dtype).eval()
     tok = Tokenizer.from_dir(path)
+    for n, d in specs.items():
+        load_adapter(model, d, name=n)
+        _note_other_base(name, d, read_adapter_config(d))
+    if specs:
+        set_adapter(model, active)
     return model, tok, read_generation_config(path)
-

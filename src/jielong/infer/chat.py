@@ -7,7 +7,12 @@
 The conversation is rendered with the model's own chat template every turn. The KV cache
 is kept between turns: only the tokens after the longest prefix shared with what the model
 already read are fed to it, so a long conversation does not slow each reply down.
-Commands: /reset, /system TEXT, /temperature X, /help, /quit (or Ctrl-D).
+
+LoRA adapters share the one base model: `--adapter chat=runs/chat/adapter poem=runs/poem/adapter`
+loads both, and `/adapter poem` switches mid-conversation (`/adapter off`: the base alone).
+The cache was computed with the old adapter's weights, so the next reply reads the whole
+conversation again.
+Commands: /reset, /system TEXT, /temperature X, /adapter NAME, /help, /quit (or Ctrl-D).
 """
 
 from __future__ import annotations
@@ -19,24 +24,29 @@ import torch
 
 from jielong.errors import UserError
 from jielong.infer.generate import Sampling, next_token
+from jielong.lora import active_adapter, adapter_names
 from jielong.model import KVCache, Transformer
 
 HELP = """commands:
   /reset          forget the conversation (keeps the system prompt)
   /system TEXT    set the system prompt (and start over); /system alone removes it
   /temperature X  sampling temperature, 0 = greedy
+  /adapter NAME   reply with another loaded LoRA adapter (off: the base model);
+                  /adapter alone lists them
   /help           this list
   /quit           leave (or Ctrl-D)"""
 
 
 class Session:
-    """One conversation's KV cache and the tokens it holds."""
+    """One conversation's KV cache and the tokens it holds (read with the adapter that was
+    active then: when another is, the next reply reads everything again)."""
 
     def __init__(self, model: Transformer, context: int):
         p = next(model.parameters())
         self.model = model
         self.cache = KVCache(model.config, 1, context, device=p.device, dtype=p.dtype)
         self.fed: list[int] = []  # the tokens whose keys and values the cache holds
+        self.adapter = active_adapter(model)  # the LoRA adapter they were computed with
         self.reused = 0  # how many of them the last reply did not have to read again
 
     @torch.no_grad()
@@ -46,6 +56,8 @@ class Session:
         if room < 1:
             raise UserError(f"the conversation is {len(prompt)} tokens, more than the "
                             f"{self.cache.max_len}-token context; /reset to start over")
+        if active_adapter(self.model) != self.adapter:  # other weights made the cached keys
+            self.fed, self.adapter = [], active_adapter(self.model)
         keep = 0
         while keep < min(len(prompt) - 1, len(self.fed)) and prompt[keep] == self.fed[keep]:
             keep += 1
@@ -102,10 +114,13 @@ def chat(
     seed: int | None = None,
     device: str = "auto",
     dtype: str = "auto",
+    adapter: list[str] | None = None,
+    adapter_name: str | None = None,
 ) -> None:
     """Chat with a model in the terminal, using its own chat template; replies stream.
 
-    Commands while chatting: /reset, /system TEXT, /temperature X, /help, /quit.
+    Commands while chatting: /reset, /system TEXT, /temperature X, /adapter NAME (switch
+    LoRA adapter; off: the base model), /help, /quit.
 
     Args:
         model: A model directory or a Hugging Face hub id.
@@ -118,11 +133,16 @@ def chat(
         seed: Random seed for reproducible replies.
         device: auto, cpu, cuda, mps.
         dtype: auto (the checkpoint's on a GPU, float32 on CPU), float32, bfloat16, float16.
+        adapter: LoRA adapter folders (PEFT layout) to load on the model (--adapter A B or
+            --adapter A --adapter B), each DIR or NAME=DIR (name: the folder's, or its parent's for
+            runs/NAME/adapter).
+        adapter_name: Which loaded adapter replies first (default: the first; off: the base).
     """
-    from jielong.hf import open_model, stop_ids
+    from jielong.hf import choose_adapter, open_model, stop_ids
     from jielong.train.loop import pick_device
 
-    net, tok, gen = open_model(model, device=pick_device(device), dtype=dtype)
+    net, tok, gen = open_model(model, device=pick_device(device), dtype=dtype, adapters=adapter,
+                               adapter_name=adapter_name)
     if not tok.config.get("chat_template"):
         raise UserError(f"{model}: the tokenizer has no chat template, so it cannot chat; use "
                         "`jielong generate` to continue text")
@@ -139,7 +159,9 @@ def chat(
     messages: list[dict] = []
     interactive = sys.stdin.isatty()
     dim = (lambda t: f"\033[2m{t}\033[0m") if interactive else (lambda t: t)
-    print(dim(f"chatting with {model} · temperature {s.temperature:g} · /help for commands"))
+    with_adapter = f" + adapter {active_adapter(net)}" if active_adapter(net) else ""
+    print(dim(f"chatting with {model}{with_adapter} · temperature {s.temperature:g} · "
+              "/help for commands"))
 
     def write(text: str) -> None:
         sys.stdout.write(text)
@@ -174,6 +196,15 @@ def chat(
                     continue
                 s.temperature = value
                 print(dim(f"(temperature {value:g})"))
+            elif cmd == "/adapter":
+                if arg.strip():
+                    try:
+                        choose_adapter(net, arg.strip())
+                    except UserError as e:
+                        print(dim(f"({e})"))
+                        continue
+                now = f"adapter {active_adapter(net)}" if active_adapter(net) else "base model alone"
+                print(dim(f"({now}; loaded: {', '.join(adapter_names(net)) or 'none'})"))
             else:
                 print(dim(HELP))
             continue

@@ -2,6 +2,12 @@
 
 Run as:
     jielong generate "從前有一個" "Once upon a time" --model runs/demo/model --temperature 0
+    jielong generate "Q: 2+3?" --model runs/demo/model --adapter math=runs/math/adapter
+
+Several LoRA adapters can share one base model, switched per call:
+    model, tok, gen = open_model("runs/demo/model", adapters=["a=runs/a/adapter", "runs/b/adapter"])
+    with using_adapter(model, "b"):          # jielong.lora; None: the base model alone
+        texts = generate_text(model, tok, prompts, Sampling(temperature=0))
 
 Prompts of different lengths are left-padded; each row gets its own rotary positions and a
 mask that hides its padding, so a prompt decodes the same alone or in a batch.
@@ -193,6 +199,8 @@ def generate(
     seed: int | None = None,
     device: str = "auto",
     dtype: str = "auto",
+    adapter: list[str] | None = None,
+    adapter_name: str | None = None,
 ) -> list[str]:
     """Continue one or more prompts with a trained model.
 
@@ -208,11 +216,16 @@ def generate(
         seed: Random seed for reproducible sampling.
         device: auto, cpu, cuda, mps.
         dtype: auto (the checkpoint's on a GPU, float32 on CPU), float32, bfloat16, float16.
+        adapter: LoRA adapter folders (PEFT layout) to load on the model (--adapter A B or
+            --adapter A --adapter B), each DIR or NAME=DIR (name: the folder's, or its parent's for
+            runs/NAME/adapter).
+        adapter_name: Which loaded adapter generates (default: the first; off: the base).
     """
     from jielong.hf import open_model, stop_ids
     from jielong.train.loop import pick_device
 
-    net, tok, gen = open_model(model, device=pick_device(device), dtype=dtype)
+    net, tok, gen = open_model(model, device=pick_device(device), dtype=dtype, adapters=adapter,
+                               adapter_name=adapter_name)
     # A shell passes "\n" as backslash + n; people mean a newline.
     stops = [st.replace("\\n", "\n").replace("\\t", "\t") for st in stop or []]
     s = Sampling(max_tokens, temperature, top_k, top_p, repetition_penalty, stops, seed)

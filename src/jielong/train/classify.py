@@ -49,6 +49,9 @@ from jielong.files import atomic_dir, atomic_path, write_json
 from jielong.model import Transformer, rope_frequencies
 from jielong.train.loop import TrainConfig, fit
 
+CLASSIFY_TRAIN = TrainConfig(lr=2e-5, warmup_steps=10, steps=200, batch_size=16, eval_every=50,
+                             save_every=100)  # `train classify` defaults
+
 # ---------------------------------------------------------------------------------- model
 
 
@@ -641,7 +644,7 @@ def classify(
     label_field: str = "label",
     max_len: int = 256,
     resume: bool = False,
-    train: TrainConfig | None = None,
+    train: TrainConfig = CLASSIFY_TRAIN,
 ) -> dict:
     """Finetune a language model into a text classifier (JSONL lines with text and label).
 
@@ -660,8 +663,6 @@ def classify(
     from jielong.plots import loss_curve
     from jielong.train.loop import init_distributed, is_main_process, pick_device
 
-    train = train or TrainConfig(lr=2e-5, warmup_steps=10, steps=200, batch_size=16,
-                                 eval_every=50, save_every=100)
     train.validate()
     if not 0 <= val_fraction < 1:
         raise UserError(f"--val_fraction={val_fraction} must be in [0, 1)")

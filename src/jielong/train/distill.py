@@ -31,6 +31,7 @@ from jielong.train.loop import TrainConfig, fit, is_main_process, pick_device
 from jielong.train.losses import IGNORE, linear_cross_entropy
 from jielong.train.sft import PackedStage, attention_mask, pack, split, summarize_params
 
+DISTILL_TRAIN = TrainConfig(lr=1e-3, steps=300, batch_size=8, warmup_steps=20)  # `train distill` defaults
 DIVERGENCES = ("forward_kl", "reverse_kl", "jsd")
 
 
@@ -138,20 +139,62 @@ def teacher_replies(teacher, tok, conversations: list[list[dict]], max_new_token
     return out
 
 
-def build_student(student: str | None, student_preset: str | None, teacher, tok, seed: int):
+def keep_layers(model, layers: list[int]):
+    """A shallower copy of `model` made of the chosen decoder layers (in that order) with the
+    same embeddings, norm and head: the student initialisation of DistilBERT (Sanh et al.
+    2019), which took every other layer of its teacher."""
+    from dataclasses import replace
+
+    from jielong.checkpoint import NoInit
+    from jielong.model import Transformer
+
+    n = model.config.num_hidden_layers
+    bad = [i for i in layers if not 0 <= i < n]
+    if not layers or bad:
+        raise UserError(f"--student_layers {' '.join(map(str, layers))}: the model has layers 0–{n - 1}")
+    cfg = replace(model.config, num_hidden_layers=len(layers))
+    with torch.device("meta"), NoInit():
+        small = Transformer(cfg)
+    state = {}
+    for k, v in model.state_dict().items():
+        if k.startswith("model.layers."):
+            i = int(k.split(".")[2])
+            for j in (j for j, keep in enumerate(layers) if keep == i):
+                state[k.replace(f"model.layers.{i}.", f"model.layers.{j}.", 1)] = v.clone()
+        else:
+            state[k] = v.clone()
+    if cfg.tie_word_embeddings:
+        state.pop("lm_head.weight", None)
+    missing = set(small.load_state_dict(state, strict=False, assign=True).missing_keys)
+    assert missing <= {"lm_head.weight"}, missing
+    if cfg.tie_word_embeddings:
+        small.lm_head.weight = small.model.embed_tokens.weight
+    small.inv_freq = model.inv_freq.clone()
+    return small
+
+
+def build_student(student: str | None, student_preset: str | None, teacher, tok, seed: int,
+                  layers: list[int] | None = None):
     """The student: a model directory / hub id, or a fresh preset-sized model using the
-    teacher's tokenizer (and context length)."""
+    teacher's tokenizer (and context length); with `layers`, only those layers of the
+    student model, or of the teacher when no student is named."""
     from jielong.config import preset
     from jielong.hf import open_model
     from jielong.model import Transformer
 
     if student and student_preset:
         raise UserError("give --student (a model) or --student_preset (a fresh size), not both")
+    if layers and student_preset:
+        raise UserError("--student_layers takes layers of --student or of the teacher, not of a "
+                        "fresh --student_preset")
     if student:
         model, stok, gen = open_model(student, dtype="float32")
-        return model, stok, gen
+        return (keep_layers(model, layers) if layers else model), stok, gen
+    if layers:
+        return keep_layers(teacher, layers), tok, {}
     if not student_preset:
-        raise UserError("no student: pass --student DIR or --student_preset NAME (e.g. test)")
+        raise UserError("no student: pass --student DIR, --student_preset NAME (e.g. test) or "
+                        "--student_layers (e.g. 0 3: those layers of the teacher)")
     t = teacher.config
     cfg = preset(student_preset, vocab_size=t.vocab_size, max_position_embeddings=t.max_position_embeddings,
                  eos_token_id=t.eos_token_id, pad_token_id=t.pad_token_id, bos_token_id=t.bos_token_id)
@@ -164,6 +207,7 @@ def distill(
     teacher: str,
     student: str | None = None,
     student_preset: str | None = None,
+    student_layers: list[int] | None = None,
     out: str = "runs/distill",
     mode: Literal["auto", "logits", "sequences"] = "auto",
     divergence_kind: Literal["forward_kl", "reverse_kl", "jsd"] = "forward_kl",
@@ -174,7 +218,7 @@ def distill(
     seq_len: int = 1024,
     max_new_tokens: int = 256,
     resume: bool = False,
-    train: TrainConfig | None = None,
+    train: TrainConfig = DISTILL_TRAIN,
 ) -> dict:
     """Distill a teacher into a smaller student on conversation data.
 
@@ -183,6 +227,8 @@ def distill(
         teacher: The teacher model (directory or hub id).
         student: The student model (directory or hub id), e.g. a smaller pretrained one.
         student_preset: Or a fresh student of this preset size with the teacher's tokenizer.
+        student_layers: Or a student made of these layers of --student or of the teacher
+            (e.g. 0 3), with its embeddings and head.
         out: Run directory (student model in OUT/model).
         mode: logits (same tokenizer), sequences (teacher-written replies), or auto.
         divergence_kind: forward_kl, reverse_kl or jsd between teacher and student.
@@ -202,7 +248,6 @@ def distill(
     from jielong.plots import loss_curve
     from jielong.train.sft import encode
 
-    train = train or TrainConfig(lr=1e-3, steps=300, batch_size=8, warmup_steps=20)
     train.validate()
     if not 0 <= alpha <= 1 or temperature <= 0:
         raise UserError(f"--alpha {alpha} must be in [0, 1] and --temperature {temperature} > 0")
@@ -210,7 +255,8 @@ def distill(
     t_model, t_tok, _ = open_model(teacher, device=device, dtype="float32")
     for p in t_model.parameters():
         p.requires_grad_(False)
-    s_model, s_tok, gen = build_student(student, student_preset, t_model, t_tok, train.seed)
+    s_model, s_tok, gen = build_student(student, student_preset, t_model, t_tok, train.seed,
+                                        student_layers)
     shared = same_vocabulary(t_tok, s_tok) and t_model.config.vocab_size == s_model.config.vocab_size
     if mode == "auto":
         mode = "logits" if shared else "sequences"

@@ -135,7 +135,7 @@ def pretrain(
     field: str = "text",
     val_fraction: float = 0.01,
     resume: bool = False,
-    train: TrainConfig | None = None,
+    train: TrainConfig = TrainConfig(),  # noqa: B008 (never mutated)
 ) -> dict:
     """Pretrain a model from scratch by next-token prediction.
 
@@ -151,7 +151,6 @@ def pretrain(
         resume: Continue from the last checkpoint in OUT.
         train: Optimisation settings (steps, batch size, learning rate, …).
     """
-    train = train or TrainConfig()
     train.validate()
     model_config(preset, seq_len)  # fail before any slow work
     run = Path(out)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import random
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -30,6 +30,9 @@ from jielong.errors import UserError
 from jielong.lora import LoraConfig, output_weight
 from jielong.train.loop import TrainConfig, fit, is_main_process
 from jielong.train.losses import IGNORE, linear_cross_entropy
+
+SFT_TRAIN = TrainConfig(lr=2e-5, warmup_steps=10, steps=200, batch_size=8)  # `train sft` defaults
+LORA_LR = 2e-4  # with --method lora, unless --lr is given
 
 
 def encode(tok, messages: list[dict], train_on_prompt: bool = False) -> tuple[list[int], list[int]]:
@@ -232,8 +235,8 @@ def prepare_model(model_name: str, method: str, lora, dtype: str, device: torch.
     return model, tok, gen
 
 
-def checkpoint_fns(method: str):
-    """save_fn/load_fn for fit: LoRA checkpoints hold only the adapter."""
+def checkpoint_fns(method: str, adapter: str = "default"):
+    """save_fn/load_fn for fit: LoRA checkpoints hold only the adapter (named `adapter`)."""
     if method != "lora":
         return None, None
     from jielong.checkpoint import TRAINER_STATE
@@ -241,14 +244,14 @@ def checkpoint_fns(method: str):
     from jielong.lora import load_adapter, remove_adapter, save_adapter
 
     def save_fn(model, path: Path, tokenizer, trainer_state: dict) -> None:
-        save_adapter(model, path)
+        save_adapter(model, path, name=adapter)
         # Written last: a checkpoint counts (list_checkpoints) only once this file exists.
         with atomic_path(path / TRAINER_STATE) as tmp:
             torch.save(trainer_state, tmp)
 
     def load_fn(model, path: Path) -> None:
-        remove_adapter(model, "default")
-        load_adapter(model, path, name="default", is_trainable=True)
+        remove_adapter(model, adapter)
+        load_adapter(model, path, name=adapter, is_trainable=True)
 
     return save_fn, load_fn
 
@@ -281,8 +284,8 @@ def sft(
     seq_len: int = 1024,
     dtype: str = "auto",
     resume: bool = False,
-    train: TrainConfig | None = None,
-    lora: LoraConfig | None = None,
+    train: TrainConfig = SFT_TRAIN,
+    lora: LoraConfig = LoraConfig(),  # noqa: B008 (never mutated)
 ) -> dict:
     """Finetune a model on conversations (OpenAI messages, ShareGPT or alpaca JSONL).
 
@@ -304,8 +307,9 @@ def sft(
     from jielong.plots import loss_curve
     from jielong.train.loop import init_distributed, pick_device
 
-    train = train or TrainConfig(lr=2e-5, warmup_steps=10, steps=200, batch_size=8)
-    lora = lora or LoraConfig()
+    if method == "lora" and train.lr == SFT_TRAIN.lr:
+        train = replace(train, lr=LORA_LR)
+        print(f"learning rate {LORA_LR:g}, the LoRA default (--lr sets another)")
     train.validate()
     device = pick_device(train.device)
     _, world = init_distributed(device)
