@@ -85,3 +85,26 @@ def test_sequence_distillation_with_another_tokenizer(setup):
     written = [json.loads(x)["messages"] for x in (out / "teacher_data.jsonl").read_text().splitlines()]
     assert len(written) >= 30 and all(m[-1]["role"] == "assistant" for m in written)
     assert load_model(out / "model").config.vocab_size == other.vocab_size
+
+
+def test_student_made_of_some_of_the_teachers_layers(setup, tmp_path):
+    from jielong.errors import UserError
+    from jielong.train.distill import keep_layers
+
+    _, tok, teacher_dir, data = setup
+    teacher = load_model(teacher_dir).eval()
+    ids = torch.tensor([tok.encode("1 + 2 = ?")])
+    n = teacher.config.num_hidden_layers
+    with torch.no_grad():  # all layers kept: the same model
+        assert torch.allclose(keep_layers(teacher, list(range(n)))(ids), teacher(ids), atol=1e-5)
+        small = keep_layers(teacher, [0, n - 1])
+        assert small.config.num_hidden_layers == 2
+        sd = small.state_dict()
+        assert torch.equal(sd["model.layers.1.mlp.up_proj.weight"],
+                           teacher.state_dict()[f"model.layers.{n - 1}.mlp.up_proj.weight"])
+    with pytest.raises(UserError, match="layers 0–3"):
+        keep_layers(teacher, [0, 9])
+    out = tmp_path / "run"
+    distill([str(data)], str(teacher_dir), student_layers=[0, n - 1], out=str(out), alpha=0.0,
+            seq_len=128, train=TrainConfig(steps=3, batch_size=4, lr=1e-3, warmup_steps=1))
+    assert load_model(out / "model").config.num_hidden_layers == 2
