@@ -317,3 +317,38 @@ def test_module_prints_examples():
                          capture_output=True, text=True, timeout=60, check=True).stdout
     for heading in ("== Q&A", "== Translation", "== Spam", "[en]", "[zh-Hant]", "[zh-Hans]"):
         assert heading in out
+
+
+def test_script_preferences_rank_the_users_script_first():
+    from jielong.data.synthetic_tasks import script_chars, script_of, script_preferences
+
+    world = world_for(0)
+    rows, test = script_preferences(world, seed=0, n_train=300, n_test=40)
+    chars = script_chars(world)
+    for r in rows:
+        q = r["prompt"][0]["content"]
+        lang = script_of(q, chars) or script_of(r["responses"][0], chars)
+        best, same_other, wrong = r["responses"]
+        assert script_of(best, chars) == lang and script_of(same_other, chars) not in (None, lang)
+        assert best != same_other and wrong not in (best, same_other)
+    assert {t.lang for t in test} == {"zh-Hant", "zh-Hans"}
+    assert all(script_of(t.answer_text, chars) == t.lang for t in test)
+    assert script_of("Ming lives in Dragonville.", chars) is None
+
+
+def test_mixed_script_answers_some_chinese_questions_in_the_other_script():
+    from jielong.data.synthetic_tasks import script_chars, script_of
+
+    world = world_for(0)
+    chars = script_chars(world)
+    clean = qa_conversations(world, seed=0, n_train=400)
+    mixed = qa_conversations(world, seed=0, n_train=400, mixed_script=0.3)
+
+    def flipped(data):
+        turns = [(m["content"], a["content"]) for r in data.train
+                 for m, a in zip(r["messages"][-2::-2], r["messages"][-1::-2], strict=False)]
+        zh = [(script_of(q, chars), script_of(a, chars)) for q, a in turns if script_of(a, chars)]
+        return sum(1 for q, a in zh if q and q != a) / len(zh)
+
+    assert flipped(clean) == 0 and 0.15 < flipped(mixed) < 0.45
+    assert clean.test == mixed.test  # what is held out does not move

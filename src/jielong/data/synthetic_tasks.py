@@ -147,6 +147,7 @@ class QAItem:
     choices: list[str] # every candidate value of this kind, answer_value included
     lang: str          # "en" | "zh-Hant" | "zh-Hans"
     kind: str          # a QA_KINDS entry, or "add" | "sub"
+    alt_value: str = ""  # Chinese: the value in the other script (an answer all the same)
 
 
 @dataclass
@@ -205,15 +206,20 @@ def _cycle(rng: random.Random, items: list):
         yield from rng.sample(items, len(items))
 
 
+def other_script(lang: str) -> str:
+    return {"zh-Hant": "zh-Hans", "zh-Hans": "zh-Hant"}.get(lang, lang)
+
+
 def qa_conversations(world: World, seed: int = 0, n_train: int = 3000,
                      held_out_people_facts: float = QA_HELD_OUT,
-                     math_held_out: float = QA_MATH_HELD_OUT) -> QAData:
+                     math_held_out: float = QA_MATH_HELD_OUT, mixed_script: float = 0.0) -> QAData:
     """Question-answering chats about `world` (and small sums), with a held-out test.
 
     Train records are {"messages": [...]}: an optional system message, then one or two
     user/assistant turns in one language; a second turn is either another question or a
     follow-up like "And Mei?" (the same kind of fact, another person or town). What is held
-    out depends on (world, seed) only, not on n_train.
+    out depends on (world, seed) only, not on n_train. `mixed_script`: the share of Chinese
+    fact answers written in the other script, as in data gathered from mixed sources.
     """
     rng_held = random.Random(f"qa-held-out:{seed}")
     held = _held_out_pairs(rng_held, world, held_out_people_facts)
@@ -235,7 +241,10 @@ def qa_conversations(world: World, seed: int = 0, n_train: int = 3000,
     deck = _cycle(rng, allowed)
 
     def fact_turn(f: Fact, lang: str) -> tuple[str, str]:
-        return _question(f, lang, rng.randrange(8)), answer_sentence(f, lang)
+        q = _question(f, lang, rng.randrange(8))
+        if mixed_script and lang in ZH and rng.random() < mixed_script:
+            return q, answer_sentence(f, other_script(lang))
+        return q, answer_sentence(f, lang)
 
     def math_turn(lang: str) -> tuple[str, str]:
         return _math_turn(*rng.choice(math_train), lang, rng.randrange(8))
@@ -270,7 +279,8 @@ def qa_conversations(world: World, seed: int = 0, n_train: int = 3000,
     for i, (f, lang) in enumerate(held):
         test.append(QAItem([{"role": "user", "content": _question(f, lang, i)}],
                            answer_sentence(f, lang), f.value.say(lang),
-                           [v.say(lang) for v in world.values(f.kind)], lang, f.kind))
+                           [v.say(lang) for v in world.values(f.kind)], lang, f.kind,
+                           f.value.say(other_script(lang)) if lang in ZH else ""))
     for i, (a, b, op) in enumerate(math_held):
         lang = LANGS[i % len(LANGS)]
         q, answer = _math_turn(a, b, op, lang, i // len(LANGS))
@@ -278,6 +288,58 @@ def qa_conversations(world: World, seed: int = 0, n_train: int = 3000,
         test.append(QAItem([{"role": "user", "content": q}], answer, str(c),
                            _math_choices(rng_held, c, op), lang, "add" if op == "+" else "sub"))
     return QAData(train, test, [(f.subject.en, f.kind, lang) for f, lang in held])
+
+
+# ---- a preference: reply in the user's own script ----------------------------------------
+
+def script_chars(world: World) -> dict[str, set[str]]:
+    """Per Chinese script, the characters of the world's questions and answers that the other
+    script writes differently (龍 vs 龙): enough to tell which script a reply is in."""
+    seen = {lang: set() for lang in ZH}
+    for lang in ZH:
+        for f in world.facts():
+            seen[lang] |= set(answer_sentence(f, lang)) | set(_question(f, lang, 0))
+    return {lang: seen[lang] - seen[other_script(lang)] for lang in ZH}
+
+
+def script_of(text: str, chars: dict[str, set[str]]) -> str | None:
+    """"zh-Hant" or "zh-Hans" by which script's own characters the text holds more of;
+    None when it holds neither's (or as many of each)."""
+    hant, hans = (sum(c in chars[lang] for c in text) for lang in ZH)
+    return None if hant == hans else ("zh-Hant" if hant > hans else "zh-Hans")
+
+
+def script_preferences(world: World, seed: int = 0, n_train: int = 1200, n_test: int = 120,
+                       ) -> tuple[list[dict], list[QAItem]]:
+    """Rankings that prefer a reply in the script the user wrote in.
+
+    Train rows: {"prompt": [user question], "responses": [the answer in the user's script,
+    the same answer in the other script, a wrong answer in the other script]} (best first),
+    for Chinese questions whose answer differs between the scripts. Test: n_test questions
+    about (fact, script) pairs no train row asks about.
+    """
+    rng = random.Random(f"script-pref:{seed}")
+    pairs = [(f, lang) for f in world.facts() for lang in ZH
+             if answer_sentence(f, lang) != answer_sentence(f, other_script(lang))]
+    rng.shuffle(pairs)
+    test_pairs, train_pairs = pairs[:n_test], pairs[n_test:]
+    if not train_pairs:
+        raise ValueError(f"n_test={n_test} leaves no (fact, script) pair to train on")
+    deck = _cycle(rng, train_pairs)
+    rows = []
+    for _ in range(n_train):
+        f, lang = next(deck)
+        other = other_script(lang)
+        wrong = rng.choice([v for v in world.values(f.kind) if v != f.value])
+        rows.append({"prompt": [{"role": "user", "content": _question(f, lang, rng.randrange(8))}],
+                     "responses": [answer_sentence(f, lang), answer_sentence(f, other),
+                                   ANSWERS[f.kind][other].format(s=f.subject.say(other),
+                                                                 v=wrong.say(other))]})
+    test = [QAItem([{"role": "user", "content": _question(f, lang, i)}], answer_sentence(f, lang),
+                   f.value.say(lang), [v.say(lang) for v in world.values(f.kind)], lang, f.kind,
+                   f.value.say(other_script(lang)))
+            for i, (f, lang) in enumerate(test_pairs)]
+    return rows, test
 
 
 # ---- other record formats ------------------------------------------------------------------
