@@ -228,7 +228,12 @@ def _finetune_report(f: dict) -> list[str]:
         *[f"|   {LANG_NAMES[k]} | {s['before']['by_lang'][k]:.1%} | {s['after']['by_lang'][k]:.1%} |"
           for k in langs],
         f"| replies that stop by themselves | {s['before']['stop_rate']:.1%} | "
-        f"{s['after']['stop_rate']:.1%} |", "",
+        f"{s['after']['stop_rate']:.1%} |",
+        f"| Chinese replies in the question's script | {s['before']['script_match']:.1%} | "
+        f"{s['after']['script_match']:.1%} |", "",
+        f"A share of the Chinese SFT answers ({s['mixed_script']:.0%}) is written in the other "
+        "script, as in data gathered from mixed sources; alignment below teaches the preference "
+        "for the user's own script.", "",
         "| question | reply after SFT |", "| --- | --- |",
         *[f"| {_cell(q)} | {_cell(a)} |" for q, a in s["after"]["examples"]], "",
         f"### LoRA: a translation adapter ({lo['steps']} steps, {lo['trainable']:,} of "

@@ -24,6 +24,8 @@ import torch
 from jielong.checkpoint import save_model
 from jielong.data.synthetic_tasks import (
     qa_conversations,
+    script_chars,
+    script_of,
     spam_dataset,
     translation_pairs,
     world_for,
@@ -46,6 +48,7 @@ from jielong.train.loop import TrainConfig, fit
 from jielong.train.sft import PackedStage, checkpoint_fns, encode, pack, split
 
 SEQ_LEN = 128
+MIXED_SCRIPT = 0.3  # of Chinese SFT answers in the other script, as in data from mixed sources
 DISTILL_ALPHA, DISTILL_T = 0.2, 2.0  # see the note in distill_stage
 
 
@@ -57,17 +60,29 @@ def _packed(tok, records: list[dict], pad: int, seed: int = 0):
     return pack([encode(tok, r["messages"]) for r in records], SEQ_LEN, pad, seed)
 
 
+def qa_chats():
+    """The demo's SFT chats: questions about the world in three languages, and sums."""
+    return qa_conversations(world_for(0), seed=0, n_train=3000, mixed_script=MIXED_SCRIPT)
+
+
 def answer_scores(model, tok, items, max_new_tokens: int = 40) -> dict:
-    """Held-out questions: share of replies holding the answer, share that stop by
-    themselves, per language; and a few examples."""
+    """Held-out questions: share of replies holding the answer (in either Chinese script),
+    share that stop by themselves, per language; share of Chinese replies in the question's
+    script; and a few examples."""
     model.eval()
     replies = chat_replies(model, tok, [i.messages_without_answer for i in items], max_new_tokens)
-    right = [contains_answer(r.text, i.answer_value) for r, i in zip(replies, items, strict=True)]
+    right = [contains_answer(r.text, i.answer_value) or bool(i.alt_value and contains_answer(r.text, i.alt_value))
+             for r, i in zip(replies, items, strict=True)]
+    chars = script_chars(world_for(0))
+    scripts = [(script_of(r.text, chars), i.lang) for r, i in zip(replies, items, strict=True)
+               if i.lang in chars]
+    scripts = [(s, lang) for s, lang in scripts if s is not None]
     by_lang: dict[str, list[bool]] = {}
     for ok, i in zip(right, items, strict=True):
         by_lang.setdefault(i.lang if i.kind not in ("add", "sub") else "math", []).append(ok)
     return {"accuracy": sum(right) / len(right),
             "stop_rate": sum(r.stopped for r in replies) / len(replies),
+            "script_match": sum(s == lang for s, lang in scripts) / max(1, len(scripts)),
             "by_lang": {k: sum(v) / len(v) for k, v in by_lang.items()},
             "examples": [(i.messages_without_answer[-1]["content"], r.text)
                          for i, r in list(zip(items, replies, strict=True))[:: max(1, len(items) // 6)]]}
@@ -75,7 +90,7 @@ def answer_scores(model, tok, items, max_new_tokens: int = 40) -> dict:
 
 def sft_stage(run: Path, model, tok, steps: int, device: str, resume: bool) -> tuple[dict, Transformer]:
     print(_bold("5. SFT") + " — question-answer chats turn the model into an assistant")
-    data = qa_conversations(world_for(0), seed=0, n_train=3000)
+    data = qa_chats()
     pad = model.config.pad_token_id or 0
     train_r, val_r = split(data.train, 0.05, seed=0)
     packed, packed_val = _packed(tok, train_r, pad), _packed(tok, val_r, pad)
@@ -93,7 +108,7 @@ def sft_stage(run: Path, model, tok, steps: int, device: str, resume: bool) -> t
     print(f"   after SFT: {after['accuracy']:.0%} answered, {after['stop_rate']:.0%} stop by "
           f"themselves ({time.time() - t0:.0f}s)")
     return {"before": before, "after": after, "val_loss": summary.get("val_loss"),
-            "steps": steps, "n_train": len(train_r), "n_test": len(data.test)}, model
+            "steps": steps, "mixed_script": MIXED_SCRIPT, "n_train": len(train_r), "n_test": len(data.test)}, model
 
 
 def distill_stage(run: Path, base_dir: Path, teacher, tok, steps: int, device: str, resume: bool,
@@ -103,7 +118,7 @@ def distill_stage(run: Path, base_dir: Path, teacher, tok, steps: int, device: s
     from jielong.checkpoint import load_model
 
     print(_bold("8. distillation") + " — a shallower student learns from the assistant's logits")
-    data = qa_conversations(world_for(0), seed=0, n_train=3000)
+    data = qa_chats()
     pad = teacher.config.pad_token_id or 0
     train_r, val_r = split(data.train, 0.05, seed=0)
     packed, packed_val = _packed(tok, train_r, pad), _packed(tok, val_r, pad)
