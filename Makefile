@@ -29,6 +29,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_train.py
 	$(BIN)/python bench/bench_generate.py
 	$(BIN)/python bench/bench_load.py
+	$(BIN)/python bench/bench_finetune.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
