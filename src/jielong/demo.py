@@ -208,6 +208,10 @@ def _report(run: Path, r: dict, corpus, prompts: list[str]) -> None:
     write_text(run / "report.md", "\n".join(lines))
 
 
+def _pct(x: float | None) -> str:
+    return "—" if x is None else f"{x:.1%}"
+
+
 def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
@@ -229,8 +233,8 @@ def _finetune_report(f: dict) -> list[str]:
           for k in langs],
         f"| replies that stop by themselves | {s['before']['stop_rate']:.1%} | "
         f"{s['after']['stop_rate']:.1%} |",
-        f"| Chinese replies in the question's script | {s['before']['script_match']:.1%} | "
-        f"{s['after']['script_match']:.1%} |", "",
+        f"| Chinese replies in the question's script | {_pct(s['before']['script_match'])} | "
+        f"{_pct(s['after']['script_match'])} |", "",
         f"A share of the Chinese SFT answers ({s['mixed_script']:.0%}) is written in the other "
         "script, as in data gathered from mixed sources; alignment below teaches the preference "
         "for the user's own script.", "",

@@ -82,7 +82,7 @@ def answer_scores(model, tok, items, max_new_tokens: int = 40) -> dict:
         by_lang.setdefault(i.lang if i.kind not in ("add", "sub") else "math", []).append(ok)
     return {"accuracy": sum(right) / len(right),
             "stop_rate": sum(r.stopped for r in replies) / len(replies),
-            "script_match": sum(s == lang for s, lang in scripts) / max(1, len(scripts)),
+            "script_match": sum(s == lang for s, lang in scripts) / len(scripts) if scripts else None,
             "by_lang": {k: sum(v) / len(v) for k, v in by_lang.items()},
             "examples": [(i.messages_without_answer[-1]["content"], r.text)
                          for i, r in list(zip(items, replies, strict=True))[:: max(1, len(items) // 6)]]}
