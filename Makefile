@@ -29,7 +29,9 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_train.py
 	$(BIN)/python bench/bench_generate.py
 	$(BIN)/python bench/bench_load.py
+	$(BIN)/python bench/bench_dpo.py
 	$(BIN)/python bench/bench_finetune.py
+	$(BIN)/python bench/bench_rlhf.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -38,7 +38,11 @@ def _commands() -> dict:
     from jielong.tokenizer import tokenize_cmd, train_cmd
     from jielong.train.classify import classify
     from jielong.train.distill import distill
+    from jielong.train.dpo import dpo
+    from jielong.train.kto import kto
     from jielong.train.pretrain import pretrain
+    from jielong.train.reward import reward, score_cmd
+    from jielong.train.rlhf import rlhf
     from jielong.train.sft import sft
 
     return {
@@ -49,8 +53,11 @@ def _commands() -> dict:
         "generate": generate,
         "chat": chat,
         "export": {"gguf": gguf_cmd},
-        "train": {"sft": sft, "classify": classify, "distill": distill},
+        "train": {"sft": sft, "classify": classify, "distill": distill, "reward": reward,
+                  "dpo": dpo, "kto": kto,
+                  "rlhf": rlhf},
         "merge": merge_cmd,
+        "score": score_cmd,
     }
 
 

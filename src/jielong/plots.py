@@ -34,3 +34,45 @@ def loss_curve(metrics: str | Path, png: str | Path, title: str = "training",
         fig.savefig(tmp, format="png")
     plt.close(fig)
     return Path(png)
+
+
+def rl_curves(metrics: str | Path, png: str | Path, title: str = "RLHF") -> Path:
+    """Plot an RL run's reward (sampled, and greedy on held-out prompts if logged), KL to the
+    reference, and reply length with the share of replies that stopped by themselves."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(ln) for ln in Path(metrics).read_text().splitlines() if ln.strip()]
+
+    def series(key: str) -> list[tuple[int, float]]:
+        return [(r["step"], r[key]) for r in rows if key in r]
+
+    fig, (top, mid, low) = plt.subplots(3, 1, figsize=(7, 7.5), dpi=110, sharex=True)
+    for key, label, style in (("reward", "reward (sampled)", "-"),
+                              ("eval_reward", "reward (greedy, held-out)", "o-")):
+        if series(key):
+            top.plot(*zip(*series(key), strict=True), style, lw=1.2, ms=4, label=label)
+    top.set(ylabel="reward", title=title)
+    if series("kl"):
+        mid.plot(*zip(*series("kl"), strict=True), lw=1.2, c="tab:red")
+    mid.set(ylabel="KL to reference")
+    if series("length"):
+        low.plot(*zip(*series("length"), strict=True), lw=1.2, c="tab:green", label="reply length")
+    low.set(xlabel="step")
+    low.set_ylabel("reply length (tokens)", color="tab:green")
+    if series("stopped"):
+        share = low.twinx()
+        share.plot(*zip(*series("stopped"), strict=True), lw=1, ls="--", c="tab:purple")
+        share.set_ylim(-0.05, 1.05)
+        share.set_ylabel("share stopped by itself", color="tab:purple")
+    for ax in (top, mid, low):
+        ax.grid(alpha=0.3)
+    if top.get_legend_handles_labels()[0]:
+        top.legend()
+    fig.tight_layout()
+    with atomic_path(png) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return Path(png)

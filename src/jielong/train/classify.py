@@ -57,7 +57,8 @@ CLASSIFY_TRAIN = TrainConfig(lr=2e-5, warmup_steps=10, steps=200, batch_size=16,
 
 class Classifier(nn.Module):
     """A transformer body (`model.*`) and a bias-free linear head (`score`) on the last
-    non-padding token: transformers' `<Family>ForSequenceClassification`, name for name."""
+    non-padding token: transformers' `<Family>ForSequenceClassification`, name for name.
+    One label makes it a scalar scorer (num_labels=1, e.g. a reward model)."""
 
     # The body's forward pass is the causal LM's, reused as is: it reads only `config`,
     # `model`, `inv_freq` and `rope_scale`, which a Classifier has too.
@@ -65,8 +66,8 @@ class Classifier(nn.Module):
 
     def __init__(self, cfg: ModelConfig, labels: Sequence[str], body: Transformer | None = None):
         super().__init__()
-        if len(labels) < 2:
-            raise UserError(f"a classifier needs at least two labels, got {list(labels)}")
+        if len(labels) < 1:
+            raise UserError("a classifier needs at least one label (one: a scalar score)")
         body = body if body is not None else Transformer(cfg)
         self.config = cfg
         self.labels = [str(x) for x in labels]
@@ -151,7 +152,8 @@ def hf_config(clf: Classifier) -> dict:
     d["id2label"] = {str(i): name for i, name in enumerate(clf.labels)}
     d["label2id"] = {name: i for i, name in enumerate(clf.labels)}
     d["num_labels"] = clf.num_labels
-    d["problem_type"] = "single_label_classification"
+    # transformers' name for one output is "regression" (a reward model is one).
+    d["problem_type"] = "regression" if clf.num_labels == 1 else "single_label_classification"
     d["use_cache"] = False
     return d
 
@@ -189,9 +191,9 @@ def read_labels(path: str | Path) -> list[str]:
     except (json.JSONDecodeError, KeyError, AttributeError) as e:
         raise UserError(f"{f}: id2label is missing or malformed ({e}); it must map 0..N-1 to "
                         "class names") from None
-    if len(labels) < 2:
-        raise UserError(f"{f}: id2label names {len(labels)} classes; a classifier directory "
-                        "needs at least two (is this a causal LM rather than a classifier?)")
+    if len(labels) < 1:
+        raise UserError(f"{f}: id2label names no classes; a classifier directory needs at "
+                        "least one (is this a causal LM rather than a classifier?)")
     return labels
 
 

@@ -7,7 +7,11 @@ A stage (pretrain now; sft, dpo, … later) supplies its data and its loss:
         def loss(self, model, batch) -> tuple[Tensor, int]       # mean loss, tokens counted
         def evaluate(self, model) -> dict[str, float]            # e.g. {"val_loss": 2.1}
 
-and `fit(model, stage, cfg, run_dir)` does the rest: device and precision (bf16 autocast on
+A stage may also have `step_metrics() -> dict[str, float]`, read after every optimizer step
+and merged into that step's line of metrics.jsonl and the progress bar (RLHF logs its reward,
+KL and reply length this way).
+
+`fit(model, stage, cfg, run_dir)` does the rest: device and precision (bf16 autocast on
 CUDA), AdamW with warmup + cosine/WSD schedule, gradient accumulation and clipping, a
 progress bar with loss, tokens/s and ETA, `metrics.jsonl`, atomic checkpoints under
 `RUN/checkpoints/step-N/` (HF directory + trainer_state.pt), exact resume, and DDP when
@@ -305,11 +309,12 @@ def fit(model: torch.nn.Module, stage: Stage, cfg: TrainConfig, run_dir: str | P
             tokens += step_tokens * world
             elapsed = time.time() - t0
             if main:
+                extra = stage.step_metrics() if hasattr(stage, "step_metrics") else {}
                 metrics.log(step=step + 1, loss=round(loss_val, 6), lr=lr,
                             grad_norm=round(float(grad_norm), 4), tokens=tokens,
-                            tok_s=round(tokens / max(elapsed, 1e-9), 1))
+                            tok_s=round(tokens / max(elapsed, 1e-9), 1), **extra)
                 bar.set_postfix(loss=f"{loss_val:.3f}", tok_s=f"{tokens / max(elapsed, 1e-9):,.0f}",
-                                refresh=False)
+                                **{k: f"{v:.3g}" for k, v in extra.items()}, refresh=False)
                 bar.update(1)
             done = step + 1
             if done % cfg.eval_every == 0 or done == cfg.steps:
