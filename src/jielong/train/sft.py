@@ -236,12 +236,17 @@ def prepare_model(model_name: str, method: str, lora, dtype: str, device: torch.
 
 
 def checkpoint_fns(method: str, adapter: str = "default"):
-    """save_fn/load_fn for fit: LoRA checkpoints hold only the adapter (named `adapter`)."""
+    """save_fn/load_fn for fit: LoRA checkpoints hold only the adapter (named `adapter`).
+    A resumed run writes the saved values into the adapter's own Parameters: the optimizer
+    fit built holds those very tensors, so loading a fresh adapter beside them would leave
+    it stepping orphans."""
     if method != "lora":
         return None, None
+    from safetensors.torch import load_file
+
     from jielong.checkpoint import TRAINER_STATE
     from jielong.files import atomic_path
-    from jielong.lora import load_adapter, remove_adapter, save_adapter
+    from jielong.lora import WEIGHTS_FILE, lora_state_dict, save_adapter
 
     def save_fn(model, path: Path, tokenizer, trainer_state: dict) -> None:
         save_adapter(model, path, name=adapter)
@@ -250,8 +255,13 @@ def checkpoint_fns(method: str, adapter: str = "default"):
             torch.save(trainer_state, tmp)
 
     def load_fn(model, path: Path) -> None:
-        remove_adapter(model, adapter)
-        load_adapter(model, path, name=adapter, is_trainable=True)
+        live, saved = lora_state_dict(model, adapter), load_file(path / WEIGHTS_FILE)
+        if set(live) != set(saved):
+            raise UserError(f"{path}: the checkpoint's adapter does not match this run's (other "
+                            "LoRA settings?); resume with the settings it was started with")
+        with torch.no_grad():
+            for k, t in live.items():
+                t.copy_(saved[k])
 
     return save_fn, load_fn
 
