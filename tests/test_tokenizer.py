@@ -324,3 +324,12 @@ def test_reader_errors_for_paths_and_empty_corpus(tmp_path):
     blank = write(tmp_path / "blank.jsonl", '{"text": ""}\n{"text": "  \\n"}\n\n')
     with pytest.raises(UserError, match=r"corpus is empty: .*blank\.jsonl"):
         list(iter_texts([blank]))
+
+
+def test_an_empty_reply_masks_only_its_end_of_turn_token(tok):
+    chat = [{"role": "user", "content": "你好"}, {"role": "assistant", "content": "好。"},
+            {"role": "user", "content": "再說一次"}, {"role": "assistant", "content": ""}]
+    ids, mask = tok.encode_chat(chat)
+    learned = [tok.decode([i]) for i, m in zip(ids, mask, strict=True) if m]
+    assert "".join(learned[:-1]).startswith("好") and learned[-1] == "<|im_end|>"
+    assert learned.count("<|im_end|>") == 2  # one for each reply, the empty one included

@@ -301,7 +301,13 @@ class Tokenizer:
             if a < 0 and "</think>" in content:  # templates that drop past reasoning
                 content = content.rsplit("</think>", 1)[-1].strip()
                 a = text.find(content, cursor)
-            if not content:
+            if not content:  # an empty reply: its end-of-turn token is all there is to learn
+                prefix = self.render_chat(messages[:n], True, **kwargs)[0]
+                if text.startswith(prefix):
+                    cursor = len(prefix)
+                    k = next((k for k, (start, _) in enumerate(enc.offsets) if start >= cursor), len(ids))
+                    if k < len(ids) and ids[k] in ends:
+                        mask[k] = True
                 continue
             if a < 0:
                 raise UserError(f"message {n + 1} (assistant) does not appear in the rendered chat "

@@ -381,7 +381,7 @@ def encode_rows(tok, items: Sequence, replies: Callable, max_len: int,
     return kept, out, skipped
 
 
-def setup(model: str, ref: str | None, method: str, lora: LoraConfig, dtype: str, max_len: int,
+def setup(model: str, ref: str | None, method: str, lora: LoraConfig, dtype: str, max_len: int | None,
           resume: bool, out: str, train: TrainConfig, default_lr: float):
     """Shared start of `train dpo` and `train kto`: (policy, tokenizer, generation config,
     train config, device, world size, pad id, ref or None). `default_lr` is the command's
@@ -403,13 +403,14 @@ def setup(model: str, ref: str | None, method: str, lora: LoraConfig, dtype: str
     torch.manual_seed(train.seed)  # LoRA's initial A: a rerun (or an uninterrupted run) matches
     net, tok, gen = prepare_model(model, method, lora, dtype, device)
     limit = net.config.max_position_embeddings
+    max_len = limit if max_len is None else max_len
     if max_len < 2 or max_len > limit:
         raise UserError(f"--max_len={max_len} must be between 2 and the model's "
                         f"max_position_embeddings ({limit})")
     pad = net.config.pad_token_id if net.config.pad_token_id is not None else tok.eos_id
     if ref is not None and Path(ref).expanduser().resolve() == Path(model).expanduser().resolve():
         ref = None
-    return net, tok, gen, train, device, world, pad, ref
+    return net, tok, gen, train, device, world, pad, ref, max_len
 
 
 def finish(title: str, net, tok, gen, run: Path, method: str, model: str,
@@ -440,7 +441,7 @@ def dpo(
     val: list[str] | None = None,
     val_fraction: float = 0.1,
     system: str | None = None,
-    max_len: int = 1024,
+    max_len: int | None = None,
     dtype: str = "auto",
     resume: bool = False,
     train: TrainConfig = DPO_TRAIN,
@@ -461,7 +462,7 @@ def dpo(
         val: Validation JSONL files (default: hold out --val_fraction of the prompts).
         val_fraction: Share of distinct prompts held out, with all their pairs, when --val is not given.
         system: System prompt for prompts that have none.
-        max_len: Tokens per prompt + reply; longer pairs are left out (and counted).
+        max_len: Tokens per prompt + reply (default: the model's context); longer pairs are left out (and counted).
         dtype: Weights' dtype: auto (float32, or the checkpoint's for LoRA on a GPU), float32, bfloat16.
         resume: Continue from the last checkpoint in OUT (the reference log-probs are read back).
         train: Optimisation settings (steps, batch size in pairs, learning rate, …).
@@ -490,7 +491,7 @@ def dpo(
         held = read_pairs(val, system)
     else:
         pairs, held = split_by_prompt(pairs, val_fraction, train.seed)
-    net, tok, gen, train, device, world, pad, ref = setup(
+    net, tok, gen, train, device, world, pad, ref, max_len = setup(
         model, ref, method, lora, dtype, max_len, resume, out, train, DPO_TRAIN.lr)
     both = lambda p: (p.chosen, p.rejected)  # noqa: E731
     _, train_set, cut = encode_rows(tok, pairs, both, max_len)

@@ -197,7 +197,7 @@ def kto(
     val: list[str] | None = None,
     val_fraction: float = 0.1,
     system: str | None = None,
-    max_len: int = 1024,
+    max_len: int | None = None,
     dtype: str = "auto",
     resume: bool = False,
     train: TrainConfig = KTO_TRAIN,
@@ -217,7 +217,7 @@ def kto(
         val: Validation JSONL files (default: hold out --val_fraction of the prompts).
         val_fraction: Share of distinct prompts held out, with all their ratings, when --val is not given.
         system: System prompt for prompts that have none.
-        max_len: Tokens per prompt + reply; longer ratings are left out (and counted).
+        max_len: Tokens per prompt + reply (default: the model's context); longer ratings are left out (and counted).
         dtype: Weights' dtype: auto (float32, or the checkpoint's for LoRA on a GPU), float32, bfloat16.
         resume: Continue from the last checkpoint in OUT (the reference log-probs are read back).
         train: Optimisation settings (steps, batch size in ratings, learning rate, …).
@@ -239,7 +239,7 @@ def kto(
         held = read_ratings(val, system)
     else:
         ratings, held = split_by_prompt(ratings, val_fraction, train.seed)
-    net, tok, gen, train, device, world, pad, ref = setup(
+    net, tok, gen, train, device, world, pad, ref, max_len = setup(
         model, ref, method, lora, dtype, max_len, resume, out, train, KTO_TRAIN.lr)
     rows, kl_rows, labels, skipped, cut = _encode(tok, ratings, max_len, train.seed, "tokenizing")
     if not rows:
