@@ -314,7 +314,7 @@ def script_preferences(world: World, seed: int = 0, n_train: int = 1200, n_test:
     """Rankings that prefer a reply in the script the user wrote in.
 
     Train rows: {"prompt": [user question], "responses": [the answer in the user's script,
-    the same answer in the other script, a wrong answer in the other script]} (best first),
+    the same answer in the other script, the answer broken off halfway]} (best first),
     for Chinese questions whose answer differs between the scripts. Test: n_test questions
     about (fact, script) pairs no train row asks about.
     """
@@ -330,11 +330,9 @@ def script_preferences(world: World, seed: int = 0, n_train: int = 1200, n_test:
     for _ in range(n_train):
         f, lang = next(deck)
         other = other_script(lang)
-        wrong = rng.choice([v for v in world.values(f.kind) if v != f.value])
+        best = answer_sentence(f, lang)
         rows.append({"prompt": [{"role": "user", "content": _question(f, lang, rng.randrange(8))}],
-                     "responses": [answer_sentence(f, lang), answer_sentence(f, other),
-                                   ANSWERS[f.kind][other].format(s=f.subject.say(other),
-                                                                 v=wrong.say(other))]})
+                     "responses": [best, answer_sentence(f, other), best[:len(best) // 2]]})
     test = [QAItem([{"role": "user", "content": _question(f, lang, i)}], answer_sentence(f, lang),
                    f.value.say(lang), [v.say(lang) for v in world.values(f.kind)], lang, f.kind,
                    f.value.say(other_script(lang)))
