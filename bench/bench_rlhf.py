@@ -6,9 +6,9 @@ Run as:  .venv/bin/python bench/bench_rlhf.py [--device cuda] [--presets test de
 For each model size: a random model of that preset (with a byte-level BPE tokenizer trained
 on the demo's synthetic chats) runs GRPO steps on arithmetic prompts with the built-in
 `arithmetic` reward, through the same stage and loop as `jielong train rlhf` (full
-finetuning, a frozen reference copy, β = 0.04), after one warm-up step. A random model never
-stops by itself, so every reply runs to --new tokens: the worst case, and the same work on
-every run. replies/s = replies / loop seconds; the split says where the time goes
+finetuning, a frozen reference copy, β = 0.04), after one warm-up step. A random model
+rarely samples an end token (~3% of replies stop early), so nearly every reply runs to --new
+tokens: about the worst case, and the same work on every run (sampling is seeded). replies/s = replies / loop seconds; the split says where the time goes
 (sampling, reward, reference log-probs, the training forward; "rest" is backward and
 optimizer).
 
@@ -105,8 +105,8 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=4, help="prompts per step")
     ap.add_argument("--group", type=int, default=8, help="replies per prompt")
     ap.add_argument("--new", type=int, default=48, help="tokens per reply (no early stop)")
-    ap.add_argument("--steps", type=int, default=5)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
     dev = torch.device(args.device)
