@@ -316,13 +316,14 @@ def script_preferences(world: World, seed: int = 0, n_train: int = 1200, n_test:
     Train rows: {"prompt": [user question], "responses": [the answer in the user's script,
     the same answer in the other script, the answer broken off halfway]} (best first),
     for Chinese questions whose answer differs between the scripts. Test: n_test questions
-    about (fact, script) pairs no train row asks about.
+    (both scripts) about facts no train row asks about in either script.
     """
     rng = random.Random(f"script-pref:{seed}")
-    pairs = [(f, lang) for f in world.facts() for lang in ZH
-             if answer_sentence(f, lang) != answer_sentence(f, other_script(lang))]
-    rng.shuffle(pairs)
-    test_pairs, train_pairs = pairs[:n_test], pairs[n_test:]
+    facts = [f for f in world.facts() if answer_sentence(f, "zh-Hant") != answer_sentence(f, "zh-Hans")]
+    rng.shuffle(facts)
+    held = facts[:(n_test + 1) // 2]  # whole facts: a test question's fact is never ranked in either script
+    test_pairs = [(f, lang) for f in held for lang in ZH][:n_test]
+    train_pairs = [(f, lang) for f in facts[len(held):] for lang in ZH]
     if not train_pairs:
         raise ValueError(f"n_test={n_test} leaves no (fact, script) pair to train on")
     deck = _cycle(rng, train_pairs)
