@@ -34,7 +34,7 @@ from jielong.rewards import final_number
 from jielong.train.loop import TrainConfig
 from jielong.train.losses import IGNORE
 
-DPO_LR, RL_LR, RL_BETA = 1e-5, 1e-5, 0.04
+DPO_LR, DPO_BETA, RL_LR, RL_BETA = 1e-3, 0.5, 1e-5, 0.04
 MATH_TURN = re.compile(r"^\d+ [+-] \d+ = -?\d+[.。]$")
 
 
@@ -137,7 +137,11 @@ def align_stages(run: Path, tok, steps: int, device: str, resume: bool) -> dict:
     t0 = time.time()
     cfg = TrainConfig(steps=2 * steps, batch_size=16, lr=DPO_LR, warmup_steps=10, eval_every=2 * steps,
                       save_every=2 * steps, device=device)
-    _quiet(dpo, [str(rankings)], model=str(sft_dir), out=str(run / "dpo"), beta=0.1, resume=resume,
+    # Only (the user's script, the other script) pairs: the rankings' (other script, broken
+    # off) pairs would teach DPO to raise the other script.
+    pairs = _jsonl(align / "pairs.jsonl", [{"prompt": r["prompt"], "chosen": r["responses"][0],
+                                            "rejected": r["responses"][1]} for r in rows])
+    _quiet(dpo, [str(pairs)], model=str(sft_dir), out=str(run / "dpo"), beta=DPO_BETA, resume=resume,
            train=cfg)
     out["dpo"] = compare(load_model(run / "dpo" / "model"), sft, tok, test, rm, rm_tok)
     out["dpo"]["steps"] = 2 * steps
