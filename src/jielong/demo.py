@@ -12,7 +12,9 @@ Run as:
 4. prints what pretraining did;
 5–8. finetunes (demo_finetune.py): SFT into an assistant, a LoRA adapter for translation, a
    spam classifier, and a distilled smaller student, each measured before and after;
-9. writes RUN/report.md with the loss curve, the numbers and samples of every stage.
+9–12. aligns (demo_align.py): a reward model, DPO and RLHF toward a preference SFT did not
+   give, and RLHF with a checkable reward on arithmetic;
+then writes RUN/report.md with the loss curve, the numbers and samples of every stage.
 """
 
 from __future__ import annotations
@@ -172,7 +174,10 @@ def _finetune(run: Path, model, tok, steps: int, device: str, resume: bool) -> d
     remove_adapter(assistant, "translate")  # the teacher below is the assistant alone
     spam = ft.classify_stage(run, run / "model", tok, max(1, steps // 2), dev, resume)
     distill = ft.distill_stage(run, run / "model", assistant, tok, steps, dev, resume)
-    return {"sft": sft, "lora": lora, "classify": spam, "distill": distill}
+    from jielong.demo_align import align_stages
+
+    align = align_stages(run, tok, steps, dev, resume)
+    return {"sft": sft, "lora": lora, "classify": spam, "distill": distill, "align": align}
 
 
 def _report(run: Path, r: dict, corpus, prompts: list[str]) -> None:
@@ -204,7 +209,9 @@ def _report(run: Path, r: dict, corpus, prompts: list[str]) -> None:
         "",
     ]
     if "finetune" in r:
-        lines += _finetune_report(r["finetune"])
+        from jielong.demo_align import align_report
+
+        lines += _finetune_report(r["finetune"]) + align_report(r["finetune"]["align"])
     write_text(run / "report.md", "\n".join(lines))
 
 

@@ -34,7 +34,7 @@ from jielong.rewards import final_number
 from jielong.train.loop import TrainConfig
 from jielong.train.losses import IGNORE
 
-DPO_LR, DPO_BETA, RL_LR, RL_BETA = 1e-3, 0.5, 1e-5, 0.04
+DPO_LR, DPO_BETA, RL_LR, RL_BETA = 3e-4, 0.3, 1e-5, 0.04
 MATH_TURN = re.compile(r"^\d+ [+-] \d+ = -?\d+[.。]$")
 
 
@@ -91,6 +91,15 @@ def compare(policy, sft, tok, items, rm, rm_tok, max_new_tokens: int = 32) -> di
                                                       for p, m in zip(prompts, mine, strict=True)]),
             "examples": [(p[-1]["content"], t, m) for p, t, m in
                          list(zip(prompts, theirs, mine, strict=True))[:: max(1, n // 4)]]}
+
+
+def _math_item(record: dict):
+    """A held-out sum from an SFT chat: the question, and the answer after "="."""
+    from jielong.data.synthetic_tasks import QAItem
+
+    q, a = record["messages"][0]["content"], record["messages"][1]["content"]
+    value = a.rsplit("=", 1)[1].strip(" .。")
+    return QAItem([{"role": "user", "content": q}], a, value, [value], "math", "add")
 
 
 def math_accuracy(model, tok, items, max_new_tokens: int = 24) -> float:
@@ -165,19 +174,23 @@ def align_stages(run: Path, tok, steps: int, device: str, resume: bool) -> dict:
     t0 = time.time()
     qa = qa_chats()
     math_rows = [r for r in qa.train if len(r["messages"]) == 2 and MATH_TURN.match(r["messages"][1]["content"])]
-    sums = _jsonl(align / "sums.jsonl", math_rows[:400])
+    cut = 2 * len(math_rows) // 3
+    sums = _jsonl(align / "sums.jsonl", math_rows[:cut])
     held = [i for i in qa.test if i.kind in ("add", "sub")]
-    before = math_accuracy(sft, tok, held)
+    pool = [_math_item(r) for r in math_rows[cut:]]  # seen in SFT, not RL prompts
+    before, before_pool = math_accuracy(sft, tok, held), math_accuracy(sft, tok, pool)
     rl = RLConfig(group=8, beta=RL_BETA, max_new_tokens=16, eval_prompts=0)
     s = _quiet(rlhf, [str(sums)], model=str(sft_dir), out=str(run / "rlhf-math"), reward_fn="arithmetic",
                resume=resume, rl=rl, train=cfg)
     math_model = load_model(run / "rlhf-math" / "model")
-    after = math_accuracy(math_model, tok, held)
-    out["math"] = {"before": before, "after": after, "n_test": len(held), "n_train": len(math_rows[:400]),
+    after, after_pool = math_accuracy(math_model, tok, held), math_accuracy(math_model, tok, pool)
+    out["math"] = {"before": before, "after": after, "n_test": len(held), "n_train": cut,
+                   "pool_before": before_pool, "pool_after": after_pool, "n_pool": len(pool),
                    "steps": steps, "reward_first": s.get("reward_first"),
                    "reward_last": s.get("reward_last"),
                    "kl_to_sft": s.get("kl_last")}
-    print(f"   held-out sums right {before:.0%} → {after:.0%}; training reward "
+    print(f"   sums right: never seen {before:.0%} → {after:.0%}, seen in SFT only "
+          f"{before_pool:.0%} → {after_pool:.0%}; training reward "
           f"{s.get('reward_first', 0):.2f} → {s.get('reward_last', 0):.2f} ({time.time() - t0:.0f}s)")
     return out
 
@@ -217,7 +230,9 @@ def align_report(a: dict) -> list[str]:
         *[f"| {q} | {t} | {m} |" for q, t, m in d["examples"]], "",
         "![RLHF curves](rlhf/rl.png)", "",
         f"### RLHF with a checkable reward: arithmetic ({m['steps']} steps, {m['n_train']} sums)", "",
-        f"Reward 1 when the reply's sum is right. Held-out sums ({m['n_test']}, never in any "
-        f"training data) right: {m['before']:.1%} (SFT) → **{m['after']:.1%}**.", "",
+        f"Reward 1 when the reply's sum is right. Sums right, SFT model → after RLHF: "
+        f"{m['n_pool']} sums from the SFT data that were not RL prompts {m['pool_before']:.1%} → "
+        f"**{m['pool_after']:.1%}**; {m['n_test']} sums in no training data {m['before']:.1%} → "
+        f"{m['after']:.1%}.", "",
         "![arithmetic RLHF curves](rlhf-math/rl.png)", "",
     ]
