@@ -42,3 +42,20 @@ def tiny_corpus(n: int = 300) -> list[str]:
     for i in range(n):
         docs.append(" ".join([en[i % 3], hant[(i + 1) % 3], hans[(i + 2) % 3], f"{i} + {i % 7} = {i + i % 7}"]))
     return docs
+
+
+def write_jsonl(path, rows):
+    """Rows (objects, or raw strings for malformed lines) as a JSONL file; returns the path."""
+    import json
+
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r, ensure_ascii=False)) + "\n"
+                            for r in rows), encoding="utf-8")
+    return path
+
+
+def user(text):
+    return {"role": "user", "content": text}
+
+
+def bot(text):
+    return {"role": "assistant", "content": text}

@@ -1,29 +1,14 @@
 """Preference data: every row format, ratings for KTO, response-only encoding at the token
 level, and one-line errors that name file:line."""
 
-import json
 
 import pytest
-from conftest import tiny_corpus
+from conftest import bot, tiny_corpus, user, write_jsonl
 
 from jielong.data.preferences import PrefPair, Rating, encode_response, read_pairs, read_ratings
 from jielong.errors import UserError
 from jielong.tokenizer import train_tokenizer
 from jielong.train.losses import IGNORE
-
-
-def write_jsonl(path, rows):
-    path.write_text("".join((r if isinstance(r, str) else json.dumps(r, ensure_ascii=False)) + "\n"
-                            for r in rows), encoding="utf-8")
-    return path
-
-
-def user(text):
-    return {"role": "user", "content": text}
-
-
-def bot(text):
-    return {"role": "assistant", "content": text}
 
 
 def system(text):

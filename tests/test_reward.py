@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import run_cli
+from conftest import bot, run_cli, user, write_jsonl
 
 from jielong.checkpoint import save_model
 from jielong.config import preset
@@ -60,18 +60,6 @@ def polite_pairs(seed: int = 0) -> list[dict]:
     return rows
 
 
-def write_jsonl(path, rows):
-    path.write_text("".join((r if isinstance(r, str) else json.dumps(r, ensure_ascii=False)) + "\n"
-                            for r in rows), encoding="utf-8")
-    return path
-
-
-def user(text):
-    return {"role": "user", "content": text}
-
-
-def bot(text):
-    return {"role": "assistant", "content": text}
 
 
 @pytest.fixture(scope="module")
