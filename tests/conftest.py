@@ -59,3 +59,23 @@ def user(text):
 
 def bot(text):
     return {"role": "assistant", "content": text}
+
+
+def kill_fit_during(module, monkeypatch, call: int):
+    """Make `module.fit` raise RuntimeError("killed") in the `call`-th loss computation, as a
+    killed run would; undo with `monkeypatch.setattr(module, "fit", real)` (returned)."""
+    real = module.fit
+
+    def killed_fit(model, stage, cfg, run, **k):
+        loss, calls = stage.loss, [0]
+
+        def dies(m, batch):
+            calls[0] += 1
+            if calls[0] == call:
+                raise RuntimeError("killed")
+            return loss(m, batch)
+        stage.loss = dies
+        return real(model, stage, cfg, run, **k)
+
+    monkeypatch.setattr(module, "fit", killed_fit)
+    return real

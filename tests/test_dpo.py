@@ -9,7 +9,7 @@ import warnings
 
 import pytest
 import torch
-from conftest import run_cli, tiny_corpus
+from conftest import kill_fit_during, run_cli, tiny_corpus
 
 import jielong.train.dpo as dpo_mod
 from jielong.checkpoint import load_model, save_model
@@ -308,20 +308,7 @@ def test_resume_gives_the_uninterrupted_run(tmp_path, base, monkeypatch):
     kw = dict(model=str(base), max_len=128, val_fraction=0.2, method="lora")
     dpo_mod.dpo([str(data)], out=str(tmp_path / "a"), train=TrainConfig(**cfg), **kw)
 
-    real_fit = dpo_mod.fit
-
-    def killed_fit(model, stage, cfg, run, **k):
-        loss, calls = stage.loss, [0]
-
-        def dies(m, batch):
-            calls[0] += 1
-            if calls[0] == 5:  # during step 5, after the checkpoint of step 3
-                raise RuntimeError("killed")
-            return loss(m, batch)
-        stage.loss = dies
-        return real_fit(model, stage, cfg, run, **k)
-
-    monkeypatch.setattr(dpo_mod, "fit", killed_fit)
+    real_fit = kill_fit_during(dpo_mod, monkeypatch, 5)  # during step 5, after the checkpoint of step 3
     with pytest.raises(RuntimeError, match="killed"):
         dpo_mod.dpo([str(data)], out=str(tmp_path / "b"), train=TrainConfig(**cfg), **kw)
     monkeypatch.setattr(dpo_mod, "fit", real_fit)

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from conftest import run_cli, tiny_corpus
+from conftest import kill_fit_during, run_cli, tiny_corpus
 from test_dpo import by_hand, metrics, reply, single_thread, tiny, user
 
 import jielong.train.kto as kto_mod
@@ -138,20 +138,7 @@ def test_kto_resume_gives_the_uninterrupted_run(tmp_path, base, monkeypatch):
     cfg = dict(steps=4, batch_size=4, lr=3e-3, warmup_steps=1, save_every=2, eval_every=2)
     kw = dict(model=str(base), max_len=128, val_fraction=0.2)
     kto_mod.kto([str(data)], out=str(tmp_path / "a"), train=TrainConfig(**cfg), **kw)
-    real_fit = kto_mod.fit
-
-    def killed_fit(model, stage, cfg, run, **k):
-        loss, calls = stage.loss, [0]
-
-        def dies(m, batch):
-            calls[0] += 1
-            if calls[0] == 4:  # during step 4, after the checkpoint of step 2
-                raise RuntimeError("killed")
-            return loss(m, batch)
-        stage.loss = dies
-        return real_fit(model, stage, cfg, run, **k)
-
-    monkeypatch.setattr(kto_mod, "fit", killed_fit)
+    real_fit = kill_fit_during(kto_mod, monkeypatch, 4)  # during step 4, after the checkpoint of step 2
     with pytest.raises(RuntimeError, match="killed"):
         kto_mod.kto([str(data)], out=str(tmp_path / "b"), train=TrainConfig(**cfg), **kw)
     monkeypatch.setattr(kto_mod, "fit", real_fit)

@@ -350,6 +350,16 @@ def _tied(model: nn.Module) -> bool:
     return model.lm_head.weight is model.model.embed_tokens.weight
 
 
+def _train_only(model: nn.Module, name: str, trainable: bool) -> None:
+    """Freeze the base; adapter `name`'s tensors train (or not); make it the active one."""
+    _freeze_base(model)
+    for _, m in _wrappers(model):
+        for n, p in m.named_parameters():
+            if n.startswith(("lora_A.", "lora_B.", "trained.")) and n.split(".")[1] == name:
+                p.requires_grad_(trainable)
+    set_adapter(model, name)
+
+
 def add_adapter(model: nn.Module, cfg: LoraConfig, name: str = "default") -> nn.Module:
     """Add a fresh adapter `name` (A random, B zero: no change yet), make it the active one,
     freeze every base parameter and leave only this adapter's tensors trainable."""
@@ -371,12 +381,7 @@ def add_adapter(model: nn.Module, cfg: LoraConfig, name: str = "default") -> nn.
     for path, copy in copies.items():
         _wrap(model, path).trained[name] = copy
     reg[name] = cfg
-    _freeze_base(model)
-    for _, m in _wrappers(model):
-        for n, p in m.named_parameters():
-            if n.startswith(("lora_A.", "lora_B.", "trained.")) and n.split(".")[1] == name:
-                p.requires_grad_(True)
-    set_adapter(model, name)
+    _train_only(model, name, True)
     return model
 
 
@@ -799,12 +804,7 @@ def load_adapter(model: nn.Module, adapter_dir: str | Path, name: str | None = N
     model.lora_adapters[name] = LoraConfig(
         r=r0, alpha=alpha0, dropout=dropout,
         target_modules=suffixes or list(LINEAR), trainable=trainable, rslora=rslora)
-    _freeze_base(model)
-    for _, m in _wrappers(model):
-        for n, p in m.named_parameters():
-            if n.startswith(("lora_A.", "lora_B.", "trained.")) and n.split(".")[1] == name:
-                p.requires_grad_(is_trainable)
-    set_adapter(model, name)
+    _train_only(model, name, is_trainable)
     return name
 
 
