@@ -6,6 +6,8 @@ transformers itself built and saved with `save_pretrained` (tests/hf_families.py
 
 import json
 import pickle
+import shutil
+import time
 
 import pytest
 import torch
@@ -221,3 +223,102 @@ def test_hub_id_resolves_from_the_local_cache_offline(hf_root, tmp_path, monkeyp
     assert resolve_model("tiny/qwen2") == snap
     with pytest.raises(UserError, match="not in the Hugging Face cache"):
         resolve_model("tiny/absent")
+
+
+# Sliding windows as the hub's configs spell them. Hub Qwen2/Qwen3 configs (written before
+# transformers 5) carry use_sliding_window + max_window_layers and no layer_types, so the
+# stale layer_types save_pretrained wrote is dropped unless a case sets its own.
+WINDOW_CASES = {
+    # Qwen2 windows only the layers from max_window_layers on: here the second of two.
+    "qwen2-upper-layers": ("qwen2", dict(use_sliding_window=True, sliding_window=6,
+                                         max_window_layers=1)),
+    "qwen2-every-layer": ("qwen2", dict(use_sliding_window=True, sliding_window=6,
+                                        max_window_layers=0)),
+    "qwen2-default-max-window-layers": ("qwen2", dict(use_sliding_window=True, sliding_window=6)),
+    "qwen3-window-off": ("qwen3", dict(use_sliding_window=False, sliding_window=6,
+                                       max_window_layers=0)),
+    # transformers 5's own spelling, in an order max_window_layers cannot say.
+    "qwen3-layer-types": ("qwen3", dict(use_sliding_window=True, sliding_window=6,
+                                        layer_types=["sliding_attention", "full_attention"])),
+    "mistral-every-layer": ("mistral", dict(sliding_window=6)),
+    # transformers' Auto classes run a Mistral config with layer_types as Ministral.
+    "mistral-layer-types": ("mistral", dict(sliding_window=6,
+                                            layer_types=["full_attention", "sliding_attention"])),
+    "llama-ignores-a-window": ("llama3", dict(sliding_window=6)),
+}
+
+
+def hf_windows(ref) -> list:
+    """The window transformers gives each layer of `ref` (None: the whole past)."""
+    c = ref.config
+    if c.model_type == "llama":
+        return [None] * c.num_hidden_layers
+    if c.model_type == "mistral":  # MistralForCausalLM itself reads no layer_types
+        return [c.sliding_window] * c.num_hidden_layers
+    return [c.sliding_window if t == "sliding_attention" else None for t in c.layer_types]
+
+
+@pytest.mark.parametrize("case", WINDOW_CASES)
+def test_sliding_windows_per_layer_match_transformers(hf_root, tmp_path, case):
+    from jielong.infer.engine import Engine, SamplingParams
+
+    family, changes = WINDOW_CASES[case]
+    d = tmp_path / "hub"
+    shutil.copytree(make_hf_dir(hf_root, family), d)
+    conf = json.loads((d / "config.json").read_text())
+    conf.pop("layer_types", None)
+    (d / "config.json").write_text(json.dumps(conf | changes))
+    ours, ref = load_model(d).eval(), reference(d)
+    assert ours.config.layer_windows() == hf_windows(ref), case
+    x = sample_ids(ours.config.vocab_size)
+    with torch.no_grad():
+        want = ref(x).logits
+        assert (ours(x) - want).abs().max() <= 1e-4, case
+    if family == "llama3":  # transformers' generate windows its cache by sliding_window even
+        return  # where LlamaForCausalLM's forward ignores it: nothing to compare against
+
+    # Decoding with a KV cache (alone, left-padded in a batch, and in the engine) keeps
+    # each layer's window: the greedy tokens are transformers'.
+    prompts = [x[0, :9].tolist(), x[1, :3].tolist()]
+    theirs = [ref.generate(torch.tensor([p]), max_new_tokens=16, min_new_tokens=16,
+                           do_sample=False, eos_token_id=None, pad_token_id=0)[0, len(p):].tolist()
+              for p in prompts]
+    assert generate_ids(ours, prompts[:1], Sampling(16, temperature=0)) == theirs[:1], case
+    assert generate_ids(ours, prompts, Sampling(16, temperature=0)) == theirs, case
+    engine = Engine(ours, Tokenizer.from_dir(d), slots=2).start()
+    try:
+        got = [engine.submit(p, SamplingParams(max_tokens=16, temperature=0, ignore_eos=True))
+               for p in prompts]
+        while any(r.finish_reason is None for r in got):
+            time.sleep(0.01)
+    finally:
+        engine.close()
+    assert [r.output for r in got] == theirs, case
+
+    # Saved by jielong, transformers reads the same windows and computes the same logits.
+    out = save_model(tmp_path / "saved", ours)
+    again = reference(out)
+    assert hf_windows(again) == hf_windows(ref)
+    assert load_model(out).config.layer_windows() == hf_windows(ref)
+    with torch.no_grad():
+        assert (again(x).logits - want).abs().max() <= 1e-4
+
+
+def test_impossible_layer_types_are_user_errors(tmp_path):
+    conf = {"model_type": "qwen2", "num_hidden_layers": 2, "hidden_size": 64,
+            "intermediate_size": 128, "num_attention_heads": 4, "num_key_value_heads": 2,
+            "max_position_embeddings": 64, "vocab_size": 100, "use_sliding_window": True,
+            "sliding_window": 8}
+    from jielong.config import ModelConfig
+
+    with pytest.raises(UserError, match=r"cfg.json: .*layer_types must list .* each of the 2"):
+        ModelConfig.from_hf(conf | {"layer_types": ["sliding_attention"]}, where="cfg.json")
+    with pytest.raises(UserError, match=r"cfg.json: .*layer_types must list"):
+        ModelConfig.from_hf(conf | {"layer_types": ["sliding", "full"]}, where="cfg.json")
+    with pytest.raises(UserError, match=r"cfg.json: .*max_window_layers='1' must be a whole"):
+        ModelConfig.from_hf(conf | {"max_window_layers": "1"}, where="cfg.json")
+    with pytest.raises(UserError, match="Llama has no sliding-window attention"):
+        ModelConfig(model_type="llama", sliding_window=8)
+    with pytest.raises(UserError, match="sliding_attention layers but sliding_window is null"):
+        ModelConfig(model_type="qwen3", num_hidden_layers=2,
+                    layer_types=["full_attention", "sliding_attention"])

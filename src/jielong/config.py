@@ -25,6 +25,8 @@ ARCHITECTURES = {
     "qwen2": "Qwen2ForCausalLM",
     "qwen3": "Qwen3ForCausalLM",
 }
+FULL, SLIDING = "full_attention", "sliding_attention"
+LAYER_TYPES = (FULL, SLIDING)
 
 
 @dataclass
@@ -44,6 +46,10 @@ class ModelConfig:
     #  "original_max_position_embeddings": 8192}; also "linear" and "yarn".
     rope_scaling: dict | None = None
     sliding_window: int | None = None  # Mistral v0.1: each token sees this many tokens back
+    # Which layers the window applies to: one of LAYER_TYPES per layer (transformers 5's
+    # field; Qwen2/Qwen3 window only the layers from max_window_layers on). None: every layer
+    # alike, windowed when sliding_window is set.
+    layer_types: list[str] | None = None
     attention_bias: bool = False  # q/k/v bias (Qwen2 always; Llama/Qwen3 also bias o_proj)
     qk_norm: bool = False  # Qwen3 RMS-normalises q and k per head
     tie_word_embeddings: bool = True
@@ -63,7 +69,20 @@ class ModelConfig:
             self.qk_norm = True
         if self.rope_scaling is not None:
             self.rope_scaling = _rope_scaling(self.rope_scaling)
+        types = self.layer_types
+        if (isinstance(types, list | tuple) and len(types) == self.num_hidden_layers
+                and all(t == types[0] for t in types) and types and types[0] in LAYER_TYPES):
+            if types[0] == FULL:  # no layer is windowed: the window means nothing
+                self.sliding_window = None
+            self.layer_types = None  # every layer alike: the plain form
+        elif isinstance(types, tuple):
+            self.layer_types = list(types)
         self.validate()
+
+    def layer_windows(self) -> list[int | None]:
+        """Each layer's attention window in tokens; None where a layer sees the whole past."""
+        types = self.layer_types or [SLIDING] * self.num_hidden_layers
+        return [self.sliding_window if t == SLIDING else None for t in types]
 
     def validate(self) -> None:
         def bad(msg: str) -> UserError:
@@ -84,6 +103,17 @@ class ModelConfig:
             raise bad("Mistral has no attention bias; set attention_bias false")
         if self.sliding_window is not None and self.sliding_window <= 0:
             raise bad(f"sliding_window={self.sliding_window} must be positive or null")
+        if self.sliding_window is not None and self.model_type == "llama":
+            raise bad("Llama has no sliding-window attention (transformers would ignore it); "
+                      "use model_type mistral for a windowed model, or set sliding_window null")
+        if self.layer_types is not None:
+            L = self.num_hidden_layers
+            if (not isinstance(self.layer_types, list | tuple) or len(self.layer_types) != L
+                    or any(t not in LAYER_TYPES for t in self.layer_types)):
+                raise bad(f"layer_types must list {FULL!r} or {SLIDING!r} for each of the {L} "
+                          f"layers, not {self.layer_types!r}")
+            if self.sliding_window is None:
+                raise bad("layer_types has sliding_attention layers but sliding_window is null")
 
     @property
     def num_params(self) -> int:
@@ -102,11 +132,20 @@ class ModelConfig:
         d = asdict(self)
         d.pop("qk_norm")  # implied by model_type qwen3
         d.update(architectures=[ARCHITECTURES[self.model_type]], hidden_act="silu", use_cache=True)
+        d.pop("layer_types")
         if self.model_type == "qwen2":
             d.pop("attention_bias")  # not a Qwen2 option
-            d.update(use_sliding_window=self.sliding_window is not None)
-        if self.model_type == "qwen3":
-            d.update(use_sliding_window=False)
+        if self.model_type in ("qwen2", "qwen3"):
+            windowed = [w is not None for w in self.layer_windows()]
+            d.update(use_sliding_window=any(windowed))
+            if any(windowed):
+                # transformers 5 reads layer_types; older versions (and 5 when it is absent)
+                # window the layers from max_window_layers on, which is exact when the
+                # windowed layers are the last ones, as Qwen's own configs have them.
+                d.update(max_window_layers=windowed.index(True),
+                         layer_types=[SLIDING if w else FULL for w in windowed])
+        if self.model_type == "mistral" and self.layer_types is not None:
+            d.update(layer_types=self.layer_types)  # transformers then runs it as Ministral
         if self.model_type == "llama":
             d.update(mlp_bias=False)
             d.pop("sliding_window")
@@ -131,15 +170,15 @@ class ModelConfig:
             d.setdefault("rope_scaling", rope)
         if (d.get("rope_scaling") or {}).get("partial_rotary_factor", 1.0) != 1.0:
             raise UserError(f"{where}: partial rotary embeddings are not supported")
-        if model_type == "qwen2":
-            if not d.get("use_sliding_window"):
-                d["sliding_window"] = None
-            elif d.get("max_window_layers", 0) < d.get("num_hidden_layers", 0):
-                raise UserError(f"{where}: Qwen2 sliding-window attention on only some layers "
-                                "(max_window_layers) is not supported; set use_sliding_window false")
-        if d.get("sliding_window") is not None and d["sliding_window"] >= d.get(
-                "max_position_embeddings", 0):
-            d["sliding_window"] = None  # a window longer than the context changes nothing
+        try:
+            d["sliding_window"], d["layer_types"] = _windows(d, model_type)
+        except UserError as e:
+            raise UserError(f"{where}: {e}") from None
+        except TypeError:
+            raise UserError(f"{where}: sliding_window={d.get('sliding_window')!r}, "
+                            f"num_hidden_layers={d.get('num_hidden_layers')!r} and "
+                            f"max_position_embeddings={d.get('max_position_embeddings')!r} "
+                            "must be whole numbers") from None
         if "dtype" in d and "torch_dtype" not in d:
             d["torch_dtype"] = d["dtype"]
         known = {f.name for f in fields(cls)}
@@ -166,6 +205,29 @@ class ModelConfig:
             raise UserError(f"{path}: not found; a model directory needs a config.json") from None
         except json.JSONDecodeError as e:
             raise UserError(f"{path}:{e.lineno}: config.json is not valid JSON ({e.msg})") from None
+
+
+def _windows(d: dict, model_type: str) -> tuple[int | None, list | None]:
+    """(sliding_window, layer_types) as transformers 5's AutoModelForCausalLM reads a
+    config.json: Llama has no window; Mistral windows the layers layer_types marks (Auto
+    then runs it as Ministral), else every layer; Qwen2/Qwen3 only with use_sliding_window,
+    on the layers layer_types marks, else on those from max_window_layers (default 28) on."""
+    window = d.get("sliding_window")
+    if model_type == "llama" or (model_type in ("qwen2", "qwen3")
+                                 and not d.get("use_sliding_window")):
+        window = None
+    if window is not None and window >= d.get("max_position_embeddings", 0):
+        window = None  # a window as long as the context changes nothing
+    types = d.get("layer_types")
+    if window is None or (model_type == "mistral" and types is None):
+        return window, None
+    if types is None:
+        first = d.get("max_window_layers", 28)  # Qwen2Config's and Qwen3Config's default
+        if isinstance(first, bool) or not isinstance(first, int):
+            raise UserError(f"impossible model config: max_window_layers={first!r} must be a "
+                            "whole number")
+        types = [SLIDING if i >= first else FULL for i in range(d.get("num_hidden_layers", 0))]
+    return window, types
 
 
 ROPE_TYPES = ("linear", "llama3", "yarn")

@@ -173,10 +173,26 @@ class DecoderLayer(nn.Module):
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
-def _window(T: int, S: int, window: int, device) -> torch.Tensor:
-    """(T, S) mask of keys within `window` of each query, the T queries being the last of S."""
-    q = torch.arange(S - T, S, device=device)[:, None]
-    return torch.arange(S, device=device)[None, :] > q - window
+def attention_mask(window: int | None, T: int, start: int, given: torch.Tensor | None,
+                   queries: torch.Tensor | None) -> tuple[torch.Tensor | None, bool]:
+    """(mask, causal) for the layers with attention `window` (None: the whole past), for T
+    queries at positions start… when no mask is `given`. A given mask (…, T, keys) is
+    narrowed to the window, measured from each query's key index `queries` ((T,) or (B, T))."""
+    if given is None:
+        S = start + T
+        windowed = window is not None and S > window
+        if T == 1 and not windowed:
+            return None, False  # one query that sees every key
+        if start == 0 and not (window is not None and T > window):
+            return None, True  # SDPA's fast causal path
+        q = torch.arange(start, S, device=queries.device)[:, None]
+        k = torch.arange(S, device=queries.device)[None, :]
+        return (k <= q) & ((k > q - window) if windowed else True), False
+    S = given.shape[-1]
+    if window is None or S <= window:
+        return given, False
+    near = torch.arange(S, device=given.device) > queries[..., None] - window  # (B,) T, S
+    return given & (near[:, None] if near.dim() == 3 else near), False
 
 
 class Transformer(nn.Module):
@@ -238,23 +254,19 @@ class Transformer(nn.Module):
         cos, sin = rope_cos_sin(self.inv_freq, self.rope_scale, positions)
         if cos.dim() == 3:  # per-row positions: broadcast over heads
             cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-        causal = False
-        window = self.config.sliding_window
-        if attn_mask is None and (T > 1 or (window and start + T > window)):
-            if start == 0 and not (window and T > window):
-                causal = True  # SDPA's fast causal path
-            else:  # each query sees the cache and its own past (and, with a window, no further)
-                q = torch.arange(start, start + T, device=input_ids.device)[:, None]
-                k = torch.arange(start + T, device=input_ids.device)[None, :]
-                attn_mask = (k <= q) & ((k > q - window) if window else True)
-        elif (attn_mask is not None and window and attn_mask.shape[-1] > window
-              and not getattr(cache, "masks_window", False)):
-            attn_mask = attn_mask & _window(attn_mask.shape[-2], attn_mask.shape[-1], window,
-                                            attn_mask.device)
+        # Each query's key index: the cache's own rule (the engine's rows hold position i at
+        # key i), else the queries are the last T of the keys.
+        if attn_mask is not None and not getattr(cache, "keys_at_positions", False):
+            S = attn_mask.shape[-1]
+            queries = torch.arange(S - T, S, device=input_ids.device)
+        else:
+            queries = positions
+        windows = self.config.layer_windows()
+        masks = {w: attention_mask(w, T, start, attn_mask, queries) for w in set(windows)}
         x = self.model.embed_tokens(input_ids)
         cos, sin = cos.to(x.dtype), sin.to(x.dtype)  # as HF does, for matching low-precision logits
-        for layer in self.model.layers:
-            x = layer(x, cos, sin, cache, attn_mask, causal)
+        for layer, w in zip(self.model.layers, windows, strict=True):
+            x = layer(x, cos, sin, cache, *masks[w])
         if cache is not None:
             cache.pos += T
         return self.model.norm(x)

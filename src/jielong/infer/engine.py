@@ -163,7 +163,7 @@ class SlotCache:
     where the new keys go (`at`: one position for a prefill, or one per row) and how many
     positions to read back (`end`)."""
 
-    masks_window = True  # the engine's masks already apply a sliding window
+    keys_at_positions = True  # key i of a row holds position i: the model windows by position
 
     def __init__(self, model: Transformer, slots: int, context: int):
         cfg, p = model.config, next(model.parameters())
@@ -205,7 +205,6 @@ class Engine:
                             f"{slots} slots and a {self.context}-token context")
         self.slots, self.prefill_tokens = slots, prefill_tokens
         self.stop_ids = set(stop_ids)
-        self.window = cfg.sliding_window
         self.adapters = adapter_names(model)
         self.cache = SlotCache(model, slots, self.context)
         V = cfg.vocab_size
@@ -387,9 +386,7 @@ class Engine:
         c = self.cache
         c.rows, c.at, c.end, c.pos = slice(start, start + len(group)), 0, T, 0
         q = torch.arange(T, device=self.device)
-        mask = q[None, :] <= q[:, None]
-        if self.window:
-            mask &= q[None, :] > q[:, None] - self.window
+        mask = q[None, :] <= q[:, None]  # the model narrows it to each layer's window
         h = self.model(ids.to(self.device), q, c, mask[None, None], hidden_only=True)
         last = torch.tensor([len(r.prompt) - 1 for r in group], device=self.device)
         h = h[torch.arange(len(group), device=self.device), last]
@@ -412,8 +409,6 @@ class Engine:
             c.at, c.end, c.pos = at, int(at.max()) + 1, 0
             keys = torch.arange(c.end, device=self.device)[None, :]
             mask = keys <= at[:, None]
-            if self.window:
-                mask &= keys > at[:, None] - self.window
             x = torch.tensor([[r.output[-1]] for r in reqs], device=self.device)
             logits = self.model(x, at[:, None], c, mask[:, None, None])[:, -1].float()
             for r in reqs:
