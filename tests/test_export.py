@@ -700,3 +700,37 @@ def test_llama_cpp_reproduces_the_logits(tmp_path, tok):
             llm.eval(ids)
             got = np.array(llm.scores[: len(ids)])
             assert np.abs(got - expected).max() < tol * np.abs(expected).max(), (family, outtype)
+
+
+def test_sliding_window_is_refused_past_the_window(tmp_path, tok, capsys):
+    """llama.cpp's llama/qwen2/qwen3 architectures read no sliding window and attend over the
+    whole context: a windowed model exports only for contexts up to its window."""
+    from jielong.cli import run
+
+    d = make_model(tmp_path / "m", tok, model_type="mistral", tie_word_embeddings=False,
+                   sliding_window=16)
+    with pytest.raises(UserError) as e:
+        export_gguf(d, tmp_path / "full.gguf")
+    msg = str(e.value)
+    assert "\n" not in msg and str(d / "config.json") in msg
+    assert "sliding_window=16 on 2 of 2 layers" in msg and "--context_length 16" in msg
+    assert not (tmp_path / "full.gguf").exists()
+
+    run(["export", "gguf", str(d), "--out", str(tmp_path / "o"), "--context_length", "16"],
+        {"export": {"gguf": gguf_cmd}})
+    path = tmp_path / "o" / "m-f16.gguf"
+    meta, _ = read(path)
+    assert meta["llama.context_length"] == 16
+    assert "PARAMETER num_ctx 16" in (path.parent / "Modelfile").read_text()
+    capsys.readouterr()
+
+    # Only Qwen2's upper layer windowed (max_window_layers): refused the same way.
+    q = make_model(tmp_path / "q", tok, model_type="qwen2", attention_bias=True,
+                   sliding_window=16, layer_types=["full_attention", "sliding_attention"])
+    assert json.loads((q / "config.json").read_text())["max_window_layers"] == 1
+    with pytest.raises(UserError, match="sliding_window=16 on 1 of 2 layers.*qwen2"):
+        export_gguf(q, tmp_path / "q.gguf")
+    for bad in (0, 257):
+        with pytest.raises(UserError, match=f"--context_length {bad}: give a whole number from "
+                                            "1 to the model's context, 256"):
+            export_gguf(q, tmp_path / "q.gguf", context_length=bad)

@@ -703,10 +703,34 @@ def _add_metadata(w, gguf, hp: Hparams, vocab: Vocab, name: str, outtype: str,
         w.add_sampling_top_k(generation["top_k"])
 
 
-def export_gguf(model_dir: str | Path, out: str | Path | None = None, outtype: str = "f16") -> Path:
+def _context_length(hp: Hparams, where: Path, asked: int | None) -> int:
+    """The context the GGUF declares: the model's, or `asked` (at most the model's). A model
+    with a sliding window is refused past the window: llama.cpp's llama, qwen2 and qwen3
+    architectures read no `{arch}.attention.sliding_window` and attend over the whole
+    context, so beyond the window their logits are not the model's."""
+    limit = hp.context_length
+    if asked is not None and (isinstance(asked, bool) or not isinstance(asked, int)
+                              or not 0 < asked <= limit):
+        raise UserError(f"--context_length {asked}: give a whole number from 1 to the model's "
+                        f"context, {limit}")
+    context = limit if asked is None else asked
+    windows = [w for w in hp.model_config.layer_windows() if w is not None]
+    if windows and context > min(windows):
+        w = min(windows)
+        raise UserError(
+            f"{where}: sliding_window={w} on {len(windows)} of {hp.num_layers} layers, but "
+            f"llama.cpp's {hp.arch} architecture attends over the whole context, so past {w} "
+            f"tokens the GGUF would give other logits; export with --context_length {w} (or "
+            "less), where the two agree")
+    return context
+
+
+def export_gguf(model_dir: str | Path, out: str | Path | None = None, outtype: str = "f16",
+                context_length: int | None = None) -> Path:
     """Write `model_dir` (a Llama / Mistral / Qwen2 / Qwen3 Hugging Face directory) as one
     GGUF file for llama.cpp and Ollama, with an Ollama `Modelfile` beside it. `out` is a
-    .gguf path or a folder (default: MODEL_DIR/gguf/); returns the .gguf path."""
+    .gguf path or a folder (default: MODEL_DIR/gguf/); `context_length` caps the context the
+    file declares (default: the model's); returns the .gguf path."""
     if outtype not in OUTTYPES:
         raise UserError(f"outtype {outtype!r} is not one of {', '.join(OUTTYPES)}; "
                         "pass --outtype f16 (or f32, bf16, q8_0)")
@@ -718,6 +742,7 @@ def export_gguf(model_dir: str | Path, out: str | Path | None = None, outtype: s
     from tqdm import tqdm
 
     hp = read_hparams(d)
+    hp.context_length = _context_length(hp, d / "config.json", context_length)
     generation = _optional_json(d / "generation_config.json")
     try:
         vocab = read_vocab(d, hp.vocab_size, hp.config, generation)
@@ -772,7 +797,8 @@ def _ollama_name(name: str) -> str:
 
 
 def gguf_cmd(model: str, out: str | None = None,
-             outtype: Literal["f32", "f16", "bf16", "q8_0"] = "f16") -> None:
+             outtype: Literal["f32", "f16", "bf16", "q8_0"] = "f16",
+             context_length: int | None = None) -> None:
     """Export a model as one GGUF file for llama.cpp and Ollama, with an Ollama Modelfile.
 
     Args:
@@ -780,6 +806,9 @@ def gguf_cmd(model: str, out: str | None = None,
             Mistral, Qwen2 or Qwen3 model, e.g. one written by `jielong pretrain`.
         out: A .gguf file to write, or a folder for MODEL-OUTTYPE.gguf (default: MODEL/gguf/).
         outtype: Tensor type: f32, f16, bf16, or q8_0 (8-bit, about half the size of f16).
+        context_length: The context the file declares (default: the model's). A model with a
+            sliding window (Mistral v0.1, some Qwen) needs one no longer than the window:
+            llama.cpp attends over the whole context for these architectures.
     """
-    export_gguf(model, out, outtype)
+    export_gguf(model, out, outtype, context_length)
 
