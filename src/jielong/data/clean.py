@@ -161,15 +161,27 @@ def looks_like_html(text: str) -> bool:
     return bool(_HTML_START.match(text[:2000]))
 
 
+# The zero-width joiner, literal or as an entity. trafilatura drops every non-printable
+# character, and ZWJ is one (category Cf), which splits emoji sequences: ❤️‍🔥 became ❤️🔥 and
+# 👩‍👩‍👧 three people. It travels through trafilatura as a marker of printable letters instead.
+_ZWJ = re.compile(r"\u200d|&zwj;|&#0*8205;|&#x0*200d;", re.I)
+_ZWJ_MARK = "ZwJqXjZw"
+
+
 def extract_html(html: str, favor_precision: bool = True, include_tables: bool = True) -> str:
     """The main text of an HTML page (trafilatura): no navigation, scripts, styles, footers
-    or comments; emoji and punctuation as written. "" when there is none."""
+    or comments; emoji (ZWJ sequences whole) and punctuation as written. "" when there is
+    none."""
     import trafilatura
 
+    joined = _ZWJ_MARK not in html and _ZWJ.search(html) is not None
+    if joined:
+        html = _ZWJ.sub(_ZWJ_MARK, html)
     text = trafilatura.extract(html, output_format="txt", include_comments=False,
                                include_tables=include_tables, favor_precision=favor_precision,
                                deduplicate=False, with_metadata=False)
-    return (text or "").strip()
+    text = (text or "").strip()
+    return text.replace(_ZWJ_MARK, "\u200d") if joined else text
 
 
 class HtmlExtract(BaseFilter):
@@ -310,12 +322,46 @@ def _jieba():
     return jieba
 
 
+_HAN_RUN = re.compile(r"([\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f]+)")
+# Chinese punctuation (full-width, CJK quotes and brackets, …, —) is written with no space
+# after it, where English puts one: it ends a word as a comma and a space would.
+_CJK_PUNCT_RUN = re.compile("([\u3000-\u303f\uff01-\uff0f\uff1a-\uff20\uff3b-\uff40\uff5b-\uff65"
+                            "\u2014\u2026\u2018\u2019\u201c\u201d\u00b7]+)")
+
+
+@functools.lru_cache(maxsize=4)  # the quality and repetition steps ask for the same text in turn
+def _zh_words(text: str) -> tuple[str, ...]:
+    words: list[str] = []
+    for chunk in text.split():
+        start = len(words)
+        for piece in (p for part in _CJK_PUNCT_RUN.split(chunk) for p in _HAN_RUN.split(part)):
+            if not piece:
+                continue
+            if _HAN_RUN.fullmatch(piece):
+                words += _jieba().lcut(piece, HMM=True)
+            elif _is_symbol(piece) and len(words) > start:
+                words[-1] += piece  # attached punctuation belongs to its word: "年，" like "year,"
+            else:
+                words.append(piece)  # "GPT-4", "2024", "https://…" whole, as whitespace splits them
+        if len(words) > start + 1 and _is_symbol(words[start]):
+            words[start + 1] = words[start] + words[start + 1]  # a chunk's opening 「 or （
+            del words[start]
+    return tuple(words)
+
+
 def words_of(text: str, lang: str) -> list[str]:
-    """Words as the quality rules count them: jieba's words for Chinese (punctuation marks
-    are words too, as in FineWeb-2's spaCy-with-jieba tokenizer), whitespace-separated
-    tokens otherwise (Gopher)."""
+    """Words as the quality rules count them: Gopher's whitespace-separated tokens, where
+    punctuation is part of the word it touches ("year," is one word). Chinese has no spaces,
+    so its Han runs are cut into jieba words, and a punctuation mark written against a word
+    joins it ("年，" like "year,"); runs of Latin letters, digits and symbols stay whole, as
+    whitespace would leave them ("GPT-4", "3,200", a URL). A mark standing alone between
+    spaces ("|", "-", "#") is a word of symbols, as in English.
+
+    (jieba alone makes every "，" and "。" a word, as FineWeb-2's tokenizer does: then a
+    Chinese page's alpha-word share and line rules count one word in five as "not a word",
+    and a number like 3,200 as three words; see bench/bench_quality_rules.py.)"""
     if lang == "zh":
-        return [w for w in _jieba().lcut(text) if not w.isspace()]
+        return list(_zh_words(text))
     return text.split()
 
 
@@ -367,21 +413,28 @@ class QualityThresholds:
 # English: the Gopher paper's numbers (Rae et al. 2021, table A1) and FineWeb's two line
 # rules (Penedo et al. 2024). Chinese: FineWeb-2's configs/cmn_Hani.yml (huggingface/
 # fineweb-2, commit 05e6729; other versions of the file, e.g. commit baedee4, have line
-# punctuation 0.19, newline ratio 0.233 and laxer n-gram limits) where it sets a number: mean word length 1-5, alpha words 0.735, line punctuation
-# 0.106, newline ratio 0.178, its stop words (ZH_STOP_WORDS); Gopher's otherwise, as
-# FineWeb-2's pipeline kept them (length 50-100,000 words, symbols, bullets, ellipses,
-# 2 stop words), all on jieba words.
-# These are tuned for web text. Classical Chinese and verse fall below them: the Four Books
-# have ~0.70 alpha words (a punctuation mark every few characters) and few modern function
-# words, and most poems are under 50 words. For literature: LITERATURE_THRESHOLDS
-# (`jielong data clean --quality_preset literature`).
-LITERATURE_THRESHOLDS = {"zh": {"min_words": 20, "min_alpha_words": 0.6, "min_stop_words": None,
-                                "max_newline_ratio": None}}  # verse: few function words, short lines
+# punctuation 0.19, newline ratio 0.233 and laxer n-gram limits) where it sets a number:
+# mean word length 1-5, line punctuation 0.106, its stop words (ZH_STOP_WORDS); Gopher's
+# otherwise, as FineWeb-2's pipeline kept them (length 50-100,000 words, symbols, bullets,
+# ellipses, 2 stop words).
+# Two of FineWeb-2's numbers are not used, because they count words another way: its
+# tokenizer makes every "，" and "。" a word, so its alpha-word share (0.735) and newline
+# ratio (0.178) sit a punctuation mark's worth below what the same text gives with
+# `words_of`'s words, where a mark belongs to its word as in Gopher's whitespace words. With
+# Gopher's words we use Gopher's alpha share (0.8) and FineWeb's newline ratio scaled by the
+# words lost (one in five: 0.178 × 1.25 ≈ 0.22). Measured on tests/data/
+# quality_labelled.jsonl and the shared corpora: bench/bench_quality_rules.py, bench/RESULTS.md.
+# These are tuned for web text. Verse and classical Chinese fall below them: most poems are
+# under 50 words, and verse has few modern function words and short lines. For literature:
+# LITERATURE_THRESHOLDS (`jielong data clean --quality_preset literature`).
+LITERATURE_THRESHOLDS = {"zh": {"min_words": 8, "min_stop_words": None, "max_newline_ratio": None}}
+# A five-character quatrain (靜夜思, 春曉) is 20 characters, 11-15 words with its title and
+# poet; the shortest ci (十六字令) 16 characters: 8 words keeps every complete poem.
 QUALITY_THRESHOLDS: dict[str, QualityThresholds] = {
     "en": QualityThresholds(),
-    "zh": QualityThresholds(min_avg_word_length=1, max_avg_word_length=5, min_alpha_words=0.735,
+    "zh": QualityThresholds(min_avg_word_length=1, max_avg_word_length=5, min_alpha_words=0.8,
                             stop_words=ZH_STOP_WORDS, min_punct_lines=0.106,
-                            max_newline_ratio=0.178),
+                            max_newline_ratio=0.22),
     # No word rules for languages this project does not read; drop them with
     # LanguageScript(keep=...) if they are not wanted at all.
     "other": QualityThresholds(min_words=None, max_words=None, min_avg_word_length=None,
@@ -415,6 +468,49 @@ def strip_boilerplate(text: str) -> tuple[str, int]:
     return ("\n".join(kept), removed) if removed else (text, 0)
 
 
+# A Markdown heading's #s are structure, not hashtags; an ellipsis is one mark however it is
+# typed: Chinese writes it doubled (……), the web as ... or 。。。
+_HEADING_HASHES = re.compile(r"^[ \t]{0,3}#{1,6}(?=[ \t])", re.M)
+_ELLIPSIS_RUN = re.compile(r"(?:\.{3,}|…+|。{3,})")
+# A finished sentence inside a line: the Chinese full stop, ! and ? marks have no other use
+# (no decimals, abbreviations or URLs), so a line holding one is prose, not a menu item.
+_CJK_SENTENCE_END = re.compile(r"[。！？][」』”’）)]*")
+
+
+# Markdown's markup: list markers, heading #s and quote >s at a line's start; a table's
+# |---| row.
+_MARKUP = re.compile(r"^[ \t]*(?:>[ \t]*)*(?:[-*+•][ \t]+|\d{1,3}[.)][ \t]+|#{1,6}[ \t]+)?|"
+                     r"^[ \t]*\|?(?:[ \t]*:?-{3,}:?[ \t]*\|)+[ \t]*(?::?-+:?)?[ \t]*$", re.M)
+
+
+def strip_markup(text: str) -> str:
+    """`text` without Markdown's markup, which is layout and not words: list markers,
+    heading and quote marks, table rows' pipes (the bullet rule still sees the lines as
+    written; a pipe between words elsewhere, as in a menu, stays a word)."""
+    text = _MARKUP.sub("", text)
+    if "|" not in text:
+        return text
+    return "\n".join(x.replace("|", " ") if x.lstrip().startswith("|") else x for x in text.split("\n"))
+
+
+def symbol_count(text: str) -> int:
+    """Gopher's symbols: "#" (hashtags, not Markdown heading marks) and ellipses."""
+    return _HEADING_HASHES.sub("", text).count("#") + len(_ELLIPSIS_RUN.findall(text))
+
+
+def ends_sentence(line: str) -> bool:
+    """FineWeb's "the line ends a sentence"; a line holding a finished Chinese sentence
+    counts too (Chinese web text puts a whole paragraph on one line, and a page cut
+    mid-sentence still has its earlier sentences)."""
+    return line.rstrip().endswith(TERMINAL) or bool(_CJK_SENTENCE_END.search(line))
+
+
+def is_list_item(line: str) -> bool:
+    """Gopher's "starts with a bullet", for a line that is an item and not a sentence: a
+    bullet that holds a finished sentence is a note's point, not a menu or a link list."""
+    return line.lstrip().startswith(BULLETS) and not ends_sentence(line)
+
+
 def quality_reason(text: str, lang: str, t: QualityThresholds, drop_curly_brackets: bool = False) -> str | None:
     """Why `text` fails `t` (a short snake_case reason), or None when it passes."""
     folded = text.casefold()
@@ -425,7 +521,7 @@ def quality_reason(text: str, lang: str, t: QualityThresholds, drop_curly_bracke
     lines = [x for x in text.split("\n") if x.strip()]
     if not lines:
         return "empty"
-    words = words_of(text, lang)
+    words = words_of(strip_markup(text), lang)
     n_words = max(1, len(words))
     content = [w for w in words if not _is_symbol(w)]
     if t.min_words is not None and len(content) < t.min_words:
@@ -440,11 +536,10 @@ def quality_reason(text: str, lang: str, t: QualityThresholds, drop_curly_bracke
         if t.max_avg_word_length is not None and mean > t.max_avg_word_length:
             return "avg_word_length"
     if t.max_symbol_word_ratio is not None:
-        symbols = text.count("#") + sum(text.count(e) for e in ("...", "…"))
-        if symbols / n_words > t.max_symbol_word_ratio:
+        if symbol_count(text) / n_words > t.max_symbol_word_ratio:
             return "symbol_ratio"
     if t.max_bullet_lines is not None:
-        if sum(x.lstrip().startswith(BULLETS) for x in lines) / len(lines) > t.max_bullet_lines:
+        if sum(map(is_list_item, lines)) / len(lines) > t.max_bullet_lines:
             return "bullet_lines"
     if t.max_ellipsis_lines is not None:
         if sum(x.rstrip().endswith(ELLIPSES) for x in lines) / len(lines) > t.max_ellipsis_lines:
@@ -457,7 +552,7 @@ def quality_reason(text: str, lang: str, t: QualityThresholds, drop_curly_bracke
         if sum(w.strip(_PUNCT_STR).lower() in stop or w in stop for w in words) < t.min_stop_words:
             return "stop_words"
     if t.min_punct_lines is not None:
-        if sum(x.rstrip().endswith(TERMINAL) for x in lines) / len(lines) < t.min_punct_lines:
+        if sum(map(ends_sentence, lines)) / len(lines) < t.min_punct_lines:
             return "line_punct"
     if t.max_newline_ratio is not None and text.count("\n") / n_words > t.max_newline_ratio:
         return "newline_ratio"
@@ -501,14 +596,15 @@ class QualityFilter(BaseFilter):
         its fields to change, e.g. {"zh": {"min_words": 20}}; see QUALITY_THRESHOLDS for the
         defaults and where each number comes from.
     drop_curly_brackets: drop documents with "{" (C4 did; it drops code too, so off).
+    preset: the thresholds lang_thresholds change: "web" or "literature" (`preset_thresholds`).
     """
 
     name = "🥇 Quality"
 
     def __init__(self, lang_thresholds: dict | None = None, remove_boilerplate: bool = True,
-                 drop_curly_brackets: bool = False, exclusion_writer=None):
+                 drop_curly_brackets: bool = False, exclusion_writer=None, preset: str = "web"):
         super().__init__(exclusion_writer)
-        self.thresholds = _merged(QUALITY_THRESHOLDS, lang_thresholds, QualityThresholds)
+        self.thresholds = _merged(preset_thresholds(preset)[0], lang_thresholds, QualityThresholds)
         self.remove_boilerplate = remove_boilerplate
         self.drop_curly_brackets = drop_curly_brackets
 
@@ -543,9 +639,11 @@ class RepetitionThresholds:
 # English: Gopher's table A1 (Rae et al. 2021). Chinese: FineWeb-2 — its cmn_Hani config
 # (commit 05e6729) for the duplicate-line share and the n-gram shares, and its pipeline's
 # 0.1 for the characters in duplicate lines (FineWeb's char_duplicates_ratio, raised from
-# 0.01). FineWeb-2 measured n-grams on jieba words; we count characters, which keeps the
-# meaning (the share of the text covered) at a finer grain. The paragraph rules are
-# Gopher's (FineWeb-2 switched them off: trafilatura's output has few paragraphs).
+# 0.01). FineWeb-2 measured n-grams of jieba words, and so do we: these limits are for word
+# n-grams. (Character n-grams, which an earlier version used, are about a third as long: a
+# name of five characters said twice, 中華人民共和國 or 阿瓦隆尼亞大陸, made a Wikipedia
+# paragraph "repetitive".) The paragraph rules are Gopher's (FineWeb-2 switched them off:
+# trafilatura's output has few paragraphs).
 REPETITION_THRESHOLDS: dict[str, RepetitionThresholds] = {
     "en": RepetitionThresholds(),
     "zh": RepetitionThresholds(dup_lines=0.287, dup_line_chars=0.1,
@@ -554,15 +652,33 @@ REPETITION_THRESHOLDS: dict[str, RepetitionThresholds] = {
                                            (9, 0.14), (10, 0.127))),
     "other": RepetitionThresholds(),
 }
+# Verse repeats by design: the Book of Songs' refrains, a ci's repeated tune lines. In the
+# literature preset the n-gram rules are off for Chinese; duplicate lines and paragraphs
+# (a page pasted twice, spam) still count.
+LITERATURE_REPETITION = {"zh": {"top_ngrams": (), "dup_ngrams": ()}}
+PRESETS = ("web", "literature")
+
+
+def preset_thresholds(preset: str = "web") -> tuple[dict[str, QualityThresholds],
+                                                    dict[str, RepetitionThresholds]]:
+    """({lang: quality thresholds}, {lang: repetition thresholds}) of a preset: "web"
+    (Gopher / C4 / FineWeb(-2), for crawled text) or "literature" (poems, lyrics, classical
+    prose: short complete texts, verse repeating by design)."""
+    if preset not in PRESETS:
+        raise UserError(f"quality preset {preset!r}: presets are {', '.join(PRESETS)}")
+    if preset == "web":
+        return dict(QUALITY_THRESHOLDS), dict(REPETITION_THRESHOLDS)
+    return (_merged(QUALITY_THRESHOLDS, LITERATURE_THRESHOLDS, QualityThresholds),
+            _merged(REPETITION_THRESHOLDS, LITERATURE_REPETITION, RepetitionThresholds))
 
 _EN_WORD = re.compile(r"\w+")
 
 
-def _units(text: str, lang: str) -> list[str] | str:
-    """What n-grams are made of: Chinese characters (letters and digits, no punctuation or
-    spaces) for zh, lower-cased words otherwise."""
+def _units(text: str, lang: str) -> list[str]:
+    """What n-grams are made of: lower-cased words without their punctuation; for Chinese,
+    `words_of`'s (jieba words for Han text)."""
     if lang == "zh":
-        return "".join(c for c in text if c.isalnum())
+        return [u for w in words_of(text, "zh") if (u := w.strip(_PUNCT_STR).casefold())]
     return _EN_WORD.findall(text.casefold())
 
 
@@ -579,9 +695,7 @@ def _dup_share(items: list[str]) -> tuple[float, float]:
     return dup / max(1, len(items)), dup_chars / total
 
 
-def _ngrams(units, n: int) -> list:
-    if isinstance(units, str):
-        return [units[i:i + n] for i in range(len(units) - n + 1)]
+def _ngrams(units: list[str], n: int) -> list:
     return [tuple(units[i:i + n]) for i in range(len(units) - n + 1)]
 
 
@@ -627,17 +741,19 @@ def repetition_reason(text: str, lang: str, t: RepetitionThresholds) -> str | No
 class RepetitionFilter(BaseFilter):
     """Gopher's repetition rules (`repetition_reason`): duplicate lines and paragraphs (by
     count and by characters), the commonest 2-, 3-, 4-gram's share of the characters, and the
-    share in repeated 5- to 10-grams; n-grams of characters for Chinese, words otherwise.
+    share in repeated 5- to 10-grams, all n-grams of words (jieba words for Chinese).
 
     lang_thresholds: per language, a `RepetitionThresholds` or a dict of its fields to change;
         see REPETITION_THRESHOLDS for the defaults and their sources.
+    preset: the thresholds lang_thresholds change: "web" or "literature" (`preset_thresholds`).
     """
 
     name = "🔁 Repetition"
 
-    def __init__(self, lang_thresholds: dict | None = None, exclusion_writer=None):
+    def __init__(self, lang_thresholds: dict | None = None, exclusion_writer=None,
+                 preset: str = "web"):
         super().__init__(exclusion_writer)
-        self.thresholds = _merged(REPETITION_THRESHOLDS, lang_thresholds, RepetitionThresholds)
+        self.thresholds = _merged(preset_thresholds(preset)[1], lang_thresholds, RepetitionThresholds)
 
     def filter(self, doc: Document) -> bool | tuple[bool, str]:
         lang = _lang_of(doc)

@@ -414,8 +414,8 @@ def stage1_steps(cfg: CleanConfig) -> list[tuple[str, PipelineStep]]:
         c = importlib.import_module("jielong.data.clean")  # the per-document steps
         make = {"html": lambda: c.HtmlExtract(), "normalize": lambda: c.Normalize(),
                 "language": lambda: c.LanguageScript(convert=cfg.convert, keep=cfg.languages or None),
-                "quality": lambda: c.QualityFilter(
-                    c.LITERATURE_THRESHOLDS if cfg.quality_preset == "literature" else None), "repetition": lambda: c.RepetitionFilter(),
+                "quality": lambda: c.QualityFilter(preset=cfg.quality_preset),
+                "repetition": lambda: c.RepetitionFilter(preset=cfg.quality_preset),
                 "harmful": lambda: c.HarmfulFilter(classifier=cfg.harmful_classifier),
                 "pii": lambda: c.PiiRedact()}
         steps += [(s, make[s]()) for s in wanted]
