@@ -57,7 +57,7 @@ def test_impossible_settings(tmp_path, good):
     one_line_error(run_cli("pretrain", str(good), "--out", out, *SMALL[:2], "--vocab_size", "100"),
                    "vocab")
     one_line_error(run_cli("pretrain", str(good), "--out", out, *SMALL, "--seq_len", "4096"),
-                   "--seq_len 4096", "max_position_embeddings=256")
+                   "--seq_len 4096", "context is 256 tokens")
     one_line_error(run_cli("pretrain", str(good), "--out", out, *SMALL, "--preset", "giant"), "preset")
     one_line_error(run_cli("pretrain", str(good), "--out", out, *SMALL, "--lr", "-1"), "--lr")
     assert not (tmp_path / "r" / "checkpoints").exists()

@@ -78,6 +78,37 @@ def test_killed_run_resumes_with_identical_losses(tmp_path, corpus):
     assert len(list((run / "checkpoints").iterdir())) == 2  # keep_checkpoints, no temporaries
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_saves_the_step_in_progress_and_resumes_exactly(tmp_path, corpus, sig):
+    """Ctrl-C (or a scheduler's SIGTERM) finishes the step in progress, saves a checkpoint
+    there — not only at the last --save_every — and --resume then matches the run that was
+    never interrupted, step for step."""
+    steps = ["--steps", "120", "--save_every", "1000"]
+    ref = tmp_path / "ref"
+    assert run_cli("pretrain", str(corpus), "--out", str(ref), *steps, *ARGS).returncode == 0
+
+    run = tmp_path / "stopped"
+    cmd = [sys.executable, "-m", "jielong.cli", "pretrain", str(corpus), "--out", str(run), *steps, *ARGS]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not ((run / "metrics.jsonl").exists() and len(losses(run)) >= 7):
+        assert proc.poll() is None and time.time() < deadline, "the run ended before the signal"
+        time.sleep(0.01)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + sig, (proc.returncode, err[-2000:])
+    assert "Traceback" not in err
+    assert not (run / "model").exists(), "the run finished before the signal; the test proves nothing"
+    saved = [int(p.name.split("-")[1]) for p in (run / "checkpoints").glob("step-*")]
+    done = len(losses(run))
+    assert saved == [done] and 7 <= done < 120  # the step in progress was finished and saved
+    assert f"stopped after step {done}/120" in out and "--resume" in out
+
+    resumed = run_cli("pretrain", str(corpus), "--out", str(run), *steps, *ARGS, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert losses(run) == losses(ref)
+
+
 def test_schedules_warm_up_then_decay_to_the_floor():
     for schedule in ("cosine", "wsd"):
         cfg = TrainConfig(steps=100, lr=1.0, warmup_steps=10, min_lr_ratio=0.1, schedule=schedule)

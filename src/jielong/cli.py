@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import inspect
 import re
 import sys
@@ -108,12 +109,24 @@ def _add_arg(p: argparse.ArgumentParser, name: str, tp, default, help_: str) -> 
     if tp is bool:
         p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_)
     elif origin is list:
-        # extend: `--stop a --stop b` and `--stop a b` both give [a, b]
-        p.add_argument(flag, nargs="*", action="extend", type=typing.get_args(tp)[0], default=default, **kw)
+        p.add_argument(flag, nargs="*", action=_ReplaceThenExtend, type=typing.get_args(tp)[0],
+                       default=default, **kw)
     elif origin is typing.Literal:
         p.add_argument(flag, choices=typing.get_args(tp), default=default, **kw)
     else:
         p.add_argument(flag, type=tp, default=default, **kw)
+
+
+class _ReplaceThenExtend(argparse.Action):
+    """A list option: `--stop a --stop b` and `--stop a b` both give [a, b], and what the
+    command line gives replaces the default list rather than adding to it (argparse's own
+    "extend" appends to the default, so `--target_modules q_proj` kept all seven)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        seen = namespace.__dict__.setdefault("_given_lists", set())
+        current = [] if self.dest not in seen else list(getattr(namespace, self.dest) or [])
+        seen.add(self.dest)
+        setattr(namespace, self.dest, current + list(values))
 
 
 def _build(sub: argparse._SubParsersAction, name: str, fn: Callable) -> None:
@@ -192,9 +205,28 @@ def _apply_config(args: argparse.Namespace, argv: list[str]) -> None:
             setattr(args, k, v)
 
 
+def _unknown(args: argparse.Namespace, extra: list[str]) -> None:
+    """An option the command does not have: its own usage (not the top-level one), and the
+    closest option names."""
+    parser: argparse.ArgumentParser = args._parser
+    options = [o for a in parser._actions for o in a.option_strings]
+    hints = []
+    for word in extra:
+        close = difflib.get_close_matches(word.split("=")[0], options, n=1, cutoff=0.6)
+        if word.startswith("-") and close:
+            hints.append(f"{word} (did you mean {close[0]}?)")
+        else:
+            hints.append(word)
+    parser.error(f"unrecognized arguments: {' '.join(hints)}; see {parser.prog} --help")
+
+
 def run(argv: list[str] | None = None, commands: dict | None = None):
     argv = sys.argv[1:] if argv is None else argv
-    args = _parser(commands or _commands()).parse_args(argv)
+    root = _parser(commands or _commands())
+    args, extra = root.parse_known_args(argv)
+    if extra:
+        _unknown(args, extra) if hasattr(args, "_parser") else root.error(
+            f"unrecognized arguments: {' '.join(extra)}")
     if args.config is not None:
         _apply_config(args, argv)
     kwargs = {k: v for k, v in vars(args).items() if not k.startswith("_") and k != "config"}
@@ -210,8 +242,8 @@ def main(argv: list[str] | None = None) -> None:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
-        sys.exit(130)
+    except KeyboardInterrupt as e:  # 128 + the signal's number, as a shell reports it
+        sys.exit(128 + getattr(e, "signum", 2))
 
 
 if __name__ == "__main__":

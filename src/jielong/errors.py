@@ -17,3 +17,11 @@ class UserError(Exception):
 def at(path: str | Path, line: int | None = None) -> str:
     """Format a location as `file:line` (or just `file`) for error messages."""
     return f"{path}:{line}" if line is not None else str(path)
+
+
+def json_problem(e) -> str:
+    """What a `json.JSONDecodeError` found, ending in its column: the standard library's
+    messages for some errors end in "at" ("Unterminated string starting at"), so a message
+    built as f"{e.msg} at column {e.colno}" read "at at"."""
+    msg = e.msg[:-3] if e.msg.endswith(" at") else e.msg
+    return f"{msg} at column {e.colno}"

@@ -29,7 +29,7 @@ import tokenizers
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, trainers
 
-from jielong.errors import UserError, at
+from jielong.errors import UserError, at, json_problem
 from jielong.files import write_text
 
 EOS, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
@@ -400,7 +400,7 @@ def _read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
-        raise UserError(f"{at(path, e.lineno)}: not valid JSON: {e.msg}; fix or delete the file") \
+        raise UserError(f"{at(path, e.lineno)}: not valid JSON: {json_problem(e)}; fix or delete the file") \
             from None
     except UnicodeDecodeError:
         raise UserError(f"{path}: not valid UTF-8; re-save the file as UTF-8") from None

@@ -19,7 +19,7 @@ import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from jielong.errors import UserError, at
+from jielong.errors import UserError, at, json_problem
 
 SUFFIXES = (".txt", ".jsonl", ".parquet")
 PARQUET_BATCH_ROWS = 1024
@@ -101,7 +101,7 @@ def iter_records(path: str | Path) -> Iterator[tuple[str, object]]:
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
-                raise UserError(f"{at(path, n)}: not valid JSON: {e.msg} at column {e.colno}; "
+                raise UserError(f"{at(path, n)}: not valid JSON: {json_problem(e)}; "
                                 "each line must be one JSON object") from None
             yield at(path, n), obj
 

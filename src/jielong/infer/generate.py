@@ -23,6 +23,7 @@ Keskar et al. 2019), stop strings, a token budget and a seed.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import torch
@@ -205,14 +206,15 @@ def generate(
     """Continue one or more prompts with a trained model.
 
     Args:
-        prompt: One or more prompts, decoded together as a batch.
+        prompt: One or more prompts, decoded together as a batch. Here and in --stop, \\n is a
+            newline and \\t a tab (a shell passes them as backslash + letter); \\\\ is a backslash.
         model: A model directory (HF layout with tokenizer) or a Hugging Face hub id.
         max_tokens: Most new tokens per prompt.
         temperature: Sampling temperature; 0 is greedy.
         top_k: Sample among the k likeliest tokens (0: all).
         top_p: Sample from the smallest set with this probability mass (1: all).
         repetition_penalty: >1 discourages repeating tokens already present.
-        stop: Stop strings; the output is cut before the first one.
+        stop: Stop strings (\\n and \\t as in prompts); the output is cut before the first one.
         seed: Random seed for reproducible sampling.
         device: auto, cpu, cuda, mps.
         dtype: auto (the checkpoint's on a GPU, float32 on CPU), float32, bfloat16, float16.
@@ -226,14 +228,23 @@ def generate(
 
     net, tok, gen = open_model(model, device=pick_device(device), dtype=dtype, adapters=adapter,
                                adapter_name=adapter_name)
-    # A shell passes "\n" as backslash + n; people mean a newline.
-    stops = [st.replace("\\n", "\n").replace("\\t", "\t") for st in stop or []]
+    prompt = [unescape(p) for p in prompt]
+    stops = [unescape(st) for st in stop or []]
     s = Sampling(max_tokens, temperature, top_k, top_p, repetition_penalty, stops, seed)
     texts = generate_text(net, tok, prompt, s, stop_ids=stop_ids(tok, gen, net.config.eos_token_id))
     for p, t in zip(prompt, texts, strict=True):
         print(f"\033[2m{p}\033[0m{t}" if _color() else p + t)
         print("─" * 40)
     return texts
+
+
+_ESCAPE = re.compile(r"\\([\\nt])")
+
+
+def unescape(text: str) -> str:
+    """A shell passes "\\n" as backslash + n, and people mean a newline: \\n → newline,
+    \\t → tab, \\\\ → one backslash; any other backslash stays as typed."""
+    return _ESCAPE.sub(lambda m: {"n": "\n", "t": "\t", "\\": "\\"}[m.group(1)], text)
 
 
 def _color() -> bool:

@@ -644,7 +644,7 @@ def classify(
     val_fraction: float = 0.2,
     text_field: str = "text",
     label_field: str = "label",
-    max_len: int = 256,
+    max_len: int | None = None,
     resume: bool = False,
     train: TrainConfig = CLASSIFY_TRAIN,
 ) -> dict:
@@ -658,12 +658,12 @@ def classify(
         val_fraction: Share of each class held out when --val is not given (0: none).
         text_field: The text field of each line.
         label_field: The label field of each line (a string or an integer).
-        max_len: Tokens per text; longer texts keep their start.
+        max_len: Tokens per text (default: the model's context); longer texts keep their start.
         resume: Continue from the last checkpoint in OUT.
         train: Optimisation settings (steps, batch size, learning rate, …).
     """
     from jielong.plots import loss_curve
-    from jielong.train.loop import init_distributed, is_main_process, pick_device
+    from jielong.train.loop import context_length, init_distributed, is_main_process, pick_device
 
     train.validate()
     if not 0 <= val_fraction < 1:
@@ -685,9 +685,7 @@ def classify(
     _, world = init_distributed(device)
     clf, tok = from_pretrained_lm(model, labels, seed=train.seed)
     cfg = clf.config
-    if max_len < 1 or max_len > cfg.max_position_embeddings:
-        raise UserError(f"--max_len={max_len} must be between 1 and the model's "
-                        f"max_position_embeddings ({cfg.max_position_embeddings})")
+    max_len = context_length(max_len, cfg.max_position_embeddings, "--max_len", minimum=1)
     pad_id = cfg.pad_token_id
     train_set, cut = _encode(tok, examples, index, max_len, pad_id)
     val_set, cut_val = _encode(tok, held, index, max_len, pad_id) if held else (None, 0)

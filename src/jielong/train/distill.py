@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from jielong.errors import UserError
-from jielong.train.loop import TrainConfig, fit, is_main_process, pick_device
+from jielong.train.loop import TrainConfig, context_length, fit, is_main_process, pick_device
 from jielong.train.losses import IGNORE, linear_cross_entropy
 from jielong.train.sft import PackedStage, attention_mask, pack, split, summarize_params
 
@@ -215,7 +215,7 @@ def distill(
     alpha: float = 0.5,
     val_fraction: float = 0.05,
     system: str | None = None,
-    seq_len: int = 1024,
+    seq_len: int | None = None,
     max_new_tokens: int = 256,
     resume: bool = False,
     train: TrainConfig = DISTILL_TRAIN,
@@ -236,7 +236,7 @@ def distill(
         alpha: Weight of the ordinary cross-entropy; 1 - alpha goes to the divergence.
         val_fraction: Share of conversations held out for validation.
         system: System prompt for conversations that have none.
-        seq_len: Tokens per packed row.
+        seq_len: Tokens per packed row (default: the shorter of the two models' contexts).
         max_new_tokens: Longest teacher reply in sequence mode.
         resume: Continue from the last checkpoint in OUT.
         train: Optimisation settings (steps, batch size, learning rate, …).
@@ -263,6 +263,8 @@ def distill(
     if mode == "logits" and not shared:
         raise UserError("logit distillation needs the teacher's and student's tokenizers to be the "
                         "same; use --mode sequences")
+    seq_len = context_length(seq_len, min(s_model.config.max_position_embeddings,
+                                          t_model.config.max_position_embeddings))
     run = Path(out)
     conversations = [m for _, m in read_conversations(data, system)]
     train_c, val_c = split(conversations, val_fraction, train.seed)

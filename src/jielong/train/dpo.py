@@ -397,7 +397,7 @@ def setup(model: str, ref: str | None, method: str, lora: LoraConfig, dtype: str
     train config, device, world size, pad id, ref or None). `default_lr` is the command's
     own, replaced by the LoRA default when --method lora and no --lr is given."""
     from jielong.checkpoint import list_checkpoints
-    from jielong.train.loop import init_distributed, pick_device
+    from jielong.train.loop import context_length, init_distributed, pick_device
     from jielong.train.sft import prepare_model
 
     if method == "lora" and train.lr == default_lr:
@@ -412,11 +412,7 @@ def setup(model: str, ref: str | None, method: str, lora: LoraConfig, dtype: str
     _, world = init_distributed(device)
     torch.manual_seed(train.seed)  # LoRA's initial A: a rerun (or an uninterrupted run) matches
     net, tok, gen = prepare_model(model, method, lora, dtype, device)
-    limit = net.config.max_position_embeddings
-    max_len = limit if max_len is None else max_len
-    if max_len < 2 or max_len > limit:
-        raise UserError(f"--max_len={max_len} must be between 2 and the model's "
-                        f"max_position_embeddings ({limit})")
+    max_len = context_length(max_len, net.config.max_position_embeddings, "--max_len")
     pad = net.config.pad_token_id if net.config.pad_token_id is not None else tok.eos_id
     if ref is not None and Path(ref).expanduser().resolve() == Path(model).expanduser().resolve():
         ref = None

@@ -25,6 +25,8 @@ import json
 import math
 import os
 import shutil
+import signal
+import threading
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
@@ -92,6 +94,23 @@ class TrainConfig:
             raise UserError(f"--lr={self.lr} must be positive")
         if self.warmup_steps < 0:
             raise UserError(f"--warmup_steps={self.warmup_steps} must be 0 or more")
+
+
+def context_length(requested: int | None, limit: int, option: str = "--seq_len",
+                   minimum: int = 2) -> int:
+    """The length a stage trains at: `requested`, or the model's whole context when None.
+
+    Every stage calls this right after it knows the model's context and before any slow work
+    (tokenizing, packing, training), so an impossible length is one line, not a traceback
+    from the first forward pass.
+    """
+    if requested is None:
+        return limit
+    if not minimum <= requested <= limit:
+        raise UserError(f"{option} {requested} does not fit: the model's context is {limit} tokens "
+                        f"(max_position_embeddings); pass {option} between {minimum} and {limit}, "
+                        f"or leave it out to use {limit}")
+    return requested
 
 
 class Stage(Protocol):
@@ -184,6 +203,52 @@ class Metrics:
     def log(self, **row) -> None:
         self.f.write(json.dumps(row) + "\n")
         self.f.flush()
+
+
+class StopRequest:
+    """SIGINT (Ctrl-C) and SIGTERM (a scheduler's kill) ask the loop to stop after the step
+    in progress and save a checkpoint, so an interrupted run loses no finished step. A second
+    signal restores the default behaviour, for a user who really wants out now."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self.old: dict[int, object] = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():  # signals reach only that one
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None:  # the second one: stop at once
+            self.__exit__()
+            raise KeyboardInterrupt
+        self.signum = signum
+        name = signal.Signals(signum).name
+        print(f"\n{name}: stopping after this step and saving a checkpoint "
+              "(send it again to stop at once)", flush=True)
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self.old.items():
+            signal.signal(sig, old)
+        self.old = {}
+
+    def agreed(self, world: int, device: torch.device) -> bool:
+        """Whether to stop now; under torchrun every rank stops at the same step."""
+        if world == 1:
+            return self.signum is not None
+        flag = torch.tensor([float(self.signum is not None)], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+
+class Interrupted(KeyboardInterrupt):
+    """The run stopped on signal `signum` after saving a checkpoint at `step`."""
+
+    def __init__(self, step: int, signum: int):
+        super().__init__(f"stopped by {signal.Signals(signum).name} after step {step}")
+        self.step, self.signum = step, signum
 
 
 def _save_lm(model, path: Path, tokenizer, trainer_state: dict) -> None:
@@ -280,55 +345,62 @@ def fit(model: torch.nn.Module, stage: Stage, cfg: TrainConfig, run_dir: str | P
     bar = tqdm(total=cfg.steps, initial=start, desc=desc, unit="step", disable=not main,
                dynamic_ncols=True)
     step = start
-    try:
-        for step in range(start, cfg.steps):
-            lr = lr_at(step, cfg)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            loss_sum = torch.zeros((), device=device)
-            step_tokens = 0
-            for micro in range(cfg.grad_accum):
-                batch = to_dev(stage.batch(step, micro, rank))
-                sync = micro == cfg.grad_accum - 1 or world == 1
-                ctx = nullcontext() if sync or not hasattr(train_model, "no_sync") else train_model.no_sync()
-                with ctx, amp:
-                    loss, n = stage.loss(train_model, batch)
-                    (loss / cfg.grad_accum).backward()
-                loss_sum += loss.detach()
-                step_tokens += n
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            loss_avg = loss_sum / cfg.grad_accum
-            if world > 1:
-                dist.all_reduce(loss_avg, op=dist.ReduceOp.AVG)
-            loss_val = loss_avg.item()
-            if not math.isfinite(loss_val):
-                raise UserError(f"loss became {loss_val} at step {step + 1}; lower --lr "
-                                f"(now {cfg.lr}) or raise --warmup_steps")
-            tokens += step_tokens * world
-            elapsed = time.time() - t0
-            if main:
-                extra = stage.step_metrics() if hasattr(stage, "step_metrics") else {}
-                metrics.log(step=step + 1, loss=round(loss_val, 6), lr=lr,
-                            grad_norm=round(float(grad_norm), 4), tokens=tokens,
-                            tok_s=round(tokens / max(elapsed, 1e-9), 1), **extra)
-                bar.set_postfix(loss=f"{loss_val:.3f}", tok_s=f"{tokens / max(elapsed, 1e-9):,.0f}",
-                                **{k: f"{v:.3g}" for k, v in extra.items()}, refresh=False)
-                bar.update(1)
-            done = step + 1
-            if done % cfg.eval_every == 0 or done == cfg.steps:
-                last_eval = evaluate(done)
-                if last_eval:
-                    bar.write(f"step {done}: " + ", ".join(f"{k} {v:.4f}" for k, v in last_eval.items()))
-            if done % cfg.save_every == 0 or done == cfg.steps:
-                save(done)
-    except KeyboardInterrupt:
-        bar.close()
-        if main:
-            print(f"\ninterrupted at step {step}; the last checkpoint is in {run / 'checkpoints'} "
-                  "(continue with --resume)")
-        raise
+    with StopRequest() as stop:
+        try:
+            for step in range(start, cfg.steps):
+                lr = lr_at(step, cfg)
+                for g in opt.param_groups:
+                    g["lr"] = lr
+                loss_sum = torch.zeros((), device=device)
+                step_tokens = 0
+                for micro in range(cfg.grad_accum):
+                    batch = to_dev(stage.batch(step, micro, rank))
+                    sync = micro == cfg.grad_accum - 1 or world == 1
+                    ctx = nullcontext() if sync or not hasattr(train_model, "no_sync") else train_model.no_sync()
+                    with ctx, amp:
+                        loss, n = stage.loss(train_model, batch)
+                        (loss / cfg.grad_accum).backward()
+                    loss_sum += loss.detach()
+                    step_tokens += n
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                loss_avg = loss_sum / cfg.grad_accum
+                if world > 1:
+                    dist.all_reduce(loss_avg, op=dist.ReduceOp.AVG)
+                loss_val = loss_avg.item()
+                if not math.isfinite(loss_val):
+                    raise UserError(f"loss became {loss_val} at step {step + 1}; lower --lr "
+                                    f"(now {cfg.lr}) or raise --warmup_steps")
+                tokens += step_tokens * world
+                elapsed = time.time() - t0
+                if main:
+                    extra = stage.step_metrics() if hasattr(stage, "step_metrics") else {}
+                    metrics.log(step=step + 1, loss=round(loss_val, 6), lr=lr,
+                                grad_norm=round(float(grad_norm), 4), tokens=tokens,
+                                tok_s=round(tokens / max(elapsed, 1e-9), 1), **extra)
+                    bar.set_postfix(loss=f"{loss_val:.3f}", tok_s=f"{tokens / max(elapsed, 1e-9):,.0f}",
+                                    **{k: f"{v:.3g}" for k, v in extra.items()}, refresh=False)
+                    bar.update(1)
+                done = step + 1
+                if done % cfg.eval_every == 0 or done == cfg.steps:
+                    last_eval = evaluate(done)
+                    if last_eval:
+                        bar.write(f"step {done}: " + ", ".join(f"{k} {v:.4f}" for k, v in last_eval.items()))
+                stopping = stop.agreed(world, device)  # every rank asks, every step
+                if stopping or done % cfg.save_every == 0 or done == cfg.steps:
+                    save(done)
+                if stopping and done < cfg.steps:
+                    raise Interrupted(done, stop.signum or signal.SIGINT)
+        except KeyboardInterrupt as e:
+            bar.close()
+            if main and isinstance(e, Interrupted):
+                print(f"stopped after step {e.step}/{cfg.steps}; checkpoint saved in "
+                      f"{run / 'checkpoints' / f'step-{e.step:07d}'} (continue with --resume)")
+            elif main:
+                print(f"\ninterrupted at step {step}; the last checkpoint is in {run / 'checkpoints'} "
+                      "(continue with --resume)")
+            raise
     bar.close()
     elapsed = time.time() - t0
     return {"steps": cfg.steps, "loss": loss_val, **last_eval, "tokens": tokens,

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from jielong.checkpoint import save_model
-from jielong.config import ModelConfig, preset
+from jielong.config import preset as preset_config
 from jielong.data.readers import iter_texts
 from jielong.data.shards import TokenShards, file_fingerprint, prepare_shards, read_meta
 from jielong.errors import UserError
@@ -28,6 +28,7 @@ from jielong.plots import loss_curve
 from jielong.tokenizer import Tokenizer, train_tokenizer
 from jielong.train.loop import (
     TrainConfig,
+    context_length,
     fit,
     init_distributed,
     is_main_process,
@@ -108,19 +109,9 @@ def prepare_data(data: list[str], tok: Tokenizer, tok_dir: Path, data_dir: Path,
     return prepare_shards(iter_texts(data, field), tok, data_dir, val_fraction, fingerprint=fp)
 
 
-def model_config(name: str, seq_len: int, **fields) -> ModelConfig:
-    """The preset's config, checked against the training window length."""
-    cfg = preset(name, **fields)
-    if seq_len > cfg.max_position_embeddings:
-        raise UserError(f"--seq_len {seq_len} is longer than the {name!r} preset allows "
-                        f"(max_position_embeddings={cfg.max_position_embeddings}); use a shorter "
-                        "--seq_len or a larger --preset")
-    return cfg
-
-
 def build_model(name: str, tok: Tokenizer, seq_len: int, seed: int) -> Transformer:
-    cfg = model_config(name, seq_len, vocab_size=tok.vocab_size, eos_token_id=tok.eos_id,
-                       pad_token_id=tok.eos_id)
+    cfg = preset_config(name, vocab_size=tok.vocab_size, eos_token_id=tok.eos_id, pad_token_id=tok.eos_id)
+    context_length(seq_len, cfg.max_position_embeddings)
     torch.manual_seed(seed)
     return Transformer(cfg)
 
@@ -131,7 +122,7 @@ def pretrain(
     tokenizer: str | None = None,
     vocab_size: int = 4096,
     preset: str = "demo",
-    seq_len: int = 256,
+    seq_len: int | None = None,
     field: str = "text",
     val_fraction: float = 0.01,
     resume: bool = False,
@@ -145,14 +136,14 @@ def pretrain(
         tokenizer: A tokenizer directory; default: train one on `data` into OUT/tokenizer.
         vocab_size: Vocabulary size when training the tokenizer.
         preset: Model size: test, demo, 124m, 350m.
-        seq_len: Tokens per training window.
+        seq_len: Tokens per training window (default: the preset's context).
         field: The text field of .jsonl/.parquet records.
         val_fraction: Share of documents held out for validation.
         resume: Continue from the last checkpoint in OUT.
         train: Optimisation settings (steps, batch size, learning rate, …).
     """
     train.validate()
-    model_config(preset, seq_len)  # fail before any slow work
+    seq_len = context_length(seq_len, preset_config(preset).max_position_embeddings)  # before slow work
     run = Path(out)
     init_distributed(pick_device(train.device))  # under torchrun: rank 0 prepares the data
     with main_process_first():

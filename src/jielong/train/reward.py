@@ -71,7 +71,7 @@ from jielong.train.classify import (
     predict_logits,
     save_classifier,
 )
-from jielong.train.loop import TrainConfig, fit
+from jielong.train.loop import TrainConfig, context_length, fit
 from jielong.train.losses import IGNORE
 
 REWARD_TRAIN = TrainConfig(lr=1e-5, warmup_steps=10, steps=200, batch_size=8, eval_every=50,
@@ -267,11 +267,7 @@ def reward(
     device = pick_device(train.device)
     _, world = init_distributed(device)
     rm, tok = from_pretrained_lm(model, LABELS, seed=train.seed)
-    limit = rm.config.max_position_embeddings
-    max_len = limit if max_len is None else max_len
-    if max_len < 2 or max_len > limit:
-        raise UserError(f"--max_len={max_len} must be between 2 and the model's "
-                        f"max_position_embeddings ({limit})")
+    max_len = context_length(max_len, rm.config.max_position_embeddings, "--max_len")
     pad_id = rm.config.pad_token_id
     train_set, cut = encode_pairs(tok, pairs, max_len)
     val_set, cut_val = encode_pairs(tok, held, max_len, desc="tokenizing val") if held else ([], 0)

@@ -291,7 +291,7 @@ def sft(
     val_fraction: float = 0.05,
     system: str | None = None,
     train_on_prompt: bool = False,
-    seq_len: int = 1024,
+    seq_len: int | None = None,
     dtype: str = "auto",
     resume: bool = False,
     train: TrainConfig = SFT_TRAIN,
@@ -308,14 +308,15 @@ def sft(
         val_fraction: Share of conversations held out when --val is not given.
         system: System prompt for conversations that have none.
         train_on_prompt: Learn the user and system tokens too, not only the replies.
-        seq_len: Tokens per packed row; longer conversations are skipped (and counted).
+        seq_len: Tokens per packed row (default: the model's context); longer conversations
+            are skipped (and counted).
         dtype: Weights' dtype: auto (float32, or the checkpoint's for LoRA on a GPU), float32, bfloat16.
         resume: Continue from the last checkpoint in OUT.
         train: Optimisation settings (steps, batch size, learning rate, …).
         lora: LoRA settings (rank, alpha, dropout, target modules), used with --method lora.
     """
     from jielong.plots import loss_curve
-    from jielong.train.loop import init_distributed, pick_device
+    from jielong.train.loop import context_length, init_distributed, pick_device
 
     if method == "lora" and train.lr == SFT_TRAIN.lr:
         train = replace(train, lr=LORA_LR)
@@ -324,6 +325,7 @@ def sft(
     device = pick_device(train.device)
     _, world = init_distributed(device)
     net, tok, gen = prepare_model(model, method, lora, dtype, device)
+    seq_len = context_length(seq_len, net.config.max_position_embeddings)
     examples = load_examples(data, tok, system, train_on_prompt)
     if val:
         held = load_examples(val, tok, system, train_on_prompt, desc="tokenizing val")
