@@ -158,7 +158,8 @@ def test_pii_redact_step_counts_in_metadata_and_stats():
 
 def test_no_secret_literal_in_the_repository_sources():
     root = Path(__file__).resolve().parents[1]
-    files = [Path(__file__), root / "tests" / "test_data_clean.py", Path(pii.__file__),
+    files = [Path(__file__), root / "tests" / "test_data_clean.py", root / "tests" / "test_clean_no_leaks.py",
+             root / "tests" / "data" / "quality_labelled.jsonl", Path(pii.__file__),
              Path(pii.__file__).with_name("clean.py")]
     for f in files:
         if f.exists():

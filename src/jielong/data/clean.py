@@ -1001,11 +1001,27 @@ class HarmfulFilter(BaseFilter):
 # --------------------------------------------------------------------------------- PiiRedact
 
 
+def redact_document(doc: Document, kinds: Sequence[str] | None = None) -> dict[str, int]:
+    """Redacts `doc` in place: its text, and its id and metadata (a JSONL record's other
+    fields, a WARC record's URL) where they hold any; returns {kind: count} of the text's."""
+    doc.text, counts = pii.redact(doc.text, kinds)
+    if doc.id and isinstance(doc.id, str):
+        doc.id = pii.redact(doc.id, kinds)[0]
+    elsewhere = Counter()
+    doc.metadata = pii.redact_all(doc.metadata, kinds, elsewhere)
+    if elsewhere:
+        doc.metadata["pii_metadata"] = dict(elsewhere)
+    return counts
+
+
 class PiiRedact(PipelineStep):
     """Replaces personal data and credentials with typed placeholders (`jielong.data.pii`):
     <EMAIL>, <PHONE>, <TW_ID>, <CN_ID>, <CREDIT_CARD>, <IP>, <PRIVATE_KEY>, <HF_TOKEN>,
     <OPENAI_KEY>, <ANTHROPIC_KEY>, <AWS_KEY_ID>, <AWS_SECRET>, <GITHUB_TOKEN>. Counts each
     kind in metadata["pii"] (only on documents with any) and in the stats ("pii_<kind>").
+    The id and metadata are redacted too (`redact_document`; their finds are counted in
+    metadata["pii_metadata"]). `jielong data clean` also redacts every document a filter
+    drops before writing it aside, since most filters run before this step.
 
     kinds: which kinds to redact (default: all, `pii.KINDS`).
     """
@@ -1025,7 +1041,7 @@ class PiiRedact(PipelineStep):
         for doc in data:
             self.stat_update("total")
             with self.track_time():
-                doc.text, counts = pii.redact(doc.text, self.kinds)
+                counts = redact_document(doc, self.kinds)
             if counts:
                 doc.metadata["pii"] = counts
                 for kind, n in counts.items():

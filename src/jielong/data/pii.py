@@ -247,3 +247,19 @@ def redact(text: str, kinds: Iterable[str] | None = None) -> tuple[str, dict[str
         pos = f.end
     parts.append(text[pos:])
     return "".join(parts), dict(Counter(f.kind for f in found))
+
+
+def redact_all(value, kinds: Iterable[str] | None = None, counts: Counter | None = None):
+    """`value` with every string in it redacted: a string, or lists and dicts of them (dict
+    keys too), nested; other values as they are. Adds what it found to `counts`."""
+    if isinstance(value, str):
+        out, found = redact(value, kinds)
+        if found and counts is not None:
+            counts.update(found)
+        return out
+    if isinstance(value, dict):
+        return {redact_all(k, kinds, counts): redact_all(v, kinds, counts) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(redact_all(v, kinds, counts) for v in value)
+    return value
+

@@ -47,6 +47,7 @@ from typing import Literal
 
 import numpy as np
 
+from jielong.data import pii
 from jielong.data.dedup import Deduplicator, MinHashConfig
 from jielong.errors import UserError, at
 from jielong.files import atomic_path, write_json
@@ -356,16 +357,26 @@ class Tally(PipelineStep):
 
 
 class DropWriter(JsonlWriter):
-    """The exclusion writer of one filter: WORK/<label>/<reason>/<rank>.jsonl."""
+    """The exclusion writer of one filter: WORK/<label>/<reason>/<rank>.jsonl.
 
-    def __init__(self, folder: str, label: str):
+    redact: redact personal data and secrets (`jielong.data.pii`) in what it writes: the
+        text, id and metadata. The filters run before the PII step, so without it a token
+        that the kept output shows as <HF_TOKEN> would sit raw in dropped/too_short.jsonl.
+    """
+
+    def __init__(self, folder: str, label: str, redact: bool = True):
         super().__init__(folder, output_filename=label + "/${filter_reason}/${rank}.jsonl",
                          compression=None)
-        self.label = label
+        self.label, self.redact = label, redact
 
     def write(self, document, rank: int = 0, **kwargs):
         for key in (_POS, "read_reason"):  # internal bookkeeping, not for people
             document.metadata.pop(key, None)
+        if self.redact:
+            document.text, _ = pii.redact(document.text)
+            if isinstance(document.id, str):
+                document.id = pii.redact(document.id)[0]
+            document.metadata = pii.redact_all(document.metadata)
         super().write(document, rank, **kwargs)
 
     def _get_output_filename(self, document, rank=0, **kwargs):
@@ -430,7 +441,8 @@ def build_stage1(cfg: CleanConfig, progress: int = 0) -> tuple[list, list[str]]:
     steps = stage1_steps(cfg)
     for i, (label, step) in enumerate(steps):
         if isinstance(step, BaseFilter) and step.exclusion_writer is None:
-            step.exclusion_writer = DropWriter(str(cfg.work / "dropped"), label)
+            step.exclusion_writer = DropWriter(str(cfg.work / "dropped"), label,
+                                               redact="pii" not in cfg.skip)
         pipeline += [step, Tally(label, progress if i == len(steps) - 1 else 0)]
         labels += [label, f"tally:{label}"]
     pipeline.append(JsonlWriter(str(cfg.work / "stage1"), output_filename="${rank}.jsonl",
