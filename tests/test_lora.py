@@ -207,6 +207,10 @@ def test_tied_trainable_modules_share_one_matrix(tmp_path):
 
 LOAD_CASES = {
     "q-v": (dict(tie_word_embeddings=False), dict(target_modules=["q_proj", "v_proj"])),
+    # PEFT's defaults also save lm_head.base_layer.weight, the base head itself.
+    "lora-on-head": (dict(tie_word_embeddings=False), dict(target_modules=["q_proj", "lm_head"])),
+    "tied-lora-on-head": (dict(tie_word_embeddings=True),
+                          dict(target_modules=["v_proj", "lm_head"])),
     "all-linear-patterns-rslora": (
         dict(model_type="qwen2"),
         dict(target_modules="all-linear", use_rslora=True, rank_pattern={"down_proj": 2},
@@ -256,6 +260,55 @@ def test_adapter_written_by_peft_loads_with_peft_logits(tmp_path, case):
         assert merged.config.tie_word_embeddings is False
     save_model(tmp_path / "merged", merged)
     assert max_diff(hf_logits(hf_model(tmp_path / "merged"), x), want) <= TOL
+
+
+def test_peft_copy_of_the_base_head_must_be_the_base_models(tmp_path):
+    """PEFT saves lm_head.base_layer.weight with a LoRA on lm_head and loads it in place of
+    the base's: on a base with another head that would be another model, so it is refused."""
+    peft = _peft()
+    save_model(tmp_path / "base", tiny(tie_word_embeddings=False))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pm = peft.get_peft_model(hf_model(tmp_path / "base"),
+                                 peft.LoraConfig(r=4, lora_alpha=8, target_modules=["lm_head"]))
+        pm.save_pretrained(tmp_path / "peft")
+    from safetensors import safe_open
+
+    file = tmp_path / "peft" / "adapter_model.safetensors"
+    with safe_open(str(file), "pt") as f:
+        assert "base_model.model.lm_head.base_layer.weight" in f.keys()
+    for other in (tiny(seed=9, tie_word_embeddings=False), tiny(seed=9)):
+        with pytest.raises(UserError) as e:
+            load_adapter(other, tmp_path / "peft")
+        msg = one_line(e)
+        assert f"{file}: tensor 'base_model.model.lm_head.base_layer.weight'" in msg
+        assert "differs from this base model's" in msg and "largest difference" in msg
+        assert not adapter_names(other) and not wrappers(other)  # nothing half-loaded
+    # The same head in half precision is still the same head.
+    half = load_model(tmp_path / "base", dtype=torch.bfloat16)
+    assert load_adapter(half, tmp_path / "peft") == "default"
+
+
+def test_all_linear_means_what_peft_means(tmp_path):
+    """PEFT's "all-linear": every linear layer but the output head, for tied and untied
+    models alike; the adapter jielong saves from it names the same modules."""
+    peft = _peft()
+    for tied in (False, True):
+        model = tiny(tie_word_embeddings=tied)
+        save_model(tmp_path / f"base{tied}", model)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            pm = peft.get_peft_model(hf_model(tmp_path / f"base{tied}"),
+                                     peft.LoraConfig(r=2, target_modules="all-linear"))
+        theirs = {n.removeprefix("base_model.model.") for n, m in pm.named_modules()
+                  if isinstance(m, peft.tuners.lora.LoraLayer)}
+        for spelling in ("all-linear", ["all-linear"], "ALL-LINEAR"):
+            m = tiny(tie_word_embeddings=tied)
+            add_adapter(m, LoraConfig(r=2, target_modules=spelling))
+            assert {n for n, w in m.named_modules() if isinstance(w, LoRALinear)} == theirs
+        save_adapter(m, tmp_path / f"a{tied}")
+        conf = json.loads((tmp_path / f"a{tied}" / "adapter_config.json").read_text())
+        assert sorted(conf["target_modules"]) == sorted({n.rsplit(".", 1)[-1] for n in theirs})
 
 
 # --------------------------------------------------------------------- merge

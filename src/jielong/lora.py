@@ -44,6 +44,8 @@ The PEFT format (what `save_adapter` writes and `load_adapter` reads):
   without the adapter name: `base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight`
   (r, in) and `….lora_B.weight` (out, r); a fully trained module is saved under its plain
   name, `base_model.model.lm_head.weight`, `base_model.model.model.embed_tokens.weight`.
+  PEFT also saves the base weight of a LoRA'd lm_head (`…lm_head.base_layer.weight`); it is
+  read only to check that it is this base model's own.
 Refused with a clear message: other PEFT methods (IA3, prefix tuning, …), DoRA and the other
 LoRA variants, trained biases (bias != "none", lora_bias), LoRA on embeddings, trainable
 tokens, and initialisations that rewrite the base weights (PiSSA, OLoRA, CorDA).
@@ -697,6 +699,27 @@ def _read_tensors(d: Path) -> tuple[Path, Iterator[tuple[str, torch.Tensor]]]:
                     "completely")
 
 
+def _check_base_copy(model: nn.Module, path: str, leaf: str, t: torch.Tensor, what: str) -> None:
+    """PEFT saves the base weight of a LoRA'd output head beside its factors
+    (`lm_head.base_layer.weight`: save_embedding_layers="auto", for a resized vocabulary) and
+    loads it in place of the base's. Such a copy is accepted when it is this base model's
+    own tensor (after casting to its dtype); otherwise the adapter belongs to another base."""
+    base = getattr(model.get_submodule(path), leaf)
+    if base is None:
+        raise UserError(f"{what}: this base model's {path} has no {leaf}; the adapter was saved "
+                        "with another base model")
+    if tuple(t.shape) != tuple(base.shape):
+        why = f"shape {tuple(t.shape)}, the base model's {tuple(base.shape)}"
+    elif torch.equal(t.to(device=base.device, dtype=base.dtype), base.detach()):
+        return
+    else:
+        diff = (t.float() - base.detach().float().cpu()).abs().max().item()
+        why = f"largest difference {diff:.3g}"
+    raise UserError(f"{what} is the base model's {path}.{leaf} as PEFT saved it, but it differs "
+                    f"from this base model's ({why}); the adapter was trained on another base "
+                    "(a resized vocabulary?): load it on that one")
+
+
 _LORA_KEY = re.compile(r"(?P<path>.+)\.lora_(?P<ab>A|B)(?:\.[A-Za-z0-9_-]+)?\.weight")
 
 
@@ -741,6 +764,11 @@ def load_adapter(model: nn.Module, adapter_dir: str | Path, name: str | None = N
             raise UserError(f"{where}: tensor {key!r}: LoRA on embeddings and DoRA are not "
                             "supported")
         path, _, leaf = k.rpartition(".")
+        if path.endswith(".base_layer") and path.removesuffix(".base_layer") in lora_paths \
+                and leaf in ("weight", "bias"):
+            _check_base_copy(model, path.removesuffix(".base_layer"), leaf, t, f"{where}: "
+                             f"tensor {key!r}")
+            continue
         if path in _TRAINABLE_PATHS.values() and leaf == "weight":
             full[path] = t
             continue
