@@ -370,3 +370,24 @@ def test_clean_on_shared_data(shared_data: Path, tmp_path: Path):
     assert {"Hant", "Hans"} <= set(stats["output"]["script"])
     assert by["quality"]["dropped"].get("too_short", 0) > 0      # Shakespeare's one-line speeches
     assert (out / "report.md").exists() and list((out / "dropped").glob("*.jsonl"))
+
+
+POEMS = ["靜夜思\n李白\n床前明月光，疑是地上霜。舉頭望明月，低頭思故鄉。",
+         "春曉\n孟浩然\n春眠不覺曉，處處聞啼鳥。夜來風雨聲，花落知多少。",
+         "相思\n王維\n紅豆生南國，春來發幾枝。願君多採擷，此物最相思。",
+         "登鸛雀樓\n王之渙\n白日依山盡，黃河入海流。欲窮千里目，更上一層樓。",
+         "江雪\n柳宗元\n千山鳥飛絕，萬徑人蹤滅。孤舟蓑笠翁，獨釣寒江雪。"]
+
+
+def test_a_run_that_drops_most_says_which_rule_and_what_keeps_them(tmp_path: Path, capsys):
+    src = jsonl(tmp_path / "poems.jsonl", [{"text": p} for p in POEMS])
+    stats = cli.run(["data", "clean", str(src), "--out", str(tmp_path / "web"), "--workers", "1"])
+    assert stats["output"]["docs"] == 0
+    note = capsys.readouterr().out.strip().splitlines()[-1]
+    assert note.startswith("note: 100.0% of the 5 documents read were dropped, most by the quality "
+                           "step's `too_short` rule (5, 100.0%)") and "`--quality_preset literature`" in note
+    assert "--quality_preset literature" in (tmp_path / "web" / "report.md").read_text()
+    # the literature preset keeps every quatrain, and says nothing
+    stats = cli.run(["data", "clean", str(src), "--out", str(tmp_path / "lit"), "--workers", "1",
+                     "--quality_preset", "literature"])
+    assert stats["output"]["docs"] == 5 and "note:" not in capsys.readouterr().out

@@ -961,7 +961,7 @@ def clean(
     stats = run_clean(cfg, executor, workers, tasks, slurm_partition, slurm_time, verbose)
     if stats is None:
         return None
-    from jielong.data.report import format_table
+    from jielong.data.report import drop_note, format_table
 
     print(format_table(stats))
     o = stats["output"]
@@ -970,6 +970,9 @@ def clean(
           f"{len(o['shards'])} shard{'s' * (len(o['shards']) != 1)} under {out}/data/\n"
           f"dropped: {out}/dropped/  report: {out}/report.md  stats: {out}/stats.json"
           + (f"  tokens: {out}/tokens/" if tokenizer else ""))
+    note = drop_note(stats)
+    if note:
+        print(note)
     return stats
 
 

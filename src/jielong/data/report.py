@@ -27,6 +27,49 @@ def _pct(part: int, whole: int) -> str:
     return f"{100 * part / whole:.1f}%" if whole else "-"
 
 
+def _step_of(stats: dict, reason: str) -> str:
+    return next((r["step"] for r in stats["steps"] if reason in r.get("dropped", {})), "?")
+
+
+def _advice(stats: dict, step: str, reason: str) -> str:
+    """What would keep the documents a step dropped for `reason`."""
+    preset = stats.get("options", {}).get("quality_preset", "web")
+    if step in ("quality", "repetition"):
+        if preset == "web":
+            return ("the web preset's Gopher/C4/FineWeb rules are for crawled pages; "
+                    "`--quality_preset literature` keeps poems, lyrics, classical prose and other "
+                    f"short complete texts (or `--skip {step}`)")
+        return f"`--skip {step}` turns the {step} rules off"
+    if reason.startswith("lang_"):
+        return f"`--languages` leaves {reason[5:]} out; add it, or leave the option off to keep every language"
+    if reason.startswith("harmful_"):
+        return ("each dropped document's `metadata.harmful` names the terms that matched; "
+                "`--skip harmful` turns the step off")
+    if reason in ("exact_duplicate", "near_duplicate"):
+        return "the input repeats itself; `--skip exact_dedup near_dedup` keeps the copies"
+    if reason in ("unreadable", "no_text"):
+        return (f"`dropped/{reason}.jsonl` names each file:line and why; `--field NAME` if the "
+                "text is under another field")
+    if reason == "low_quality":
+        return "a lower `--min_quality` keeps more"
+    return f"see `dropped/{reason}.jsonl`"
+
+
+def drop_note(stats: dict, most: float = 0.5) -> str | None:
+    """One line when a run dropped more than `most` of what it read: which rule dropped the
+    most, and which preset or option would keep those documents. None otherwise."""
+    read = stats["steps"][0]["docs"]
+    kept = stats.get("output", {}).get("unique_docs", stats["steps"][-1]["docs"])
+    reasons = _reasons(stats)
+    if not read or kept >= (1 - most) * read or not reasons:
+        return None
+    reason, n = next(iter(reasons.items()))
+    step = _step_of(stats, reason)
+    return (f"note: {_pct(read - kept, read)} of the {read:,} documents read were dropped, "
+            f"most by the {step} step's `{reason}` rule ({n:,}, {_pct(n, read)}); "
+            f"{_advice(stats, step, reason)}.")
+
+
 def table_rows(stats: dict) -> list[list[str]]:
     rows = []
     for r in stats["steps"]:
@@ -166,6 +209,9 @@ def write_report(out: str | Path, stats: dict) -> Path:
     if "funnel" in made:
         lines += ["![documents and characters per step](charts/funnel.png)", ""]
     reasons = _reasons(stats)
+    note = drop_note(stats)
+    if note:
+        lines[3:3] = ["", "**" + note[0].upper() + note[1:] + "**"]
     if reasons:
         lines += ["## Drop reasons", "", "The dropped documents are in `dropped/<reason>.jsonl`, "
                   "each with its reason (`filter_reason`) and the step that dropped it (`dropped_by`).", "",
