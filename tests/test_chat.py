@@ -4,7 +4,7 @@ import pytest
 
 from jielong.checkpoint import load_model
 from jielong.hf import read_generation_config, stop_ids
-from jielong.infer.chat import Session, stream_text
+from jielong.infer.chat import Session, fit_chat, stream_text
 from jielong.infer.generate import Sampling, generate_ids
 from jielong.tokenizer import Tokenizer
 
@@ -81,3 +81,34 @@ def test_chat_without_a_template_is_a_clear_error(tmp_path):
     save_model(tmp_path / "m", Transformer(preset("test", vocab_size=tok.vocab_size)), tok)
     r = run_cli("chat", "--model", str(tmp_path / "m"), input="hi\n")
     assert r.returncode == 2 and "no chat template" in r.stderr and "Traceback" not in r.stderr
+
+
+LONG = "Please tell me about the river and the cat that sat on the mat near it. "
+
+
+def test_a_conversation_that_outgrows_the_context_keeps_answering(qwen):
+    model, tok = load_model(qwen).eval(), Tokenizer.from_dir(qwen)
+    context, s = 96, Sampling(24, temperature=0)  # 24: a quarter of the context
+    session, messages, dropped_any = Session(model, context), [], 0
+    for turn in range(8):
+        messages.append({"role": "user", "content": f"{turn}. {LONG}"})
+        messages, prompt, dropped = fit_chat(tok, "Be brief.", messages, context, 24)
+        dropped_any += dropped
+        assert len(prompt) + 24 <= context and messages[-1]["content"].startswith(f"{turn}.")
+        assert tok.decode(prompt).count("Be brief.") == 1  # the system prompt stays
+        reply = tok.decode(list(session.reply(prompt, s, set())))
+        messages.append({"role": "assistant", "content": reply})
+    assert dropped_any and len(messages) < 16
+
+
+def test_chat_command_drops_the_oldest_turns_with_a_notice(qwen):
+    script = "\n".join(f"{i}. {LONG}" for i in range(6)) + "\n"
+    r = run_cli("chat", "--model", str(qwen), "--context", "96", "--seed", "0",
+                "--system", "Be brief.", "--temperature", "0", input=script)
+    assert r.returncode == 0, r.stderr
+    assert "/reset to start over" not in r.stdout and "tokens, more than" not in r.stdout
+    notices = [ln for ln in r.stdout.splitlines() if ln.startswith("(the conversation outgrew")]
+    assert notices and all("96-token context" in n and "system prompt stays" in n
+                           for n in notices), r.stdout
+    r = run_cli("chat", "--model", str(qwen), "--context", "96", "--max_tokens", "96", input="")
+    assert r.returncode == 2 and "--max_tokens 96: must be between 1 and 95" in r.stderr

@@ -4,7 +4,10 @@
     > /temperature 0.3
     > 台北有什麼好玩的？
 
-The conversation is rendered with the model's own chat template every turn. The KV cache
+The conversation is rendered with the model's own chat template every turn. A reply is at
+most a quarter of the context by default (jielong.infer.context.reply_budget), and when the
+conversation outgrows the context its oldest turns are left out (the system prompt stays),
+with a one-line notice. The KV cache
 is kept between turns: only the tokens after the longest prefix shared with what the model
 already read are fed to it, so a long conversation does not slow each reply down.
 
@@ -19,10 +22,12 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import torch
 
 from jielong.errors import UserError
+from jielong.infer.context import fit_conversation, reply_budget
 from jielong.infer.generate import Sampling, next_token
 from jielong.lora import active_adapter, adapter_names
 from jielong.model import KVCache, Transformer
@@ -86,6 +91,27 @@ class Session:
             self.fed.append(t)
 
 
+def fit_chat(tok, system: str | None, messages: list[dict], context: int,
+             reserve: int) -> tuple[list[dict], list[int], int]:
+    """(messages kept, prompt ids, how many were left out): the conversation (the system
+    prompt, then `messages`) less its oldest turns until `reserve` tokens are left for the
+    reply (jielong.infer.context.fit_conversation)."""
+    head = [{"role": "system", "content": system}] if system else []
+
+    def encode(convo: list[dict]) -> list[int]:
+        return tok.encode_chat(convo, add_generation_prompt=True)[0]
+
+    kept, prompt, dropped = fit_conversation(head + messages, encode, context, reserve)
+    return kept[len(head):], prompt, dropped
+
+
+def need_demo(model: str) -> None:
+    """A clear line when the default model (one `jielong demo` makes) is not there yet."""
+    if Path(model).parts[:2] == ("runs", "demo") and not Path(model).exists():
+        raise UserError(f"{model} does not exist: run `jielong demo` first, or pass --model "
+                        "(a model directory or a Hugging Face hub id)")
+
+
 def stream_text(tok, ids: Iterator[int], write: Callable[[str], None]) -> str:
     """Decode `ids` as they come and write the new text; a character split across tokens
     is written once it is whole."""
@@ -109,7 +135,7 @@ def chat(
     temperature: float | None = None,
     top_p: float | None = None,
     top_k: int | None = None,
-    max_tokens: int = 512,
+    max_tokens: int | None = None,
     context: int = 4096,
     seed: int | None = None,
     device: str = "auto",
@@ -128,7 +154,8 @@ def chat(
         temperature: Sampling temperature, 0 = greedy (default: the model's generation_config).
         top_p: Nucleus sampling mass (default: the model's generation_config, else 1).
         top_k: Sample among the k likeliest tokens (default: the model's, else all).
-        max_tokens: Most tokens in one reply.
+        max_tokens: Most tokens in one reply (default: a quarter of the context, at most
+            1024, so that the conversation keeps room in the context).
         context: Most tokens the conversation may hold (KV cache size).
         seed: Random seed for reproducible replies.
         device: auto, cpu, cuda, mps.
@@ -141,11 +168,19 @@ def chat(
     from jielong.hf import choose_adapter, open_model, stop_ids
     from jielong.train.loop import pick_device
 
+    need_demo(model)
     net, tok, gen = open_model(model, device=pick_device(device), dtype=dtype, adapters=adapter,
                                adapter_name=adapter_name)
     if not tok.config.get("chat_template"):
         raise UserError(f"{model}: the tokenizer has no chat template, so it cannot chat; use "
                         "`jielong generate` to continue text")
+    context = min(context, net.config.max_position_embeddings)
+    if max_tokens is None:
+        max_tokens = reply_budget(context)
+    elif not 0 < max_tokens < context:
+        raise UserError(f"--max_tokens {max_tokens}: must be between 1 and {context - 1} (the "
+                        f"context is {context} tokens, and the conversation needs room too); "
+                        f"leave it out for {reply_budget(context)}")
     s = Sampling(
         max_new_tokens=max_tokens,
         temperature=temperature if temperature is not None else
@@ -155,7 +190,7 @@ def chat(
         repetition_penalty=gen.get("repetition_penalty", 1.0), seed=seed)
     s.validate()
     stops = stop_ids(tok, gen, net.config.eos_token_id)
-    session = Session(net, min(context, net.config.max_position_embeddings))
+    session = Session(net, context)
     messages: list[dict] = []
     interactive = sys.stdin.isatty()
     dim = (lambda t: f"\033[2m{t}\033[0m") if interactive else (lambda t: t)
@@ -209,9 +244,12 @@ def chat(
                 print(dim(HELP))
             continue
         messages.append({"role": "user", "content": line})
-        convo = ([{"role": "system", "content": system}] if system else []) + messages
         try:
-            prompt, _ = tok.encode_chat(convo, add_generation_prompt=True)
+            messages, prompt, dropped = fit_chat(tok, system, messages, context, s.max_new_tokens)
+            if dropped:
+                kept = "; the system prompt stays" if system else ""
+                print(dim(f"(the conversation outgrew the {context}-token context: left out its "
+                          f"{dropped} oldest messages{kept})"))
             reply = stream_text(tok, session.reply(prompt, s, stops), write)
         except UserError as e:
             messages.pop()
