@@ -85,7 +85,7 @@ def test_info(srv):
     info = httpx.get(srv.api + "/info").json()
     assert info == {"model": NAME, "models": [NAME],
                     "defaults": {"temperature": srv.gen["temperature"], "top_p": srv.gen["top_p"],
-                                 "max_tokens": 511},
+                                 "max_tokens": 128},
                     "reasons": {"up": ["correct", "helpful", "well written"],
                                 "down": ["wrong", "wrong script (繁/简)", "not helpful", "unsafe",
                                          "too long"]}}
@@ -115,6 +115,35 @@ def test_a_message_streams_the_greedy_reply_and_is_stored(srv):
     assert got["messages"][0]["rating"] is None
     listed = httpx.get(srv.api + "/conversations").json()["conversations"]
     assert listed[0] == {k: got[k] for k in ("id", "title", "updated", "created")}
+
+
+def test_a_chat_that_outgrows_the_context_keeps_answering_with_a_notice(srv):
+    """512 tokens of context: long questions soon fill it, and then each reply reads the
+    conversation without its oldest turns (the system prompt kept), and says so."""
+    c = new_chat(srv)
+    question = "Please tell me about the river and the cat that sat on the mat near it. " * 4
+    parent, history, notices = None, [], []
+    for turn in range(8):
+        q = f"{turn}. {question}"
+        evs = events(srv, f"/conversations/{c['id']}/messages",
+                     {"parent_id": parent, "content": q})
+        kinds = [e["type"] for e in evs]
+        assert kinds[-1] == "done", evs[-1]
+        history += [{"role": "user", "content": q}]
+        notice = [e for e in evs if e["type"] == "notice"]
+        dropped = notice[0]["dropped"] if notice else 0
+        if notice:
+            assert kinds.index("notice") == 1  # after the user message, before the reply
+            assert "512-token context" in notice[0]["message"] and \
+                f"its {dropped} oldest messages; the system prompt stays" in notice[0]["message"]
+            notices.append(turn)
+        # the reply is the greedy one to the system prompt and the turns kept
+        assert evs[-1]["message"]["content"] == greedy(srv, history[dropped:]).text, turn
+        parent = evs[-1]["message"]["id"]
+        history += [{"role": "assistant", "content": evs[-1]["message"]["content"]}]
+    assert notices and notices[-1] == 7 and notices[0] > 0
+    stored = httpx.get(f"{srv.api}/conversations/{c['id']}").json()["messages"]
+    assert len(stored) == 16  # the store keeps the whole conversation
 
 
 def test_regenerate_edit_second_turn_rate_rename_delete(srv):

@@ -446,6 +446,26 @@ def test_chinese_system_prompt_and_settings_round_trip(page, srv):
     assert page.locator(f".conversation[data-id='{cid}'] .title").inner_text() == hant
 
 
+def test_a_chat_that_outgrows_the_context_shows_a_notice_and_answers(page, srv):
+    long = "Please tell me about the river and the cat that sat on the mat near it. " * 4
+    cid = post(srv, "/api/conversations", {"title": "long", "settings": {"max_tokens": 8}})["id"]
+    parent = None
+    for turn in range(4):  # about 140 tokens a turn: the 512-token context is nearly full
+        events = post(srv, f"/api/conversations/{cid}/messages",
+                      {"parent_id": parent, "content": f"{turn}. {long}"})
+        parent = events[-1]["message"]["id"]
+    open_chat(page, srv, cid)
+    page.wait_for_selector("#messages .message.assistant >> nth=3")
+    send(page, "4. " + long)
+    status = page.locator("#status")
+    assert status.is_visible() and "outgrew the model's 512-token context" in \
+        status.inner_text() and "oldest messages" in status.inner_text()
+    assert "info" in status.get_attribute("class")
+    conv = stored(srv, cid)
+    assert len(conv["messages"]) == 10 and conv["messages"][-1]["finish_reason"] in \
+        ("stop", "length")
+
+
 def test_conversation_list_new_rename_delete(page, srv):
     keep = post(srv, "/api/conversations", {"title": "Keep me"})["id"]
     gone = post(srv, "/api/conversations", {"title": "Delete me"})["id"]

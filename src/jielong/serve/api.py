@@ -20,8 +20,10 @@ be sampled; replies stop at the model's end-of-turn tokens (the engine's stop id
 Every error is OpenAI's JSON, `{"error": {"message", "type", "param", "code"}}`: 400 for a
 malformed body, a field of the wrong type or value, or a prompt longer than the context
 (code context_length_exceeded); 401 for a missing or wrong API key; 404 for an unknown model
-(model_not_found) or route; 405 for a wrong method; 413 for a body over the limit. A user's
-mistake is never a 500.
+(model_not_found) or route; 405 for a wrong method; 413 for a body over the limit; 415 for a
+body that is not JSON; 400 (invalid_host) for a Host header that is not an allowed name; 403 for
+a state-changing request from another site. A user's mistake is never a 500. Bodies, the Host
+check and the rest of what every route shares are in jielong.serve.common.
 
 A client that goes away (a closed stream, a dropped connection) cancels its requests, so
 their slots in the engine free at the next step.
@@ -33,14 +35,10 @@ import asyncio
 import base64
 import functools
 import hmac
-import json
-import re
 import time
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any, Literal
 
-import jinja2
 import numpy as np
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -53,136 +51,46 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.requests import ClientDisconnect
 
 from jielong.errors import UserError
 from jielong.infer.engine import MAX_TOP_LOGPROBS, Engine, Event, SamplingParams
 from jielong.infer.engine import Request as EngineRequest
+from jielong.serve.common import (
+    LOOPBACK,
+    MAX_CHOICES,
+    ApiError,
+    Batch,
+    Body,
+    Guard,
+    SamplingBody,
+    chat_prompt,
+    read_body,
+    sse,
+    user_error,
+    validation_error,
+    watch_disconnect,
+)
 
-MAX_STOP = 4  # stop sequences per request, as OpenAI
-MAX_CHOICES = 128  # n, and prompts × n for /v1/completions
 MAX_EMBED_INPUTS = 2048
-
-
-# ----------------------------------------------------------------------------- errors
-
-
-class ApiError(Exception):
-    """An error answered as OpenAI's JSON error object."""
-
-    def __init__(self, status: int, message: str, param: str | None = None,
-                 code: str | None = None, type_: str | None = None):
-        super().__init__(message)
-        self.status, self.message, self.param, self.code = status, message, param, code
-        self.type = type_ or ("server_error" if status >= 500 else "invalid_request_error")
-
-    def body(self) -> dict:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param,
-                          "code": self.code}}
-
-    def response(self) -> JSONResponse:
-        return JSONResponse(self.body(), status_code=self.status)
-
-
-def _path(loc) -> str:
-    """('messages', 0, 'role') -> 'messages[0].role'."""
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
-def _validation_error(errors: list[dict], drop_first: bool = False) -> ApiError:
-    """One line naming the field: the first error's, with the other ways the same field failed
-    (a field that may be one of several types fails once per type)."""
-    locs = [tuple(e["loc"][1:] if drop_first else e["loc"]) for e in errors]
-    first = locs[0]
-    same = [i for i, loc in enumerate(locs) if loc[:1] == first[:1]]
-    common = first
-    for i in same:
-        n = 0
-        while n < min(len(common), len(locs[i])) and common[n] == locs[i][n]:
-            n += 1
-        common = common[:n]
-    field = _path(common) or "body"
-    msgs = list(dict.fromkeys(re.sub(r"^Value error, ", "", errors[i]["msg"]) for i in same))
-    message = f"{field}: {'; or '.join(msgs[:3])}"
-    if errors[0]["type"] == "missing":
-        message = f"{field}: this field is required"
-    return ApiError(400, message, param=field)
-
-
-def _user_error(e: UserError, rename: dict[str, str] | None = None) -> ApiError:
-    """The engine's one-line message, with `param` from the field it names first."""
-    msg = str(e)
-    m = re.match(r"(\w+)=", msg)
-    param = m.group(1) if m else None
-    if param and rename and param in rename:
-        msg = rename[param] + msg[len(param):]
-        param = rename[param]
-    return ApiError(400, msg, param=param)
 
 
 # ----------------------------------------------------------------------------- request bodies
 
 
-class _Body(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-
-class StreamOptions(_Body):
-    include_usage: bool = False
-
-
-class _Sampling(_Body):
-    """The fields chat and text completions share."""
-
-    model: str | None = None  # None: the base model
-    max_tokens: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None
-    min_p: float | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
-    repetition_penalty: float | None = None
-    stop: str | list[str] | None = None
-    seed: int | None = Field(None, ge=-(2**63), lt=2**64)
-    n: int = 1
-    stream: bool = False
-    stream_options: StreamOptions | None = None
-    ignore_eos: bool = False  # vLLM's extension: go on past the end-of-turn tokens
-    logit_bias: dict[str, float] | None = None
-
-    @field_validator("stop")
-    @classmethod
-    def _stop(cls, v):
-        if isinstance(v, list) and len(v) > MAX_STOP:
-            raise ValueError(f"at most {MAX_STOP} stop sequences, not {len(v)}")
-        return v
-
-    @field_validator("n")
-    @classmethod
-    def _n(cls, v):
-        if not 1 <= v <= MAX_CHOICES:
-            raise ValueError(f"must be between 1 and {MAX_CHOICES}, not {v}")
-        return v
-
-
-class ContentPart(_Body):
+class ContentPart(Body):
     type: str
     text: str | None = None
 
 
-class Message(_Body):
+class Message(Body):
     role: Literal["system", "developer", "user", "assistant"]
     content: str | list[ContentPart] | None = None
     name: str | None = None
 
 
-class ChatRequest(_Sampling):
+class ChatRequest(SamplingBody):
     messages: list[Message] = Field(min_length=1)
     max_completion_tokens: int | None = None
     logprobs: bool = False
@@ -192,73 +100,18 @@ class ChatRequest(_Sampling):
     response_format: dict[str, Any] | None = None
 
 
-class CompletionRequest(_Sampling):
+class CompletionRequest(SamplingBody):
     prompt: str | list[str] | list[int] | list[list[int]]
     echo: bool = False
     logprobs: int | None = None
     suffix: str | None = None
 
 
-class EmbeddingRequest(_Body):
+class EmbeddingRequest(Body):
     model: str | None = None
     input: str | list[str] | list[int] | list[list[int]]
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = None
-
-
-# ----------------------------------------------------------------------------- running requests
-
-
-class _Batch:
-    """Requests submitted together (n choices, several prompts); their events, in the order
-    the engine made them, as (choice index, Event) on the event loop."""
-
-    def __init__(self, engine: Engine, jobs: list[tuple[list[int], SamplingParams, str | None]],
-                 metrics: _Metrics):
-        self.loop = asyncio.get_running_loop()
-        self.queue: asyncio.Queue[Event] = asyncio.Queue()
-        self.metrics = metrics
-        self.reqs: list[EngineRequest] = []
-        try:
-            for prompt, params, adapter in jobs:
-                self.reqs.append(engine.submit(prompt, params, adapter, self._put))
-        except BaseException:
-            self.cancel()
-            raise
-        self.index = {r.id: i for i, r in enumerate(self.reqs)}
-
-    def _put(self, e: Event) -> None:  # called from the engine's thread
-        try:
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, e)
-        except RuntimeError:  # the event loop has closed: nobody is listening
-            pass
-
-    def cancel(self) -> None:
-        for r in self.reqs:
-            if r.finish_reason is None:
-                r.cancel()
-
-    async def events(self) -> AsyncIterator[tuple[int, Event]]:
-        left = len(self.reqs)
-        while left:
-            e = await self.queue.get()
-            if e.finish_reason:
-                left -= 1
-                self.metrics.finished(e.request)
-            yield self.index[e.request.id], e
-
-
-async def _watch_disconnect(request: Request, batch: _Batch) -> None:
-    """Cancel the batch when the client goes away (the body is already read, so the next ASGI
-    message is the disconnect)."""
-    try:
-        while True:
-            message = await request.receive()
-            if message["type"] == "http.disconnect":
-                batch.cancel()
-                return
-    except Exception:  # noqa: BLE001 - a watcher must never take the request down
-        return
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -349,23 +202,6 @@ class _CountRequests:
 # ----------------------------------------------------------------------------- the app
 
 
-def chat_prompt(tok, messages: list[dict], param: str) -> list[int]:
-    """The token ids of `messages` rendered with the model's chat template, ready for the
-    assistant's reply; a conversation the template refuses is a 400 naming `param`."""
-    try:
-        rendered, _ = tok.render_chat(messages, add_generation_prompt=True)
-    except UserError as e:
-        raise ApiError(400, f"{param}: {e}", param=param) from None
-    except jinja2.TemplateError as e:
-        raise ApiError(400, f"{param}: the model's chat template cannot render this "
-                            f"conversation ({type(e).__name__}: {e})", param=param) from None
-    return tok.encode(rendered)
-
-
-def _sse(obj: Any) -> str:
-    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
-
-
 def _usage(prompt: int, completion: int) -> dict:
     return {"prompt_tokens": prompt, "completion_tokens": completion,
             "total_tokens": prompt + completion}
@@ -374,11 +210,15 @@ def _usage(prompt: int, completion: int) -> dict:
 def create_app(engine: Engine, tok, model_name: str, generation_config: dict | None = None, *,
                system_prompt: str | None = None, api_keys=(), max_body_bytes: int = 1_000_000,
                max_messages: int = 256, max_message_chars: int = 100_000,
-               store=None) -> FastAPI:
+               store=None, allowed_hosts=LOOPBACK) -> FastAPI:
     """The FastAPI app serving `engine` (already started) as `model_name`; its LoRA adapters
     are served under their own names. `api_keys`: when any, every /v1 request must send
     `Authorization: Bearer KEY` with one of them. `store` (a jielong.serve.store.Store): also
-    serve the web chat's /api routes (jielong.serve.chat_routes), kept in it."""
+    serve the web chat's /api routes (jielong.serve.chat_routes), kept in it.
+    `allowed_hosts`: the names a request's Host header may give (loopback by default; "*":
+    any, "*.example.com": its subdomains too); see jielong.serve.common.Guard."""
+    if any(not k for k in api_keys):
+        raise UserError("an API key must not be empty")
     gen = dict(generation_config or {})
     keys = [k.encode() for k in api_keys if k]
     metrics = _Metrics(engine)
@@ -388,7 +228,9 @@ def create_app(engine: Engine, tok, model_name: str, generation_config: dict | N
     app = FastAPI(title="jielong", summary=f"OpenAI-compatible API serving {model_name}",
                   docs_url=None, redoc_url=None)
     app.state.metrics, app.state.engine = metrics, engine
-    app.add_middleware(_CountRequests, metrics=metrics)
+    app.state.max_body_bytes = max_body_bytes
+    app.add_middleware(Guard, allowed_hosts=list(allowed_hosts))
+    app.add_middleware(_CountRequests, metrics=metrics)  # outermost: counts what Guard refuses
 
     # ------------------------------------------------------------------ errors as OpenAI's
 
@@ -398,7 +240,7 @@ def create_app(engine: Engine, tok, model_name: str, generation_config: dict | N
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, e: RequestValidationError):
-        return _validation_error(list(e.errors()), drop_first=True).response()
+        return validation_error(list(e.errors()), drop_first=True).response()
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, e: StarletteHTTPException):
@@ -412,9 +254,8 @@ def create_app(engine: Engine, tok, model_name: str, generation_config: dict | N
             err = ApiError(e.status_code, str(e.detail))
         return JSONResponse(err.body(), status_code=err.status, headers=e.headers)
 
-    @app.exception_handler(Exception)
-    async def _crash(request: Request, e: Exception):
-        return ApiError(500, f"internal error: {type(e).__name__}").response()
+    # an unexpected exception is Guard's to answer: Starlette's handler for Exception would
+    # re-raise it after answering, and uvicorn then drops the connection
 
     # ------------------------------------------------------------------ request plumbing
 
@@ -432,38 +273,6 @@ def create_app(engine: Engine, tok, model_name: str, generation_config: dict | N
         if not ok:
             raise ApiError(401, "the API key is not valid", code="invalid_api_key")
 
-    async def read(request: Request, schema: type[BaseModel]):
-        length = request.headers.get("content-length")
-        too_big = ApiError(413, f"the request body is larger than {max_body_bytes} bytes",
-                           code="request_too_large")
-        if length is not None and length.isdigit() and int(length) > max_body_bytes:
-            raise too_big
-        body = bytearray()
-        try:
-            async for chunk in request.stream():
-                body += chunk
-                if len(body) > max_body_bytes:
-                    raise too_big
-        except ClientDisconnect:
-            raise ApiError(400, "the client went away before sending the whole body") from None
-        if not body.strip():
-            raise ApiError(400, "the request body is empty; send a JSON object")
-        try:
-            obj = json.loads(body)
-        except json.JSONDecodeError as e:
-            raise ApiError(400, f"the request body is not valid JSON: {e.msg} (line {e.lineno}, "
-                                f"column {e.colno})", code="invalid_json") from None
-        except UnicodeDecodeError:
-            raise ApiError(400, "the request body is not valid UTF-8 JSON",
-                           code="invalid_json") from None
-        if not isinstance(obj, dict):
-            raise ApiError(400, f"the request body must be a JSON object, not "
-                                f"{type(obj).__name__}", code="invalid_json")
-        try:
-            return schema.model_validate(obj)
-        except ValidationError as e:
-            raise _validation_error(e.errors()) from None
-
     def adapter_for(name: str | None) -> str | None:
         if name is None or name == model_name:
             return None
@@ -473,7 +282,7 @@ def create_app(engine: Engine, tok, model_name: str, generation_config: dict | N
         raise ApiError(404, f"the model {name!r} does not exist here; served: {served}",
                        param="model", code="model_not_found")
 
-    def sampling(body: _Sampling, max_tokens: int | None, logprobs: int | None) -> SamplingParams:
+    def sampling(body: SamplingBody, max_tokens: int | None, logprobs: int | None) -> SamplingParams:
         sampled = gen.get("do_sample", True) is not False
 
         def pick(value, key, default):
@@ -516,7 +325,7 @@ def create_app(engine: Engine, tok, model_name: str, generation_config: dict | N
         try:
             engine.check(prompt, params, adapter)
         except UserError as e:
-            raise _user_error(e, rename) from None
+            raise user_error(e, rename) from None
 
     def check_ids(ids: list[int], param: str) -> list[int]:
         bad = next((t for t in ids if not 0 <= t < vocab), None)
@@ -567,9 +376,9 @@ def create_app(engine: Engine, tok, model_name: str, generation_config: dict | N
     def engine_failed(e: Event) -> ApiError:
         return ApiError(500, f"the engine failed: {e.error}", code="engine_error")
 
-    async def collect(request: Request, batch: _Batch) -> list[dict]:
+    async def collect(request: Request, batch: Batch) -> list[dict]:
         """Wait for every choice of a batch; cancel it if the client goes away first."""
-        watch = asyncio.create_task(_watch_disconnect(request, batch))
+        watch = asyncio.create_task(watch_disconnect(request, batch))
         out = [{"text": [], "logprobs": [], "finish": None} for _ in batch.reqs]
         try:
             async for i, e in batch.events():
@@ -586,17 +395,17 @@ def create_app(engine: Engine, tok, model_name: str, generation_config: dict | N
             o["text"], o["tokens"] = "".join(o["text"]), len(r.output)
         return out
 
-    def stream(request: Request, batch: _Batch, chunks) -> StreamingResponse:
+    def stream(request: Request, batch: Batch, chunks) -> StreamingResponse:
         """Server-sent events from `chunks` (an async generator of dicts), ending in [DONE];
         the batch is cancelled when the client goes away or the stream ends early."""
 
         async def body():
-            watch = asyncio.create_task(_watch_disconnect(request, batch))
+            watch = asyncio.create_task(watch_disconnect(request, batch))
             try:
                 async for c in chunks:
-                    yield _sse(c)
+                    yield sse(c)
             except ApiError as e:
-                yield _sse(e.body())
+                yield sse(e.body())
             finally:
                 watch.cancel()
                 batch.cancel()
@@ -639,7 +448,7 @@ def create_app(engine: Engine, tok, model_name: str, generation_config: dict | N
 
     @app.post("/v1/chat/completions", dependencies=[Depends(authorize)])
     async def chat_completions(request: Request):
-        body: ChatRequest = await read(request, ChatRequest)
+        body: ChatRequest = await read_body(request, ChatRequest)
         adapter = adapter_for(body.model)
         if body.tools or body.functions:
             raise ApiError(400, "tools and function calling are not supported by this server",
@@ -688,7 +497,7 @@ def create_app(engine: Engine, tok, model_name: str, generation_config: dict | N
         max_name = "max_tokens" if body.max_completion_tokens is None else "max_completion_tokens"
         fit(prompt, params, "conversation", "messages", adapter, max_name,
             {"logprobs": "top_logprobs", "max_tokens": max_name})
-        batch = _Batch(engine, jobs([prompt], params, adapter, body.n), metrics)
+        batch = Batch(engine, jobs([prompt], params, adapter, body.n), metrics)
         rid, now, name = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), body.model or model_name
 
         if not body.stream:
@@ -735,7 +544,7 @@ def create_app(engine: Engine, tok, model_name: str, generation_config: dict | N
 
     @app.post("/v1/completions", dependencies=[Depends(authorize)])
     async def completions(request: Request):
-        body: CompletionRequest = await read(request, CompletionRequest)
+        body: CompletionRequest = await read_body(request, CompletionRequest)
         adapter = adapter_for(body.model)
         if body.suffix:
             raise ApiError(400, "suffix (fill-in-the-middle) is not supported by this server",
@@ -761,7 +570,7 @@ def create_app(engine: Engine, tok, model_name: str, generation_config: dict | N
         for prompt in prompts:
             fit(prompt, params, "prompt", "prompt", adapter)
         n = body.n
-        batch = _Batch(engine, jobs(prompts, params, adapter, n), metrics)
+        batch = Batch(engine, jobs(prompts, params, adapter, n), metrics)
         rid, now, name = f"cmpl-{uuid.uuid4().hex}", int(time.time()), body.model or model_name
         prefix = [texts[i // n] if body.echo else "" for i in range(len(batch.reqs))]
 
@@ -813,7 +622,7 @@ def create_app(engine: Engine, tok, model_name: str, generation_config: dict | N
 
     @app.post("/v1/embeddings", dependencies=[Depends(authorize)])
     async def embeddings(request: Request):
-        body: EmbeddingRequest = await read(request, EmbeddingRequest)
+        body: EmbeddingRequest = await read_body(request, EmbeddingRequest)
         adapter = adapter_for(body.model)
         x = body.input
         if isinstance(x, str):

@@ -19,7 +19,9 @@ A reply is generated from its branch: the conversation's system prompt (or the s
 then the messages from the root down to the user message it answers, rendered with the
 model's chat template. Sampling settings come from the request's `settings`, then the
 conversation's, then the model's generation_config (as for /v1). A stream is the events
-`user` (new user message), `assistant` (the reply, stored at once with empty content),
+`user` (new user message), `notice` (when the branch has outgrown the context: the reply
+reads it without its oldest turns, the system prompt kept; a one-line `message` to show),
+`assistant` (the reply, stored at once with empty content),
 `delta` (0..n, new text), then `done` (the stored reply) or `error`. The reply is stored
 once, when it ends; a client that goes away (the Stop button) cancels it, and what it had
 said so far is stored with finish_reason "stopped". Errors are the same OpenAI-style JSON as
@@ -38,21 +40,22 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.concurrency import run_in_threadpool
 
 from jielong.errors import UserError
+from jielong.infer.context import fit_conversation, reply_budget
 from jielong.infer.engine import Engine
-from jielong.serve.api import (
+from jielong.serve.common import (
     ApiError,
-    _Batch,
-    _Sampling,
-    _sse,
-    _user_error,
-    _watch_disconnect,
+    Batch,
+    SamplingBody,
     chat_prompt,
+    read_body,
+    sse,
+    user_error,
+    watch_disconnect,
 )
 from jielong.serve.store import NotFound, Store
 
 REASONS = {"up": ["correct", "helpful", "well written"],
            "down": ["wrong", "wrong script (繁/简)", "not helpful", "unsafe", "too long"]}
-DEFAULT_MAX_TOKENS = 1024  # a reply's length when neither the request nor the chat sets one
 MAX_CHARS = 100_000  # of one message (or system prompt, or comment), as /v1's default limit
 MAX_TITLE = 1000
 
@@ -121,7 +124,7 @@ class _Reply:
     def __init__(self, engine: Engine, store: Store, message: dict, job: tuple, metrics,
                  running: set):
         self.store, self.id = store, message["id"]
-        self.batch = _Batch(engine, [job], metrics)
+        self.batch = Batch(engine, [job], metrics)
         self.events: asyncio.Queue[dict] = asyncio.Queue()
         self.task = asyncio.create_task(self._run())
         running.add(self.task)  # the loop keeps only weak references to tasks
@@ -158,13 +161,13 @@ class _Reply:
 
     def stream(self, request: Request, first: list[dict]) -> StreamingResponse:
         async def body():
-            watch = asyncio.create_task(_watch_disconnect(request, self.batch))
+            watch = asyncio.create_task(watch_disconnect(request, self.batch))
             try:
                 for event in first:
-                    yield _sse(event)
+                    yield sse(event)
                 while True:
                     event = await self.events.get()
-                    yield _sse(event)
+                    yield sse(event)
                     if event["type"] in ("done", "error"):
                         return
             finally:  # the client went away (Stop): the engine stops, _run stores the rest
@@ -198,13 +201,16 @@ def chat_router(store: Store, engine: Engine, tok, model_name: str, *, metrics,
     running: set[asyncio.Task] = set()
 
     def defaults() -> dict:
-        params = sampling(_Sampling(), None, None)
+        params = sampling(SamplingBody(), None, None)
         return {"temperature": params.temperature, "top_p": params.top_p,
-                "max_tokens": min(DEFAULT_MAX_TOKENS, engine.context - 1)}
+                "max_tokens": reply_budget(engine.context)}
 
-    def prepare(conv: dict, history: list[dict], body: Generate) -> tuple[tuple, str, dict]:
-        """((prompt ids, sampling params, adapter), model name, sampling as stored) for a
-        reply to `history` (the branch's messages, ending with a user message)."""
+    def prepare(conv: dict, history: list[dict],
+                body: Generate) -> tuple[tuple, str, dict, list[dict]]:
+        """((prompt ids, sampling params, adapter), model name, sampling as stored, events to
+        send first) for a reply to `history` (the branch's messages, ending with a user
+        message). A branch longer than the context is read without its oldest turns
+        (jielong.infer.context.fit_conversation), and a `notice` event says so."""
         given = body.settings.model_dump(exclude_none=True) if body.settings else {}
         s = {**{k: v for k, v in conv["settings"].items() if v is not None}, **given}
         name = body.model or s.get("model") or model_name
@@ -213,19 +219,28 @@ def chat_router(store: Store, engine: Engine, tok, model_name: str, *, metrics,
         system = conv["system_prompt"] or system_prompt
         if system:
             messages.insert(0, {"role": "system", "content": system})
-        prompt = chat_prompt(tok, messages, "content")
         max_tokens = s.get("max_tokens")
-        if max_tokens is None:  # as long as the context allows, up to the default
-            max_tokens = max(1, min(DEFAULT_MAX_TOKENS, engine.context - len(prompt)))
+        reserve = max_tokens if isinstance(max_tokens, int) else reply_budget(engine.context)
+        messages, prompt, dropped = fit_conversation(
+            messages, lambda m: chat_prompt(tok, m, "content"), engine.context, reserve)
+        if max_tokens is None:  # the default, or less when the message alone leaves less room
+            max_tokens = max(1, min(reserve, engine.context - len(prompt)))
         try:
-            params = sampling(_Sampling(temperature=s.get("temperature"), top_p=s.get("top_p")),
+            params = sampling(SamplingBody(temperature=s.get("temperature"), top_p=s.get("top_p")),
                               max_tokens, None)
         except ValueError as e:  # a stored setting of the wrong type
             raise ApiError(400, f"settings: {e}", param="settings") from None
         fit(prompt, params, "conversation", "content", adapter)
         stored = {k: getattr(params, k) for k in ("temperature", "top_p", "top_k", "min_p",
                                                    "repetition_penalty", "max_tokens")}
-        return (prompt, params, adapter), name, stored
+        notices = []
+        if dropped:
+            kept = "; the system prompt stays" if system else ""
+            notices.append({"type": "notice", "code": "context_trimmed", "dropped": dropped,
+                            "message": f"The conversation outgrew the model's {engine.context}-"
+                                       f"token context: this reply reads it without its "
+                                       f"{dropped} oldest messages{kept}."})
+        return (prompt, params, adapter), name, stored, notices
 
     async def reply(request: Request, conv: dict, parent: dict, job: tuple, name: str,
                     stored: dict, origin: str, first: list[dict]) -> StreamingResponse:
@@ -237,7 +252,7 @@ def chat_router(store: Store, engine: Engine, tok, model_name: str, *, metrics,
             r = _Reply(engine, store, message, job, metrics, running)
         except UserError as e:
             await _db(store.update_message, message["id"], finish_reason="error")
-            raise _user_error(e) from None
+            raise user_error(e) from None
         return r.stream(request, [*first, {"type": "assistant", "message": message}])
 
     async def branch(conv: dict, parent_id: str | None) -> list[dict]:
@@ -267,8 +282,8 @@ def chat_router(store: Store, engine: Engine, tok, model_name: str, *, metrics,
         return {"conversations": await _db(store.list_conversations)}
 
     @router.post("/conversations")
-    async def create(body: ConversationIn | None = None):
-        body = body or ConversationIn()
+    async def create(request: Request):
+        body = await read_body(request, ConversationIn, optional=True) or ConversationIn()
         return await _db(store.create_conversation, body.title, body.system_prompt,
                          body.settings.model_dump(exclude_none=True) if body.settings else {})
 
@@ -277,7 +292,8 @@ def chat_router(store: Store, engine: Engine, tok, model_name: str, *, metrics,
         return await _db(store.conversation, cid)
 
     @router.patch("/conversations/{cid}")
-    async def change(cid: str, body: ConversationIn):
+    async def change(cid: str, request: Request):
+        body = await read_body(request, ConversationIn)
         changes = {k: getattr(body, k) for k in body.model_fields_set}
         if "settings" in changes:
             changes["settings"] = body.settings.model_dump(exclude_none=True) \
@@ -292,28 +308,31 @@ def chat_router(store: Store, engine: Engine, tok, model_name: str, *, metrics,
     # ------------------------------------------------------------------ messages
 
     @router.post("/conversations/{cid}/messages")
-    async def send(cid: str, body: MessageIn, request: Request):
+    async def send(cid: str, request: Request):
+        body = await read_body(request, MessageIn)
         conv = await _db(store.conversation, cid, False)
         history = await branch(conv, body.parent_id)
-        job, name, stored = prepare(conv, [*history, {"role": "user", "content": body.content}],
-                                    body)
+        job, name, stored, notices = prepare(
+            conv, [*history, {"role": "user", "content": body.content}], body)
         user = await _db(store.add_message, cid, body.parent_id, "user", body.content)
         return await reply(request, conv, user, job, name, stored, "new",
-                           [{"type": "user", "message": user}])
+                           [{"type": "user", "message": user}, *notices])
 
     @router.post("/messages/{mid}/regenerate")
-    async def regenerate(mid: str, request: Request, body: Generate | None = None):
+    async def regenerate(mid: str, request: Request):
+        body = await read_body(request, Generate, optional=True)
         old = await _db(store.message, mid)
         if old["role"] != "assistant":
             raise ApiError(400, f"message {mid} is a user message; regenerate a reply (an "
                                 "assistant message), or edit the user message")
         conv = await _db(store.conversation, old["conversation_id"], False)
         history = await _db(store.path, old["parent_id"])
-        job, name, stored = prepare(conv, history, body or Generate())
-        return await reply(request, conv, history[-1], job, name, stored, "regenerate", [])
+        job, name, stored, notices = prepare(conv, history, body or Generate())
+        return await reply(request, conv, history[-1], job, name, stored, "regenerate", notices)
 
     @router.post("/messages/{mid}/edit")
-    async def edit(mid: str, body: EditIn, request: Request):
+    async def edit(mid: str, request: Request):
+        body = await read_body(request, EditIn)
         old = await _db(store.message, mid)
         cid = old["conversation_id"]
         if old["role"] == "assistant":
@@ -323,15 +342,16 @@ def chat_router(store: Store, engine: Engine, tok, model_name: str, *, metrics,
             return {"message": message}
         conv = await _db(store.conversation, cid, False)
         history = await _db(store.path, old["parent_id"]) if old["parent_id"] else []
-        job, name, stored = prepare(conv, [*history, {"role": "user", "content": body.content}],
-                                    body)
+        job, name, stored, notices = prepare(
+            conv, [*history, {"role": "user", "content": body.content}], body)
         user = await _db(store.add_message, cid, old["parent_id"], "user", body.content,
                          origin="edit", edited_from=mid)
         return await reply(request, conv, user, job, name, stored, "new",
-                           [{"type": "user", "message": user}])
+                           [{"type": "user", "message": user}, *notices])
 
     @router.post("/messages/{mid}/rating")
-    async def rate(mid: str, body: RatingIn):
+    async def rate(mid: str, request: Request):
+        body = await read_body(request, RatingIn)
         rating = await _db(store.rate, mid, body.value, body.reasons, body.comment)
         return {"rating": rating}
 

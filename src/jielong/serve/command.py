@@ -22,6 +22,7 @@ def serve(
     host: str = "127.0.0.1",
     port: int = 8000,
     api_key: list[str] | None = None,
+    allowed_hosts: list[str] | None = None,
     system_prompt: str | None = None,
     slots: int = 16,
     context: int = 4096,
@@ -45,8 +46,12 @@ def serve(
         host: Address to listen on; 127.0.0.1 keeps it on this machine, 0.0.0.0 opens it to
             the network (then set an API key).
         port: Port to listen on.
-        api_key: Keys a client must send as `Authorization: Bearer KEY` (also read from the
-            environment variable JIELONG_API_KEY, which keeps it out of the process list).
+        api_key: Keys a client must send as `Authorization: Bearer KEY`, each at least
+            8 characters (also read from the environment variable JIELONG_API_KEY, which keeps
+            it out of the process list).
+        allowed_hosts: Host names clients may use to reach the server, beyond 127.0.0.1,
+            localhost, [::1] and --host itself (a request naming another is refused, which
+            stops DNS-rebinding pages); *.example.com for its subdomains, * for any.
         system_prompt: System message for conversations that bring none.
         slots: Most requests decoding at once (each holds a KV cache row of --context tokens).
         context: Most tokens per request, prompt and reply (capped at the model's own).
@@ -63,16 +68,18 @@ def serve(
         import uvicorn
 
         from jielong.serve.api import create_app
+        from jielong.serve.common import LOOPBACK
     except ImportError as e:
         raise UserError(f"jielong serve needs the serving extra ({e.name} is missing): "
                         "pip install 'jielong[serve]'") from None
     from jielong.hf import open_model, stop_ids
+    from jielong.infer.chat import need_demo
     from jielong.infer.engine import Engine
     from jielong.train.loop import pick_device
 
-    keys = list(api_key or [])
-    if os.environ.get("JIELONG_API_KEY"):
-        keys.append(os.environ["JIELONG_API_KEY"])
+    need_demo(model)
+    keys = api_keys(api_key, os.environ.get("JIELONG_API_KEY"))
+    hosts = _allowed_hosts(host, allowed_hosts)
     if not 0 < port < 65536:
         raise UserError(f"--port {port}: must be between 1 and 65535")
     sock = _bind(host, port)  # before loading the model: a busy port fails in a second
@@ -91,7 +98,7 @@ def serve(
         raise
     served = name or model
     app = create_app(engine, tok, served, gen, system_prompt=system_prompt, api_keys=keys,
-                     max_body_bytes=max_body_bytes, store=store)
+                     max_body_bytes=max_body_bytes, store=store, allowed_hosts=hosts)
     where = f"[{host}]" if ":" in host else host
     extra = f" + adapters {', '.join(engine.adapters)}" if engine.adapters else ""
     print(f"serving {served}{extra} at http://{where}:{port}/v1 · {slots} slots × "
@@ -101,6 +108,9 @@ def serve(
     if not keys and host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: listening on {host} without an API key: anyone who can reach this "
               "port can use the model; set JIELONG_API_KEY or --api_key", file=sys.stderr)
+    if host in _ANY and not allowed_hosts:
+        print(f"note: requests must name {', '.join(LOOPBACK)} as their host; add the names "
+              "clients use to reach this machine with --allowed_hosts NAME", file=sys.stderr)
     server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5))
     try:
         server.run(sockets=[sock])
@@ -111,6 +121,39 @@ def serve(
         s = engine.stats()
         print(f"served {s['requests']} requests: {s['prompt_tokens']} prompt tokens, "
               f"{s['generated_tokens']} generated", file=sys.stderr)
+
+
+MIN_KEY = 8  # characters of an API key: shorter is guessed, and "" was taken for none
+_ANY = ("0.0.0.0", "::", "")  # listening on every address: no one name to allow
+
+
+def api_keys(given: list[str] | None, env: str | None) -> list[str]:
+    """The API keys from --api_key and JIELONG_API_KEY (None: not set); an empty or short one
+    is a UserError, not a server left open."""
+    keys = [("--api_key", k) for k in given or []]
+    if env is not None:
+        keys.append(("JIELONG_API_KEY", env))
+    for where, k in keys:
+        if len(k.strip()) < MIN_KEY:
+            what = "is empty" if not k.strip() else f"has only {len(k.strip())} characters"
+            raise UserError(f"{where}: the API key {what}; give one of at least {MIN_KEY} "
+                            "characters (e.g. from `openssl rand -hex 16`), or none to serve "
+                            "without a key")
+    return [k.strip() for _, k in keys]
+
+
+def _allowed_hosts(host: str, extra: list[str] | None) -> list[str]:
+    """The names a request's Host header may give: loopback, --host when it is one address,
+    and --allowed_hosts."""
+    from jielong.serve.common import LOOPBACK, host_name
+
+    out = list(LOOPBACK) + ([] if host in _ANY else [host])
+    for h in extra or []:
+        if h != "*" and host_name(h, bare_ipv6=True) is None:
+            raise UserError(f"--allowed_hosts {h!r}: not a host name (give e.g. example.com, "
+                            "*.example.com, 192.168.1.5 or *)")
+        out.append(h)
+    return out
 
 
 def _open_store(db: str | None, model: str):

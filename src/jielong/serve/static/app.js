@@ -839,6 +839,9 @@
     if (ev.type === "user") {
       select(addMessage(ev.message));
       renderThread({ stick: true });
+    } else if (ev.type === "notice") {
+      // e.g. the conversation outgrew the context: this reply reads it without its oldest turns
+      showStatus(ev.message, "info");
     } else if (ev.type === "assistant") {
       const m = addMessage(ev.message);
       select(m);
