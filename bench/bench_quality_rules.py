@@ -101,6 +101,7 @@ def load_rules(rev: str | None):
     path.write_text(src, encoding="utf-8")
     spec = importlib.util.spec_from_file_location(f"clean_{rev}", path)
     mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up
     spec.loader.exec_module(mod)
     return mod
 
