@@ -78,16 +78,21 @@ ODD = [None, True, False, 0, 1, 2, -1, 10**30, -10**30, 1e308, -1e308, 0.5, "", 
 
 def base_bodies(cid: str, mid: str, uid: str) -> list[tuple[str, str, dict]]:
     """(method, path, a valid body) for every route that takes a body."""
-    sampling = {"max_tokens": 4, "temperature": 0.7, "top_p": 0.9, "stop": ["\n"], "seed": 1}
+    sampling = {"max_tokens": 4, "temperature": 0.7, "top_p": 0.9, "top_k": 20, "min_p": 0.01,
+                "presence_penalty": 0.1, "frequency_penalty": 0.1, "repetition_penalty": 1.1,
+                "stop": ["\n"], "seed": 1, "ignore_eos": False, "logit_bias": None}
     return [
         ("POST", "/v1/chat/completions",
          {"model": NAME, "messages": [{"role": "system", "content": "Be brief."},
                                       {"role": "user", "content": "Hi 你好"}], **sampling,
-          "n": 1, "stream": False, "logprobs": False, "stream_options": {"include_usage": True}}),
+          "n": 1, "stream": False, "logprobs": True, "top_logprobs": 2,
+          "max_completion_tokens": 4, "stream_options": {"include_usage": True},
+          "response_format": {"type": "text"}, "tools": None, "user": "me"}),
         ("POST", "/v1/completions",
-         {"model": NAME, "prompt": "The cat", "echo": False, "logprobs": 1, **sampling}),
+         {"model": NAME, "prompt": "The cat", "echo": False, "logprobs": 1, "suffix": None,
+          "n": 2, "stream": True, **sampling}),
         ("POST", "/v1/embeddings", {"model": NAME, "input": ["hello", "世界"],
-                                    "encoding_format": "float"}),
+                                    "encoding_format": "float", "dimensions": 64}),
         ("POST", "/api/conversations", {"title": "t", "system_prompt": "s",
                                         "settings": {"temperature": 0, "max_tokens": 4}}),
         ("PATCH", f"/api/conversations/{cid}", {"title": "renamed",
@@ -132,6 +137,10 @@ def mutate(rng: random.Random, body: dict) -> dict:
     return body
 
 
+def sweep_of(cid: str, mid: str, uid: str) -> list:
+    return [(r, path) for r in base_bodies(cid, mid, uid) for path in paths_of(r[2])]
+
+
 def nested(rng: random.Random) -> bytes:
     depth = rng.choice((65, 200, 979, 980, 1500, 5000))
     open_, close = rng.choice((("[", "]"), ('{"a":', "}")))
@@ -145,6 +154,9 @@ def fuzz_cases(rng: random.Random, cid: str, mid: str, uid: str, n: int):
             "/api/conversations", f"/api/conversations/{cid}", "/api/conversations/%00",
             "/health", "/metrics", "/", "/static/app.js", "/v1/nothing"]
     json_ct = {"Content-Type": "application/json"}
+    # every field of every body gets a wrong value at least once (kinds 2-4 walk this list)
+    sweep = sweep_of(cid, mid, uid)
+    swept = 0
     for i in range(n):
         method, path, base = rng.choice(routes)
         headers = dict(json_ct)
@@ -154,7 +166,16 @@ def fuzz_cases(rng: random.Random, cid: str, mid: str, uid: str, n: int):
         elif kind == 1:  # truncated JSON
             raw = json.dumps(mutate(rng, base)).encode()
             body = raw[:rng.randint(0, len(raw) - 1)]
-        elif kind in (2, 3, 4, 5):  # wrong types, huge numbers, surrogates in some field
+        elif kind in (2, 3, 4):  # the next field in the sweep, set to an odd value
+            (method, path, base), field = sweep[swept % len(sweep)]
+            swept += 1
+            obj = json.loads(json.dumps(base))
+            parent = obj
+            for k in field[:-1]:
+                parent = parent[k]
+            parent[field[-1]] = rng.choice(ODD)
+            body = json.dumps(obj).encode()
+        elif kind == 5:  # wrong types, huge numbers, surrogates in a few random fields
             body = json.dumps(mutate(rng, base)).encode()
         elif kind == 6:  # nested arrays and objects
             if rng.random() < 0.5:
@@ -225,6 +246,7 @@ def test_fuzz_no_5xx_errors_in_openai_shape_and_the_connection_survives(srv):
             bad.append(case)
         assert conn.sock is sock, f"the server closed the connection after {case}"
     assert not bad, f"{len(bad)} bad answers of {N_FUZZ}:\n" + "\n".join(bad[:20])
+    assert len(sweep_of(c["id"], mid, uid)) <= N_FUZZ // 4  # the sweep covered every field
     assert sum(statuses.values()) == N_FUZZ and not any(s >= 500 for s in statuses)
     assert statuses.get(200, 0) >= 20 and statuses.get(400, 0) >= 100 and statuses.get(415)
     conn.request("GET", "/health")  # the same connection, still good
