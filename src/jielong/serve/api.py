@@ -57,6 +57,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from jielong.errors import UserError
 from jielong.infer.engine import MAX_TOP_LOGPROBS, Engine, Event, SamplingParams
 from jielong.infer.engine import Request as EngineRequest
+from jielong.serve.chat_routes import chat_router
 from jielong.serve.common import (
     LOOPBACK,
     MAX_CHOICES,
@@ -417,8 +418,6 @@ def create_app(engine: Engine, tok, model_name: str, generation_config: dict | N
     # ------------------------------------------------------------------ routes
 
     if store is not None:  # the web chat's /api (before any catch-all mount of static files)
-        from jielong.serve.chat_routes import chat_router
-
         app.include_router(chat_router(
             store, engine, tok, model_name, metrics=metrics, sampling=sampling, fit=fit,
             adapter_for=adapter_for, system_prompt=system_prompt,
