@@ -134,3 +134,21 @@ def test_json_errors_do_not_say_at_at(tmp_path, line):
     r = run_cli("pretrain", str(path), "--out", str(tmp_path / "r"), *PRETRAIN)
     last = one_line_error(r, "bad.jsonl:2", "at column")
     assert "at at" not in last
+
+
+@pytest.mark.parametrize("command", [["generate", "hi"], ["train", "sft", "chats.jsonl"],
+                                     ["chat"], ["serve"]])
+def test_the_default_model_before_the_demo_has_run(tmp_path, command):
+    """Commands default to the demo's models; before `jielong demo` they say so."""
+    r = run_cli(*command, cwd=tmp_path)
+    one_line_error(r, "runs/demo/", "run `jielong demo` first, or pass --model")
+
+
+def test_json_problem_reads_well():
+    from jielong.errors import json_problem
+
+    for bad in ('{"a": "unterminated', '{"a": "tab\there"}', '{"a": 1,}', "[1 2]"):
+        with pytest.raises(json.JSONDecodeError) as e:
+            json.loads(bad)
+        text = json_problem(e.value)
+        assert "at at" not in text and text.endswith(f"at column {e.value.colno}")

@@ -220,7 +220,7 @@ def test_reward_command_errors(trained, tmp_path):
     ratings = write_jsonl(tmp_path / "kto.jsonl", [{"prompt": "q", "completion": "a", "label": True}])
     with pytest.raises(UserError, match=r"kto\.jsonl:1: .*for `jielong train kto`"):
         reward([str(ratings)], model=str(trained["base"]), out=str(tmp_path / "r"))
-    with pytest.raises(UserError, match=r"--max_len=999 must be between 2 and the model's max_position_embeddings \(256\)"):
+    with pytest.raises(UserError, match=r"--max_len 999 does not fit: the model's context is 256 tokens"):
         reward([str(trained["data"])], model=str(trained["base"]), out=str(tmp_path / "r"), max_len=999)
 
 

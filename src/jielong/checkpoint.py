@@ -122,6 +122,9 @@ def _read_index(path: Path) -> dict[str, str]:
 
 def check_model_dir(path: str | Path) -> Path:
     d = Path(path)
+    if not d.is_dir() and d.parts[:2] == ("runs", "demo"):  # a command's default model
+        raise UserError(f"{d} does not exist: run `jielong demo` first, or pass --model "
+                        "(a model directory or a Hugging Face hub id)")
     if not d.is_dir():
         raise UserError(f"{d}: no such model directory; pass a folder written by `jielong pretrain` "
                         "or a Hugging Face model directory (or a hub id such as Qwen/Qwen2.5-0.5B)")

@@ -16,7 +16,7 @@ import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from jielong.errors import UserError
+from jielong.errors import UserError, json_problem
 
 # model_type -> the transformers class that runs it (written into config.json).
 ARCHITECTURES = {
@@ -204,7 +204,7 @@ class ModelConfig:
         except FileNotFoundError:
             raise UserError(f"{path}: not found; a model directory needs a config.json") from None
         except json.JSONDecodeError as e:
-            raise UserError(f"{path}:{e.lineno}: config.json is not valid JSON ({e.msg})") from None
+            raise UserError(f"{path}:{e.lineno}: config.json is not valid JSON ({json_problem(e)})") from None
 
 
 def _windows(d: dict, model_type: str) -> tuple[int | None, list | None]:

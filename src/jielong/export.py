@@ -46,7 +46,7 @@ from typing import Literal
 import numpy as np
 
 from jielong.config import ModelConfig
-from jielong.errors import UserError, at
+from jielong.errors import UserError, at, json_problem
 from jielong.files import atomic_path, write_text
 from jielong.model import rope_frequencies
 
@@ -74,7 +74,7 @@ def _read_json(path: Path) -> dict:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
-        raise UserError(f"{at(path, e.lineno)}: not valid JSON ({e.msg}); fix or re-save the file") \
+        raise UserError(f"{at(path, e.lineno)}: not valid JSON ({json_problem(e)}); fix or re-save the file") \
             from None
     except UnicodeDecodeError:
         raise UserError(f"{path}: not valid UTF-8; re-save the file as UTF-8") from None

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from jielong.errors import UserError
+from jielong.errors import UserError, json_problem
 
 # What to fetch from the hub: weights in safetensors, configs, tokenizer files.
 _HUB_FILES = ["*.json", "*.safetensors", "*.jinja", "tokenizer.model"]
@@ -72,7 +72,7 @@ def read_generation_config(model_dir: str | Path) -> dict:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
-        raise UserError(f"{path}:{e.lineno}: not valid JSON ({e.msg}); fix or delete it") from None
+        raise UserError(f"{path}:{e.lineno}: not valid JSON ({json_problem(e)}); fix or delete it") from None
 
 
 def stop_ids(tok, generation: dict, config_eos: int | None = None) -> set[int]:

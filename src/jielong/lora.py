@@ -65,7 +65,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from jielong.errors import UserError
+from jielong.errors import UserError, json_problem
 
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP = ("gate_proj", "up_proj", "down_proj")
@@ -643,7 +643,7 @@ def read_adapter_config(adapter_dir: str | Path) -> dict:
     try:
         conf = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
-        raise UserError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+        raise UserError(f"{path}:{e.lineno}: not valid JSON ({json_problem(e)})") from None
     except UnicodeDecodeError:
         raise UserError(f"{path}: not UTF-8 text; re-save the adapter") from None
     if not isinstance(conf, dict):

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from jielong.checkpoint import check_model_dir
 from jielong.errors import UserError
 from jielong.infer.context import fit_conversation, reply_budget
 from jielong.infer.generate import Sampling, next_token
@@ -106,10 +107,10 @@ def fit_chat(tok, system: str | None, messages: list[dict], context: int,
 
 
 def need_demo(model: str) -> None:
-    """A clear line when the default model (one `jielong demo` makes) is not there yet."""
-    if Path(model).parts[:2] == ("runs", "demo") and not Path(model).exists():
-        raise UserError(f"{model} does not exist: run `jielong demo` first, or pass --model "
-                        "(a model directory or a Hugging Face hub id)")
+    """Fail at once, before any slow start-up, when the default model (one `jielong demo`
+    makes) is not there yet."""
+    if Path(model).parts[:2] == ("runs", "demo"):
+        check_model_dir(model)
 
 
 def stream_text(tok, ids: Iterator[int], write: Callable[[str], None]) -> str:

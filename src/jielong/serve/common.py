@@ -30,7 +30,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from starlette.requests import ClientDisconnect
 
-from jielong.errors import UserError
+from jielong.errors import UserError, json_problem
 from jielong.infer.engine import Engine, Event, SamplingParams
 from jielong.infer.engine import Request as EngineRequest
 
@@ -121,8 +121,8 @@ def parse_json(raw: bytes) -> Any:
     try:
         obj = json.loads(text, parse_constant=_no_constant)
     except json.JSONDecodeError as e:
-        raise ApiError(400, f"the request body is not valid JSON: {e.msg} (line {e.lineno}, "
-                            f"column {e.colno})", code="invalid_json") from None
+        raise ApiError(400, f"the request body is not valid JSON: {json_problem(e)} of line "
+                            f"{e.lineno}", code="invalid_json") from None
     except _Constant as e:
         raise ApiError(400, f"the request body is not valid JSON: {e} is not a JSON number",
                        code="invalid_json") from None
