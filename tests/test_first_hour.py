@@ -59,6 +59,16 @@ def test_readme_lora_command_on_a_short_context_model(tmp_path, base, files):
     assert sorted(cfg["target_modules"]) == ["q_proj", "v_proj"]
 
 
+def test_peft_all_linear_on_the_command_line(tmp_path, base, files):
+    out = tmp_path / "sft"
+    r = run_cli("train", "sft", str(files["chats"]), "--model", str(base), "--out", str(out),
+                "--method", "lora", "--target_modules", "all-linear", *QUICK)
+    assert r.returncode == 0, r.stderr[-2000:]
+    cfg = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert sorted(cfg["target_modules"]) == sorted(["q_proj", "k_proj", "v_proj", "o_proj",
+                                                    "gate_proj", "up_proj", "down_proj"])
+
+
 @pytest.mark.parametrize("stage, data, option", [
     (["train", "sft"], "chats", "--seq_len"),
     (["train", "classify"], "spam", "--max_len"),
