@@ -1,14 +1,16 @@
-"""The demo end to end at a tiny size: every step runs and the report says what happened."""
+"""The demo end to end at a tiny size, through the CLI as `make demo` runs it: every step
+runs and the report says what happened and how long it took."""
 
 import json
 
-from jielong.demo import demo
+from jielong.cli import run as cli
 
 
 def test_demo_runs_and_reports(tmp_path, capsys):
     run = tmp_path / "demo"
-    r = demo(out=str(run), steps=40, preset="test", vocab_size=400, seq_len=64, batch_size=8,
-             docs=600, finetune_steps=6, device="cpu")
+    r = cli(["demo", "--out", str(run), "--steps", "40", "--preset", "test", "--vocab_size", "400",
+             "--seq_len", "64", "--batch_size", "8", "--docs", "600", "--finetune_steps", "6",
+             "--device", "cpu"])
     assert r["after"]["val_loss"] < r["before"]["val_loss"] - 1.0
     assert 0.0 < r["after"]["chance"] < 0.2
     assert set(r["after"]["by_lang"]) == {"en", "zh-Hant", "zh-Hans", "math"}
@@ -20,6 +22,11 @@ def test_demo_runs_and_reports(tmp_path, capsys):
     for line in (run / "corpus" / "train.jsonl").read_text(encoding="utf-8").splitlines()[:5]:
         assert json.loads(line)["text"]
     assert "report:" in capsys.readouterr().out
+    # How long each stage took, in the report and in results.json.
+    stages = [t["stage"] for t in r["stages"]]
+    assert [s.split(".")[0] for s in stages] == [str(i) for i in (1, 2, 3, 5, 6, 7, 8, 9, 10, 11, 12, 13)]
+    assert all(t["seconds"] >= 0 and t["cpu_seconds"] >= 0 for t in r["stages"])
+    assert "## Time" in report and "minutes in all" in report and "| 10. DPO |" in report
     # Every finetuning stage ran, saved what it made and reported its numbers.
     f = r["finetune"]
     assert set(f) == {"sft", "lora", "classify", "distill", "align", "chat"}
@@ -40,7 +47,8 @@ def test_demo_runs_and_reports(tmp_path, capsys):
 
     export(run / "feedback.db", "dpo", run / "dpo.jsonl")
     assert len((run / "dpo.jsonl").read_text().splitlines()) >= f["chat"]["edits"] >= 1
-    # Running again starts over cleanly instead of refusing or mixing runs.
-    demo(out=str(run), steps=2, preset="test", vocab_size=400, seq_len=64, batch_size=8, docs=200,
-         finetune_steps=0, device="cpu")
+    # Running again starts over cleanly instead of refusing or mixing runs; this time with the
+    # demo preset and settings that `make demo` uses, for a few steps.
+    r = cli(["demo", "--out", str(run), "--steps", "2", "--docs", "300", "--finetune_steps", "0"])
     assert json.loads((run / "results.json").read_text())["steps"] == 2
+    assert r["params"] > 500_000 and r["vocab"] > 400 and not (run / "sft").exists()

@@ -1,11 +1,12 @@
 """The demo: a whole small language model's life on a laptop CPU, in a few minutes.
 
 Run as:
-    make demo                      # or: jielong demo [--steps 600] [--out runs/demo]
+    make demo                      # or: jielong demo [--steps 700] [--out runs/demo]
 
 1. writes a synthetic corpus about a small fictional world (people, towns, pets, jobs) in
    Traditional Chinese, Simplified Chinese and English, plus arithmetic (data/synthetic.py);
-2. trains a byte-level BPE tokenizer on it;
+2. trains a byte-level BPE tokenizer on it (Chinese one character per token: see
+   data/synthetic.py's han_char_pieces for why);
 3. measures an untrained model, pretrains it, and measures it again: validation loss against
    the unigram baseline, and held-out facts (sentences never seen in training whose facts
    were stated in other words or languages) picked by likelihood among their alternatives;
@@ -33,7 +34,7 @@ import torch
 
 from jielong.checkpoint import save_model
 from jielong.data.shards import prepare_shards, unigram_loss
-from jielong.data.synthetic import build_corpus, demo_prompts
+from jielong.data.synthetic import build_corpus, demo_prompts, han_char_pieces
 from jielong.eval.choice import choice_accuracy
 from jielong.files import write_json, write_text
 from jielong.infer.generate import Sampling, generate_text
@@ -55,19 +56,20 @@ def _write_jsonl(path: Path, docs: list[str]) -> None:
     write_text(path, "".join(json.dumps({"text": d}, ensure_ascii=False) + "\n" for d in docs))
 
 
-def _measure(model, tok, stage, questions, prompts) -> dict:
-    acc = choice_accuracy(model, tok, questions)
+def _measure(model, tok, stage, corpus, prompts) -> dict:
+    acc = choice_accuracy(model, tok, corpus.questions)
     greedy = Sampling(max_new_tokens=24, temperature=0, stop=["\n"])
     return {
         "val_loss": evaluate_loss(model, stage.val, batch_size=32, max_batches=50),
         "fact_accuracy": acc.accuracy, "chance": acc.chance, "by_lang": acc.by_group,
+        "seen_sums": choice_accuracy(model, tok, corpus.seen_sums).accuracy,
         "samples": generate_text(model, tok, prompts, greedy),
     }
 
 
 def demo(
     out: str = "runs/demo",
-    steps: int = 600,
+    steps: int = 700,
     preset: str = "demo",
     vocab_size: int = 2048,
     seq_len: int = 128,
@@ -82,19 +84,21 @@ def demo(
 
     Args:
         out: Run directory; report.md, loss.png and model/ go here.
-        steps: Pretraining steps (600 take about three minutes on two CPU cores).
+        steps: Pretraining steps.
         preset: Model size preset.
         vocab_size: Tokenizer vocabulary size.
         seq_len: Tokens per training window.
         batch_size: Windows per step.
         lr: Peak learning rate.
         docs: Synthetic training documents to generate.
-        finetune_steps: Steps of each finetuning stage (SFT, LoRA, distillation; half for the
-            classifier); 0 stops after pretraining.
+        finetune_steps: Steps of SFT; the other stages take a share of it or a multiple
+            (demo_finetune.STAGE_STEPS); 0 stops after pretraining.
         resume: Continue an interrupted demo instead of starting over.
         device: auto, cpu, cuda, mps.
     """
-    t_start = time.time()
+    from jielong.demo_finetune import Clock
+
+    t_start, clock = time.time(), Clock()
     run = Path(out)
     if run.exists() and not resume:
         print(f"starting over in {run} (pass --resume to continue an interrupted demo)")
@@ -109,16 +113,22 @@ def demo(
     print(f"   {len(corpus.train):,} training documents ({n_bytes / 1e6:.2f} MB), "
           f"{len(corpus.val)} validation documents, {len(corpus.questions)} held-out facts")
 
-    print(_bold("2. tokenizer") + f" — byte-level BPE, {vocab_size} tokens")
+    clock.lap("1. corpus")
+
+    print(_bold("2. tokenizer") + f" — byte-level BPE, up to {vocab_size} tokens")
     t0 = time.time()
-    tok = train_tokenizer(corpus.train, vocab_size=vocab_size)
+    # Chinese one character per token: see han_char_pieces for what whole documents give
+    tok = train_tokenizer(han_char_pieces(corpus.train), vocab_size=vocab_size)
     tok.save(run / "tokenizer")
     by_lang: dict[str, list[str]] = {}
     for q in corpus.questions:
         by_lang.setdefault(q.lang, []).append(q.prompt + q.answer)
     bpt = {lang: bytes_per_token(tok, texts) for lang, texts in by_lang.items()}
-    print("   bytes/token: " + ", ".join(f"{LANG_NAMES[k]} {v:.2f}" for k, v in bpt.items())
+    print(f"   {tok.vocab_size} tokens; bytes/token: "
+          + ", ".join(f"{LANG_NAMES[k]} {v:.2f}" for k, v in bpt.items())
           + f" ({time.time() - t0:.1f}s)")
+
+    clock.lap("2. tokenizer")
 
     print(_bold("3. pretraining"))
     prepare_shards(corpus.train, tok, run / "data", val_texts=corpus.val)
@@ -128,57 +138,69 @@ def demo(
     stage = PretrainStage(run / "data", seq_len, batch_size, seed=0)
     prompts = demo_prompts()
     cfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup_steps=min(50, steps // 10),
-                      eval_every=max(1, steps // 10), save_every=max(1, steps // 4), device=device)
+                      eval_every=max(1, steps // 8), save_every=max(1, steps // 4), device=device)
     model.eval()
     with torch.no_grad():
-        before = _measure(model, tok, stage, corpus.questions, prompts)
+        before = _measure(model, tok, stage, corpus, prompts)
     print(f"   {model.config.num_params / 1e6:.2f}M parameters; before training: val loss "
           f"{before['val_loss']:.3f} (unigram baseline {base:.3f}), facts "
           f"{before['fact_accuracy']:.0%} (chance {before['chance']:.0%})")
     summary = fit(model, stage, cfg, run, tokenizer=tok, resume=resume, desc="pretrain")
     model.eval()
     with torch.no_grad():
-        after = _measure(model, tok, stage, corpus.questions, prompts)
+        after = _measure(model, tok, stage, corpus, prompts)
     save_model(run / "model", model, tok)
     loss_curve(run / "metrics.jsonl", run / "loss.png", title="demo pretraining", baseline=base)
+
+    clock.lap("3. pretraining (with the measures before and after)")
 
     print(_bold("4. pretraining result"))
     print(f"   val loss {before['val_loss']:.3f} → {after['val_loss']:.3f} "
           f"(unigram baseline {base:.3f})")
     print(f"   held-out facts {before['fact_accuracy']:.0%} → {after['fact_accuracy']:.0%} "
           f"(chance {after['chance']:.0%}): "
-          + ", ".join(f"{LANG_NAMES[k]} {v:.0%}" for k, v in after["by_lang"].items()))
+          + ", ".join(f"{LANG_NAMES[k]} {v:.0%}" for k, v in after["by_lang"].items())
+          + f" (sums seen in training: {after['seen_sums']:.0%})")
     for p, b, a in zip(prompts, before["samples"], after["samples"], strict=True):
         print(f"   {p!r}: before {b!r}\n   {' ' * len(repr(p))}  after  {a!r}")
 
-    result = {"steps": steps, "tokens": summary["tokens"], "tok_s": summary["tok_s"],
+    result = {"steps": steps, "vocab": tok.vocab_size, "tokens": summary["tokens"], "tok_s": summary["tok_s"],
               "unigram_loss": base, "before": before, "after": after, "bytes_per_token": bpt,
               "params": model.config.num_params}
     if finetune_steps > 0:
-        result["finetune"] = _finetune(run, model, tok, finetune_steps, device, resume)
+        result["finetune"] = _finetune(run, model, tok, finetune_steps, device, resume, clock)
     result["seconds"] = round(time.time() - t_start, 1)
+    result["cpu_seconds"] = round(sum(c for _, _, c in clock.laps), 1)
+    result["stages"] = [{"stage": n, "seconds": w, "cpu_seconds": c} for n, w, c in clock.laps]
     write_json(run / "results.json", result)
     _report(run, result, corpus, prompts)
+    print(_bold("time") + " — " + ", ".join(f"{n.split('.')[0]}: {w:.0f}s" for n, w, _ in clock.laps))
     print(f"   report: {run / 'report.md'}  model: {run / 'model'}  "
-          f"({result['seconds'] / 60:.1f} min)")
+          f"({result['seconds'] / 60:.1f} min, {result['cpu_seconds'] / 60:.1f} CPU min)")
     return result
 
 
-def _finetune(run: Path, model, tok, steps: int, device: str, resume: bool) -> dict:
+def _finetune(run: Path, model, tok, steps: int, device: str, resume: bool, clock) -> dict:
     from jielong import demo_finetune as ft
     from jielong.data.synthetic_tasks import qa_conversations, world_for
+    from jielong.demo_finetune import stage_steps
     from jielong.lora import remove_adapter
 
     dev = str(pick_device(device))
-    sft, assistant = ft.sft_stage(run, model, tok, steps, dev, resume)
+    sft, assistant = ft.sft_stage(run, model, tok, stage_steps(steps, "sft"), dev, resume)
+    clock.lap("5. SFT")
     qa_test = qa_conversations(world_for(0), seed=0, n_train=0).test
-    lora = ft.lora_stage(run, assistant, tok, steps, dev, resume, qa_test)
+    lora = ft.lora_stage(run, assistant, tok, stage_steps(steps, "lora"), dev, resume, qa_test)
+    clock.lap("6. LoRA")
     remove_adapter(assistant, "translate")  # the teacher below is the assistant alone
-    spam = ft.classify_stage(run, run / "model", tok, max(1, steps // 2), dev, resume)
-    distill = ft.distill_stage(run, run / "model", assistant, tok, steps, dev, resume)
+    spam = ft.classify_stage(run, run / "model", tok, stage_steps(steps, "classify"), dev, resume)
+    clock.lap("7. classification")
+    distill = ft.distill_stage(run, run / "model", assistant, tok, stage_steps(steps, "distill"), dev,
+                               resume)
+    clock.lap("8. distillation")
     from jielong.demo_align import align_stages
 
-    align = align_stages(run, tok, steps, dev, resume)
+    align = align_stages(run, tok, steps, dev, resume, clock)
     from jielong.demo_chat import chat_examples
 
     print(_bold("13. chat") + " — the assistant to talk to, with some feedback already given")
@@ -187,6 +209,7 @@ def _finetune(run: Path, model, tok, steps: int, device: str, resume: bool) -> d
           f"{chat['up']} 👍, {chat['down']} 👎, {chat['edits']} edited answer, "
           f"{chat['regenerations']} unrated regeneration\n"
           f"   talk to it: jielong serve --model {run / 'assistant'}  (then open http://127.0.0.1:8000)")
+    clock.lap("13. chat")
     return {"sft": sft, "lora": lora, "classify": spam, "distill": distill, "align": align,
             "chat": chat}
 
@@ -198,6 +221,8 @@ def _report(run: Path, r: dict, corpus, prompts: list[str]) -> None:
             ("held-out facts right", f"{b['fact_accuracy']:.1%}", f"{a['fact_accuracy']:.1%}"),
             ("  chance", f"{b['chance']:.1%}", f"{a['chance']:.1%}")]
     rows += [(f"  {LANG_NAMES[k]}", f"{b['by_lang'][k]:.1%}", f"{v:.1%}") for k, v in a["by_lang"].items()]
+    rows += [("sums seen in training, asked alike (memorised, not held out)",
+              f"{b['seen_sums']:.1%}", f"{a['seen_sums']:.1%}")]
     lines = [
         "# jielong demo report", "",
         f"{date.today()} · {platform.machine()} · {os.cpu_count()} CPU threads · torch {torch.__version__} "
@@ -208,12 +233,21 @@ def _report(run: Path, r: dict, corpus, prompts: list[str]) -> None:
         "English, plus arithmetic.", "",
         "Held-out facts are sentences that never occur in the training text; each fact was stated "
         "there in other words or another language. The model picks the likeliest of the "
-        "alternatives (e.g. all eight towns); chance is one over their number.", "",
+        "alternatives (e.g. all eight towns), each with the sentence's end (its full stop) and "
+        "all scored from the same point; chance is one over their number.", "",
         "| | before training | after training |", "| --- | --- | --- |",
         *[f"| {n} | {x} | {y} |" for n, x, y in rows], "",
-        "Tokenizer compression (bytes/token): "
+        f"The tokenizer ({r['vocab']:,} tokens) learnt Chinese one character per token; trained "
+        "on whole documents it spent most of its vocabulary on whole fact sentences, and a fact "
+        "was then a different token in every phrasing. Compression (bytes/token): "
         + ", ".join(f"{LANG_NAMES[k]} {v:.2f}" for k, v in r["bytes_per_token"].items()), "",
         "![loss curve](loss.png)", "",
+        "## Time", "",
+        f"{r['seconds'] / 60:.1f} minutes in all ({r['cpu_seconds'] / 60:.1f} CPU minutes: every "
+        "thread's time; when other programs share the machine, wall time grows and CPU time "
+        "does not).", "",
+        "| stage | seconds | CPU seconds |", "| --- | --- | --- |",
+        *[f"| {t['stage']} | {t['seconds']:.0f} | {t['cpu_seconds']:.0f} |" for t in r["stages"]], "",
         "## Greedy continuations", "",
         "| prompt | before | after |", "| --- | --- | --- |",
         *[f"| {p} | {x!r} | {y!r} |" for p, x, y in zip(prompts, b["samples"], a["samples"], strict=True)],

@@ -30,14 +30,14 @@ import torch
 from jielong.checkpoint import load_model
 from jielong.data.preferences import encode_response
 from jielong.data.synthetic_tasks import script_chars, script_of, script_preferences, world_for
-from jielong.demo_finetune import _bold, qa_chats
+from jielong.demo_finetune import _bold, qa_chats, stage_steps
 from jielong.eval.replies import chat_replies, contains_answer
 from jielong.files import write_text
 from jielong.rewards import final_number
 from jielong.train.loop import TrainConfig
 from jielong.train.losses import IGNORE
 
-DPO_LR, DPO_BETA, DPO_SFT, RL_LR, RL_BETA = 1e-3, 0.3, 1.0, 1e-5, 0.04  # DPO: LoRA r 16
+DPO_LR, DPO_BETA, DPO_SFT, RL_LR, RL_BETA = 1e-3, 0.3, 1.0, 2e-5, 0.04  # DPO: LoRA r 16
 MATH_LR = 1e-4  # a checkable reward is exact: a larger step than with a learned reward model
 MATH_TURN = re.compile(r"^\d+ [+-] \d+ = -?\d+[.。]$")
 
@@ -121,7 +121,7 @@ def _quiet(fn, *args, **kwargs):
         return fn(*args, **kwargs)
 
 
-def align_stages(run: Path, tok, steps: int, device: str, resume: bool) -> dict:
+def align_stages(run: Path, tok, steps: int, device: str, resume: bool, clock) -> dict:
     from jielong.hf import open_model
     from jielong.train.dpo import dpo
     from jielong.train.reward import load_reward, reward
@@ -133,24 +133,27 @@ def align_stages(run: Path, tok, steps: int, device: str, resume: bool) -> dict:
     rows, test = script_preferences(world, seed=0, n_train=1200, n_test=120)
     rankings = _jsonl(align / "rankings.jsonl", rows)
     out: dict = {"n_rankings": len(rows), "n_test": len(test)}
+    rm_steps, dpo_steps, rl_steps, math_steps = (stage_steps(steps, k) for k in
+                                                 ("reward", "dpo", "rlhf", "rlhf_math"))
 
     print(_bold("9. reward model") + " — rankings: a reply in the user's script beats the other script")
     t0 = time.time()
-    cfg = TrainConfig(steps=4 * steps, batch_size=16, lr=2e-3, warmup_steps=10, eval_every=4 * steps,
-                      save_every=4 * steps, device=device)
+    cfg = TrainConfig(steps=rm_steps, batch_size=16, lr=2e-3, warmup_steps=10, eval_every=rm_steps,
+                      save_every=rm_steps, device=device)
     r = _quiet(reward, [str(rankings)], model=str(sft_dir), out=str(run / "reward"), resume=resume,
                train=cfg)
     out["reward"] = {"accuracy": r["accuracy"], "before": r["before"]["accuracy"],
-                     "margin": r["margin"], "steps": 4 * steps, "pairs": 3 * len(rows)}
+                     "margin": r["margin"], "steps": rm_steps, "pairs": 3 * len(rows)}
     print(f"   {3 * len(rows):,} pairs from {len(rows):,} rankings; held-out pairwise accuracy "
           f"{r['before']['accuracy']:.0%} → {r['accuracy']:.0%} ({time.time() - t0:.0f}s)")
+    clock.lap("9. reward model")
     rm, rm_tok = load_reward(run / "reward" / "model")
     sft = load_model(sft_dir).eval()
 
     print(_bold("10. DPO") + " — the assistant learns the preference straight from the rankings")
     t0 = time.time()
-    cfg = TrainConfig(steps=2 * steps, batch_size=16, lr=DPO_LR, warmup_steps=10, eval_every=2 * steps,
-                      save_every=2 * steps, device=device)
+    cfg = TrainConfig(steps=dpo_steps, batch_size=16, lr=DPO_LR, warmup_steps=10, eval_every=dpo_steps,
+                      save_every=dpo_steps, device=device)
     # Only (the user's script, the other script) pairs: the rankings' (other script, broken
     # off) pairs would teach DPO to raise the other script.
     pairs = _jsonl(align / "pairs.jsonl", [{"prompt": r["prompt"], "chosen": r["responses"][0],
@@ -161,22 +164,24 @@ def align_stages(run: Path, tok, steps: int, device: str, resume: bool) -> dict:
            sft_weight=DPO_SFT, method="lora", resume=resume, train=cfg)
     policy = open_model(sft_dir, adapters=[f"dpo={run / 'dpo' / 'adapter'}"])[0]
     out["dpo"] = compare(policy, sft, tok, test, rm, rm_tok)
-    out["dpo"]["steps"] = 2 * steps
+    out["dpo"]["steps"] = dpo_steps
     _say(out["dpo"], time.time() - t0)
+    clock.lap("10. DPO")
 
     print(_bold("11. RLHF") + " — GRPO: sampled replies scored by the reward model")
     t0 = time.time()
     prompts = _jsonl(align / "prompts.jsonl",
                      [{"prompt": p} for p in dict.fromkeys(r["prompt"][0]["content"] for r in rows)])
     rl = RLConfig(group=8, beta=RL_BETA, max_new_tokens=24, eval_prompts=0)
-    cfg = TrainConfig(steps=steps, batch_size=8, lr=RL_LR, warmup_steps=0, schedule="constant",
-                      weight_decay=0.0, eval_every=steps, save_every=steps, device=device)
+    cfg = TrainConfig(steps=rl_steps, batch_size=8, lr=RL_LR, warmup_steps=0, schedule="constant",
+                      weight_decay=0.0, eval_every=rl_steps, save_every=rl_steps, device=device)
     s = _quiet(rlhf, [str(prompts)], model=str(sft_dir), out=str(run / "rlhf"),
                reward_model=str(run / "reward" / "model"), resume=resume, rl=rl, train=cfg)
     out["rlhf"] = compare(load_model(run / "rlhf" / "model"), sft, tok, test, rm, rm_tok)
-    out["rlhf"].update(steps=steps, reward_first=s.get("reward_first"), reward_last=s.get("reward_last"),
+    out["rlhf"].update(steps=rl_steps, reward_first=s.get("reward_first"), reward_last=s.get("reward_last"),
                        replies_s=s.get("replies_s"))
     _say(out["rlhf"], time.time() - t0)
+    clock.lap("11. RLHF")
 
     print(_bold("12. RLHF, checkable reward") + " — arithmetic: 1 for the right sum")
     t0 = time.time()
@@ -189,19 +194,20 @@ def align_stages(run: Path, tok, steps: int, device: str, resume: bool) -> dict:
             "test": [i for i in qa.test if i.kind in ("add", "sub")]}  # in no training data
     before = {k: math_accuracy(sft, tok, v) for k, v in sets.items()}
     rl = RLConfig(group=8, beta=RL_BETA, max_new_tokens=16, eval_prompts=0)
-    cfg = replace(cfg, lr=MATH_LR)
+    cfg = replace(cfg, steps=math_steps, lr=MATH_LR, eval_every=math_steps, save_every=math_steps)
     s = _quiet(rlhf, [str(sums)], model=str(sft_dir), out=str(run / "rlhf-math"), reward_fn="arithmetic",
                resume=resume, rl=rl, train=cfg)
     math_model = load_model(run / "rlhf-math" / "model")
     after = {k: math_accuracy(math_model, tok, v) for k, v in sets.items()}
     out["math"] = {"before": before, "after": after, "n": {k: len(v) for k, v in sets.items()},
-                   "steps": steps, "reward_first": s.get("reward_first"),
+                   "steps": math_steps, "reward_first": s.get("reward_first"),
                    "reward_last": s.get("reward_last"),
                    "kl_to_sft": s.get("kl_last")}
     print(f"   sums right: the {cut} practised {before['practised']:.0%} → {after['practised']:.0%}, "
           f"others from SFT {before['pool']:.0%} → {after['pool']:.0%}, never seen "
           f"{before['test']:.0%} → {after['test']:.0%}; training reward "
           f"{s.get('reward_first', 0):.2f} → {s.get('reward_last', 0):.2f} ({time.time() - t0:.0f}s)")
+    clock.lap("12. RLHF on arithmetic")
     return out
 
 

@@ -33,6 +33,17 @@ def _reply(model, tok, messages: list[dict], seed: int | None) -> str:
     return tok.decode(out, skip_special_tokens=True).strip()
 
 
+def _wrong_reply(model, tok, questions):
+    """A question and a wrong, non-empty reply to it (an empty one is nothing to correct):
+    greedy if the model gives one, else sampled, as a barely trained model may reply nothing."""
+    for seed in (None, *range(TRIES)):
+        for item in questions[:-21:-1] if seed is None else questions[:10]:
+            reply = _reply(model, tok, item.messages_without_answer, seed)
+            if reply.strip() and reply != item.answer_text:
+                return item, reply
+    return None, ""
+
+
 @torch.no_grad()
 def chat_examples(run: Path, tok, conversations: int = 4) -> dict:
     """Copy RUN/rlhf/model to RUN/assistant and write RUN/feedback.db afresh; return counts."""
@@ -49,7 +60,7 @@ def chat_examples(run: Path, tok, conversations: int = 4) -> dict:
     chars = script_chars(world_for(0))
     _, questions = script_preferences(world_for(0), seed=0, n_train=1, n_test=120)
     counts = {"conversations": 0, "up": 0, "down": 0, "edits": 0, "regenerations": 0}
-    for k, item in enumerate(questions):
+    for k, item in enumerate(questions[:8 * conversations]):  # a weak model may never switch
         if counts["conversations"] >= conversations:
             break
         q = item.messages_without_answer
@@ -73,14 +84,15 @@ def chat_examples(run: Path, tok, conversations: int = 4) -> dict:
                 counts["down"] += 1
         counts["conversations"] += 1
     # An answer the user corrected by hand: the edit is preferred to the original.
-    item, wrong = next((i, r) for i in reversed(questions)
-                       if (r := _reply(model, tok, i.messages_without_answer, None)) != i.answer_text)
-    c = store.create_conversation()
-    u = store.add_message(c["id"], None, "user", item.messages_without_answer[0]["content"])
-    a = store.add_message(c["id"], u["id"], "assistant", wrong, model=NAME, finish_reason="stop")
-    store.add_message(c["id"], u["id"], "assistant", item.answer_text, model=NAME, origin="edit",
-                      edited_from=a["id"])
-    counts["edits"] += 1
+    item, wrong = _wrong_reply(model, tok, questions)
+    if item is not None:
+        c = store.create_conversation()
+        u = store.add_message(c["id"], None, "user", item.messages_without_answer[0]["content"])
+        a = store.add_message(c["id"], u["id"], "assistant", wrong, model=NAME, finish_reason="stop")
+        store.add_message(c["id"], u["id"], "assistant", item.answer_text, model=NAME, origin="edit",
+                          edited_from=a["id"])
+        counts["edits"] += 1
+        counts["conversations"] += 1
     # A regeneration nobody rated: it says nothing about which answer is better.
     q = [{"role": "user", "content": "Where does Ming live?"}]
     c = store.create_conversation()
@@ -90,6 +102,6 @@ def chat_examples(run: Path, tok, conversations: int = 4) -> dict:
     store.add_message(c["id"], u["id"], "assistant", _reply(model, tok, q, 7), model=NAME,
                       origin="regenerate", finish_reason="stop")
     counts["regenerations"] += 1
-    counts["conversations"] += 2
+    counts["conversations"] += 1
     store.close()
     return counts

@@ -50,10 +50,34 @@ from jielong.train.sft import PackedStage, checkpoint_fns, encode, pack, split
 SEQ_LEN = 128
 MIXED_SCRIPT = 0.3  # of Chinese SFT answers in the other script, as in data from mixed sources
 DISTILL_ALPHA, DISTILL_T = 0.2, 2.0  # see the note in distill_stage
+# Each stage's steps as a share of the demo's one finetuning dial (300 steps of SFT): what
+# each needs for its lesson, the demo being held to ten minutes on two CPU cores (the
+# measurements are in bench/RESULTS.md). RLHF is the dearest step: it samples 64 replies.
+STAGE_STEPS = {"sft": 1, "lora": 1 / 2, "classify": 1 / 4, "distill": 1 / 3, "reward": 4 / 3,
+               "dpo": 2 / 3, "rlhf": 2 / 5, "rlhf_math": 2 / 5}
+
+
+def stage_steps(steps: int, stage: str) -> int:
+    return max(1, round(steps * STAGE_STEPS[stage]))
 
 
 def _bold(s: str) -> str:
     return f"\033[1m{s}\033[0m" if os.isatty(1) and "NO_COLOR" not in os.environ else s
+
+
+class Clock:
+    """Wall and CPU seconds of each demo stage, for the report. CPU time counts every thread
+    of this process; on a machine shared with other programs the wall time grows, it does not."""
+
+    def __init__(self):
+        self.laps: list[tuple[str, float, float]] = []
+        self._wall, self._cpu = time.perf_counter(), time.process_time()
+
+    def lap(self, name: str) -> None:
+        """Close the stage that ran since the last lap."""
+        wall, cpu = time.perf_counter(), time.process_time()
+        self.laps.append((name, round(wall - self._wall, 1), round(cpu - self._cpu, 1)))
+        self._wall, self._cpu = wall, cpu
 
 
 def _packed(tok, records: list[dict], pad: int, seed: int = 0):

@@ -4,7 +4,11 @@ For a prompt and candidate continuations, the model's choice is the candidate wh
 it finds likeliest (summed log-probability). Prompt and candidate are tokenized together,
 as they appear in running text: in Chinese a BPE token may span the join ("住在" + "龍鄉"
 → "住在龍", "鄉"), and splitting there would show the model token boundaries it never saw
-in training. The scored tokens are those not wholly inside the prompt.
+in training. So every candidate of a question is scored from the same point: after the
+longest run of tokens that all its candidates share and that lies wholly inside the
+prompt. (Scoring each from its own join would charge "住在龍" to one candidate and only
+"楓林" to another.) A question may give text that follows every candidate (`.end`, e.g.
+"." or a line break): it is scored too, or " 1" would always beat " 12", its extension.
 """
 
 from __future__ import annotations
@@ -35,16 +39,32 @@ def _split(tok, prompt: str, choice: str) -> tuple[list[int], int]:
     return ids, max(1, n_ctx)
 
 
-@torch.no_grad()
+def _common_start(items: list[tuple[list[int], int]]) -> list[tuple[list[int], int]]:
+    """The same scoring start for candidates of one prompt: at most each one's own, and
+    within the token prefix all of them share."""
+    start = min(n for _, n in items)
+    first = items[0][0]
+    for ids, _ in items[1:]:
+        same = next((i for i, (a, b) in enumerate(zip(first, ids, strict=False)) if a != b),
+                    min(len(first), len(ids)))
+        start = min(start, same)
+    return [(ids, max(1, start)) for ids, _ in items]
+
+
 def sequence_logprobs(model, tok, pairs: list[tuple[str, str]], batch_size: int = 64) -> list[float]:
     """Summed log-probability of each continuation given its prompt."""
+    return _logprobs(model, tok.eos_id, [_split(tok, p, c) for p, c in pairs], batch_size)
+
+
+@torch.no_grad()
+def _logprobs(model, pad: int, items: list[tuple[list[int], int]], batch_size: int = 64) -> list[float]:
+    """Summed log-probability of each token list's tokens from its start index on."""
     device = next(model.parameters()).device
-    items = [_split(tok, p, c) for p, c in pairs]
     scores: list[float] = []
     for i in range(0, len(items), batch_size):
         chunk = items[i:i + batch_size]
         T = max(len(ids) for ids, _ in chunk)
-        x = torch.full((len(chunk), T), tok.eos_id, dtype=torch.long)
+        x = torch.full((len(chunk), T), pad, dtype=torch.long)
         for j, (ids, _) in enumerate(chunk):
             x[j, :len(ids)] = torch.tensor(ids)  # right-padded: causal attention ignores the tail
         logp = F.log_softmax(model(x.to(device)).float(), dim=-1).cpu()
@@ -55,12 +75,14 @@ def sequence_logprobs(model, tok, pairs: list[tuple[str, str]], batch_size: int 
 
 
 def choice_accuracy(model, tok, questions) -> ChoiceResult:
-    """Score questions with .prompt, .answer, .choices and a .lang/.kind for grouping."""
-    pairs, spans = [], []
+    """Score questions with .prompt, .answer, .choices, optionally .end, and a .lang for
+    grouping."""
+    items, spans = [], []
     for q in questions:
-        spans.append((len(pairs), len(q.choices)))
-        pairs += [(q.prompt, c) for c in q.choices]
-    scores = sequence_logprobs(model, tok, pairs)
+        spans.append((len(items), len(q.choices)))
+        end = getattr(q, "end", "")
+        items += _common_start([_split(tok, q.prompt, c + end) for c in q.choices])
+    scores = _logprobs(model, tok.eos_id, items)
     right: dict[str, list[bool]] = {}
     for q, (start, n) in zip(questions, spans, strict=True):
         best = max(range(n), key=lambda k: scores[start + k])
