@@ -10,7 +10,8 @@ rendering of every person fact is held out of the training text and becomes a
 ~15% of the arithmetic, which lets the demo measure knowledge, not memorised strings.
 
 Later stages (SFT conversations, preference pairs, RAG documents) can render the same
-`World` with their own templates.
+`World` with their own templates. `han_char_pieces` is the text the demo trains its
+tokenizer on (Chinese one character per token: see there for why).
 
 Look at it:  python -m jielong.data.synthetic      (stats, a document per language, questions)
 """
