@@ -240,7 +240,7 @@ def _report(run: Path, r: dict, corpus, prompts: list[str]) -> None:
         f"The tokenizer ({r['vocab']:,} tokens) learnt Chinese one character per token; trained "
         "on whole documents it spent most of its vocabulary on whole fact sentences, and a fact "
         "was then a different token in every phrasing. Compression (bytes/token): "
-        + ", ".join(f"{LANG_NAMES[k]} {v:.2f}" for k, v in r["bytes_per_token"].items()), "",
+        + ", ".join(f"{LANG_NAMES[k]} {v:.2f}" for k, v in r["bytes_per_token"].items()) + ".", "",
         "![loss curve](loss.png)", "",
         "## Time", "",
         f"{r['seconds'] / 60:.1f} minutes in all ({r['cpu_seconds'] / 60:.1f} CPU minutes: every "
