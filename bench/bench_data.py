@@ -59,7 +59,7 @@ def build_corpus(path: Path, limit: int | None) -> dict[str, int]:
 
 
 def run_full(corpus: Path, work: Path) -> tuple[float, dict]:
-    from jielong.data.prep import clean
+    from jielong.prep.pipeline import clean
 
     t = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
@@ -68,7 +68,7 @@ def run_full(corpus: Path, work: Path) -> tuple[float, dict]:
 
 
 def run_ours(corpus: Path, work: Path) -> tuple[float, set[str]]:
-    from jielong.data.dedup import Deduplicator, MinHashConfig
+    from jielong.prep.dedup import Deduplicator, MinHashConfig
 
     t = time.perf_counter()
     dd = Deduplicator(MinHashConfig(), exact=False)
@@ -101,7 +101,7 @@ def run_datatrove(corpus: Path, work: Path) -> tuple[float, set[str], list[float
     from datatrove.pipeline.writers import JsonlWriter
     from datatrove.utils.typeshelper import Languages
 
-    from jielong.data.prep import QuietLocalExecutor as Local
+    from jielong.prep.pipeline import QuietLocalExecutor as Local
 
     # xxhash 4 takes bytes only and datatrove 0.10 passes str: encode as UTF-8, which is what
     # older xxhash did with a str itself

@@ -40,13 +40,13 @@ from common import machine
 
 from jielong.checkpoint import load_model, save_model
 from jielong.config import preset
+from jielong.data.chat import IGNORE
 from jielong.data.preferences import PrefPair, encode_response
-from jielong.data.synthetic import build_corpus
+from jielong.demo.world import build_corpus
 from jielong.model import Transformer
 from jielong.tokenizer import train_tokenizer
 from jielong.train.dpo import DPOStage, Objective, reference_logps
 from jielong.train.loop import TrainConfig, fit
-from jielong.train.losses import IGNORE
 
 
 def quiet():

@@ -78,7 +78,7 @@ def reset_peak() -> bool:
 def make_data(vocab: int, seq_len: int, rows: int, pad: int, seed: int = 0):
     """Packed rows of random "conversations" of 16..seq_len tokens, the first 20-60% of each
     a prompt (labels IGNORE), the rest the reply that is learned."""
-    from jielong.train.losses import IGNORE
+    from jielong.data.chat import IGNORE
     from jielong.train.sft import pack
 
     rng = random.Random(seed)

@@ -6,7 +6,7 @@ set, and the keep rates on the shared corpora, for the rules in the working tree
     python bench/bench_quality_rules.py --before 0e501a0     # and the rules at 0e501a0
     python bench/bench_quality_rules.py --limit 300          # documents per corpus (default 1000)
 
-The labelled set is tests/data/quality_labelled.jsonl: hand-written Markdown lecture notes
+The labelled set is tests/prep/quality_labelled.jsonl: hand-written Markdown lecture notes
 and blog posts (繁 and 简, Chinese mixed with English terms, lists, numbers, links) and junk
 (boilerplate, navigation menus, spam, SEO keyword lists, link farms, machine-garbled text),
 plus poems, classics and Wikipedia paragraphs named by file and index in ../shared/data (left
@@ -33,7 +33,7 @@ from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-LABELLED = ROOT / "tests" / "data" / "quality_labelled.jsonl"
+LABELLED = ROOT / "tests" / "prep" / "quality_labelled.jsonl"
 SHARED = ROOT.parent / "shared" / "data"
 
 
@@ -90,9 +90,9 @@ def sample(docs: list[str], limit: int) -> list[str]:
 
 
 def load_rules(rev: str | None):
-    """jielong.data.clean as in the working tree (None), or its clean.py at a git revision."""
+    """jielong.prep.steps as in the working tree (None), or its clean.py at a git revision."""
     if rev is None:
-        import jielong.data.clean as clean
+        import jielong.prep.steps as clean
 
         return clean
     src = subprocess.run(["git", "show", f"{rev}:src/jielong/data/clean.py"], cwd=ROOT, check=True,

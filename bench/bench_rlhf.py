@@ -28,8 +28,8 @@ import torch
 from common import machine, median, model_pair, timed
 
 from jielong.config import preset
-from jielong.data.synthetic_tasks import qa_conversations, world_for
-from jielong.hf import stop_ids
+from jielong.demo.tasks import qa_conversations, world_for
+from jielong.hub import stop_ids
 from jielong.infer.generate import Sampling, generate_ids
 from jielong.rewards import arithmetic, checked
 from jielong.tokenizer import train_tokenizer

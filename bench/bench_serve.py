@@ -34,7 +34,7 @@ import torch
 from common import machine, model_pair
 
 from jielong.config import preset
-from jielong.data.synthetic_tasks import qa_conversations, world_for
+from jielong.demo.tasks import qa_conversations, world_for
 from jielong.infer.engine import Engine
 from jielong.tokenizer import train_tokenizer
 

@@ -12,7 +12,7 @@ from conftest import make_adapter, run_cli, tiny_corpus
 from jielong.checkpoint import load_model, save_model
 from jielong.cli import main
 from jielong.config import preset
-from jielong.hf import open_model, stop_ids
+from jielong.hub import open_model, stop_ids
 from jielong.infer.chat import Session
 from jielong.infer.generate import Sampling, generate_text
 from jielong.lora import (

@@ -31,14 +31,14 @@ from jielong.errors import UserError
 
 def _commands() -> dict:
     # Imported lazily so `jielong --help` and light commands start fast.
-    from jielong.data.prep import clean as data_clean
-    from jielong.data.prep import quality_train
-    from jielong.data.prep import stats_cmd as data_stats
-    from jielong.demo import demo
+    from jielong.demo.run import demo
     from jielong.export import gguf_cmd
     from jielong.infer.chat import chat
     from jielong.infer.generate import generate
     from jielong.lora import merge_cmd
+    from jielong.prep.pipeline import clean as data_clean
+    from jielong.prep.pipeline import quality_train
+    from jielong.prep.pipeline import stats_cmd as data_stats
     from jielong.serve.command import serve
     from jielong.serve.feedback import export_cmd as feedback_export
     from jielong.tokenizer import tokenize_cmd, train_cmd

@@ -851,7 +851,7 @@ def merge_cmd(model: str, adapter: str, out: str) -> None:
         out: folder to write the merged model to (replaced atomically if it exists)
     """
     from jielong.checkpoint import load_model, save_model
-    from jielong.hf import read_generation_config, resolve_model
+    from jielong.hub import read_generation_config, resolve_model
     from jielong.tokenizer import Tokenizer
 
     base_dir = resolve_model(model)

@@ -233,7 +233,7 @@ class Tokenizer:
     def end_ids(self) -> set[int]:
         """Token ids that end a reply: the eos token and any known end-of-turn token in the
         vocabulary (a base model chatting through a template emits those). Add the model's
-        generation_config.json eos ids to these (see `jielong.hf.stop_ids`)."""
+        generation_config.json eos ids to these (see `jielong.hub.stop_ids`)."""
         ids = {self.backend.token_to_id(t) for t in END_OF_TURN}
         eos = self._token_str("eos_token")
         ids.add(self.backend.token_to_id(eos) if eos else None)

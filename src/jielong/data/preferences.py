@@ -30,10 +30,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from jielong.data.chat import IGNORE, encode
 from jielong.data.formats import ROLES
 from jielong.data.readers import iter_records
 from jielong.errors import UserError
-from jielong.train.losses import IGNORE
 
 LIKE = {"👍": True, "👎": False, "up": True, "down": False, "good": True, "bad": False,
         "true": True, "false": False}
@@ -317,7 +317,6 @@ def encode_response(tok, prompt: list[dict], reply: list[dict]) -> tuple[list[in
     """(ids, labels) of prompt + reply rendered with the chat template; labels (aligned
     with ids, not shifted) hold the reply's tokens and its end-of-turn token, IGNORE
     elsewhere — earlier assistant turns of the prompt are context, not learned."""
-    from jielong.train.sft import encode
 
     ids, labels = encode(tok, prompt + reply)
     n_replies = sum(1 for m in reply if m.get("role") == "assistant")

@@ -166,8 +166,8 @@ def chat(
             runs/NAME/adapter).
         adapter_name: Which loaded adapter replies first (default: the first; off: the base).
     """
-    from jielong.hf import choose_adapter, open_model, stop_ids
-    from jielong.train.loop import pick_device
+    from jielong.hub import choose_adapter, open_model, stop_ids
+    from jielong.runtime import pick_device
 
     need_demo(model)
     net, tok, gen = open_model(model, device=pick_device(device), dtype=dtype, adapters=adapter,

@@ -223,8 +223,8 @@ def generate(
             runs/NAME/adapter).
         adapter_name: Which loaded adapter generates (default: the first; off: the base).
     """
-    from jielong.hf import open_model, stop_ids
-    from jielong.train.loop import pick_device
+    from jielong.hub import open_model, stop_ids
+    from jielong.runtime import pick_device
 
     net, tok, gen = open_model(model, device=pick_device(device), dtype=dtype, adapters=adapter,
                                adapter_name=adapter_name)

@@ -72,10 +72,10 @@ def serve(
     except ImportError as e:
         raise UserError(f"jielong serve needs the serving extra ({e.name} is missing): "
                         "pip install 'jielong[serve]'") from None
-    from jielong.hf import open_model, stop_ids
+    from jielong.hub import open_model, stop_ids
     from jielong.infer.chat import need_demo
     from jielong.infer.engine import Engine
-    from jielong.train.loop import pick_device
+    from jielong.runtime import pick_device
 
     need_demo(model)
     keys = api_keys(api_key, os.environ.get("JIELONG_API_KEY"))

@@ -128,7 +128,7 @@ def from_pretrained_lm(name: str | Path, labels: Sequence[str], seed: int = 0):
     """(Classifier, Tokenizer) from a causal LM directory or hub id: its body, a new head
     (seeded by `seed`), and pad_token_id set (transformers needs it to find the last token)."""
     from jielong.checkpoint import load_model
-    from jielong.hf import resolve_model
+    from jielong.hub import resolve_model
     from jielong.tokenizer import Tokenizer
 
     path = resolve_model(name)
@@ -663,7 +663,8 @@ def classify(
         train: Optimisation settings (steps, batch size, learning rate, …).
     """
     from jielong.plots import loss_curve
-    from jielong.train.loop import context_length, init_distributed, is_main_process, pick_device
+    from jielong.runtime import init_distributed, is_main_process, pick_device
+    from jielong.train.loop import context_length
 
     train.validate()
     if not 0 <= val_fraction < 1:

@@ -26,9 +26,19 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from jielong.checkpoint import NoInit, save_model
+from jielong.config import preset
+from jielong.data.chat import IGNORE, encode
+from jielong.data.formats import read_conversations
 from jielong.errors import UserError
-from jielong.train.loop import TrainConfig, context_length, fit, is_main_process, pick_device
-from jielong.train.losses import IGNORE, linear_cross_entropy
+from jielong.files import write_text
+from jielong.hub import open_model
+from jielong.infer.generate import Sampling, generate_ids
+from jielong.model import Transformer
+from jielong.plots import loss_curve
+from jielong.runtime import is_main_process, pick_device
+from jielong.train.loop import TrainConfig, context_length, fit
+from jielong.train.losses import linear_cross_entropy
 from jielong.train.sft import PackedStage, attention_mask, pack, split, summarize_params
 
 DISTILL_TRAIN = TrainConfig(lr=1e-3, steps=300, batch_size=8, warmup_steps=20)  # `train distill` defaults
@@ -122,7 +132,6 @@ def same_vocabulary(a, b) -> bool:
 def teacher_replies(teacher, tok, conversations: list[list[dict]], max_new_tokens: int,
                     batch_size: int = 16) -> list[list[dict]]:
     """The conversations with their last reply rewritten by the teacher (greedy)."""
-    from jielong.infer.generate import Sampling, generate_ids
 
     s = Sampling(max_new_tokens=max_new_tokens, temperature=0.0)
     stops = tok.end_ids | ({teacher.config.eos_token_id} - {None})
@@ -145,8 +154,6 @@ def keep_layers(model, layers: list[int]):
     2019), which took every other layer of its teacher."""
     from dataclasses import replace
 
-    from jielong.checkpoint import NoInit
-    from jielong.model import Transformer
 
     n = model.config.num_hidden_layers
     bad = [i for i in layers if not 0 <= i < n]
@@ -178,9 +185,6 @@ def build_student(student: str | None, student_preset: str | None, teacher, tok,
     """The student: a model directory / hub id, or a fresh preset-sized model using the
     teacher's tokenizer (and context length); with `layers`, only those layers of the
     student model, or of the teacher when no student is named."""
-    from jielong.config import preset
-    from jielong.hf import open_model
-    from jielong.model import Transformer
 
     if student and student_preset:
         raise UserError("give --student (a model) or --student_preset (a fresh size), not both")
@@ -241,12 +245,6 @@ def distill(
         resume: Continue from the last checkpoint in OUT.
         train: Optimisation settings (steps, batch size, learning rate, …).
     """
-    from jielong.checkpoint import save_model
-    from jielong.data.formats import read_conversations
-    from jielong.files import write_text
-    from jielong.hf import open_model
-    from jielong.plots import loss_curve
-    from jielong.train.sft import encode
 
     train.validate()
     if not 0 <= alpha <= 1 or temperature <= 0:

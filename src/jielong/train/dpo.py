@@ -59,11 +59,12 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from jielong.data.chat import IGNORE
 from jielong.errors import UserError
 from jielong.lora import LoraConfig, output_weight, using_adapter
+from jielong.runtime import is_main_process
 from jielong.train.classify import Sampler
-from jielong.train.loop import TrainConfig, fit, is_main_process
-from jielong.train.losses import IGNORE
+from jielong.train.loop import TrainConfig, fit
 from jielong.train.sft import checkpoint_fns
 
 DPO_TRAIN = TrainConfig(lr=1e-6, warmup_steps=10, steps=200, batch_size=8, eval_every=50,
@@ -225,7 +226,7 @@ def cache_key(kind: str, ref_name: str, dtype: torch.dtype, groups: dict[str, Se
     """What the cached log-probs depend on: the reference model's files (path, sizes, times),
     its dtype and every token and label of the data."""
     from jielong.checkpoint import weight_files
-    from jielong.hf import resolve_model
+    from jielong.hub import resolve_model
 
     path = resolve_model(ref_name).resolve()
     stats = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in weight_files(path)]
@@ -267,7 +268,7 @@ def compute_reference(net, method: str, ref: str | None, groups: dict[str, Seque
         with using_adapter(net, None) if method == "lora" else nullcontext():
             return {k: reference_logps(net, rows, pad_id, batch_size, f"reference log-probs ({k})")
                     for k, rows in groups.items()}
-    from jielong.hf import open_model
+    from jielong.hub import open_model
 
     other, _, _ = open_model(ref, device=device, dtype=next(net.parameters()).dtype)
     if other.config.vocab_size != net.config.vocab_size:
@@ -283,7 +284,7 @@ def reference_for(run: Path, kind: str, net, method: str, model: str, ref: str |
                   device: torch.device) -> dict[str, torch.Tensor]:
     """Reference log-probs from OUT/ref_logps.pt, or computed and saved there (rank 0 first;
     the other processes then read the file)."""
-    from jielong.train.loop import main_process_first
+    from jielong.runtime import main_process_first
 
     key = cache_key(kind, ref or model, next(net.parameters()).dtype, groups)
     t0 = time.time()
@@ -397,7 +398,8 @@ def setup(model: str, ref: str | None, method: str, lora: LoraConfig, dtype: str
     train config, device, world size, pad id, ref or None). `default_lr` is the command's
     own, replaced by the LoRA default when --method lora and no --lr is given."""
     from jielong.checkpoint import list_checkpoints
-    from jielong.train.loop import context_length, init_distributed, pick_device
+    from jielong.runtime import init_distributed, pick_device
+    from jielong.train.loop import context_length
     from jielong.train.sft import prepare_model
 
     if method == "lora" and train.lr == default_lr:

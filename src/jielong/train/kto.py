@@ -44,6 +44,7 @@ import torch.distributed as dist
 
 from jielong.errors import UserError
 from jielong.lora import LoraConfig
+from jielong.runtime import is_main_process
 from jielong.train.classify import Sampler
 from jielong.train.dpo import (
     Row,
@@ -54,7 +55,7 @@ from jielong.train.dpo import (
     sequence_logps,
     setup,
 )
-from jielong.train.loop import TrainConfig, fit, is_main_process
+from jielong.train.loop import TrainConfig, fit
 from jielong.train.sft import checkpoint_fns
 
 KTO_TRAIN = TrainConfig(lr=1e-6, warmup_steps=10, steps=200, batch_size=8, eval_every=50,
@@ -91,7 +92,7 @@ def partners(n: int, seed: int) -> list[int]:
 
 def mismatched(rows: list[tuple[Row, Row]], cut: list[bool], max_len: int) -> list[Row]:
     """Each rating's prompt with its partner's reply, from (matched row, partner's row)."""
-    from jielong.train.losses import IGNORE
+    from jielong.data.chat import IGNORE
 
     out = []
     for (ids, labels), (p_ids, p_labels) in rows:

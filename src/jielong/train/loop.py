@@ -1,6 +1,7 @@
 """The one training loop, shared by every stage.
 
-A stage (pretrain now; sft, dpo, … later) supplies its data and its loss:
+Every stage (pretrain, sft, classify, distill, reward, dpo, kto, rlhf) supplies its data and
+its loss:
 
     class Stage(Protocol):
         def batch(self, step, micro, rank) -> dict[str, Tensor]   # deterministic in its args
@@ -23,12 +24,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import signal
 import threading
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal, Protocol
@@ -40,6 +40,7 @@ from tqdm import tqdm
 from jielong.checkpoint import list_checkpoints, load_model, load_trainer_state, save_model
 from jielong.errors import UserError
 from jielong.files import write_text
+from jielong.runtime import init_distributed, pick_device
 
 
 @dataclass
@@ -135,44 +136,6 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
         return cfg.lr - (cfg.lr - floor) * frac
     frac = (step - warmup) / max(1, cfg.steps - warmup)
     return floor + 0.5 * (cfg.lr - floor) * (1 + math.cos(math.pi * min(1.0, frac)))
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
-    return torch.device(name)
-
-
-def init_distributed(device: torch.device) -> tuple[int, int]:
-    """(rank, world size); starts the process group when launched by torchrun."""
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    if world > 1 and not dist.is_initialized():
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return (dist.get_rank(), world) if world > 1 else (0, 1)
-
-
-@contextmanager
-def main_process_first():
-    """Rank 0 runs the block first (e.g. tokenizing the corpus), then the others, who find
-    its results on disk."""
-    multi = dist.is_initialized() and dist.get_world_size() > 1
-    if multi and dist.get_rank() != 0:
-        dist.barrier()
-    yield
-    if multi and dist.get_rank() == 0:
-        dist.barrier()
-
-
-def is_main_process() -> bool:
-    return not dist.is_initialized() or dist.get_rank() == 0
 
 
 def _optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:

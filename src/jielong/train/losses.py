@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-IGNORE = -100
+from jielong.data.chat import IGNORE
 
 
 class _LinearCrossEntropy(torch.autograd.Function):

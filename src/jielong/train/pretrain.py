@@ -25,16 +25,9 @@ from jielong.data.shards import TokenShards, file_fingerprint, prepare_shards, r
 from jielong.errors import UserError
 from jielong.model import Transformer
 from jielong.plots import loss_curve
+from jielong.runtime import init_distributed, is_main_process, main_process_first, pick_device
 from jielong.tokenizer import Tokenizer, train_tokenizer
-from jielong.train.loop import (
-    TrainConfig,
-    context_length,
-    fit,
-    init_distributed,
-    is_main_process,
-    main_process_first,
-    pick_device,
-)
+from jielong.train.loop import TrainConfig, context_length, fit
 from jielong.train.losses import linear_cross_entropy
 
 

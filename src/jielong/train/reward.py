@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from jielong.data.chat import IGNORE
 from jielong.data.preferences import (
     PrefPair,
     encode_response,
@@ -72,7 +73,6 @@ from jielong.train.classify import (
     save_classifier,
 )
 from jielong.train.loop import TrainConfig, context_length, fit
-from jielong.train.losses import IGNORE
 
 REWARD_TRAIN = TrainConfig(lr=1e-5, warmup_steps=10, steps=200, batch_size=8, eval_every=50,
                            save_every=100)  # `train reward` defaults (batch_size: pairs)
@@ -252,7 +252,7 @@ def reward(
         train: Optimisation settings (steps, batch size in pairs, learning rate, …).
     """
     from jielong.plots import loss_curve
-    from jielong.train.loop import init_distributed, is_main_process, pick_device
+    from jielong.runtime import init_distributed, is_main_process, pick_device
 
     train.validate()
     if not 0 <= val_fraction < 1:
@@ -399,7 +399,7 @@ def score_cmd(
         batch_size: Sequences scored at once.
         device: auto, cpu, cuda, cuda:N or mps.
     """
-    from jielong.train.loop import pick_device
+    from jielong.runtime import pick_device
 
     if data and (prompt is not None or response is not None):
         raise UserError("give either --data FILE.jsonl or --prompt and --response, not both")

@@ -64,12 +64,13 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from jielong.data.chat import IGNORE
 from jielong.errors import UserError
 from jielong.infer.generate import Sampling, generate_ids
 from jielong.lora import LoraConfig, output_weight, using_adapter
 from jielong.rewards import Reward, checked, load_reward_fn
-from jielong.train.loop import TrainConfig, fit, is_main_process
-from jielong.train.losses import IGNORE
+from jielong.runtime import is_main_process
+from jielong.train.loop import TrainConfig, fit
 from jielong.train.sft import (
     EpochSampler,
     checkpoint_fns,
@@ -584,9 +585,9 @@ def rlhf(
         train: Optimisation settings (steps, prompts per batch, learning rate, ...).
         lora: LoRA settings, used with --method lora.
     """
-    from jielong.hf import stop_ids
+    from jielong.hub import stop_ids
     from jielong.plots import rl_curves
-    from jielong.train.loop import init_distributed, pick_device
+    from jielong.runtime import init_distributed, pick_device
 
     if (reward_fn is None) == (reward_model is None):
         raise UserError("give one reward: --reward_fn NAME|FILE.py:FUNCTION|MODULE:FUNCTION or "

@@ -26,27 +26,15 @@ from typing import Literal
 import torch
 from tqdm import tqdm
 
+from jielong.data.chat import IGNORE, encode
 from jielong.errors import UserError
 from jielong.lora import LoraConfig, output_weight
-from jielong.train.loop import TrainConfig, fit, is_main_process
-from jielong.train.losses import IGNORE, linear_cross_entropy
+from jielong.runtime import is_main_process
+from jielong.train.loop import TrainConfig, fit
+from jielong.train.losses import linear_cross_entropy
 
 SFT_TRAIN = TrainConfig(lr=2e-5, warmup_steps=10, steps=200, batch_size=8)  # `train sft` defaults
 LORA_LR = 2e-4  # with --method lora, unless --lr is given
-
-
-def encode(tok, messages: list[dict], train_on_prompt: bool = False) -> tuple[list[int], list[int]]:
-    """(ids, labels) of one conversation; labels are IGNORE where nothing is learned. The
-    final reply always ends in an end-of-turn token (added when the template has none)."""
-    ids, mask = tok.encode_chat(messages)
-    if not any(mask):
-        raise UserError("no assistant tokens found in the rendered conversation")
-    last = max(i for i, m in enumerate(mask) if m)
-    if ids[last] not in tok.end_ids:  # the template closes replies with nothing we know
-        eos = tok.eos_id
-        ids, mask = ids[:last + 1] + [eos] + ids[last + 1:], mask[:last + 1] + [True] + mask[last + 1:]
-    labels = [t if (m or train_on_prompt) else IGNORE for t, m in zip(ids, mask, strict=True)]
-    return ids, labels
 
 
 @dataclass
@@ -223,7 +211,7 @@ def split(examples: list, val_fraction: float, seed: int) -> tuple[list, list]:
 
 def prepare_model(model_name: str, method: str, lora, dtype: str, device: torch.device):
     """(model, tokenizer, generation config, model dir) with LoRA adapters added if asked."""
-    from jielong.hf import open_model
+    from jielong.hub import open_model
 
     if dtype == "auto":  # full finetuning keeps fp32 master weights; a LoRA base may stay small
         dtype = "auto" if method == "lora" and device.type == "cuda" else "float32"
@@ -316,7 +304,8 @@ def sft(
         lora: LoRA settings (rank, alpha, dropout, target modules), used with --method lora.
     """
     from jielong.plots import loss_curve
-    from jielong.train.loop import context_length, init_distributed, pick_device
+    from jielong.runtime import init_distributed, pick_device
+    from jielong.train.loop import context_length
 
     if method == "lora" and train.lr == SFT_TRAIN.lr:
         train = replace(train, lr=LORA_LR)

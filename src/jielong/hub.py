@@ -1,0 +1,163 @@
+"""Hugging Face model directories from anywhere: a local folder or a hub id.
+
+    from jielong.hub import open_model
+    model, tok, gen = open_model("Qwen/Qwen2.5-0.5B-Instruct", dtype="auto")
+
+What jielong reads from a model folder, and what it never does:
+- config.json → `ModelConfig.from_hf` (Llama 2/3 incl. rope scaling, Mistral, Qwen2/2.5,
+  Qwen3; anything else is refused with the list of supported families);
+- *.safetensors (single or sharded with an index) → `checkpoint.load_model`; a
+  pytorch_model.bin only through `torch.load(weights_only=True)`, with a note;
+- tokenizer.json + tokenizer_config.json (+ chat_template.jinja) → `Tokenizer.from_dir`;
+- generation_config.json → default sampling and the ids that end a reply;
+- LoRA adapters (PEFT folders, `jielong.lora`), as many as asked, on one shared base:
+  `open_model(dir, adapters=["chat=runs/chat/adapter", "runs/poem/adapter"])`, then
+  `set_adapter` / `using_adapter` (or `choose_adapter`) picks one per call.
+Python files in a model folder (`trust_remote_code`) are never imported or run.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import torch
+
+from jielong.errors import UserError, json_problem
+
+# What to fetch from the hub: weights in safetensors, configs, tokenizer files.
+_HUB_FILES = ["*.json", "*.safetensors", "*.jinja", "tokenizer.model"]
+
+
+def resolve_model(name: str | Path) -> Path:
+    """A local model directory for `name`: the folder itself, or a hub id (`org/model`)
+    downloaded (or found in the local cache) with huggingface_hub."""
+    p = Path(name)
+    if p.exists() or str(name).startswith((".", "/", "~")) or str(name).count("/") != 1:
+        return p.expanduser()
+    try:
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+    except ImportError:
+        raise UserError(f"{name}: not a local folder, and huggingface_hub is not installed to "
+                        "download it; pip install 'jielong[hub]' or pass a local directory") \
+            from None
+    try:
+        path = Path(snapshot_download(str(name), allow_patterns=_HUB_FILES))
+        if not any(path.glob("*.safetensors")):  # an old repo with pickle weights only
+            path = Path(snapshot_download(str(name), allow_patterns=_HUB_FILES + ["*.bin"]))
+    except LocalEntryNotFoundError:
+        raise UserError(f"{name}: not a local folder, not in the Hugging Face cache, and the hub "
+                        "cannot be reached (offline?); download it when online or pass a local "
+                        "directory") from None
+    except HfHubHTTPError as e:
+        status = getattr(getattr(e, "response", None), "status_code", None)
+        hint = {401: "it may be gated or private: accept its license on the hub and set HF_TOKEN",
+                403: "it is gated: accept its license on the hub and set HF_TOKEN",
+                404: "no such model on the hub; check the name"}.get(status, str(e).splitlines()[0])
+        raise UserError(f"{name}: could not download from the Hugging Face hub: {hint}") from None
+    except (OSError, ValueError) as e:
+        raise UserError(f"{name}: could not download from the Hugging Face hub: "
+                        f"{str(e).splitlines()[0]}") from None
+    return path
+
+
+def read_generation_config(model_dir: str | Path) -> dict:
+    """generation_config.json as a dict ({} when the folder has none)."""
+    path = Path(model_dir) / "generation_config.json"
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}:{e.lineno}: not valid JSON ({json_problem(e)}); fix or delete it") from None
+
+
+def stop_ids(tok, generation: dict, config_eos: int | None = None) -> set[int]:
+    """Token ids that end a reply: generation_config's eos ids (one or a list), the model
+    config's eos id, and the tokenizer's eos and end-of-turn tokens."""
+    eos = generation.get("eos_token_id")
+    ids = set(eos if isinstance(eos, list) else [eos]) | {config_eos} | tok.end_ids
+    return {i for i in ids if isinstance(i, int)}
+
+
+BASE = ("none", "off")  # adapter names that mean the base model alone
+
+
+def adapter_specs(specs: list[str] | None) -> dict[str, Path]:
+    """{name: folder} from `--adapter` values, each `NAME=DIR` or just `DIR` (then named after
+    the folder, or after its parent for a folder called `adapter`, which is where
+    `jielong train sft --method lora` writes runs/NAME/adapter). Each folder's
+    adapter_config.json is checked here, before a possibly large model is loaded."""
+    from jielong.lora import read_adapter_config
+
+    out: dict[str, Path] = {}
+    for spec in specs or []:
+        name, eq, path = spec.partition("=")
+        if not eq or not re.fullmatch(r"[A-Za-z0-9_-]+", name):
+            name, path = "", spec
+        d = resolve_model(path)
+        if not name:
+            p = d.resolve() if d.exists() else Path(path)
+            name = re.sub(r"[^A-Za-z0-9_-]", "_", p.parent.name if p.name == "adapter" else p.name)
+        if name.lower() in BASE or not name:
+            raise UserError(f"--adapter {spec}: give it a name, as in --adapter NAME={path}"
+                            + (f" ({name!r} means the base model)" if name else ""))
+        if name in out:
+            raise UserError(f"--adapter {spec}: a second adapter named {name!r}; name them "
+                            "apart, as in --adapter a=DIR1 b=DIR2")
+        read_adapter_config(d)
+        out[name] = d
+    return out
+
+
+def _pick(name: str | None, have) -> str | None:
+    """`name` checked against the loaded adapter names `have`; None for the base model."""
+    if name is None or name.lower() in BASE:
+        return None
+    if name not in have:
+        raise UserError(f"no adapter named {name!r}; loaded: {', '.join(have) or 'none'}; "
+                        "off: the base model alone")
+    return name
+
+
+def choose_adapter(model, name: str | None) -> str | None:
+    """Make adapter `name` the active one (None, "none" or "off": the base model alone) and
+    return it, or say which adapters there are."""
+    from jielong.lora import adapter_names, set_adapter
+
+    name = _pick(name, adapter_names(model))
+    set_adapter(model, name)
+    return name
+
+
+def _note_other_base(model_name, adapter_dir: Path, conf: dict) -> None:
+    """Say so when an adapter names another base model (its shapes fit: it may still work)."""
+    base = conf.get("base_model_name_or_path")
+    if base and Path(str(base)).name.lower() != Path(str(model_name)).resolve().name.lower():
+        print(f"note: adapter {adapter_dir} was trained on {base}; using it on {model_name}",
+              file=sys.stderr)
+
+
+def open_model(name: str | Path, device: str | torch.device = "cpu", dtype="auto",
+               adapters: list[str] | None = None, adapter_name: str | None = None):
+    """(model, tokenizer, generation_config) from a folder or hub id, with the LoRA adapters
+    `adapters` loaded (see `adapter_specs`) and `adapter_name` active (default: the first;
+    "off": the base model alone)."""
+    from jielong.checkpoint import load_model
+    from jielong.lora import load_adapter, read_adapter_config, set_adapter
+    from jielong.tokenizer import Tokenizer
+
+    specs = adapter_specs(adapters)
+    active = _pick(adapter_name, list(specs)) if adapter_name else next(iter(specs), None)
+    path = resolve_model(name)
+    model = load_model(path, device=device, dtype=dtype).eval()
+    tok = Tokenizer.from_dir(path)
+    for n, d in specs.items():
+        load_adapter(model, d, name=n)
+        _note_other_base(name, d, read_adapter_config(d))
+    if specs:
+        set_adapter(model, active)
+    return model, tok, read_generation_config(path)

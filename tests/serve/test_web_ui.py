@@ -1,0 +1,526 @@
+"""The web chat (GET / and /static, over the /api routes) in a real browser: Playwright
+driving the system's Chromium against `create_app(..., store=Store(...))` serving a tiny
+Qwen2-shaped model over real HTTP.
+
+Skipped when Playwright or a Chromium executable is missing (`make chromium` installs
+Debian's). A screenshot of a chat is kept as a test artifact: in pytest's tmp dir, and in
+$JIELONG_ARTIFACTS (a directory; "1" means test-artifacts/ under the repo) when it is set.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from conftest import ROOT, serving
+from hf_families import make_hf_dir
+
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+httpx = pytest.importorskip("httpx")
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or (
+    "/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
+if CHROMIUM is None:
+    pytest.skip("no chromium executable (install Debian's: `make chromium`)",
+                allow_module_level=True)
+
+from jielong.hub import open_model, stop_ids  # noqa: E402
+from jielong.infer.engine import Engine  # noqa: E402
+from jielong.serve.api import create_app  # noqa: E402
+from jielong.serve.store import Store  # noqa: E402
+
+NAME = "tiny"
+SHORT = "8"  # max tokens for the answers of most tests: quick on two cores
+
+XSS = ('Look: <script>window.__pwned=1</script> and <img src=x onerror="window.__pwned=2"> '
+       'and [click](javascript:window.__pwned=3)')
+
+RICH = """## Reversing a list
+
+Use **slicing** or the *built-in* `reversed()`:
+
+```python
+xs = [1, 2, 3]
+print(xs[::-1])  # [3, 2, 1]
+```
+
+1. `xs.reverse()` changes the list in place
+2. `list(reversed(xs))` makes a new one
+
+> Slicing also works on strings: `"接龍"[::-1]`
+
+See https://docs.python.org/3/tutorial/datastructures.html for more.
+"""
+
+
+# ------------------------------------------------------------------------------ fixtures
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory):
+    root = tmp_path_factory.mktemp("web")
+    model, tok, gen = open_model(make_hf_dir(root, "qwen2"))
+    engine = Engine(model, tok, stop_ids(tok, gen, model.config.eos_token_id), slots=4).start()
+    store = Store(root / "feedback.db")
+    app = create_app(engine, tok, NAME, gen, store=store)
+    with serving(app) as url:
+        yield SimpleNamespace(url=url, engine=engine, store=store)
+    engine.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    pw = sync_api.sync_playwright().start()
+    try:
+        b = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+    except Exception as e:  # noqa: BLE001 - a broken browser install is a skip, not a failure
+        pw.stop()
+        pytest.skip(f"chromium does not start: {e}")
+    yield b
+    b.close()
+    pw.stop()
+
+
+@pytest.fixture
+def page(browser, srv):
+    context = browser.new_context(viewport={"width": 1280, "height": 820}, locale="en-US")
+    context.set_default_timeout(15_000)
+    p = context.new_page()
+    errors: list[str] = []
+    p.on("pageerror", lambda e: errors.append(str(e)))
+    yield p
+    context.close()
+    assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+# ------------------------------------------------------------------------------ helpers
+
+
+def get(srv, path):
+    r = httpx.get(srv.url + path, timeout=10)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def post(srv, path, body):
+    """A POST to /api; a streamed answer is read to its end and returned as its events."""
+    r = httpx.post(srv.url + path, json=body, timeout=30)
+    assert r.status_code == 200, r.text
+    if r.headers["content-type"].startswith("text/event-stream"):
+        return [json.loads(line[5:]) for line in r.text.splitlines() if line.startswith("data:")]
+    return r.json()
+
+
+def open_chat(page, srv, cid: str | None = None):
+    page.goto(srv.url + "/" + (f"#{cid}" if cid else ""))
+    page.wait_for_function("() => document.body.classList.contains('ready')")
+
+
+def settle(page, messages: int):
+    """Wait until the page knows `messages` messages and streams nothing."""
+    page.wait_for_function(
+        "n => window.jielong.state.msgs.size >= n && !window.jielong.state.stream"
+        " && document.querySelector('#stop').hidden", arg=messages)
+
+
+def send(page, text: str, max_tokens: str = SHORT):
+    before = page.evaluate("() => window.jielong.state.msgs.size")
+    page.fill("#max-tokens", max_tokens)
+    page.fill("#input", text)
+    page.press("#input", "Enter")
+    settle(page, before + 2)
+
+
+def current_id(page) -> str:
+    return page.evaluate("() => location.hash.slice(1)")
+
+
+def stored(srv, cid):
+    return get(srv, f"/api/conversations/{cid}")
+
+
+def shown(page, role: str):
+    return page.locator(f"#messages .message.{role}")
+
+
+def plant_chat(srv, question: str, answer: str, title: str = "planted"):
+    """A conversation whose (edited) answer to `question` is `answer`: (cid, messages)."""
+    cid = post(srv, "/api/conversations", {"title": title})["id"]
+    events = post(srv, f"/api/conversations/{cid}/messages",
+                  {"parent_id": None, "content": question, "settings": {"max_tokens": 4}})
+    first = next(e["message"] for e in events if e["type"] == "assistant")
+    edited = post(srv, f"/api/messages/{first['id']}/edit", {"content": answer})["message"]
+    return cid, first, edited
+
+
+def save_artifact(page, tmp_path: Path, name: str) -> Path:
+    shot = tmp_path / name
+    page.screenshot(path=str(shot))
+    where = os.environ.get("JIELONG_ARTIFACTS")
+    if where:
+        out = ROOT / "test-artifacts" if where.lower() in ("1", "true", "yes") else Path(where)
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(shot, out / name)
+    return shot
+
+
+# ------------------------------------------------------------------------------ tests
+
+
+def test_send_streams_an_answer_kept_on_the_server_and_reload_finds_it(page, srv):
+    open_chat(page, srv)
+    assert page.locator("#model option").first.get_attribute("value") == NAME
+    send(page, "Hello there! What is the capital of France?")
+    cid = current_id(page)
+    conv = stored(srv, cid)
+    user, bot = conv["messages"]
+    assert (user["role"], user["content"]) == ("user", "Hello there! What is the capital of France?")
+    assert bot["role"] == "assistant" and bot["parent_id"] == user["id"]
+    assert bot["finish_reason"] in ("stop", "length") and bot["sampling"]["max_tokens"] == 8
+    assert shown(page, "user").locator(".content").inner_text() == user["content"]
+    assert shown(page, "assistant").get_attribute("data-id") == bot["id"]
+    assert page.locator(f"#conversations .conversation[data-id='{cid}'] .title").inner_text() \
+        == "Hello there! What is the capital of France?"
+
+    page.reload()
+    page.wait_for_selector(f"#messages .message.assistant[data-id='{bot['id']}']")
+    assert page.locator(f"#conversations .conversation.current[data-id='{cid}']").count() == 1
+    assert shown(page, "user").locator(".content").inner_text() == user["content"]
+    assert page.locator("#chat-title").inner_text() == conv["title"]
+
+
+def test_stop_keeps_the_partial_answer_and_frees_the_input(page, srv, monkeypatch):
+    decode = srv.engine._decode
+
+    def slow():
+        time.sleep(0.05)
+        decode()
+    monkeypatch.setattr(srv.engine, "_decode", slow)
+    monkeypatch.setattr(srv.engine, "stop_ids", set())  # no early end-of-turn: it goes on
+    open_chat(page, srv)
+    page.fill("#max-tokens", "400")
+    page.fill("#input", "Write a long story about a goose.")
+    page.press("#input", "Enter")
+    streamed = ("n => { const s = window.jielong.state.stream;"
+                " const m = s && s.id && window.jielong.state.msgs.get(s.id);"
+                " return m && m.content.length > n; }")
+    page.wait_for_function(streamed, arg=0)
+    bot_id = shown(page, "assistant").get_attribute("data-id")
+    raw = f"() => window.jielong.state.msgs.get('{bot_id}').content"
+    first = page.evaluate(raw)
+    page.wait_for_function(streamed, arg=len(first))  # it streams in, bit by bit
+    assert page.locator("#stop").is_visible() and page.locator("#send").is_disabled()
+    assert page.locator("#messages .content.streaming").count() == 1
+    page.click("#stop")
+
+    page.wait_for_selector("#stop", state="hidden")
+    assert page.locator("#send").is_enabled() and page.locator("#input").is_editable()
+    partial = page.evaluate(raw)
+    assert partial.startswith(first) and len(partial) > len(first)
+    assert shown(page, "assistant").locator(".content").text_content().strip()
+    assert page.locator("#messages .content.streaming").count() == 0
+    assert "stopped" in shown(page, "assistant").locator(".meta").inner_text()
+    cid = current_id(page)
+    deadline = time.time() + 10
+    while (bot := stored(srv, cid)["messages"][-1])["finish_reason"] is None:
+        assert time.time() < deadline, "the stopped answer was not stored"
+        time.sleep(0.05)
+    assert bot["id"] == bot_id and bot["finish_reason"] == "stopped"
+    assert bot["content"].startswith(partial) and 0 < len(bot["content"]) < 400 * 8
+    assert srv.engine.stats()["running"] == 0
+    page.fill("#input", "Shorter, please.")
+    assert page.locator("#input").input_value() == "Shorter, please."
+
+
+def test_regenerate_and_switch_between_siblings(page, srv):
+    open_chat(page, srv)
+    send(page, "Tell me a joke.")
+    first = shown(page, "assistant").get_attribute("data-id")
+    assert page.locator("#messages .siblings").count() == 0
+    shown(page, "assistant").locator(".regenerate").click()
+    settle(page, 3)
+    bot = shown(page, "assistant")
+    second = bot.get_attribute("data-id")
+    assert second != first
+    assert bot.locator(".siblings .count").inner_text() == "2/2"
+    assert bot.locator(".siblings .next").is_disabled()
+
+    bot.locator(".siblings .prev").click()
+    assert shown(page, "assistant").get_attribute("data-id") == first
+    assert shown(page, "assistant").locator(".siblings .count").inner_text() == "1/2"
+    shown(page, "assistant").locator(".siblings .next").click()
+    assert shown(page, "assistant").get_attribute("data-id") == second
+    assert shown(page, "assistant").locator(".siblings .count").inner_text() == "2/2"
+
+    conv = stored(srv, current_id(page))
+    by_id = {m["id"]: m for m in conv["messages"]}
+    assert by_id[second]["origin"] == "regenerate"
+    assert by_id[second]["parent_id"] == by_id[first]["parent_id"]
+
+    shown(page, "assistant").locator(".siblings .prev").click()  # the choice survives a reload
+    page.reload()
+    page.wait_for_selector(f"#messages .message.assistant[data-id='{first}']")
+    assert shown(page, "assistant").locator(".siblings .count").inner_text() == "1/2"
+
+
+def test_edit_a_question_and_an_answer_makes_branches(page, srv):
+    open_chat(page, srv)
+    send(page, "What is 2 + 2?")
+    old_user = shown(page, "user").get_attribute("data-id")
+    old_bot = shown(page, "assistant").get_attribute("data-id")
+    shown(page, "user").locator(".edit").click()
+    box = shown(page, "user").locator(".edit-box")
+    assert box.input_value() == "What is 2 + 2?"
+    box.fill("What is 3 + 3?")
+    shown(page, "user").locator(".save-edit").click()
+    settle(page, 4)
+    assert shown(page, "user").locator(".content").inner_text() == "What is 3 + 3?"
+    assert shown(page, "user").locator(".siblings .count").inner_text() == "2/2"
+    new_bot = shown(page, "assistant").get_attribute("data-id")
+    assert new_bot != old_bot
+    shown(page, "user").locator(".siblings .prev").click()  # the old branch, with its answer
+    assert shown(page, "user").get_attribute("data-id") == old_user
+    assert shown(page, "assistant").get_attribute("data-id") == old_bot
+    shown(page, "user").locator(".siblings .next").click()
+
+    shown(page, "assistant").locator(".edit").click()
+    shown(page, "assistant").locator(".edit-box").fill("**Six**, of course.")
+    shown(page, "assistant").locator(".save-edit").click()
+    settle(page, 5)
+    bot = shown(page, "assistant")
+    assert bot.locator(".siblings .count").inner_text() == "2/2"
+    assert bot.locator(".content strong").inner_text() == "Six"
+    assert bot.locator(".content").inner_text() == "Six, of course."
+
+    conv = stored(srv, current_id(page))
+    by_id = {m["id"]: m for m in conv["messages"]}
+    edited_user = by_id[shown(page, "user").get_attribute("data-id")]
+    assert (edited_user["origin"], edited_user["edited_from"]) == ("edit", old_user)
+    edited_bot = by_id[bot.get_attribute("data-id")]
+    assert (edited_bot["origin"], edited_bot["edited_from"], edited_bot["content"]) == \
+        ("edit", new_bot, "**Six**, of course.")
+    assert edited_bot["parent_id"] == edited_user["id"]
+
+
+def test_thumbs_with_reasons_and_a_comment_are_stored(page, srv):
+    open_chat(page, srv)
+    send(page, "今天天氣如何？")
+    bot = shown(page, "assistant")
+    bot_id = bot.get_attribute("data-id")
+    bot.locator(".thumb-down").click()
+    form = bot.locator(".feedback")
+    form.wait_for()
+    assert bot.locator(".thumb-down").get_attribute("aria-pressed") == "true"
+    assert "not helpful" in form.locator(".reason").all_inner_texts()
+    form.locator(".reason[data-reason='wrong script (繁/简)']").click()
+    form.locator(".reason[data-reason='too long']").click()
+    form.locator(".reason[data-reason='too long']").click()  # a second click takes it back
+    form.locator(".comment").fill("應該用繁體字回答，不是简体。")
+    form.locator(".submit-feedback").click()
+    bot.locator(".thanks").wait_for()
+    assert bot.locator(".feedback").count() == 0
+
+    def rating():
+        conv = stored(srv, current_id(page))
+        return next(m for m in conv["messages"] if m["id"] == bot_id)["rating"]
+
+    r = rating()
+    assert (r["value"], r["reasons"], r["comment"]) == \
+        (-1, ["wrong script (繁/简)"], "應該用繁體字回答，不是简体。")
+
+    bot.locator(".thumb-up").click()  # a change of mind
+    bot.locator(".feedback .reason[data-reason='helpful']").wait_for()
+    assert bot.locator(".thumb-up").get_attribute("aria-pressed") == "true"
+    assert bot.locator(".thumb-down").get_attribute("aria-pressed") == "false"
+    assert rating()["value"] == 1
+    bot.locator(".thumb-up").click()  # and cleared
+    page.wait_for_function("() => document.querySelector('#messages .message.assistant "
+                           ".thumb-up').getAttribute('aria-pressed') === 'false'")
+    r = rating()
+    assert r is None or r["value"] == 0  # cleared
+
+
+def test_model_text_is_shown_as_text_and_runs_nothing(page, srv):
+    cid, _, edited = plant_chat(srv, "Say something dangerous.", XSS + "\n\n" + RICH)
+    open_chat(page, srv, cid)
+    content = page.locator(f"#messages .message.assistant[data-id='{edited['id']}'] .content")
+    content.wait_for()
+    page.wait_for_timeout(300)  # an <img onerror> would have fired by now
+    assert page.evaluate("() => window.__pwned") is None
+    text = content.inner_text()
+    assert "<script>window.__pwned=1</script>" in text
+    assert '<img src=x onerror="window.__pwned=2">' in text
+    assert "[click](javascript:window.__pwned=3)" in text
+    assert page.locator("#messages script, #messages img, #messages iframe").count() == 0
+    links = content.locator("a")
+    assert links.count() == 1  # only the http(s) one
+    assert links.get_attribute("href") == "https://docs.python.org/3/tutorial/datastructures.html"
+    assert links.get_attribute("rel") == "noopener noreferrer"
+    # and the Markdown is structure
+    assert content.locator("h4").inner_text() == "Reversing a list"
+    assert content.locator("strong").inner_text() == "slicing"
+    assert content.locator("em").inner_text() == "built-in"
+    assert content.locator("pre code.language-python").inner_text() == \
+        "xs = [1, 2, 3]\nprint(xs[::-1])  # [3, 2, 1]"
+    assert content.locator("ol > li").count() == 2
+    assert content.locator("blockquote code").inner_text() == '"接龍"[::-1]'
+
+    # the same for anything the renderer is given, including what a user might type
+    nasty = page.evaluate("""() => {
+        const box = document.createElement('div');
+        box.append(window.jielong.renderMarkdown(
+          '<b>x</b> **<i>y</i>** [a](javascript:alert(1)) [b](data:text/html,hi) ' +
+          '[c](https://example.com/a"onclick="x) `<code>` <a href="https://e.com">z</a>\\n' +
+          '```\\n</code></pre><script>window.__pwned=4</script>\\n```'));
+        document.body.append(box);
+        return {html: box.innerHTML, text: box.textContent,
+                links: [...box.querySelectorAll('a')].map(a => a.getAttribute('href')),
+                tags: [...box.querySelectorAll('*')].map(e => e.tagName.toLowerCase())};
+    }""")
+    assert set(nasty["tags"]) <= {"p", "strong", "a", "code", "br", "div", "span", "button",
+                                  "pre"}
+    assert nasty["links"] == ["https://example.com/a%22onclick=%22x", "https://e.com/"]
+    assert "<b>x</b>" in nasty["text"] and "<script>" in nasty["text"]
+    assert page.evaluate("() => window.__pwned") is None
+
+
+def test_enter_while_an_ime_composes_does_not_send(page, srv):
+    open_chat(page, srv)
+    n = len(get(srv, "/api/conversations")["conversations"])
+    page.fill("#input", "ni hao")
+    for init in ("{key: 'Enter', code: 'Enter', isComposing: true, bubbles: true, cancelable: true}",
+                 "{key: 'Enter', code: 'Enter', keyCode: 229, bubbles: true, cancelable: true}"):
+        page.evaluate(f"() => document.querySelector('#input').dispatchEvent("
+                      f"new KeyboardEvent('keydown', {init}))")
+    page.evaluate("""() => {  // Safari: a plain Enter between compositionstart and -end
+        const box = document.querySelector('#input');
+        box.dispatchEvent(new CompositionEvent('compositionstart', {data: ''}));
+        box.dispatchEvent(new KeyboardEvent('keydown', {key: 'Enter', bubbles: true}));
+    }""")
+    page.wait_for_timeout(300)
+    assert page.locator("#messages .message").count() == 0
+    assert len(get(srv, "/api/conversations")["conversations"]) == n
+    page.evaluate("() => document.querySelector('#input').dispatchEvent("
+                  "new CompositionEvent('compositionend', {data: '你好'}))")
+    page.fill("#input", "你好")
+    page.press("#input", "Shift+Enter")  # a new line, not a send
+    page.keyboard.type("再見")
+    assert page.locator("#input").input_value() == "你好\n再見"
+    assert page.locator("#messages .message").count() == 0
+    page.fill("#max-tokens", SHORT)
+    page.press("#input", "Enter")
+    settle(page, 2)
+    assert shown(page, "user").locator(".content").inner_text() == "你好\n再見"
+
+
+def test_chinese_system_prompt_and_settings_round_trip(page, srv):
+    hant = "請用繁體中文回答：今天天氣怎麼樣？"
+    hans = "请用简体中文回答：今天天气怎么样？"
+    open_chat(page, srv)
+    page.fill("#system-prompt", "你是一個樂於助人的助手。你是一个乐于助人的助手。")
+    page.fill("#temperature", "0.3")
+    send(page, hant, max_tokens="6")
+    send(page, hans, max_tokens="6")
+    cid = current_id(page)
+    conv = stored(srv, cid)
+    assert [m["content"] for m in conv["messages"] if m["role"] == "user"] == [hant, hans]
+    assert conv["system_prompt"] == "你是一個樂於助人的助手。你是一个乐于助人的助手。"
+    assert conv["title"] == hant
+    assert conv["settings"]["temperature"] == 0.3 and conv["settings"]["max_tokens"] == 6
+    assert [m["sampling"]["temperature"] for m in conv["messages"]
+            if m["role"] == "assistant"] == [0.3, 0.3]
+
+    page.reload()
+    page.wait_for_selector("#messages .message.user >> nth=1")
+    assert shown(page, "user").locator(".content").all_inner_texts() == [hant, hans]
+    assert page.locator("#system-prompt").input_value() == conv["system_prompt"]
+    assert page.locator("#max-tokens").input_value() == "6"
+    assert page.locator("#temperature").input_value() == "0.3"
+    assert page.locator(f".conversation[data-id='{cid}'] .title").inner_text() == hant
+
+
+def test_a_chat_that_outgrows_the_context_shows_a_notice_and_answers(page, srv):
+    long = "Please tell me about the river and the cat that sat on the mat near it. " * 4
+    cid = post(srv, "/api/conversations", {"title": "long", "settings": {"max_tokens": 8}})["id"]
+    parent = None
+    for turn in range(4):  # about 140 tokens a turn: the 512-token context is nearly full
+        events = post(srv, f"/api/conversations/{cid}/messages",
+                      {"parent_id": parent, "content": f"{turn}. {long}"})
+        parent = events[-1]["message"]["id"]
+    open_chat(page, srv, cid)
+    page.wait_for_selector("#messages .message.assistant >> nth=3")
+    send(page, "4. " + long)
+    status = page.locator("#status")
+    assert status.is_visible() and "outgrew the model's 512-token context" in \
+        status.inner_text() and "oldest messages" in status.inner_text()
+    assert "info" in status.get_attribute("class")
+    conv = stored(srv, cid)
+    assert len(conv["messages"]) == 10 and conv["messages"][-1]["finish_reason"] in \
+        ("stop", "length")
+
+
+def test_conversation_list_new_rename_delete(page, srv):
+    keep = post(srv, "/api/conversations", {"title": "Keep me"})["id"]
+    gone = post(srv, "/api/conversations", {"title": "Delete me"})["id"]
+    open_chat(page, srv, keep)
+    item = page.locator(f"#conversations .conversation[data-id='{keep}']")
+    assert item.get_attribute("class") == "conversation current"
+    item.locator(".rename").click()
+    page.locator("#conversations .rename-box").fill("龍的故事 dragon tales")
+    page.locator("#conversations .rename-box").press("Enter")
+    page.wait_for_selector(f".conversation[data-id='{keep}'] .title:text('龍的故事 dragon tales')")
+    assert stored(srv, keep)["title"] == "龍的故事 dragon tales"
+    assert page.locator("#chat-title").inner_text() == "龍的故事 dragon tales"
+
+    page.once("dialog", lambda d: d.accept())
+    page.locator(f"#conversations .conversation[data-id='{gone}'] .delete").click()
+    page.wait_for_selector(f"#conversations .conversation[data-id='{gone}']", state="detached")
+    assert gone not in [c["id"] for c in get(srv, "/api/conversations")["conversations"]]
+    assert current_id(page) == keep
+
+    page.click("#new-chat")
+    assert current_id(page) == "" and page.locator("#messages .message").count() == 0
+    assert page.locator("#chat-title").inner_text() == "New chat"
+    assert page.locator("#input").evaluate("e => e === document.activeElement")
+    page.go_back()  # back to the conversation it came from
+    page.wait_for_selector(f".conversation.current[data-id='{keep}']")
+
+
+def test_screenshot_of_a_chat(page, srv, tmp_path):
+    cid, _, edited = plant_chat(srv, "How do I reverse a list in Python? 怎麼反轉列表？", RICH,
+                                title="Reversing a list in Python")
+    post(srv, f"/api/messages/{edited['id']}/rating", {"value": 1, "reasons": ["helpful"]})
+    open_chat(page, srv, cid)
+    page.locator(f"#messages .message.assistant[data-id='{edited['id']}'] pre").wait_for()
+    assert page.locator("#messages .message.assistant .siblings .count").inner_text() == "2/2"
+    assert page.locator("#messages .thumb-up").get_attribute("aria-pressed") == "true"
+    page.fill("#input", "And for a tuple? 元組呢？")
+    shot = save_artifact(page, tmp_path, "chat.png")
+    assert shot.stat().st_size > 10_000
+
+
+def test_a_server_with_api_keys_asks_for_one(page, srv, tmp_path):
+    keyed = create_app(srv.engine, srv.engine.tok, NAME, {}, api_keys=["sk-web-123"],
+                       store=Store(tmp_path / "keyed.db"))
+    asked = []
+
+    def answer(dialog):
+        asked.append(dialog.message)
+        dialog.accept("sk-web-123")
+    page.on("dialog", answer)
+    with serving(keyed) as url:
+        assert httpx.get(url + "/api/info").status_code == 401
+        assert httpx.get(url + "/").status_code == 200  # the page itself is public
+        page.goto(url + "/")
+        page.wait_for_function("() => document.body.classList.contains('ready')")
+        assert len(asked) == 1 and "API key" in asked[0]
+        assert page.locator("#model option").first.get_attribute("value") == NAME
+        send(page, "Hello")
+        assert shown(page, "assistant").count() == 1 and len(asked) == 1
