@@ -26,11 +26,16 @@ import typing
 from collections.abc import Callable
 from pathlib import Path
 
+import yaml
+
+from jielong import __version__
 from jielong.errors import UserError
 
 
 def _commands() -> dict:
-    # Imported lazily so `jielong --help` and light commands start fast.
+    # The one place of lazy imports: the command table is built when a command line is
+    # parsed, so `jielong --help` and light commands start fast without importing torch
+    # stages, datatrove or FastAPI.
     from jielong.demo.run import demo
     from jielong.export import gguf_cmd
     from jielong.infer.chat import chat
@@ -174,15 +179,11 @@ def _parser(commands: dict) -> argparse.ArgumentParser:
 
 
 def _version() -> str:
-    from jielong import __version__
-
     return __version__
 
 
 def _apply_config(args: argparse.Namespace, argv: list[str]) -> None:
     """Values from --config fill the options not given on the command line."""
-    import yaml
-
     path: Path = args.config
     if not path.exists():
         raise UserError(f"{path}: recipe not found")
@@ -220,8 +221,9 @@ def _unknown(args: argparse.Namespace, extra: list[str]) -> None:
     parser.error(f"unrecognized arguments: {' '.join(hints)}; see {parser.prog} --help")
 
 
-def run(argv: list[str] | None = None, commands: dict | None = None):
-    argv = sys.argv[1:] if argv is None else argv
+def parse(argv: list[str], commands: dict | None = None) -> tuple[Callable, dict]:
+    """The command a command line names and the keyword arguments to call it with; argparse
+    exits (status 2 with the command's usage) on a line the command does not take."""
     root = _parser(commands or _commands())
     args, extra = root.parse_known_args(argv)
     if extra:
@@ -233,7 +235,12 @@ def run(argv: list[str] | None = None, commands: dict | None = None):
     for pname, tp in args._nested.items():
         names = {f.name for f in dataclasses.fields(tp)}
         kwargs[pname] = tp(**{k: kwargs.pop(k) for k in names})
-    return args._fn(**kwargs)
+    return args._fn, kwargs
+
+
+def run(argv: list[str] | None = None, commands: dict | None = None):
+    fn, kwargs = parse(sys.argv[1:] if argv is None else argv, commands)
+    return fn(**kwargs)
 
 
 def main(argv: list[str] | None = None) -> None:
