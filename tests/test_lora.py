@@ -18,24 +18,21 @@ import torch.nn.functional as F
 from torch import nn
 
 from jielong import lora
-from jielong.checkpoint import load_model, save_model
+from jielong.adapter_files import load_adapter, lora_state_dict, save_adapter
+from jielong.checkpoint import base_state_dict, load_model, save_model
 from jielong.cli import run
 from jielong.config import preset
 from jielong.errors import UserError
+from jielong.hub import merge_cmd
 from jielong.lora import (
     LoraConfig,
     LoRALinear,
     TrainableEmbedding,
     adapter_names,
     add_adapter,
-    base_state_dict,
     count_parameters,
-    load_adapter,
-    lora_state_dict,
     merge_adapter,
-    merge_cmd,
     remove_adapter,
-    save_adapter,
     set_adapter,
     using_adapter,
 )
