@@ -15,6 +15,8 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import tiny_corpus
+from safetensors import safe_open
 from torch import nn
 
 from jielong import lora
@@ -37,6 +39,8 @@ from jielong.lora import (
     using_adapter,
 )
 from jielong.model import Transformer
+from jielong.tokenizer import train_tokenizer
+from jielong.train.losses import linear_cross_entropy
 
 VOCAB = 320
 TOL = 1e-4
@@ -269,8 +273,6 @@ def test_peft_copy_of_the_base_head_must_be_the_base_models(tmp_path):
         pm = peft.get_peft_model(hf_model(tmp_path / "base"),
                                  peft.LoraConfig(r=4, lora_alpha=8, target_modules=["lm_head"]))
         pm.save_pretrained(tmp_path / "peft")
-    from safetensors import safe_open
-
     file = tmp_path / "peft" / "adapter_model.safetensors"
     with safe_open(str(file), "pt") as f:
         assert "base_model.model.lm_head.base_layer.weight" in f.keys()
@@ -542,10 +544,6 @@ def test_adapter_from_another_base_model_is_refused(tmp_path, other, needle):
 # --------------------------------------------------------------------- the CLI command
 
 def test_merge_command(tmp_path, capsys):
-    from conftest import tiny_corpus
-
-    from jielong.tokenizer import train_tokenizer
-
     tok = train_tokenizer(tiny_corpus(60), vocab_size=VOCAB, show_progress=False)
     model = tiny(tie_word_embeddings=True)
     save_model(tmp_path / "base", model, tok)
@@ -583,7 +581,6 @@ def test_merge_command_keeps_the_base_dtype(tmp_path, capsys):
                                      dict(target_modules=["q_proj", "lm_head"])])
 def test_output_weight_is_what_the_head_applies(lora_kw):
     """Fused losses multiply the final hidden states by the output matrix themselves."""
-    from jielong.train.losses import linear_cross_entropy
 
     model = tiny(tie_word_embeddings=True)
     assert lora.output_weight(model) is model.lm_head.weight

@@ -10,10 +10,15 @@ What jielong reads from a model folder, and what it never does:
   pytorch_model.bin only through `torch.load(weights_only=True)`, with a note;
 - tokenizer.json + tokenizer_config.json (+ chat_template.jinja) → `Tokenizer.from_dir`;
 - generation_config.json → default sampling and the ids that end a reply;
-- LoRA adapters (PEFT folders, `jielong.lora`), as many as asked, on one shared base:
-  `open_model(dir, adapters=["chat=runs/chat/adapter", "runs/poem/adapter"])`, then
+- LoRA adapters (PEFT folders, `jielong.adapter_files`), as many as asked, on one shared
+  base: `open_model(dir, adapters=["chat=runs/chat/adapter", "runs/poem/adapter"])`, then
   `set_adapter` / `using_adapter` (or `choose_adapter`) picks one per call.
 Python files in a model folder (`trust_remote_code`) are never imported or run.
+
+`jielong merge` opens a base and an adapter the same way and saves them folded into one
+model folder. Run as:
+
+    jielong merge BASE_DIR_OR_HUB_ID runs/chat/adapter runs/chat/merged
 """
 
 from __future__ import annotations
@@ -167,7 +172,7 @@ def open_model(name: str | Path, device: str | torch.device = "cpu", dtype="auto
     return model, tok, read_generation_config(path)
 
 
-# ----------------------------------------------------------------------------- CLI
+# ----------------------------------------------------------------------------- jielong merge
 
 def merge_cmd(model: str, adapter: str, out: str) -> None:
     """Fold a LoRA adapter into its base model and save the result as a full model folder.

@@ -138,7 +138,6 @@ def test_default_output_path_and_atomic_write(tmp_path, tok, monkeypatch):
 
 
 def test_cli(tmp_path, tok, capsys):
-
     d = make_model(tmp_path / "m", tok)
     commands = {"export": {"gguf": gguf_cmd}}
     run(["export", "gguf", str(d), "--out", str(tmp_path / "o"), "--outtype", "bf16"], commands)

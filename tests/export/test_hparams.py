@@ -82,7 +82,6 @@ def test_unsupported_rope_type_is_a_user_error(tmp_path, tok):
 def test_sliding_window_is_refused_past_the_window(tmp_path, tok, capsys):
     """llama.cpp's llama/qwen2/qwen3 architectures read no sliding window and attend over the
     whole context: a windowed model exports only for contexts up to its window."""
-
     d = make_model(tmp_path / "m", tok, model_type="mistral", tie_word_embeddings=False,
                    sliding_window=16)
     with pytest.raises(UserError) as e:
