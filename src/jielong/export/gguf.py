@@ -28,6 +28,8 @@ from jielong.files import write_text
 
 
 def output_path(d: Path, out: str | Path | None, outtype: str) -> Path:
+    """Where the .gguf goes: `out` itself if it names one, else DIR-OUTTYPE.gguf in `out`
+    (default: the model folder's gguf/)."""
     name = f"{d.resolve().name}-{outtype}.gguf"
     if out is None:
         return d / "gguf" / name

@@ -29,11 +29,13 @@ def load_gguf():
     return gguf
 
 
+# --outtype -> gguf.LlamaFileType's name for it
 FILE_TYPES = {"f32": "ALL_F32", "f16": "MOSTLY_F16", "bf16": "MOSTLY_BF16", "q8_0": "MOSTLY_Q8_0"}
 
 
 def add_metadata(w, gguf, hp: Hparams, vocab: Vocab, name: str, outtype: str,
                   generation: dict) -> None:
+    """Hyperparameters, vocabulary and sampling defaults as the file's key/value metadata."""
     w.add_name(name)
     w.add_file_type(getattr(gguf.LlamaFileType, FILE_TYPES[outtype]))
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)

@@ -134,4 +134,5 @@ def ollama_modelfile(gguf_file: str, vocab: Vocab, generation: dict | None = Non
 
 
 def ollama_name(name: str) -> str:
+    """A model name Ollama accepts (lower case, no spaces), for the printed `ollama create`."""
     return re.sub(r"[^a-z0-9._-]+", "-", name.lower()).strip("-._") or "model"

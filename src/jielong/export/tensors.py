@@ -44,6 +44,8 @@ def unpermute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
 
 @dataclass
 class PlannedTensor:
+    """One tensor of the GGUF file, planned: read only when `load` is called."""
+
     name: str  # llama.cpp's name
     shape: tuple[int, ...]  # numpy order: (rows, columns)
     qtype: object  # gguf.GGMLQuantizationType
@@ -139,6 +141,7 @@ def plan_tensors(gguf, hp: Hparams, shards: list[tuple[Path, object]], outtype: 
 
 
 def encode(gguf, x: np.ndarray, qtype) -> np.ndarray:
+    """float32 values in `qtype`'s encoding: an f32 or f16 array, or the quantised bytes."""
     T = gguf.GGMLQuantizationType
     x = np.ascontiguousarray(x, dtype=np.float32)
     if qtype == T.F32:
