@@ -80,7 +80,8 @@ def adapter_config(model: nn.Module, name: str = "default",
     """adapter_config.json for adapter `name`, as PEFT writes it for a LoRA."""
     name = named_adapter(model, name)
     cfg = model.lora_adapters[name]
-    loras = {p: m for p, m in adapted_modules(model) if isinstance(m, LoRALinear) and name in m.lora_A}
+    loras = {p: m for p, m in adapted_modules(model)
+             if isinstance(m, LoRALinear) and name in m.lora_A}
     suffixes = sorted({p.rsplit(".", 1)[-1] for p in loras}, key=TARGET_CHOICES.index)
     # Module names when they cover every layer (as written by add_adapter), else full paths.
     targets = suffixes if set(layer_paths(model, suffixes)) == set(loras) else sorted(loras)

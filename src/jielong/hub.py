@@ -197,7 +197,8 @@ def merge_cmd(model: str, adapter: str, out: str) -> None:
     tok = Tokenizer.from_dir(base_dir) if (base_dir / "tokenizer.json").is_file() else None
     name = load_adapter(net, adapter_dir)
     cfg = net.lora_adapters[name]
-    n_lora = sum(1 for _, m in adapted_modules(net) if isinstance(m, LoRALinear) and name in m.lora_A)
+    n_lora = sum(1 for _, m in adapted_modules(net)
+                 if isinstance(m, LoRALinear) and name in m.lora_A)
     full = [t for t in TRAINABLE_CHOICES if any(p == TRAINABLE_PATHS[t] and name in m.trained
                                                  for p, m in adapted_modules(net))]
     merge_adapter(net, name)

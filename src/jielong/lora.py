@@ -18,9 +18,10 @@ nothing; training moves only A and B, a few MB instead of the whole model.
 How it sits in the model. `LoRALinear` replaces an `nn.Linear` in place and keeps the very
 same `weight` / `bias` Parameters, so the base weights keep their state-dict names
 (`model.layers.0.self_attn.q_proj.weight`) and still load and save with jielong.checkpoint;
-the adapters add `….q_proj.lora_A.<name>.weight` entries beside them (`checkpoint.base_state_dict`
-leaves them out, as every wrapper names them in `adapter_parts`). One module holds any number of named adapters; `set_adapter` picks the
-one every forward uses (or None: the base alone).
+the adapters add `….q_proj.lora_A.<name>.weight` entries beside them, which
+`checkpoint.base_state_dict` leaves out (each wrapper names them in `adapter_parts`). One
+module holds any number of named adapters; `set_adapter` picks the one every forward uses
+(or None: the base alone).
 
 Fully trained modules (`LoraConfig.trainable`, PEFT's `modules_to_save`): each adapter holds
 its own full copy of the embedding or output matrix (`TrainableEmbedding`, and the `trained`

@@ -34,7 +34,7 @@ FILE_TYPES = {"f32": "ALL_F32", "f16": "MOSTLY_F16", "bf16": "MOSTLY_BF16", "q8_
 
 
 def add_metadata(w, gguf, hp: Hparams, vocab: Vocab, name: str, outtype: str,
-                  generation: dict) -> None:
+                 generation: dict) -> None:
     """Hyperparameters, vocabulary and sampling defaults as the file's key/value metadata."""
     w.add_name(name)
     w.add_file_type(getattr(gguf.LlamaFileType, FILE_TYPES[outtype]))
@@ -93,8 +93,8 @@ def add_metadata(w, gguf, hp: Hparams, vocab: Vocab, name: str, outtype: str,
         w.add_sampling_top_k(generation["top_k"])
 
 
-def write_gguf(path: Path, gguf, hp: Hparams, vocab: Vocab, plan: list[PlannedTensor], name: str,
-               outtype: str, generation: dict) -> None:
+def write_gguf(path: Path, gguf, hp: Hparams, vocab: Vocab, plan: list[PlannedTensor],
+               name: str, outtype: str, generation: dict) -> None:
     """Write the GGUF file at `path`, atomically: metadata, then the tensors of `plan`."""
     with atomic_path(path) as tmp:
         w = gguf.GGUFWriter(tmp, hp.arch)

@@ -74,7 +74,8 @@ def _order(name: str) -> tuple:
     return (0 if name.startswith(("token_embd", "rope_freqs")) else 2, 0, name)
 
 
-def plan_tensors(gguf, hp: Hparams, shards: list[tuple[Path, object]], outtype: str) -> list[PlannedTensor]:
+def plan_tensors(gguf, hp: Hparams, shards: list[tuple[Path, object]],
+                 outtype: str) -> list[PlannedTensor]:
     """Every tensor to write, with its GGUF name, shape, type and a loader: checked
     against config.json before anything is written."""
     arch = {"llama": gguf.MODEL_ARCH.LLAMA, "qwen2": gguf.MODEL_ARCH.QWEN2,
@@ -108,10 +109,11 @@ def plan_tensors(gguf, hp: Hparams, shards: list[tuple[Path, object]], outtype: 
                 raise UserError(f"{f}: {key} has {shape[0]} rows but config.json's vocab_size "
                                 f"is {hp.vocab_size}; the weights do not match config.json")
             plan[name] = PlannedTensor(name, shape, _qtype(gguf, shape, outtype),
-                                 functools.partial(_read, sf, key, heads))
+                                       functools.partial(_read, sf, key, heads))
 
     def extra(name: str, values: np.ndarray) -> None:
-        plan[name] = PlannedTensor(name, values.shape, gguf.GGMLQuantizationType.F32, lambda: values)
+        plan[name] = PlannedTensor(name, values.shape, gguf.GGMLQuantizationType.F32,
+                                   lambda: values)
 
     rope = hp.rope_scaling or {}
     if rope.get("rope_type") == "llama3":
