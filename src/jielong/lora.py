@@ -376,6 +376,38 @@ def add_adapter(model: nn.Module, cfg: LoraConfig, name: str = "default") -> nn.
     return model
 
 
+def install_adapter(model: nn.Module, name: str, factors: dict, full: dict[str, torch.Tensor],
+                    r: int, alpha: float, dropout: float, rslora: bool, tie: bool,
+                    trainable: bool) -> str:
+    """Add adapter `name` with given weights — `factors` {module path: (A, B, r, alpha)},
+    `full` {module path: trained matrix} — make it active and freeze the base; with `tie` on
+    a tied model the one trained matrix is shared by embed_tokens and lm_head. Every shape
+    must have been checked against the model already (adapter_files.load_adapter does)."""
+    dtype = model.lm_head.weight.dtype
+    _registry(model)
+    for path, (A, B, rank, a) in factors.items():
+        m = _wrap(model, path)
+        m.add_lora(name, rank, a, dropout, rslora)
+        with torch.no_grad():
+            m.lora_A[name].weight.copy_(A)
+            m.lora_B[name].weight.copy_(B)
+    if full and _tied(model) and tie:
+        t = full.get(EMBED, full.get(HEAD))
+        shared = nn.Parameter(t.to(device=model.lm_head.weight.device, dtype=dtype))
+        copies = {EMBED: shared, HEAD: shared}
+    else:
+        copies = {p: nn.Parameter(t.to(device=model.get_submodule(p).weight.device, dtype=dtype))
+                  for p, t in full.items()}
+    for path, copy in copies.items():
+        _wrap(model, path).trained[name] = copy
+    suffixes = sorted({p.rsplit(".", 1)[-1] for p in factors}, key=TARGET_CHOICES.index)
+    trained = [t for t, p in TRAINABLE_PATHS.items() if p in copies and t not in suffixes]
+    model.lora_adapters[name] = LoraConfig(
+        r=r, alpha=alpha, dropout=dropout,
+        target_modules=suffixes or list(LINEAR), trainable=trained, rslora=rslora)
+    _train_only(model, name, trainable)
+    return name
+
 def adapter_names(model: nn.Module) -> list[str]:
     return list(getattr(model, "lora_adapters", {}))
 
@@ -490,36 +522,3 @@ def merge_adapter(model: nn.Module, name: str | None = None) -> nn.Module:
     for path, w in new.items():
         model.get_submodule(path).weight.copy_(w)
     return unload(model)
-
-
-def install_adapter(model: nn.Module, name: str, factors: dict, full: dict[str, torch.Tensor],
-                    r: int, alpha: float, dropout: float, rslora: bool, tie: bool,
-                    trainable: bool) -> str:
-    """Add adapter `name` with given weights — `factors` {module path: (A, B, r, alpha)},
-    `full` {module path: trained matrix} — make it active and freeze the base; with `tie` on
-    a tied model the one trained matrix is shared by embed_tokens and lm_head. Every shape
-    must have been checked against the model already (adapter_files.load_adapter does)."""
-    dtype = model.lm_head.weight.dtype
-    _registry(model)
-    for path, (A, B, rank, a) in factors.items():
-        m = _wrap(model, path)
-        m.add_lora(name, rank, a, dropout, rslora)
-        with torch.no_grad():
-            m.lora_A[name].weight.copy_(A)
-            m.lora_B[name].weight.copy_(B)
-    if full and _tied(model) and tie:
-        t = full.get(EMBED, full.get(HEAD))
-        shared = nn.Parameter(t.to(device=model.lm_head.weight.device, dtype=dtype))
-        copies = {EMBED: shared, HEAD: shared}
-    else:
-        copies = {p: nn.Parameter(t.to(device=model.get_submodule(p).weight.device, dtype=dtype))
-                  for p, t in full.items()}
-    for path, copy in copies.items():
-        _wrap(model, path).trained[name] = copy
-    suffixes = sorted({p.rsplit(".", 1)[-1] for p in factors}, key=TARGET_CHOICES.index)
-    trained = [t for t, p in TRAINABLE_PATHS.items() if p in copies and t not in suffixes]
-    model.lora_adapters[name] = LoraConfig(
-        r=r, alpha=alpha, dropout=dropout,
-        target_modules=suffixes or list(LINEAR), trainable=trained, rslora=rslora)
-    _train_only(model, name, trainable)
-    return name
