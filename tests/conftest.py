@@ -112,9 +112,10 @@ def make_adapter(model_dir, out, seed: int, **model_kw):
     """A LoRA adapter saved to `out`, on a copy of the model in `model_dir` (or on a "test"
     preset model of another shape), whose B factors are random so that it changes what the
     model says."""
+    from jielong.adapter_files import save_adapter
     from jielong.checkpoint import load_model
     from jielong.config import preset
-    from jielong.lora import LoraConfig, add_adapter, save_adapter
+    from jielong.lora import LoraConfig, add_adapter
     from jielong.model import Transformer
 
     torch.manual_seed(seed)

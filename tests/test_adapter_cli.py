@@ -9,6 +9,7 @@ import pytest
 import torch
 from conftest import make_adapter, run_cli, tiny_corpus
 
+from jielong.adapter_files import load_adapter
 from jielong.checkpoint import load_model, save_model
 from jielong.cli import main
 from jielong.config import preset
@@ -17,7 +18,6 @@ from jielong.infer.chat import Session
 from jielong.infer.generate import Sampling, generate_text
 from jielong.lora import (
     active_adapter,
-    load_adapter,
     set_adapter,
     using_adapter,
 )

@@ -13,8 +13,10 @@ import pytest
 import torch
 
 from jielong.checkpoint import load_model, save_model
+from jielong.config import ModelConfig
 from jielong.errors import UserError
 from jielong.hub import read_generation_config, resolve_model, stop_ids
+from jielong.infer.engine import Engine, SamplingParams
 from jielong.infer.generate import Sampling, generate_ids
 from jielong.tokenizer import Tokenizer
 
@@ -260,8 +262,6 @@ def hf_windows(ref) -> list:
 
 @pytest.mark.parametrize("case", WINDOW_CASES)
 def test_sliding_windows_per_layer_match_transformers(hf_root, tmp_path, case):
-    from jielong.infer.engine import Engine, SamplingParams
-
     family, changes = WINDOW_CASES[case]
     d = tmp_path / "hub"
     shutil.copytree(make_hf_dir(hf_root, family), d)
@@ -309,7 +309,6 @@ def test_impossible_layer_types_are_user_errors(tmp_path):
             "intermediate_size": 128, "num_attention_heads": 4, "num_key_value_heads": 2,
             "max_position_embeddings": 64, "vocab_size": 100, "use_sliding_window": True,
             "sliding_window": 8}
-    from jielong.config import ModelConfig
 
     with pytest.raises(UserError, match=r"cfg.json: .*layer_types must list .* each of the 2"):
         ModelConfig.from_hf(conf | {"layer_types": ["sliding_attention"]}, where="cfg.json")

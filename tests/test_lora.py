@@ -15,31 +15,32 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import tiny_corpus
+from safetensors import safe_open
 from torch import nn
 
 from jielong import lora
-from jielong.checkpoint import load_model, save_model
+from jielong.adapter_files import load_adapter, lora_state_dict, save_adapter
+from jielong.checkpoint import base_state_dict, load_model, save_model
 from jielong.cli import run
 from jielong.config import preset
 from jielong.errors import UserError
+from jielong.hub import merge_cmd
 from jielong.lora import (
     LoraConfig,
     LoRALinear,
     TrainableEmbedding,
     adapter_names,
     add_adapter,
-    base_state_dict,
     count_parameters,
-    load_adapter,
-    lora_state_dict,
     merge_adapter,
-    merge_cmd,
     remove_adapter,
-    save_adapter,
     set_adapter,
     using_adapter,
 )
 from jielong.model import Transformer
+from jielong.tokenizer import train_tokenizer
+from jielong.train.losses import linear_cross_entropy
 
 VOCAB = 320
 TOL = 1e-4
@@ -272,8 +273,6 @@ def test_peft_copy_of_the_base_head_must_be_the_base_models(tmp_path):
         pm = peft.get_peft_model(hf_model(tmp_path / "base"),
                                  peft.LoraConfig(r=4, lora_alpha=8, target_modules=["lm_head"]))
         pm.save_pretrained(tmp_path / "peft")
-    from safetensors import safe_open
-
     file = tmp_path / "peft" / "adapter_model.safetensors"
     with safe_open(str(file), "pt") as f:
         assert "base_model.model.lm_head.base_layer.weight" in f.keys()
@@ -545,10 +544,6 @@ def test_adapter_from_another_base_model_is_refused(tmp_path, other, needle):
 # --------------------------------------------------------------------- the CLI command
 
 def test_merge_command(tmp_path, capsys):
-    from conftest import tiny_corpus
-
-    from jielong.tokenizer import train_tokenizer
-
     tok = train_tokenizer(tiny_corpus(60), vocab_size=VOCAB, show_progress=False)
     model = tiny(tie_word_embeddings=True)
     save_model(tmp_path / "base", model, tok)
@@ -586,7 +581,6 @@ def test_merge_command_keeps_the_base_dtype(tmp_path, capsys):
                                      dict(target_modules=["q_proj", "lm_head"])])
 def test_output_weight_is_what_the_head_applies(lora_kw):
     """Fused losses multiply the final hidden states by the output matrix themselves."""
-    from jielong.train.losses import linear_cross_entropy
 
     model = tiny(tie_word_embeddings=True)
     assert lora.output_weight(model) is model.lm_head.weight

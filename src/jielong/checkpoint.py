@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
+from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from jielong.config import ModelConfig
@@ -34,9 +35,17 @@ INDEX = "model.safetensors.index.json"
 TRAINER_STATE = "trainer_state.pt"
 
 
-def _weights_to_save(model: Transformer) -> dict[str, torch.Tensor]:
-    from jielong.lora import base_state_dict  # a model with adapters saves its base only
+def base_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """model.state_dict() without any adapter tensor: the base model's names only. A module
+    that carries adapters (jielong.lora's wrappers) names the children that hold them in its
+    `adapter_parts`; checkpoints know no more of adapters than that."""
+    adapter = tuple(f"{path}.{part}." for path, m in model.named_modules()
+                    for part in getattr(m, "adapter_parts", ()))
+    return {k: v for k, v in model.state_dict().items() if not k.startswith(adapter)}
 
+
+def _weights_to_save(model: Transformer) -> dict[str, torch.Tensor]:
+    # a model with adapters saves its base only
     sd = {k: v.detach().contiguous().cpu() for k, v in base_state_dict(model).items()}
     if model.config.tie_word_embeddings:
         sd.pop("lm_head.weight", None)  # shared with embed_tokens; HF omits it too

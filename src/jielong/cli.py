@@ -37,10 +37,10 @@ def _commands() -> dict:
     # parsed, so `jielong --help` and light commands start fast without importing torch
     # stages, datatrove or FastAPI.
     from jielong.demo.run import demo
-    from jielong.export import gguf_cmd
+    from jielong.export.gguf import gguf_cmd
+    from jielong.hub import merge_cmd
     from jielong.infer.chat import chat
     from jielong.infer.generate import generate
-    from jielong.lora import merge_cmd
     from jielong.prep.pipeline import clean as data_clean
     from jielong.prep.pipeline import quality_train
     from jielong.prep.pipeline import stats_cmd as data_stats

@@ -10,10 +10,15 @@ What jielong reads from a model folder, and what it never does:
   pytorch_model.bin only through `torch.load(weights_only=True)`, with a note;
 - tokenizer.json + tokenizer_config.json (+ chat_template.jinja) → `Tokenizer.from_dir`;
 - generation_config.json → default sampling and the ids that end a reply;
-- LoRA adapters (PEFT folders, `jielong.lora`), as many as asked, on one shared base:
-  `open_model(dir, adapters=["chat=runs/chat/adapter", "runs/poem/adapter"])`, then
+- LoRA adapters (PEFT folders, `jielong.adapter_files`), as many as asked, on one shared
+  base: `open_model(dir, adapters=["chat=runs/chat/adapter", "runs/poem/adapter"])`, then
   `set_adapter` / `using_adapter` (or `choose_adapter`) picks one per call.
 Python files in a model folder (`trust_remote_code`) are never imported or run.
+
+`jielong merge` opens a base and an adapter the same way and saves them folded into one
+model folder. Run as:
+
+    jielong merge BASE_DIR_OR_HUB_ID runs/chat/adapter runs/chat/merged
 """
 
 from __future__ import annotations
@@ -25,7 +30,19 @@ from pathlib import Path
 
 import torch
 
+from jielong.adapter_files import alpha_json, load_adapter, read_adapter_config
+from jielong.checkpoint import load_model, save_model
 from jielong.errors import UserError, json_problem
+from jielong.lora import (
+    TRAINABLE_CHOICES,
+    TRAINABLE_PATHS,
+    LoRALinear,
+    adapted_modules,
+    adapter_names,
+    merge_adapter,
+    set_adapter,
+)
+from jielong.tokenizer import Tokenizer
 
 # What to fetch from the hub: weights in safetensors, configs, tokenizer files.
 _HUB_FILES = ["*.json", "*.safetensors", "*.jinja", "tokenizer.model"]
@@ -37,7 +54,7 @@ def resolve_model(name: str | Path) -> Path:
     p = Path(name)
     if p.exists() or str(name).startswith((".", "/", "~")) or str(name).count("/") != 1:
         return p.expanduser()
-    try:
+    try:  # an optional extra (jielong[hub]): only a hub id needs it
         from huggingface_hub import snapshot_download
         from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
     except ImportError:
@@ -91,8 +108,6 @@ def adapter_specs(specs: list[str] | None) -> dict[str, Path]:
     the folder, or after its parent for a folder called `adapter`, which is where
     `jielong train sft --method lora` writes runs/NAME/adapter). Each folder's
     adapter_config.json is checked here, before a possibly large model is loaded."""
-    from jielong.lora import read_adapter_config
-
     out: dict[str, Path] = {}
     for spec in specs or []:
         name, eq, path = spec.partition("=")
@@ -126,8 +141,6 @@ def _pick(name: str | None, have) -> str | None:
 def choose_adapter(model, name: str | None) -> str | None:
     """Make adapter `name` the active one (None, "none" or "off": the base model alone) and
     return it, or say which adapters there are."""
-    from jielong.lora import adapter_names, set_adapter
-
     name = _pick(name, adapter_names(model))
     set_adapter(model, name)
     return name
@@ -146,10 +159,6 @@ def open_model(name: str | Path, device: str | torch.device = "cpu", dtype="auto
     """(model, tokenizer, generation_config) from a folder or hub id, with the LoRA adapters
     `adapters` loaded (see `adapter_specs`) and `adapter_name` active (default: the first;
     "off": the base model alone)."""
-    from jielong.checkpoint import load_model
-    from jielong.lora import load_adapter, read_adapter_config, set_adapter
-    from jielong.tokenizer import Tokenizer
-
     specs = adapter_specs(adapters)
     active = _pick(adapter_name, list(specs)) if adapter_name else next(iter(specs), None)
     path = resolve_model(name)
@@ -161,3 +170,44 @@ def open_model(name: str | Path, device: str | torch.device = "cpu", dtype="auto
     if specs:
         set_adapter(model, active)
     return model, tok, read_generation_config(path)
+
+
+# ----------------------------------------------------------------------------- jielong merge
+
+def merge_cmd(model: str, adapter: str, out: str) -> None:
+    """Fold a LoRA adapter into its base model and save the result as a full model folder.
+
+    The merged model loads anywhere a Hugging Face model does (transformers, vLLM, llama.cpp
+    after `jielong export gguf`), and runs as fast as the base: no adapter left to apply.
+
+    Args:
+        model: the base model: a folder (from jielong or Hugging Face) or a hub id
+        adapter: the LoRA adapter folder (adapter_config.json + adapter_model.safetensors),
+            written by jielong or by PEFT
+        out: folder to write the merged model to (replaced atomically if it exists)
+    """
+    base_dir = resolve_model(model)
+    adapter_dir = resolve_model(adapter)
+    out_dir = Path(out)
+    for what, d in (("base model", base_dir), ("adapter", adapter_dir)):
+        if out_dir.resolve() == Path(d).resolve():
+            raise UserError(f"{out}: is the {what}'s own folder; write the merged model elsewhere")
+    read_adapter_config(adapter_dir)  # fail on a bad adapter before loading a large model
+    net = load_model(base_dir, dtype=torch.float32)  # merge in float32, save in the base's dtype
+    tok = Tokenizer.from_dir(base_dir) if (base_dir / "tokenizer.json").is_file() else None
+    name = load_adapter(net, adapter_dir)
+    cfg = net.lora_adapters[name]
+    n_lora = sum(1 for _, m in adapted_modules(net)
+                 if isinstance(m, LoRALinear) and name in m.lora_A)
+    full = [t for t in TRAINABLE_CHOICES if any(p == TRAINABLE_PATHS[t] and name in m.trained
+                                                 for p, m in adapted_modules(net))]
+    merge_adapter(net, name)
+    dtype = net.config.torch_dtype if net.config.torch_dtype in ("bfloat16", "float16") \
+        else "float32"
+    net.to(getattr(torch, dtype))
+    save_model(out_dir, net, tok, generation=read_generation_config(base_dir))
+    extra = f" + trained {', '.join(full)}" if full else ""
+    print(f"merged {adapter} (LoRA r={cfg.r}, alpha={alpha_json(cfg.alpha)} on {n_lora} "
+          f"linear layers{extra}) into {model} → {out_dir} "
+          f"({net.config.num_params / 1e6:.1f}M parameters, {dtype})")
+

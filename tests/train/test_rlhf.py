@@ -10,12 +10,11 @@ import torch
 from conftest import run_cli, tiny_corpus
 
 from jielong import rewards
-from jielong.checkpoint import load_model, save_model
+from jielong.checkpoint import base_state_dict, load_model, save_model
 from jielong.cli import main
 from jielong.config import preset
 from jielong.errors import UserError
 from jielong.infer.generate import Sampling
-from jielong.lora import base_state_dict
 from jielong.model import Transformer
 from jielong.tokenizer import train_tokenizer
 from jielong.train import rlhf as rlhf_module

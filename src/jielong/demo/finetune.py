@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from jielong.adapter_files import save_adapter
 from jielong.checkpoint import load_model, save_model
 from jielong.data.chat import encode
 from jielong.demo.tasks import (
@@ -32,7 +33,7 @@ from jielong.demo.tasks import (
     world_for,
 )
 from jielong.eval.replies import chat_replies, chrf, contains_answer
-from jielong.lora import LoraConfig, add_adapter, count_parameters, save_adapter, using_adapter
+from jielong.lora import LoraConfig, add_adapter, count_parameters, using_adapter
 from jielong.model import Transformer
 from jielong.train.classify import (
     Classifier,

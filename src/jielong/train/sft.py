@@ -232,9 +232,9 @@ def checkpoint_fns(method: str, adapter: str = "default"):
         return None, None
     from safetensors.torch import load_file
 
+    from jielong.adapter_files import WEIGHTS_FILE, lora_state_dict, save_adapter
     from jielong.checkpoint import TRAINER_STATE
     from jielong.files import atomic_path
-    from jielong.lora import WEIGHTS_FILE, lora_state_dict, save_adapter
 
     def save_fn(model, path: Path, tokenizer, trainer_state: dict) -> None:
         save_adapter(model, path, name=adapter)
@@ -264,7 +264,7 @@ def save_result(model, tok, gen: dict, out: Path, method: str, base: str) -> Pat
     from jielong.checkpoint import save_model
 
     if method == "lora":
-        from jielong.lora import save_adapter
+        from jielong.adapter_files import save_adapter
 
         return save_adapter(model, out / "adapter", base_model_name_or_path=base)
     return save_model(out / "model", model, tok, generation=gen)
