@@ -31,6 +31,13 @@ import sys
 import tempfile
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
+
+from jielong.prep import thresholds
+from jielong.prep.language import detect_lang
+from jielong.prep.normalize import normalize_text
+from jielong.prep.quality_rules import quality_reason, strip_boilerplate
+from jielong.prep.repetition import repetition_reason
 
 ROOT = Path(__file__).resolve().parents[1]
 LABELLED = ROOT / "tests" / "prep" / "quality_labelled.jsonl"
@@ -90,11 +97,14 @@ def sample(docs: list[str], limit: int) -> list[str]:
 
 
 def load_rules(rev: str | None):
-    """jielong.prep.steps as in the working tree (None), or its clean.py at a git revision."""
+    """The rules as in the working tree (None: the functions of jielong.prep's language,
+    normalize, quality_rules, repetition and thresholds modules, under one name), or the
+    module src/jielong/data/clean.py that held them all at a git revision."""
     if rev is None:
-        import jielong.prep.steps as clean
-
-        return clean
+        return SimpleNamespace(normalize_text=normalize_text, detect_lang=detect_lang,
+                               strip_boilerplate=strip_boilerplate, quality_reason=quality_reason,
+                               repetition_reason=repetition_reason,
+                               preset_thresholds=thresholds.preset_thresholds)
     src = subprocess.run(["git", "show", f"{rev}:src/jielong/data/clean.py"], cwd=ROOT, check=True,
                          capture_output=True, text=True).stdout
     path = Path(tempfile.mkdtemp()) / f"clean_{rev}.py"

@@ -13,7 +13,7 @@ import pytest
 from test_data_clean import BAD_EN, BAD_ZH, EN_GOOD, HARMFUL, ZH_HANS_GOOD, ZH_HANT_GOOD
 
 from jielong import cli
-from jielong.prep import steps as clean
+from jielong.prep import html_extract
 
 pytest.importorskip("datatrove")
 
@@ -106,14 +106,14 @@ def test_no_planted_secret_or_pii_in_any_file_clean_writes(tmp_path: Path, monke
                                           encoding="utf-8")
     (src / "unparsable.html").write_text(f"<html><body><p>PARSER-FAILS {PLANT}</p></body></html>",
                                          encoding="utf-8")
-    real = clean.extract_html
+    real = html_extract.extract_html
 
     def extract(html, *a, **kw):
         if "PARSER-FAILS" in html:
             raise ValueError(f"cannot parse {html}")
         return real(html, *a, **kw)
 
-    monkeypatch.setattr(clean, "extract_html", extract)  # one worker: the steps run in this process
+    monkeypatch.setattr(html_extract, "extract_html", extract)  # one worker: the steps run in this process
     out = tmp_path / "out"
     stats = cli.run(["data", "clean", str(src), "--out", str(out), "--workers", "1", "--languages", "zh", "en"])
     dropped = {reason for row in stats["steps"] for reason in row["dropped"]}

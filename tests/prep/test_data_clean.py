@@ -15,24 +15,14 @@ from datatrove.executor import LocalPipelineExecutor
 from datatrove.pipeline.writers import JsonlWriter
 
 from jielong.errors import UserError
-from jielong.prep.steps import (
-    LITERATURE_THRESHOLDS,
-    QUALITY_THRESHOLDS,
-    REPETITION_THRESHOLDS,
-    HarmfulFilter,
-    HtmlExtract,
-    LanguageScript,
-    Lexicon,
-    Normalize,
-    PiiRedact,
-    QualityFilter,
-    RepetitionFilter,
-    detect_lang,
-    han_script,
-    normalize_text,
-    quality_reason,
-    repetition_reason,
-)
+from jielong.prep.harmful import HarmfulFilter, Lexicon
+from jielong.prep.html_extract import HtmlExtract
+from jielong.prep.language import LanguageScript, detect_lang, han_script
+from jielong.prep.normalize import Normalize, normalize_text
+from jielong.prep.quality_rules import QualityFilter, quality_reason
+from jielong.prep.redact import PiiRedact
+from jielong.prep.repetition import RepetitionFilter, repetition_reason
+from jielong.prep.thresholds import LITERATURE_THRESHOLDS, QUALITY_THRESHOLDS, REPETITION_THRESHOLDS
 
 EN_GOOD = (
     "The river town of Maple sits at the foot of a small mountain. Every morning the baker "

@@ -13,7 +13,9 @@ import pytest
 from conftest import ZH_AI, ZH_AI_EDITED, ZH_AI_OTHER
 
 from jielong import cli
-from jielong.prep.pipeline import InputReader, find_inputs, input_kind, read_texts
+from jielong.prep.finish import Finish
+from jielong.prep.readers import InputReader, find_inputs, input_kind, read_texts
+from jielong.prep.tally import Tally
 
 zstd = pytest.importorskip("zstandard")
 
@@ -320,8 +322,6 @@ def test_parquet_output_and_token_shards(tmp_path: Path):
 
 
 def test_killed_run_resumes_finished_tasks(tmp_path: Path, monkeypatch):
-    from jielong.prep import pipeline as prep
-
     files = [jsonl(tmp_path / f"{i}.jsonl", [{"text": t}]) for i, t in enumerate(EN)]
     out = tmp_path / "out"
     args = ["data", "clean", *map(str, files), "--out", str(out), "--workers", "1", "--skip",
@@ -331,19 +331,19 @@ def test_killed_run_resumes_finished_tasks(tmp_path: Path, monkeypatch):
         raise KeyboardInterrupt
         yield
 
-    monkeypatch.setattr(prep.Finish, "run", killed)
+    monkeypatch.setattr(Finish, "run", killed)
     with pytest.raises(KeyboardInterrupt):
         cli.run(args)
     done = sorted(p.name for p in (out / ".work" / "logs" / "stage1" / "completions").iterdir())
     assert done == ["00000", "00001", "00002", "00003"]
     monkeypatch.undo()
-    ran, original = [], prep.Tally.run
+    ran, original = [], Tally.run
 
     def counting(self, data, rank=0, world_size=1):
         ran.append(rank)
         return original(self, data, rank, world_size)
 
-    monkeypatch.setattr(prep.Tally, "run", counting)
+    monkeypatch.setattr(Tally, "run", counting)
     stats = cli.run(args)
     assert ran == [] and stats["output"]["docs"] == 4    # stage 1 was not run again
     assert not (out / ".work").exists()

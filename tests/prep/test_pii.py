@@ -138,7 +138,7 @@ def test_pii_redact_step_counts_in_metadata_and_stats():
     pytest.importorskip("datatrove")
     from datatrove.data import Document
 
-    from jielong.prep.steps import PiiRedact
+    from jielong.prep.redact import PiiRedact
 
     docs = [Document(text="寫信給 amy@example.com 或 bob@example.org，電話 +86 138 1234 5678", id="a"),
             Document(text="沒有個資的句子。", id="b"),

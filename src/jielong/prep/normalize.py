@@ -15,6 +15,7 @@ import re
 import ftfy
 from datatrove.pipeline.formatters.base import BaseFormatter
 
+
 @functools.cache
 def _ftfy_config():
     # ftfy's defaults would turn full-width （），。！？ and ＡＢＣ into ASCII

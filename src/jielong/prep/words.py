@@ -17,6 +17,7 @@ import unicodedata
 
 import jieba
 
+
 @functools.cache
 def _jieba():
     jieba.setLogLevel(60)  # no "Building prefix dict…" on every worker
