@@ -96,6 +96,10 @@ def sample(docs: list[str], limit: int) -> list[str]:
 # ------------------------------------------------------------------------------ the rules
 
 
+# Imports of the old clean.py whose modules have moved since, and their new homes.
+MOVED = {"from jielong.data import pii": "from jielong.prep import pii"}
+
+
 def load_rules(rev: str | None):
     """The rules as in the working tree (None: the functions of jielong.prep's language,
     normalize, quality_rules, repetition and thresholds modules, under one name), or the
@@ -107,6 +111,8 @@ def load_rules(rev: str | None):
                                preset_thresholds=thresholds.preset_thresholds)
     src = subprocess.run(["git", "show", f"{rev}:src/jielong/data/clean.py"], cwd=ROOT, check=True,
                          capture_output=True, text=True).stdout
+    for old, new in MOVED.items():  # what it imports from modules that have moved since
+        src = src.replace(old, new)
     path = Path(tempfile.mkdtemp()) / f"clean_{rev}.py"
     path.write_text(src, encoding="utf-8")
     spec = importlib.util.spec_from_file_location(f"clean_{rev}", path)
