@@ -14,6 +14,7 @@ from test_data_clean import BAD_EN, BAD_ZH, EN_GOOD, HARMFUL, ZH_HANS_GOOD, ZH_H
 
 from jielong import cli
 from jielong.prep import html_extract
+from jielong.prep.quality_model import train_quality
 
 pytest.importorskip("datatrove")
 
@@ -132,7 +133,6 @@ def test_no_planted_secret_or_pii_in_any_file_clean_writes(tmp_path: Path, monke
 
 
 def test_documents_dropped_by_the_quality_model_are_redacted_too(tmp_path: Path):
-    from jielong.prep.quality_model import train_quality
 
     model = tmp_path / "q.json"
     train_quality([EN_GOOD, ZH_HANT_GOOD] * 4, ["buy now cheap"] * 8, steps=20).save(model)
