@@ -81,7 +81,6 @@ def build_stage1(cfg: CleanConfig, progress: int = 0) -> tuple[list, list[str]]:
     return pipeline, labels
 
 
-
 def available_cores() -> int:
     """CPU cores this process may run on."""
     try:
@@ -144,7 +143,7 @@ def run_clean(cfg: CleanConfig, executor: str = "local", workers: int = 0, tasks
     stats = json.loads((out / "stats.json").read_text())
     if (out / "logs").exists():
         shutil.rmtree(out / "logs")
-    os.replace(logs, out / "logs")  # datatrove's per-task logs and stats, for the curious
+    os.replace(logs, out / "logs")  # datatrove's per-task stats (and logs, --verbose), for the curious
     shutil.rmtree(work, ignore_errors=True)
     return stats
 
