@@ -31,7 +31,24 @@ import tempfile
 import time
 from pathlib import Path
 
+import datatrove.utils.hashes.xxhash as dt_xxhash
 import orjson
+import xxhash
+from datatrove.pipeline.dedup.minhash import (
+    MinhashConfig,
+    MinhashDedupBuckets,
+    MinhashDedupCluster,
+    MinhashDedupFilter,
+    MinhashDedupSignature,
+)
+from datatrove.pipeline.readers import JsonlReader
+from datatrove.pipeline.writers import JsonlWriter
+from datatrove.utils.typeshelper import Languages
+from loguru import logger
+
+from jielong.prep.commands import clean
+from jielong.prep.console import QuietLocalExecutor as Local
+from jielong.prep.dedup import Deduplicator, MinHashConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -59,7 +76,6 @@ def build_corpus(path: Path, limit: int | None) -> dict[str, int]:
 
 
 def run_full(corpus: Path, work: Path) -> tuple[float, dict]:
-    from jielong.prep.pipeline import clean
 
     t = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
@@ -68,7 +84,6 @@ def run_full(corpus: Path, work: Path) -> tuple[float, dict]:
 
 
 def run_ours(corpus: Path, work: Path) -> tuple[float, set[str]]:
-    from jielong.prep.dedup import Deduplicator, MinHashConfig
 
     t = time.perf_counter()
     dd = Deduplicator(MinHashConfig(), exact=False)
@@ -88,20 +103,6 @@ def run_ours(corpus: Path, work: Path) -> tuple[float, set[str]]:
 
 
 def run_datatrove(corpus: Path, work: Path) -> tuple[float, set[str], list[float]]:
-    import datatrove.utils.hashes.xxhash as dt_xxhash
-    import xxhash
-    from datatrove.pipeline.dedup.minhash import (
-        MinhashConfig,
-        MinhashDedupBuckets,
-        MinhashDedupCluster,
-        MinhashDedupFilter,
-        MinhashDedupSignature,
-    )
-    from datatrove.pipeline.readers import JsonlReader
-    from datatrove.pipeline.writers import JsonlWriter
-    from datatrove.utils.typeshelper import Languages
-
-    from jielong.prep.pipeline import QuietLocalExecutor as Local
 
     # xxhash 4 takes bytes only and datatrove 0.10 passes str: encode as UTF-8, which is what
     # older xxhash did with a str itself
@@ -125,8 +126,6 @@ def run_datatrove(corpus: Path, work: Path) -> tuple[float, set[str], list[float
                JsonlWriter(str(d / "out"), compression=None)],
               tasks=1, workers=1, logging_dir=str(logs / "4")),
     ]
-    from loguru import logger
-
     logger.remove()
     logger.add(sys.stderr, level="WARNING")
     parts = []

@@ -31,6 +31,13 @@ import sys
 import tempfile
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
+
+from jielong.prep import thresholds
+from jielong.prep.language import detect_lang
+from jielong.prep.normalize import normalize_text
+from jielong.prep.quality_rules import quality_reason, strip_boilerplate
+from jielong.prep.repetition import repetition_reason
 
 ROOT = Path(__file__).resolve().parents[1]
 LABELLED = ROOT / "tests" / "prep" / "quality_labelled.jsonl"
@@ -89,14 +96,23 @@ def sample(docs: list[str], limit: int) -> list[str]:
 # ------------------------------------------------------------------------------ the rules
 
 
-def load_rules(rev: str | None):
-    """jielong.prep.steps as in the working tree (None), or its clean.py at a git revision."""
-    if rev is None:
-        import jielong.prep.steps as clean
+# Imports of the old clean.py whose modules have moved since, and their new homes.
+MOVED = {"from jielong.data import pii": "from jielong.prep import pii"}
 
-        return clean
+
+def load_rules(rev: str | None):
+    """The rules as in the working tree (None: the functions of jielong.prep's language,
+    normalize, quality_rules, repetition and thresholds modules, under one name), or the
+    module src/jielong/data/clean.py that held them all at a git revision."""
+    if rev is None:
+        return SimpleNamespace(normalize_text=normalize_text, detect_lang=detect_lang,
+                               strip_boilerplate=strip_boilerplate, quality_reason=quality_reason,
+                               repetition_reason=repetition_reason,
+                               preset_thresholds=thresholds.preset_thresholds)
     src = subprocess.run(["git", "show", f"{rev}:src/jielong/data/clean.py"], cwd=ROOT, check=True,
                          capture_output=True, text=True).stdout
+    for old, new in MOVED.items():  # what it imports from modules that have moved since
+        src = src.replace(old, new)
     path = Path(tempfile.mkdtemp()) / f"clean_{rev}.py"
     path.write_text(src, encoding="utf-8")
     spec = importlib.util.spec_from_file_location(f"clean_{rev}", path)

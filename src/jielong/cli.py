@@ -41,9 +41,9 @@ def _commands() -> dict:
     from jielong.hub import merge_cmd
     from jielong.infer.chat import chat
     from jielong.infer.generate import generate
-    from jielong.prep.pipeline import clean as data_clean
-    from jielong.prep.pipeline import quality_train
-    from jielong.prep.pipeline import stats_cmd as data_stats
+    from jielong.prep.commands import clean as data_clean
+    from jielong.prep.commands import quality_train
+    from jielong.prep.commands import stats_cmd as data_stats
     from jielong.serve.command import serve
     from jielong.serve.feedback import export_cmd as feedback_export
     from jielong.tokenizer import tokenize_cmd, train_cmd

@@ -13,7 +13,8 @@ import pytest
 from test_data_clean import BAD_EN, BAD_ZH, EN_GOOD, HARMFUL, ZH_HANS_GOOD, ZH_HANT_GOOD
 
 from jielong import cli
-from jielong.prep import steps as clean
+from jielong.prep import html_extract
+from jielong.prep.quality_model import train_quality
 
 pytest.importorskip("datatrove")
 
@@ -106,14 +107,14 @@ def test_no_planted_secret_or_pii_in_any_file_clean_writes(tmp_path: Path, monke
                                           encoding="utf-8")
     (src / "unparsable.html").write_text(f"<html><body><p>PARSER-FAILS {PLANT}</p></body></html>",
                                          encoding="utf-8")
-    real = clean.extract_html
+    real = html_extract.extract_html
 
     def extract(html, *a, **kw):
         if "PARSER-FAILS" in html:
             raise ValueError(f"cannot parse {html}")
         return real(html, *a, **kw)
 
-    monkeypatch.setattr(clean, "extract_html", extract)  # one worker: the steps run in this process
+    monkeypatch.setattr(html_extract, "extract_html", extract)  # one worker: the steps run in this process
     out = tmp_path / "out"
     stats = cli.run(["data", "clean", str(src), "--out", str(out), "--workers", "1", "--languages", "zh", "en"])
     dropped = {reason for row in stats["steps"] for reason in row["dropped"]}
@@ -132,7 +133,6 @@ def test_no_planted_secret_or_pii_in_any_file_clean_writes(tmp_path: Path, monke
 
 
 def test_documents_dropped_by_the_quality_model_are_redacted_too(tmp_path: Path):
-    from jielong.prep.quality_model import train_quality
 
     model = tmp_path / "q.json"
     train_quality([EN_GOOD, ZH_HANT_GOOD] * 4, ["buy now cheap"] * 8, steps=20).save(model)

@@ -1,38 +1,26 @@
-"""The per-document cleaning steps on small planted corpora (English, Traditional and
-Simplified Chinese): HTML extraction, normalisation, language and script, quality and
-repetition rules, the harmful-content lexicon (and a tiny trained classifier), all of them
-inside a datatrove executor, and a slice of real text from ../shared/data when present."""
+"""Every per-document cleaning step at once, inside a datatrove executor, on small planted
+corpora (English, Traditional and Simplified Chinese), and a slice of real text from
+../shared/data when present. The planted texts and the helpers here are shared by the tests
+of each step (test_html_extract, test_normalize, test_language, test_quality_filter,
+test_repetition, test_harmful) and by test_clean_no_leaks."""
 
 import dataclasses
 import gzip
 import json
-import random
 from pathlib import Path
 
-import pytest
 from datatrove.data import Document
 from datatrove.executor import LocalPipelineExecutor
 from datatrove.pipeline.writers import JsonlWriter
 
-from jielong.errors import UserError
-from jielong.prep.steps import (
-    LITERATURE_THRESHOLDS,
-    QUALITY_THRESHOLDS,
-    REPETITION_THRESHOLDS,
-    HarmfulFilter,
-    HtmlExtract,
-    LanguageScript,
-    Lexicon,
-    Normalize,
-    PiiRedact,
-    QualityFilter,
-    RepetitionFilter,
-    detect_lang,
-    han_script,
-    normalize_text,
-    quality_reason,
-    repetition_reason,
-)
+from jielong.prep.harmful import HarmfulFilter
+from jielong.prep.html_extract import HtmlExtract
+from jielong.prep.language import LanguageScript, detect_lang, han_script
+from jielong.prep.normalize import Normalize, normalize_text
+from jielong.prep.quality_rules import QualityFilter, quality_reason
+from jielong.prep.redact import PiiRedact
+from jielong.prep.repetition import RepetitionFilter, repetition_reason
+from jielong.prep.thresholds import QUALITY_THRESHOLDS, REPETITION_THRESHOLDS
 
 EN_GOOD = (
     "The river town of Maple sits at the foot of a small mountain. Every morning the baker "
@@ -95,111 +83,15 @@ PAGE = """<!DOCTYPE html>
 <script>alert("popup")</script></body></html>"""
 
 
-def test_html_extract_keeps_emoji_and_punctuation_drops_scripts_and_nav():
-    step = HtmlExtract()
-    docs = [doc(PAGE, "page"),  # recognised by its text
-            doc("<html><body><p>Hi 👋 there, friend!</p></body></html>", "flagged", format="html"),
-            doc("<html><head><script>var x = 1;</script><style>p{}</style></head><body></body></html>",
-                "empty"),
-            doc("Use <b>bold</b> for emphasis in HTML.", "plain")]
-    kept, dropped = run_step(step, docs)
-    assert dropped == {"empty": None} and step.stats["dropped_no_text"].total == 1
-    page, flagged, plain = kept
-    assert page.text.splitlines()[0] == "台北美食地圖 🍜"
-    for kept_text in ("（位於大安區），湯頭濃郁，麵條Q彈！老闆說：「我們每天熬湯十二小時。」你想試試嗎？",
-                      "推薦給大家 😋👍", "“We make everything by hand.” 🙌"):
-        assert kept_text in page.text
-    for gone in ("tracker", "do-not-keep", "color", "popup", "關於我們", "登入", "隱私權政策"):
-        assert gone not in page.text
-    assert page.metadata == {"format": "text", "source_format": "html"}
-    assert flagged.text == "Hi 👋 there, friend!"
-    assert plain.text == "Use <b>bold</b> for emphasis in HTML." and plain.metadata == {}
-    assert step.stats["html_extracted"].total == 2
 
 
-# -------------------------------------------------------------------------- Normalize
 
 
-def test_normalize_keeps_full_width_punctuation_and_emoji():
-    punct = "（），。！？：；「」『』、《》“中文引號”‘單引號’ＡＢＣ１２３"
-    assert normalize_text(punct) == punct  # ftfy's defaults would make these ASCII
-    messy = ("\ufeff  第一段：　你好（測試）！\x07\u200b  \r\n\r\n\r\n\r\n"
-             "Hello    world\t\tagain   \n"
-             "mojibake: cafÃ© â€œquotedâ€\x9d and &amp; entity\n"
-             "e\u0301 composed, 👩\u200d💻 ❤\ufe0f 🇹🇼 kept\n\n\n")
-    assert normalize_text(messy) == (
-        "  第一段：　你好（測試）！\n\n"
-        "Hello world again\n"
-        "mojibake: café “quoted” and & entity\n"
-        "é composed, 👩\u200d💻 ❤\ufe0f 🇹🇼 kept")
-    out = list(Normalize()([doc("（好）  ！\n\n\n\n結束。")]))
-    assert out[0].text == "（好） ！\n\n結束。"
 
 
-FIRE_HEART, FAMILY = "\u2764\ufe0f\u200d\U0001f525", "\U0001f469\u200d\U0001f469\u200d\U0001f467"  # ❤️‍🔥 👩‍👩‍👧
 
 
-def test_zwj_emoji_sequences_stay_whole_through_html_and_normalisation():
-    text = f"今天的心情是{FIRE_HEART}，我們一家人{FAMILY}去海邊玩了一整天。"
-    assert normalize_text(text) == text
-    # trafilatura drops non-printable characters, ZWJ among them: written as a character and
-    # as each kind of entity, it must come back whole.
-    page = ("<!DOCTYPE html><html><body><article><p>" + text + "大家都很開心，晚上還吃了海鮮大餐。</p>"
-            "<p>Family &#x1F469;&zwj;&#x1F469;&#8205;&#x1F467; and a fire heart "
-            "&#x2764;&#xFE0F;&#x200D;&#x1F525; are two emoji that people use in messages every day.</p>"
-            "</article></body></html>")
-    out = list(HtmlExtract()([doc(page, "p")]))[0].text
-    assert out.count(FIRE_HEART) == 2 and out.count(FAMILY) == 2, out
-    assert "ZwJ" not in out and normalize_text(out) == out
 
-
-# --------------------------------------------------------------------- LanguageScript
-
-
-def test_language_by_character_classes():
-    assert detect_lang(EN_GOOD) == "en"
-    assert detect_lang(ZH_HANT_GOOD) == "zh" and detect_lang(ZH_HANS_GOOD) == "zh"
-    assert detect_lang("我們用 PyTorch 和 CUDA 訓練一個小模型。") == "zh"
-    assert detect_lang("The poem 靜夜思 by Li Bai is about the moon.") == "en"
-    assert detect_lang("今日はいい天気ですね。散歩に行きましょう。") == "other"  # Japanese: kana
-    assert detect_lang("오늘 날씨가 좋네요") == "other"
-    assert detect_lang("Le chat est assis sur le tapis près de la rivière et regarde les oiseaux.") == "other"
-    assert detect_lang("Привет, как дела? Всё хорошо.") == "other"
-    assert detect_lang("12345 !!! 67890") == "other"
-
-
-def test_traditional_and_simplified_told_apart():
-    assert han_script(ZH_HANT_GOOD)[0] == "Hant"
-    assert han_script(ZH_HANS_GOOD)[0] == "Hans"
-    assert han_script("子曰：「學而時習之，不亦說乎？」詩云：後來里台")[0] == "Hant"  # 云 里 台 are both
-    assert han_script("天下大同")[0] == "mixed"  # no telling character
-    assert han_script(ZH_HANT_GOOD + ZH_HANS_GOOD)[0] == "mixed"
-    trad, simp = han_script("學習")[1:], han_script("学习")[1:]
-    assert trad == (2, 0) and simp == (0, 2)
-
-
-def test_language_script_step_converts_and_keeps():
-    step = LanguageScript(convert="s2t", keep=["zh", "en"])
-    docs = [doc(ZH_HANS_GOOD, "hans"), doc(ZH_HANT_GOOD, "hant"), doc(EN_GOOD, "en"),
-            doc("今日はいい天気ですね。", "ja")]
-    kept, dropped = run_step(step, docs)
-    assert dropped == {"ja": None} and step.stats["dropped_lang_other"].total == 1
-    hans, hant, en = kept
-    assert hans.metadata == {"lang": "zh", "script": "Hans", "converted": "s2t"}
-    assert hans.text.startswith("上海的秋天來得很晚。十月的街道上還是很熱") and han_script(hans.text)[0] == "Hant"
-    assert hant.metadata == {"lang": "zh", "script": "Hant"} and hant.text == ZH_HANT_GOOD
-    assert en.metadata == {"lang": "en"} and en.text == EN_GOOD
-    # Taiwan's standard and back
-    tw = list(LanguageScript(convert="s2tw")([doc("软件里面的头发", "s")]))[0]
-    assert tw.text == "軟件裡面的頭髮" and tw.metadata["converted"] == "s2tw"
-    back = list(LanguageScript(convert="tw2s")([doc("軟件裡面的頭髮", "t")]))[0]
-    assert back.text == "软件里面的头发" and back.metadata["script"] == "Hant"
-    t2s = list(LanguageScript(convert="t2s")([doc(ZH_HANT_GOOD, "t")]))[0]
-    assert han_script(t2s.text)[0] == "Hans"
-    with pytest.raises(UserError, match="unknown OpenCC conversion"):
-        LanguageScript(convert="x2y")
-    with pytest.raises(UserError, match="languages are zh, en, other"):
-        LanguageScript(keep=["fr"])
 
 
 # ---------------------------------------------------------------------- QualityFilter
@@ -238,76 +130,14 @@ BAD_ZH = {
 }
 
 
-def test_quality_rules_drop_planted_bad_docs_and_keep_good_ones():
-    f = QualityFilter()
-    good = {"en": EN_GOOD, "zh_hant": ZH_HANT_GOOD, "zh_hans": ZH_HANS_GOOD}
-    assert reasons(f, good) == {k: None for k in good}
-    assert reasons(f, BAD_EN, lang="en") == {k: k for k in BAD_EN}
-    assert reasons(f, BAD_ZH, lang="zh") == {k: k for k in BAD_ZH}
-    # Keyword salad has too few common English words to be called English at all.
-    assert detect_lang(BAD_EN["stop_words"]) == "other"
-    assert reasons(f, {"cjk": "\n".join([ZH_HANT_GOOD, ZH_HANS_GOOD])}) == {"cjk": None}
 
 
-def test_quality_removes_boilerplate_lines_and_takes_per_language_thresholds():
-    f = QualityFilter()
-    text = ("This website uses cookies to improve your experience.\n" + EN_GOOD
-            + "\n請啟用 JavaScript 以瀏覽本網站\nPrivacy Policy | Terms of Use")
-    kept, dropped = run_step(f, [doc(text, "a")])
-    assert not dropped and kept[0].text == EN_GOOD and f.stats["boilerplate_lines"].total == 3
-    # A discussion of JavaScript is not a banner.
-    js = EN_GOOD + "\nJavaScript is the language of the web, and the browser runs it."
-    assert f.filter(doc(js)) is True
-    # Thresholds per language: a short Chinese poem passes once min_words is lowered.
-    poem = "床前明月光，疑是地上霜。\n舉頭望明月，低頭思故鄉。\n這是李白在夜裡寫的詩，他在想家。"
-    assert reasons(f, {"p": poem}) == {"p": "too_short"}
-    relaxed = QualityFilter(lang_thresholds={"zh": {"min_words": 10, "max_newline_ratio": None}})
-    assert reasons(relaxed, {"p": poem}) == {"p": None}
-    assert relaxed.thresholds["en"] == QUALITY_THRESHOLDS["en"]
-    ci = "明月幾時有？把酒問青天。\n不知天上宮闕，今夕是何年。\n我欲乘風歸去，又恐瓊樓玉宇，高處不勝寒。"
-    assert reasons(f, {"c": ci}) == {"c": "too_short"}  # `--quality_preset literature`:
-    assert reasons(QualityFilter(LITERATURE_THRESHOLDS), {"c": ci}) == {"c": None}
-    assert QualityFilter(drop_curly_brackets=True).filter(doc(EN_GOOD + " {x}")) == (False, "curly_bracket")
-    with pytest.raises(UserError, match="unknown settings"):
-        QualityFilter(lang_thresholds={"zh": {"min_wordz": 1}})
-    with pytest.raises(UserError, match="unknown language 'fr'"):
-        QualityFilter(lang_thresholds={"fr": {}})
-    assert quality_reason("", "en", QUALITY_THRESHOLDS["en"]) == "empty"
 
 
-# ------------------------------------------------------------------- RepetitionFilter
 
 
 AD_HANT = "限時優惠！全館商品買一送一，立即下單還送精美好禮，數量有限，售完為止。"
 AD_HANS = "好消息！本店所有商品一律五折，关注公众号再送优惠券，机会难得，欢迎抢购。"
-
-
-def test_repetition_filter_on_a_repeated_chinese_advertorial():
-    f = RepetitionFilter()
-    intro = ZH_HANT_GOOD + "\n"
-    texts = {
-        "lines": intro + "\n".join([AD_HANT] * 12),             # the ad as 12 lines
-        "paragraphs": "\n\n".join([ZH_HANS_GOOD, "歡迎訂閱！", ZH_HANT_GOOD, "歡迎訂閱！", "歡迎訂閱！"]),
-        "one_line": intro + AD_HANT * 12,                       # one long line
-        "phrase": intro + "，".join(["買一送一"] * 40) + "。",
-        "en_spam": EN_GOOD + "\n" + " ".join(["Click here to buy now and save big"] * 20),
-        "zh_hant": ZH_HANT_GOOD, "zh_hans": ZH_HANS_GOOD, "en": EN_GOOD,
-        "quoted_twice": ZH_HANT_GOOD + "\n" + AD_HANT + "\n" + ZH_HANS_GOOD + "\n" + AD_HANT,
-    }
-    assert reasons(f, texts) == {
-        "lines": "dup_lines",       # 12 of 15 lines repeat
-        "paragraphs": "dup_paras",  # 2 of 5 paragraphs repeat, 2 of 9 lines, 3% of characters
-        "one_line": "top_4gram",    # no lines to compare: the ad's commonest 4 words
-        "phrase": "top_2gram",      # 買一 送一 covers most of the text
-        "en_spam": "top_3gram",     # English n-grams are words
-        "zh_hant": None, "zh_hans": None, "en": None, "quoted_twice": None}
-    # Chinese n-grams are of jieba words, as FineWeb-2's: with only the 5-gram rules on, the
-    # one-line ad is its repeated 5-grams.
-    only_dup = dataclasses.replace(REPETITION_THRESHOLDS["zh"], top_ngrams=())
-    assert repetition_reason(texts["one_line"], "zh", only_dup) == "dup_5gram"
-    kept, dropped = run_step(f, [doc(t, k, lang=detect_lang(t)) for k, t in texts.items()])
-    assert set(dropped) == {"lines", "paragraphs", "one_line", "phrase", "en_spam"}
-    assert f.stats["dropped_dup_lines"].total == 1 and f.stats["dropped_top_4gram"].total == 1
 
 
 # ----------------------------------------------------------------------- HarmfulFilter
@@ -342,92 +172,6 @@ ALLOWED = {
 }
 
 
-def test_harmful_lexicon_drops_planted_text_and_keeps_allow_listed_words():
-    f = HarmfulFilter()
-    got = reasons(f, {k: v[0] for k, v in HARMFUL.items()})
-    assert got == {k: v[1] for k, v in HARMFUL.items()}
-    docs = [doc(t, k) for k, (t, _) in HARMFUL.items()] + [doc(t, k) for k, t in ALLOWED.items()]
-    kept, dropped = run_step(f, docs)
-    assert sorted(dropped) == sorted(HARMFUL)
-    assert [d.metadata.get("harmful") for d in kept] == [None, None, None, {"violence": ["massacre*"]}]
-    # One term, however dense, decides nothing alone.
-    assert f.filter(doc("Massacre! massacre, massacre.")) is True
-    assert f.stats["dropped_harmful_sexual"].total == 3 and f.stats["forwarded"].total == 4
-
-
-def test_lexicon_matching_details():
-    lex = Lexicon.load()
-    assert set(lex.terms) == {"sexual", "violence", "hate", "self_harm"}
-    # Terms are found in either script and named as written in the file.
-    assert lex.hits("做爱")["sexual"] == {"做愛": 1}
-    assert lex.hits("做愛")["sexual"] == {"做愛": 1}
-    # English needs word boundaries; spaces/hyphens are flexible; * takes endings.
-    assert lex.hits("Essex, Sussex, scunthorpe, therapist") == {}
-    assert lex.hits("BLOW-JOB blowjob Blow Job")["sexual"] == {"blow job": 3}
-    assert lex.hits("masturbating")["sexual"] == {"masturbat*": 1}
-    # The allow-list is what keeps 出口交易 (export trade) from counting as 口交.
-    assert Lexicon({"sexual": ["口交"]}, []).hits("出口交易") == {"sexual": {"口交": 1}}
-    assert Lexicon({"sexual": ["口交"]}, ["出口交"]).hits("出口交易") == {}
-    assert lex.hits("出口交易；口交")["sexual"] == {"口交": 1}
-    # Full-width Latin letters are folded (NFKC) before matching.
-    assert lex.hits("ＰＯＲＮ")["sexual"] == {"porn*": 1}
-    # Only the selected categories.
-    only = HarmfulFilter(categories=["hate"])
-    assert only.filter(doc(HARMFUL["en_sexual"][0])) is True
-    with pytest.raises(UserError, match="not in the lexicon"):
-        HarmfulFilter(categories=["spam"])
-
-
-def test_custom_lexicon_directory(tmp_path):
-    (tmp_path / "spam.txt").write_text("# spam\nclick here\n免費領取\n", encoding="utf-8")
-    (tmp_path / "allow.txt").write_text("click here to unsubscribe\n", encoding="utf-8")
-    f = HarmfulFilter(lexicon_dir=str(tmp_path), min_terms=2)
-    assert f.filter(doc("Click here! 免费领取大奖！")) == (False, "harmful_spam")
-    assert f.filter(doc("To stop these mails, click here to unsubscribe. Thanks for reading.")) is True
-
-
-def test_harmful_classifier_from_jielong_train_classify(tmp_path):
-    import torch
-
-    from jielong.checkpoint import save_model
-    from jielong.config import preset
-    from jielong.model import Transformer
-    from jielong.tokenizer import train_tokenizer
-    from jielong.train.classify import classify
-    from jielong.train.loop import TrainConfig
-
-    # Threats no lexicon term covers: only the classifier can catch them.
-    bad = ["we will hurt them badly", "burn their houses down", "讓他們付出血的代價",
-           "让他们付出血的代价", "break every bone they have"]
-    good = ["the garden is lovely today", "今天天氣很好", "今天天气很好", "the river is calm",
-            "我們去公園散步"]
-    tok = train_tokenizer((bad + good) * 3, vocab_size=300)
-    cfg = preset("test", vocab_size=tok.vocab_size, eos_token_id=tok.eos_id, pad_token_id=tok.eos_id)
-    torch.manual_seed(0)
-    base = save_model(tmp_path / "base", Transformer(cfg), tok)
-    rows = [{"text": t, "label": "violence"} for t in bad] + [{"text": t, "label": "safe"} for t in good]
-    random.Random(0).shuffle(rows)
-    data = tmp_path / "harm.jsonl"
-    data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    train = TrainConfig(steps=30, batch_size=8, lr=3e-3, warmup_steps=2, eval_every=1000,
-                        save_every=1000, device="cpu", seed=0)
-    classify(str(data), model=str(base), out=str(tmp_path / "run"), val_fraction=0, max_len=32,
-             train=train)
-    f = HarmfulFilter(classifier=str(tmp_path / "run" / "model"), threshold=0.5)
-    docs = [doc(t, f"b{i}") for i, t in enumerate(bad)] + [doc(t, f"g{i}") for i, t in enumerate(good)]
-    kept, dropped = run_step(f, docs)
-    assert sorted(dropped) == [f"b{i}" for i in range(5)]
-    assert f.stats["dropped_harmful_violence"].total == 5
-    assert all(d.metadata["harmful_score"] < 0.5 for d in kept)
-    assert "harmful" not in docs[0].metadata  # the lexicon saw nothing: the classifier decided
-    with pytest.raises(UserError, match="not a classifier directory"):
-        HarmfulFilter(classifier=str(tmp_path / "nowhere"))
-    # A classifier without a safe class cannot be read as a harm score.
-    labels = json.loads((tmp_path / "run" / "model" / "config.json").read_text())
-    labels["id2label"] = {"0": "spam", "1": "violence"}
-    (tmp_path / "run" / "model" / "config.json").write_text(json.dumps(labels))
-    with pytest.raises(UserError, match="exactly one must name the safe class"):
-        HarmfulFilter(classifier=str(tmp_path / "run" / "model")).filter(doc("hello"))
 
 
 # ------------------------------------------------------------------- whole pipeline

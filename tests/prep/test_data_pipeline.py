@@ -4,6 +4,7 @@ when ../shared/data is present, on a slice of real Chinese and English text."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import json
@@ -13,7 +14,12 @@ import pytest
 from conftest import ZH_AI, ZH_AI_EDITED, ZH_AI_OTHER
 
 from jielong import cli
-from jielong.prep.pipeline import InputReader, find_inputs, input_kind, read_texts
+from jielong.data.shards import TokenShards
+from jielong.prep.finish import Finish
+from jielong.prep.readers import InputReader, find_inputs, input_kind, read_texts
+from jielong.prep.tally import Tally
+from jielong.tokenizer import Tokenizer, train_tokenizer
+from jielong.train.pretrain import prepare_data
 
 zstd = pytest.importorskip("zstandard")
 
@@ -205,8 +211,6 @@ def planted(tmp: Path) -> list[str]:
 def cleaned(tmp_path_factory) -> tuple[Path, dict, str]:
     tmp = tmp_path_factory.mktemp("clean")
     out = tmp / "out"
-    import contextlib
-
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
         stats = cli.run(["data", "clean", *planted(tmp), "--out", str(out), "--workers", "2",
@@ -291,7 +295,6 @@ def test_report_and_stats_command(cleaned, capsys):
 
 
 def test_parquet_output_and_token_shards(tmp_path: Path):
-    from jielong.tokenizer import train_tokenizer
 
     tok_dir = train_tokenizer(EN + [ZH_AI, ZH_HANS] * 3, vocab_size=300).save(tmp_path / "tok")
     src = jsonl(tmp_path / "in.jsonl", [{"text": t} for t in EN + [ZH_AI, ZH_AI, ZH_HANS]])
@@ -306,12 +309,9 @@ def test_parquet_output_and_token_shards(tmp_path: Path):
     assert json.loads(table[4]["metadata"])["dup_cluster_size"] == 2
     meta = json.loads((out / "tokens" / "meta.json").read_text())
     assert meta["train_docs"] + meta["val_docs"] == 6 == stats["output"]["docs"]
-    from jielong.data.shards import TokenShards
 
     assert TokenShards(out / "tokens", "train", 8).num_tokens > 100
     # `jielong pretrain OUT/data --tokenizer TOK` recognises these shards as its own
-    from jielong.tokenizer import Tokenizer
-    from jielong.train.pretrain import prepare_data
 
     before = (out / "tokens" / "meta.json").stat().st_mtime_ns
     again = prepare_data([str(out / "data")], Tokenizer.from_dir(tok_dir), Path(tok_dir), out / "tokens",
@@ -320,8 +320,6 @@ def test_parquet_output_and_token_shards(tmp_path: Path):
 
 
 def test_killed_run_resumes_finished_tasks(tmp_path: Path, monkeypatch):
-    from jielong.prep import pipeline as prep
-
     files = [jsonl(tmp_path / f"{i}.jsonl", [{"text": t}]) for i, t in enumerate(EN)]
     out = tmp_path / "out"
     args = ["data", "clean", *map(str, files), "--out", str(out), "--workers", "1", "--skip",
@@ -331,19 +329,19 @@ def test_killed_run_resumes_finished_tasks(tmp_path: Path, monkeypatch):
         raise KeyboardInterrupt
         yield
 
-    monkeypatch.setattr(prep.Finish, "run", killed)
+    monkeypatch.setattr(Finish, "run", killed)
     with pytest.raises(KeyboardInterrupt):
         cli.run(args)
     done = sorted(p.name for p in (out / ".work" / "logs" / "stage1" / "completions").iterdir())
     assert done == ["00000", "00001", "00002", "00003"]
     monkeypatch.undo()
-    ran, original = [], prep.Tally.run
+    ran, original = [], Tally.run
 
     def counting(self, data, rank=0, world_size=1):
         ran.append(rank)
         return original(self, data, rank, world_size)
 
-    monkeypatch.setattr(prep.Tally, "run", counting)
+    monkeypatch.setattr(Tally, "run", counting)
     stats = cli.run(args)
     assert ran == [] and stats["output"]["docs"] == 4    # stage 1 was not run again
     assert not (out / ".work").exists()

@@ -134,28 +134,6 @@ def test_mixed_document_and_overlaps():
         redact(text, kinds=["passport"])
 
 
-def test_pii_redact_step_counts_in_metadata_and_stats():
-    pytest.importorskip("datatrove")
-    from datatrove.data import Document
-
-    from jielong.prep.steps import PiiRedact
-
-    docs = [Document(text="寫信給 amy@example.com 或 bob@example.org，電話 +86 138 1234 5678", id="a"),
-            Document(text="沒有個資的句子。", id="b"),
-            Document(text=f"token {HF} at 8.8.8.8", id="c")]
-    step = PiiRedact()
-    out = list(step(docs))
-    assert [d.text for d in out] == ["寫信給 <EMAIL> 或 <EMAIL>，電話 <PHONE>", "沒有個資的句子。",
-                                     "token <HF_TOKEN> at <IP>"]
-    assert out[0].metadata["pii"] == {"email": 2, "phone": 1}
-    assert "pii" not in out[1].metadata
-    assert out[2].metadata["pii"] == {"hf_token": 1, "ip": 1}
-    assert step.stats["pii_email"].total == 2 and step.stats["pii_phone"].total == 1
-    assert step.stats["pii_hf_token"].total == 1 and step.stats["total"].total == 3
-    only = list(PiiRedact(kinds=["ip"])([Document(text="amy@example.com 8.8.8.8", id="x")]))
-    assert only[0].text == "amy@example.com <IP>"
-
-
 def test_no_secret_literal_in_the_repository_sources():
     root = Path(__file__).resolve().parents[2]
     # every test file and fixture of the cleaning pipeline, and every module of it

@@ -37,9 +37,8 @@ import numpy as np
 import xxhash
 
 from jielong.errors import UserError
+from jielong.prep.hashing import POLY, mix64, ngram_hashes
 
-_MIX1, _MIX2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
-_POLY = np.uint64(0x9E3779B97F4A7C15)  # odd multiplier for rolling n-gram hashes
 _SPACE = re.compile(r"\s+")
 _NOT_WORD = re.compile(r"[\W_]+")
 _WORD = re.compile(r"\w+")
@@ -104,25 +103,6 @@ def guess_lang(text: str, sample: int = 1000) -> str:
     return "zh" if letters and len(_HAN.findall(head)) * 3 >= letters else "en"
 
 
-def _mix(x: np.ndarray) -> np.ndarray:
-    """splitmix64's finaliser: spreads a 64-bit value's bits (wrapping arithmetic)."""
-    x = x ^ (x >> np.uint64(30))
-    x = x * _MIX1
-    x = x ^ (x >> np.uint64(27))
-    x = x * _MIX2
-    return x ^ (x >> np.uint64(31))
-
-
-def _ngram_hashes(units: np.ndarray, n: int) -> np.ndarray:
-    """64-bit hashes of every run of n consecutive units (or of all of them if fewer)."""
-    n = min(n, len(units))
-    m = len(units) - n + 1
-    h = np.zeros(m, dtype=np.uint64)
-    for j in range(n):
-        h = h * _POLY + units[j:j + m]
-    return _mix(h)
-
-
 def shingles(text: str, lang: str | None, cfg: MinHashConfig) -> np.ndarray:
     """The document's distinct shingle hashes (uint64): char n-grams of its letters and
     digits for "zh", lowercase word n-grams otherwise. Empty for a text with neither."""
@@ -137,7 +117,7 @@ def shingles(text: str, lang: str | None, cfg: MinHashConfig) -> np.ndarray:
         n = cfg.en_shingle
     if not len(units):
         return units
-    return np.unique(_ngram_hashes(units, n))
+    return np.unique(ngram_hashes(units, n))
 
 
 class MinHasher:
@@ -176,8 +156,8 @@ def lsh_components(sigs: np.ndarray, bands: int, rows: int) -> np.ndarray:
     for band in range(bands):
         key = np.zeros(n, dtype=np.uint64)
         for col in sigs[:, band * rows:(band + 1) * rows].T:
-            key = key * _POLY + col.astype(np.uint64)
-        key = _mix(key)
+            key = key * POLY + col.astype(np.uint64)
+        key = mix64(key)
         order = np.argsort(key, kind="stable")
         same = key[order[1:]] == key[order[:-1]]
         us.append(order[:-1][same])

@@ -30,7 +30,8 @@ import xxhash
 
 from jielong.errors import UserError
 from jielong.files import write_json
-from jielong.prep.dedup import _mix, _ngram_hashes, guess_lang
+from jielong.prep.dedup import guess_lang
+from jielong.prep.hashing import mix64, ngram_hashes
 
 _WORD = re.compile(r"\w+|[^\w\s]")
 _SPACE = re.compile(r"\s+")
@@ -71,7 +72,7 @@ class QualityModel:
             orders, salt = self.en_ngrams, 1000
         if not len(units):
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
-        grams = [_mix(_ngram_hashes(units, n) + np.uint64(salt + n))
+        grams = [mix64(ngram_hashes(units, n) + np.uint64(salt + n))
                  for n in range(1, min(orders, len(units)) + 1)]
         slots = (np.concatenate(grams) % np.uint64(self.buckets)).astype(np.int64)
         idx, counts = np.unique(slots, return_counts=True)

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from matplotlib.artist import setp
+from matplotlib.figure import Figure  # drawn without pyplot: no backend, no global figures
+
 from jielong.files import atomic_path, write_text
 
 
@@ -117,36 +120,29 @@ def _mixes(stats: dict) -> list[tuple[str, dict, dict]]:
             for k in ("lang", "script")]
 
 
-def _save(fig, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
+def _save(fig: Figure, path: Path) -> None:
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
-    plt.close(fig)
 
 
 def charts(out: Path, stats: dict) -> dict[str, Path]:
     """PNG charts under OUT/charts/; returns {name: path}."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     d = out / "charts"
     d.mkdir(parents=True, exist_ok=True)
     made: dict[str, Path] = {}
     steps = stats["steps"]
     names = [r["step"] for r in steps]
 
-    fig, (a1, a2) = plt.subplots(2, 1, figsize=(8, 6), dpi=110, sharex=True)
+    fig = Figure(figsize=(8, 6), dpi=110)
+    a1, a2 = fig.subplots(2, 1, sharex=True)
     a1.bar(names, [r["docs"] for r in steps], color="tab:blue")
     a1.set(ylabel="documents", title="documents and characters after each step")
     a2.bar(names, [r["chars"] for r in steps], color="tab:orange")
     a2.set(ylabel="characters")
     for ax in (a1, a2):
         ax.grid(alpha=0.3, axis="y")
-    plt.setp(a2.get_xticklabels(), rotation=30, ha="right")
+    setp(a2.get_xticklabels(), rotation=30, ha="right")
     made["funnel"] = d / "funnel.png"
     _save(fig, made["funnel"])
 
@@ -154,7 +150,8 @@ def charts(out: Path, stats: dict) -> dict[str, Path]:
     hout = {int(k): v for k, v in stats.get("output", {}).get("length_hist", {}).items()}
     if hin or hout:
         ks = list(range(min([*hin, *hout]), max([*hin, *hout]) + 1))
-        fig, ax = plt.subplots(figsize=(8, 4), dpi=110)
+        fig = Figure(figsize=(8, 4), dpi=110)
+        ax = fig.subplots()
         x = range(len(ks))
         ax.bar([i - 0.2 for i in x], [hin.get(k, 0) for k in ks], 0.4, label="read")
         ax.bar([i + 0.2 for i in x], [hout.get(k, 0) for k in ks], 0.4, label="output")
@@ -168,7 +165,8 @@ def charts(out: Path, stats: dict) -> dict[str, Path]:
 
     mixes = _mixes(stats)
     if any(a or b for _, a, b in mixes):
-        fig, axes = plt.subplots(1, 2, figsize=(8, 3.5), dpi=110)
+        fig = Figure(figsize=(8, 3.5), dpi=110)
+        axes = fig.subplots(1, 2)
         for ax, (key, before, after) in zip(axes, mixes, strict=True):
             names = sorted(set(before) | set(after), key=lambda k: -before.get(k, after.get(k, 0)))
             x = range(len(names))
@@ -183,7 +181,8 @@ def charts(out: Path, stats: dict) -> dict[str, Path]:
 
     reasons = list(_reasons(stats).items())[:15]
     if reasons:
-        fig, ax = plt.subplots(figsize=(8, 0.4 * len(reasons) + 1.2), dpi=110)
+        fig = Figure(figsize=(8, 0.4 * len(reasons) + 1.2), dpi=110)
+        ax = fig.subplots()
         ax.barh([k for k, _ in reasons][::-1], [v for _, v in reasons][::-1], color="tab:red")
         ax.set(xlabel="documents dropped", title="top drop reasons")
         ax.grid(alpha=0.3, axis="x")
