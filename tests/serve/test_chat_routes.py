@@ -17,7 +17,8 @@ httpx = pytest.importorskip("httpx")
 pytest.importorskip("uvicorn")
 
 from jielong.hub import open_model, stop_ids  # noqa: E402
-from jielong.infer.engine import Engine, SamplingParams  # noqa: E402
+from jielong.infer.engine import Engine  # noqa: E402
+from jielong.infer.sampling import SamplingParams  # noqa: E402
 from jielong.serve.api import create_app  # noqa: E402
 from jielong.serve.store import Store  # noqa: E402
 

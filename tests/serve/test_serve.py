@@ -21,8 +21,9 @@ httpx = pytest.importorskip("httpx")
 uvicorn = pytest.importorskip("uvicorn")
 
 from jielong.hub import open_model, stop_ids  # noqa: E402
-from jielong.infer.engine import Engine, SamplingParams  # noqa: E402
-from jielong.infer.generate import Sampling, generate_ids  # noqa: E402
+from jielong.infer.engine import Engine  # noqa: E402
+from jielong.infer.generate import generate_ids  # noqa: E402
+from jielong.infer.sampling import SamplingParams  # noqa: E402
 from jielong.serve.api import create_app  # noqa: E402
 
 NAME = "tiny-qwen"
@@ -188,7 +189,7 @@ def test_models_and_per_request_adapter(srv):
     # the adapter set directly on a model of its own, decoding with plain generate_ids
     net, tok, gen = open_model(srv.model_dir, adapters=[f"pirate={srv.adapter_dir}"])
     stops = stop_ids(tok, gen, net.config.eos_token_id)
-    direct = tok.decode(generate_ids(net, [ids], Sampling(10, temperature=0), stops)[0],
+    direct = tok.decode(generate_ids(net, [ids], SamplingParams(10, temperature=0), stops)[0],
                         skip_special_tokens=True)
     base, pirate = ask(NAME), ask("pirate")
     assert pirate != base
