@@ -49,9 +49,9 @@ class Server:
     """uvicorn serving `create_app(engine, …)` in a thread, on 127.0.0.1."""
 
     def __init__(self, model, tok, slots: int, context: int):
-        import uvicorn
+        import uvicorn  # lazy: the serving extra
 
-        from jielong.serve.api import create_app
+        from jielong.serve.app import create_app  # lazy: the serving extra
 
         self.engine = Engine(model, tok, stop_ids=set(), slots=slots, context=context).start()
         app = create_app(self.engine, tok, "bench", {})

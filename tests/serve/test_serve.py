@@ -1,6 +1,6 @@
-"""The OpenAI-compatible server (jielong.serve.api), spoken to by the official `openai` client
-over real HTTP: a uvicorn server in a background thread, a tiny Qwen2-shaped model with a chat
-template, and a LoRA adapter served beside it."""
+"""The OpenAI-compatible server (jielong.serve.app, jielong.serve.openai_routes), spoken to by
+the official `openai` client over real HTTP: a uvicorn server in a background thread, a tiny
+Qwen2-shaped model with a chat template, and a LoRA adapter served beside it."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from jielong.hub import open_model, stop_ids  # noqa: E402
 from jielong.infer.engine import Engine  # noqa: E402
 from jielong.infer.generate import generate_ids  # noqa: E402
 from jielong.infer.sampling import SamplingParams  # noqa: E402
-from jielong.serve.api import create_app  # noqa: E402
+from jielong.serve.app import create_app  # noqa: E402
 
 NAME = "tiny-qwen"
 KEY = "sk-test-0123456789"
