@@ -12,7 +12,7 @@ from jielong.checkpoint import load_model
 from jielong.errors import UserError
 from jielong.infer.engine import Engine, visible
 from jielong.infer.generate import generate_ids
-from jielong.infer.sampling import SamplingParams, sample
+from jielong.infer.sampling import SamplingParams
 from jielong.lora import LoraConfig, add_adapter, set_adapter
 from jielong.tokenizer import Tokenizer
 
@@ -237,28 +237,6 @@ def test_requests_the_context_cannot_hold_are_refused(qwen):
     c = e.complete([5] * 20, SamplingParams(temperature=0, ignore_eos=True))  # max_tokens: the rest
     assert len(c.token_ids) == 12 and c.finish_reason == "length"
     e.close()
-
-
-def test_sample_applies_each_rows_settings():
-    torch.manual_seed(0)
-    logits = torch.randn(4, 50)
-    counts = torch.zeros(4, 50, dtype=torch.int32)
-    counts[:, 3] = 2
-    seen = counts > 0
-    top = logits.argmax(-1)
-    ps = [SamplingParams(temperature=0), SamplingParams(temperature=1.0, top_k=1),
-          SamplingParams(temperature=1.0, top_p=1e-6), SamplingParams(temperature=1.0, min_p=1.0)]
-    assert sample(logits, ps, counts, seen, [None] * 4).tolist() == top.tolist()
-    # presence/frequency: OpenAI's logit -= frequency·count + presence·(count > 0)
-    logits[0, 3] = logits[0].max() + 1.0
-    assert sample(logits[:1], [SamplingParams(temperature=0)], counts[:1], seen[:1], [None]).item() == 3
-    p = [SamplingParams(temperature=0, frequency_penalty=0.4, presence_penalty=0.5)]
-    expect = logits[0].clone()
-    expect[3] -= 0.4 * 2 + 0.5
-    assert sample(logits[:1], p, counts[:1], seen[:1], [None]).item() == expect.argmax().item()
-    # repetition penalty (CTRL): a seen token's positive logit is divided
-    p = [SamplingParams(temperature=0, repetition_penalty=100.0)]
-    assert sample(logits[:1], p, counts[:1], seen[:1], [None]).item() != 3
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(

@@ -6,7 +6,7 @@ import torch
 from jielong.config import preset
 from jielong.errors import UserError
 from jielong.infer.generate import cut_at_stop, generate_ids
-from jielong.infer.sampling import SamplingParams, sample
+from jielong.infer.sampling import SamplingParams
 from jielong.model import Transformer
 
 
@@ -45,21 +45,6 @@ def test_seed_makes_sampling_reproducible_and_stop_tokens_end_rows(model):
     cut = generate_ids(model, [[1, 2, 3], [4, 5]], s, stop_ids={stop})
     for row, full in zip(cut, a, strict=True):
         assert row == (full[:full.index(stop)] if stop in full else full)
-
-
-def test_top_k_one_and_tiny_top_p_are_greedy():
-    logits = torch.tensor([[0.1, 3.0, 0.2, 2.9], [5.0, 0.0, 0.0, 4.9]])
-    g = torch.Generator().manual_seed(0)
-    for s in (SamplingParams(temperature=1.0, top_k=1), SamplingParams(temperature=1.0, top_p=0.01)):
-        for _ in range(20):
-            assert sample(logits, s, None, None, g).tolist() == [1, 0]
-
-
-def test_repetition_penalty_pushes_away_seen_tokens():
-    logits = torch.tensor([[2.0, 1.9, -1.0]])
-    seen = torch.tensor([[True, False, False]])
-    assert sample(logits, SamplingParams(temperature=0, repetition_penalty=1.5), None, seen).item() == 1
-    assert sample(logits, SamplingParams(temperature=0), None, seen).item() == 0
 
 
 def test_stop_strings_cut_text():
