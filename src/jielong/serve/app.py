@@ -54,8 +54,10 @@ def create_app(engine: Engine, tok, model_name: str, generation_config: dict | N
     counts = Metrics(engine)
     app = FastAPI(title="jielong", summary=f"OpenAI-compatible API serving {model_name}",
                   docs_url=None, redoc_url=None)
-    app.state.served = Served(engine, tok, model_name, counts, dict(generation_config or {}),
-                              system_prompt, max_messages, max_message_chars)
+    app.state.served = Served(engine, tok, model_name, counts,
+                              generation_config=dict(generation_config or {}),
+                              system_prompt=system_prompt, max_messages=max_messages,
+                              max_message_chars=max_message_chars)
     app.state.metrics, app.state.engine = counts, engine
     app.state.api_keys = [k.encode() for k in api_keys if k]
     app.state.max_body_bytes = max_body_bytes
