@@ -2,6 +2,8 @@
 
 Run as:
     jielong chat --help
+
+For example:
     jielong chat --model Qwen/Qwen2.5-0.5B-Instruct --system "Answer briefly."
     > /temperature 0.3
     > 台北有什麼好玩的？

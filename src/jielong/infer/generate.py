@@ -2,9 +2,10 @@
 
 Run as:
     jielong generate --help
+
+For example, on the model `jielong demo` trains (runs/demo/model):
     jielong generate "從前有一個" "Once upon a time" --model runs/demo/model --temperature 0
     jielong generate "Q: 2+3?" --model runs/demo/model --adapter math=runs/math/adapter
-(runs/demo/model is what `jielong demo` trains.)
 
 Several LoRA adapters can share one base model, switched per call:
     model, tok, gen = open_model("runs/demo/model", adapters=["a=runs/a/adapter", "runs/b/adapter"])

@@ -3,6 +3,8 @@ on a model, from the shell.
 
 Run as:
     jielong serve --help
+
+For example (runs/demo/model: what `jielong demo` trains):
     jielong serve --model runs/demo/model
     jielong serve --model Qwen/Qwen2.5-0.5B-Instruct --adapter zh=runs/zh/adapter --port 8000
 
