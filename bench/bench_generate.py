@@ -15,7 +15,8 @@ import torch
 from common import machine, median, model_pair, timed
 
 from jielong.config import preset
-from jielong.infer.generate import Sampling, generate_ids
+from jielong.infer.generate import generate_ids
+from jielong.infer.sampling import SamplingParams
 
 
 def main() -> None:
@@ -36,7 +37,7 @@ def main() -> None:
     theirs.to(dev).eval()
     g = torch.Generator().manual_seed(0)
     prompts = torch.randint(1, args.vocab, (args.batch, args.prompt), generator=g)
-    s = Sampling(max_new_tokens=args.new, temperature=0)
+    s = SamplingParams(max_tokens=args.new, temperature=0)
 
     def run_ours():
         return generate_ids(ours, prompts.tolist(), s)

@@ -30,7 +30,8 @@ from common import machine, median, model_pair, timed
 from jielong.config import preset
 from jielong.demo.tasks import qa_conversations, world_for
 from jielong.hub import stop_ids
-from jielong.infer.generate import Sampling, generate_ids
+from jielong.infer.generate import generate_ids
+from jielong.infer.sampling import SamplingParams
 from jielong.rewards import arithmetic, checked
 from jielong.tokenizer import train_tokenizer
 from jielong.train.loop import TrainConfig, fit
@@ -56,7 +57,7 @@ def sampling_ratio(ours, theirs, prompts: list[list[int]], new: int, rounds: int
     for i, p in enumerate(prompts):
         ids[i, L - len(p):], mask[i, L - len(p):] = torch.tensor(p), 1
     ids, mask = ids.to(dev), mask.to(dev)
-    s = Sampling(max_new_tokens=new, temperature=1.0, seed=0)
+    s = SamplingParams(max_tokens=new, temperature=1.0, seed=0)
 
     def run_ours():
         out = generate_ids(ours, prompts, s, set())

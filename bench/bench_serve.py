@@ -30,12 +30,15 @@ import statistics
 import threading
 import time
 
+import httpx
 import torch
+import uvicorn
 from common import machine, model_pair
 
 from jielong.config import preset
 from jielong.demo.tasks import qa_conversations, world_for
 from jielong.infer.engine import Engine
+from jielong.serve.app import create_app
 from jielong.tokenizer import train_tokenizer
 
 
@@ -49,10 +52,6 @@ class Server:
     """uvicorn serving `create_app(engine, …)` in a thread, on 127.0.0.1."""
 
     def __init__(self, model, tok, slots: int, context: int):
-        import uvicorn
-
-        from jielong.serve.api import create_app
-
         self.engine = Engine(model, tok, stop_ids=set(), slots=slots, context=context).start()
         app = create_app(self.engine, tok, "bench", {})
         self.port = free_port()
@@ -92,8 +91,6 @@ async def one_request(client, url: str, prompt: str, new: int) -> tuple[float, i
 
 
 async def load(url: str, prompts: list[str], clients: int, requests: int, new: int) -> dict:
-    import httpx
-
     todo = iter(range(requests))
     ttfts: list[float] = []
     texts: dict[int, str] = {}

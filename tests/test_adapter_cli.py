@@ -15,7 +15,8 @@ from jielong.cli import main
 from jielong.config import preset
 from jielong.hub import open_model, stop_ids
 from jielong.infer.chat import Session
-from jielong.infer.generate import Sampling, generate_text
+from jielong.infer.generate import generate_text
+from jielong.infer.sampling import SamplingParams
 from jielong.lora import (
     active_adapter,
     set_adapter,
@@ -25,7 +26,7 @@ from jielong.model import Transformer
 from jielong.tokenizer import Tokenizer, train_tokenizer
 
 PROMPT = "The cat sat on"
-GREEDY = Sampling(12, temperature=0)
+GREEDY = SamplingParams(12, temperature=0)
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +90,7 @@ def conversation(base, adapters: list[str | None], lines: list[str]) -> list[str
     """The replies `chat` should give: each with a fresh session under its adapter."""
     model, tok, gen = open_model(base / "model", adapters=[str(base / "a"),
                                                            f"poem={base / 'poem' / 'adapter'}"])
-    stops, s = stop_ids(tok, gen, model.config.eos_token_id), Sampling(8, temperature=0)
+    stops, s = stop_ids(tok, gen, model.config.eos_token_id), SamplingParams(8, temperature=0)
     messages, replies = [], []
     for name, line in zip(adapters, lines, strict=True):
         set_adapter(model, name)

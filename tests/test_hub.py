@@ -16,8 +16,9 @@ from jielong.checkpoint import load_model, save_model
 from jielong.config import ModelConfig
 from jielong.errors import UserError
 from jielong.hub import read_generation_config, resolve_model, stop_ids
-from jielong.infer.engine import Engine, SamplingParams
-from jielong.infer.generate import Sampling, generate_ids
+from jielong.infer.engine import Engine
+from jielong.infer.generate import generate_ids
+from jielong.infer.sampling import SamplingParams
 from jielong.tokenizer import Tokenizer
 
 transformers = pytest.importorskip("transformers")
@@ -50,7 +51,7 @@ def test_logits_and_greedy_tokens_match_transformers(hf_root, family, tied):
     assert diff <= 1e-4, f"{family}: max logit difference {diff}"
 
     prompt = x[0, :9].tolist()
-    mine = generate_ids(ours, [prompt], Sampling(32, temperature=0))[0]
+    mine = generate_ids(ours, [prompt], SamplingParams(32, temperature=0))[0]
     theirs = ref.generate(torch.tensor([prompt]), max_new_tokens=32, min_new_tokens=32,
                           do_sample=False, eos_token_id=None, pad_token_id=0)
     assert mine == theirs[0, len(prompt):].tolist()
@@ -283,8 +284,8 @@ def test_sliding_windows_per_layer_match_transformers(hf_root, tmp_path, case):
     theirs = [ref.generate(torch.tensor([p]), max_new_tokens=16, min_new_tokens=16,
                            do_sample=False, eos_token_id=None, pad_token_id=0)[0, len(p):].tolist()
               for p in prompts]
-    assert generate_ids(ours, prompts[:1], Sampling(16, temperature=0)) == theirs[:1], case
-    assert generate_ids(ours, prompts, Sampling(16, temperature=0)) == theirs, case
+    assert generate_ids(ours, prompts[:1], SamplingParams(16, temperature=0)) == theirs[:1], case
+    assert generate_ids(ours, prompts, SamplingParams(16, temperature=0)) == theirs, case
     engine = Engine(ours, Tokenizer.from_dir(d), slots=2).start()
     try:
         got = [engine.submit(p, SamplingParams(max_tokens=16, temperature=0, ignore_eos=True))

@@ -5,7 +5,8 @@ import pytest
 from jielong.checkpoint import load_model
 from jielong.hub import read_generation_config, stop_ids
 from jielong.infer.chat import Session, fit_chat, stream_text
-from jielong.infer.generate import Sampling, generate_ids
+from jielong.infer.generate import generate_ids
+from jielong.infer.sampling import SamplingParams
 from jielong.tokenizer import Tokenizer
 
 pytest.importorskip("transformers")
@@ -20,7 +21,7 @@ def qwen(tmp_path_factory):
 
 def test_session_reuses_the_cache_and_matches_plain_generation(qwen):
     model, tok = load_model(qwen).eval(), Tokenizer.from_dir(qwen)
-    s = Sampling(12, temperature=0)
+    s = SamplingParams(12, temperature=0)
     convo = [{"role": "user", "content": "Hello! How are you today?"}]
     session = Session(model, 256)
     first_prompt: list[int] = []
@@ -39,9 +40,9 @@ def test_session_reuses_the_cache_and_matches_plain_generation(qwen):
 def test_reply_stops_at_the_end_of_turn_token(qwen):
     model, tok = load_model(qwen).eval(), Tokenizer.from_dir(qwen)
     prompt, _ = tok.encode_chat([{"role": "user", "content": "Hi"}], add_generation_prompt=True)
-    free = list(Session(model, 256).reply(prompt, Sampling(8, temperature=0), set()))
+    free = list(Session(model, 256).reply(prompt, SamplingParams(8, temperature=0), set()))
     stops = {free[3]}
-    assert list(Session(model, 256).reply(prompt, Sampling(8, temperature=0), stops)) == free[:3]
+    assert list(Session(model, 256).reply(prompt, SamplingParams(8, temperature=0), stops)) == free[:3]
     assert stop_ids(tok, read_generation_config(qwen)) >= {tok.backend.token_to_id("<|im_end|>")}
 
 
@@ -88,7 +89,7 @@ LONG = "Please tell me about the river and the cat that sat on the mat near it. 
 
 def test_a_conversation_that_outgrows_the_context_keeps_answering(qwen):
     model, tok = load_model(qwen).eval(), Tokenizer.from_dir(qwen)
-    context, s = 96, Sampling(24, temperature=0)  # 24: a quarter of the context
+    context, s = 96, SamplingParams(24, temperature=0)  # 24: a quarter of the context
     session, messages, dropped_any = Session(model, context), [], 0
     for turn in range(8):
         messages.append({"role": "user", "content": f"{turn}. {LONG}"})

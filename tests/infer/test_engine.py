@@ -10,8 +10,9 @@ import torch
 
 from jielong.checkpoint import load_model
 from jielong.errors import UserError
-from jielong.infer.engine import Engine, SamplingParams, pick, visible
-from jielong.infer.generate import Sampling, generate_ids
+from jielong.infer.engine import Engine, visible
+from jielong.infer.generate import generate_ids
+from jielong.infer.sampling import SamplingParams
 from jielong.lora import LoraConfig, add_adapter, set_adapter
 from jielong.tokenizer import Tokenizer
 
@@ -44,7 +45,7 @@ def greedy(n: int, **kw) -> SamplingParams:
 
 
 def alone(model, prompt, n):
-    return generate_ids(model, [prompt], Sampling(n, temperature=0))[0]
+    return generate_ids(model, [prompt], SamplingParams(n, temperature=0))[0]
 
 
 def test_greedy_replies_equal_plain_generation_alone_and_in_a_crowd(qwen, engine):
@@ -238,31 +239,10 @@ def test_requests_the_context_cannot_hold_are_refused(qwen):
     e.close()
 
 
-def test_pick_applies_each_rows_settings():
-    torch.manual_seed(0)
-    logits = torch.randn(4, 50)
-    counts = torch.zeros(4, 50, dtype=torch.int32)
-    counts[:, 3] = 2
-    seen = counts > 0
-    top = logits.argmax(-1)
-    ps = [SamplingParams(temperature=0), SamplingParams(temperature=1.0, top_k=1),
-          SamplingParams(temperature=1.0, top_p=1e-6), SamplingParams(temperature=1.0, min_p=1.0)]
-    assert pick(logits, ps, counts, seen, [None] * 4).tolist() == top.tolist()
-    # presence/frequency: OpenAI's logit -= frequency·count + presence·(count > 0)
-    logits[0, 3] = logits[0].max() + 1.0
-    assert pick(logits[:1], [SamplingParams(temperature=0)], counts[:1], seen[:1], [None]).item() == 3
-    p = [SamplingParams(temperature=0, frequency_penalty=0.4, presence_penalty=0.5)]
-    expect = logits[0].clone()
-    expect[3] -= 0.4 * 2 + 0.5
-    assert pick(logits[:1], p, counts[:1], seen[:1], [None]).item() == expect.argmax().item()
-    # repetition penalty (CTRL): a seen token's positive logit is divided
-    p = [SamplingParams(temperature=0, repetition_penalty=100.0)]
-    assert pick(logits[:1], p, counts[:1], seen[:1], [None]).item() != 3
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_on_a_gpu_the_crowd_decodes_as_each_alone(qwen_dir):
-    model, tok = load_model(qwen_dir, device="cuda").eval(), Tokenizer.from_dir(qwen_dir)
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU"))])
+def test_the_crowd_decodes_as_each_alone(qwen_dir, device):
+    model, tok = load_model(qwen_dir, device=device).eval(), Tokenizer.from_dir(qwen_dir)
     prompts = [tok.encode(t) for t in TEXTS]
     want = [alone(model, p, 16) for p in prompts]
     e = Engine(model, tok, slots=4).start()

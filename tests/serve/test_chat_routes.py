@@ -17,8 +17,9 @@ httpx = pytest.importorskip("httpx")
 pytest.importorskip("uvicorn")
 
 from jielong.hub import open_model, stop_ids  # noqa: E402
-from jielong.infer.engine import Engine, SamplingParams  # noqa: E402
-from jielong.serve.api import create_app  # noqa: E402
+from jielong.infer.engine import Engine  # noqa: E402
+from jielong.infer.sampling import SamplingParams  # noqa: E402
+from jielong.serve.app import create_app  # noqa: E402
 from jielong.serve.store import Store  # noqa: E402
 
 NAME = "tiny-qwen"
@@ -355,16 +356,16 @@ def test_serve_keeps_its_database_beside_the_model_and_fails_fast_on_a_bad_one(t
 
     from jielong.cli import run
     from jielong.errors import UserError
-    from jielong.serve.command import _open_store
+    from jielong.serve.command import open_store
 
     model = tmp_path / "run" / "model"
     model.mkdir(parents=True)
-    with _open_store(None, str(model)) as s:
+    with open_store(None, str(model)) as s:
         assert s.file == tmp_path / "run" / "feedback.db"
     monkeypatch.chdir(tmp_path)
-    with _open_store(None, "Qwen/Qwen2.5-0.5B-Instruct") as s:  # a hub id
+    with open_store(None, "Qwen/Qwen2.5-0.5B-Instruct") as s:  # a hub id
         assert s.file.resolve() == tmp_path / "runs" / "serve" / "feedback.db" and s.file.exists()
-    with _open_store(str(tmp_path / "mine.db"), str(model)) as s:
+    with open_store(str(tmp_path / "mine.db"), str(model)) as s:
         assert s.file == tmp_path / "mine.db"
 
     junk = tmp_path / "junk.db"

@@ -1,6 +1,6 @@
-"""The OpenAI-compatible server (jielong.serve.api), spoken to by the official `openai` client
-over real HTTP: a uvicorn server in a background thread, a tiny Qwen2-shaped model with a chat
-template, and a LoRA adapter served beside it."""
+"""The OpenAI-compatible server (jielong.serve.app, jielong.serve.openai_routes), spoken to by
+the official `openai` client over real HTTP: a uvicorn server in a background thread, a tiny
+Qwen2-shaped model with a chat template, and a LoRA adapter served beside it."""
 
 from __future__ import annotations
 
@@ -21,9 +21,10 @@ httpx = pytest.importorskip("httpx")
 uvicorn = pytest.importorskip("uvicorn")
 
 from jielong.hub import open_model, stop_ids  # noqa: E402
-from jielong.infer.engine import Engine, SamplingParams  # noqa: E402
-from jielong.infer.generate import Sampling, generate_ids  # noqa: E402
-from jielong.serve.api import create_app  # noqa: E402
+from jielong.infer.engine import Engine  # noqa: E402
+from jielong.infer.generate import generate_ids  # noqa: E402
+from jielong.infer.sampling import SamplingParams  # noqa: E402
+from jielong.serve.app import create_app  # noqa: E402
 
 NAME = "tiny-qwen"
 KEY = "sk-test-0123456789"
@@ -188,7 +189,7 @@ def test_models_and_per_request_adapter(srv):
     # the adapter set directly on a model of its own, decoding with plain generate_ids
     net, tok, gen = open_model(srv.model_dir, adapters=[f"pirate={srv.adapter_dir}"])
     stops = stop_ids(tok, gen, net.config.eos_token_id)
-    direct = tok.decode(generate_ids(net, [ids], Sampling(10, temperature=0), stops)[0],
+    direct = tok.decode(generate_ids(net, [ids], SamplingParams(10, temperature=0), stops)[0],
                         skip_special_tokens=True)
     base, pirate = ask(NAME), ask("pirate")
     assert pirate != base

@@ -1,4 +1,4 @@
-"""The server's edges over real HTTP (jielong.serve.common's guard and body reader): a seeded
+"""The server's edges over real HTTP (jielong.serve.guard and jielong.serve.body): a seeded
 fuzz of malformed and random bodies on every route with no 5xx and every error in OpenAI's
 shape, all on one keep-alive connection that must survive it; the Host allowlist; cross-site
 requests; JSON-only bodies; and API keys refused at start-up when empty or short."""
@@ -23,7 +23,7 @@ pytest.importorskip("uvicorn")
 from jielong.errors import UserError  # noqa: E402
 from jielong.hub import open_model, stop_ids  # noqa: E402
 from jielong.infer.engine import Engine  # noqa: E402
-from jielong.serve.api import create_app  # noqa: E402
+from jielong.serve.app import create_app  # noqa: E402
 from jielong.serve.command import api_keys  # noqa: E402
 from jielong.serve.store import Store  # noqa: E402
 

@@ -16,7 +16,7 @@ pytest.importorskip("uvicorn")
 
 from jielong.hub import open_model, stop_ids  # noqa: E402
 from jielong.infer.engine import Engine  # noqa: E402
-from jielong.serve.api import create_app  # noqa: E402
+from jielong.serve.app import create_app  # noqa: E402
 
 CLIENTS, SECONDS = 32, 30
 QUESTIONS = ["What is the capital of France?", "台北有什麼好玩的？", "讲一个关于龙的故事。",

@@ -33,7 +33,7 @@ if CHROMIUM is None:
 
 from jielong.hub import open_model, stop_ids  # noqa: E402
 from jielong.infer.engine import Engine  # noqa: E402
-from jielong.serve.api import create_app  # noqa: E402
+from jielong.serve.app import create_app  # noqa: E402
 from jielong.serve.store import Store  # noqa: E402
 
 NAME = "tiny"

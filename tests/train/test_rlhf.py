@@ -14,7 +14,7 @@ from jielong.checkpoint import base_state_dict, load_model, save_model
 from jielong.cli import main
 from jielong.config import preset
 from jielong.errors import UserError
-from jielong.infer.generate import Sampling
+from jielong.infer.sampling import SamplingParams
 from jielong.model import Transformer
 from jielong.tokenizer import train_tokenizer
 from jielong.train import rlhf as rlhf_module
@@ -163,7 +163,7 @@ def test_sampled_replies_keep_the_token_that_ended_them(setup):
     _, tok, base, _ = setup
     model = load_model(base).eval()
     stops = set(range(0, tok.vocab_size, 7))  # many stop tokens, so some replies stop early
-    out = sample_replies(model, [[5, 6, 7]] * 16, Sampling(max_new_tokens=6, temperature=1.0, seed=0),
+    out = sample_replies(model, [[5, 6, 7]] * 16, SamplingParams(max_tokens=6, temperature=1.0, seed=0),
                          stops)
     assert any(st for _, st in out) and not all(st for _, st in out)
     for ids, stopped in out:

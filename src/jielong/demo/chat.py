@@ -21,7 +21,8 @@ import torch
 from jielong.checkpoint import load_model
 from jielong.demo.tasks import script_chars, script_of, script_preferences, world_for
 from jielong.files import atomic_dir
-from jielong.infer.generate import Sampling, generate_ids
+from jielong.infer.generate import generate_ids
+from jielong.infer.sampling import SamplingParams
 from jielong.serve.store import Store
 
 NAME = "assistant"
@@ -30,7 +31,7 @@ TRIES = 8  # sampled answers per question, looking for one in the other script
 
 def _reply(model, tok, messages: list[dict], seed: int | None) -> str:
     ids = tok.encode_chat(messages, add_generation_prompt=True)[0]
-    s = Sampling(48, temperature=0.0 if seed is None else 1.0, seed=seed)
+    s = SamplingParams(48, temperature=0.0 if seed is None else 1.0, seed=seed)
     out = generate_ids(model, [ids], s, tok.end_ids | {model.config.eos_token_id})[0]
     return tok.decode(out, skip_special_tokens=True).strip()
 

@@ -42,7 +42,8 @@ from jielong.demo.tasks import qa_conversations, world_for
 from jielong.demo.world import build_corpus, demo_prompts, han_char_pieces
 from jielong.eval.choice import choice_accuracy
 from jielong.files import write_json, write_text
-from jielong.infer.generate import Sampling, generate_text
+from jielong.infer.generate import generate_text
+from jielong.infer.sampling import SamplingParams
 from jielong.lora import remove_adapter
 from jielong.plots import loss_curve
 from jielong.runtime import pick_device
@@ -62,7 +63,7 @@ def _write_jsonl(path: Path, docs: list[str]) -> None:
 
 def _measure(model, tok, stage, corpus, prompts) -> dict:
     acc = choice_accuracy(model, tok, corpus.questions)
-    greedy = Sampling(max_new_tokens=24, temperature=0, stop=["\n"])
+    greedy = SamplingParams(max_tokens=24, temperature=0, stop=["\n"])
     return {
         "val_loss": evaluate_loss(model, stage.val, batch_size=32, max_batches=50),
         "fact_accuracy": acc.accuracy, "chance": acc.chance, "by_lang": acc.by_group,

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
-from jielong.infer.generate import Sampling, generate_ids
+from jielong.infer.generate import generate_ids
+from jielong.infer.sampling import SamplingParams
 
 
 @dataclass
@@ -27,7 +28,7 @@ def chat_replies(model, tok, conversations: list[list[dict]], max_new_tokens: in
                  batch_size: int = 32, stop_ids: set[int] | None = None) -> list[Reply]:
     """Greedy replies to each conversation (rendered with the chat template)."""
     stops = stop_ids if stop_ids is not None else tok.end_ids | ({model.config.eos_token_id} - {None})
-    s = Sampling(max_new_tokens=max_new_tokens, temperature=0.0)
+    s = SamplingParams(max_tokens=max_new_tokens, temperature=0.0)
     out: list[Reply] = []
     for i in range(0, len(conversations), batch_size):
         chunk = conversations[i:i + batch_size]

@@ -1,2 +1,3 @@
-"""Inference: one sampler, plain generation, the continuous-batching engine that serves, the
-terminal chat, and fitting a conversation to the context."""
+"""Using a model: the one sampler (`sampling`), batched generation (`generate`, `jielong
+generate`), the terminal chat (`chat`, `jielong chat`) and how a chat fits the context
+(`context`), and the serving engine with continuous batching (`engine`)."""

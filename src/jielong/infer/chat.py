@@ -1,5 +1,9 @@
 """`jielong chat`: talk to a model in the terminal, replies streamed as they are made.
 
+Run as:
+    jielong chat --help
+
+For example:
     jielong chat --model Qwen/Qwen2.5-0.5B-Instruct --system "Answer briefly."
     > /temperature 0.3
     > 台北有什麼好玩的？
@@ -28,10 +32,12 @@ import torch
 
 from jielong.checkpoint import check_model_dir
 from jielong.errors import UserError
+from jielong.hub import choose_adapter, open_model, stop_ids
 from jielong.infer.context import fit_conversation, reply_budget
-from jielong.infer.generate import Sampling, next_token
+from jielong.infer.sampling import SamplingParams, sample
 from jielong.lora import active_adapter, adapter_names
 from jielong.model import KVCache, Transformer
+from jielong.runtime import pick_device
 
 HELP = """commands:
   /reset          forget the conversation (keeps the system prompt)
@@ -56,7 +62,7 @@ class Session:
         self.reused = 0  # how many of them the last reply did not have to read again
 
     @torch.no_grad()
-    def reply(self, prompt: list[int], s: Sampling, stop_ids: set[int]) -> Iterator[int]:
+    def reply(self, prompt: list[int], s: SamplingParams, stop_ids: set[int]) -> Iterator[int]:
         """Yield new token ids for `prompt` (the whole conversation) until a stop token."""
         room = self.cache.max_len - len(prompt)
         if room < 1:
@@ -73,13 +79,16 @@ class Session:
                             last_only=True)[:, -1]
         self.fed = list(prompt)
         gen = torch.Generator(device=device).manual_seed(s.seed) if s.seed is not None else None
-        seen = None
+        seen = counts = None
+        vocab = self.model.config.vocab_size
         if s.repetition_penalty != 1.0:
-            seen = torch.zeros((1, self.model.config.vocab_size), dtype=torch.bool, device=device)
+            seen = torch.zeros((1, vocab), dtype=torch.bool, device=device)
             seen[0, prompt] = True
-        n = min(s.max_new_tokens, room)
+        if s.presence_penalty or s.frequency_penalty:
+            counts = torch.zeros((1, vocab), dtype=torch.int32, device=device)
+        n = min(s.max_tokens or room, room)
         for i in range(n):
-            tok = next_token(logits, s, seen, gen)
+            tok = sample(logits, s, counts, seen, gen)
             t = int(tok)
             if t in stop_ids:
                 return
@@ -88,6 +97,8 @@ class Session:
                 return
             if seen is not None:
                 seen[0, t] = True
+            if counts is not None:
+                counts[0, t] += 1
             logits = self.model(tok[:, None], cache=self.cache)[:, -1]
             self.fed.append(t)
 
@@ -166,9 +177,6 @@ def chat(
             runs/NAME/adapter).
         adapter_name: Which loaded adapter replies first (default: the first; off: the base).
     """
-    from jielong.hub import choose_adapter, open_model, stop_ids
-    from jielong.runtime import pick_device
-
     need_demo(model)
     net, tok, gen = open_model(model, device=pick_device(device), dtype=dtype, adapters=adapter,
                                adapter_name=adapter_name)
@@ -182,8 +190,8 @@ def chat(
         raise UserError(f"--max_tokens {max_tokens}: must be between 1 and {context - 1} (the "
                         f"context is {context} tokens, and the conversation needs room too); "
                         f"leave it out for {reply_budget(context)}")
-    s = Sampling(
-        max_new_tokens=max_tokens,
+    s = SamplingParams(
+        max_tokens=max_tokens,
         temperature=temperature if temperature is not None else
         (gen.get("temperature", 0.7) if gen.get("do_sample", True) else 0.0),
         top_p=top_p if top_p is not None else gen.get("top_p", 1.0),
@@ -246,7 +254,7 @@ def chat(
             continue
         messages.append({"role": "user", "content": line})
         try:
-            messages, prompt, dropped = fit_chat(tok, system, messages, context, s.max_new_tokens)
+            messages, prompt, dropped = fit_chat(tok, system, messages, context, s.max_tokens)
             if dropped:
                 kept = "; the system prompt stays" if system else ""
                 print(dim(f"(the conversation outgrew the {context}-token context: left out its "

@@ -24,74 +24,32 @@ Each turn of the loop:
 Requests for different LoRA adapters (jielong.lora) run as one forward per adapter, the
 adapter switched in between; the rows of each are gathered from the cache.
 
-Sampling is per request (`SamplingParams`): temperature, top-k, top-p, min-p; presence and
-frequency penalties (OpenAI's: subtracted for each token already generated) and the
-repetition penalty (CTRL's: prompt and output tokens); stop strings and stop tokens; a seed
-(a generator of the request's own, so its tokens do not depend on what else is in the batch);
-log-probabilities of the chosen and the likeliest tokens, under the model's raw distribution.
+Sampling is per request (`SamplingParams`, picked by jielong.infer.sampling.sample): temperature,
+top-k, top-p, min-p; presence and frequency penalties (OpenAI's: subtracted for each token
+already generated) and the repetition penalty (CTRL's: prompt and output tokens); stop strings
+and stop tokens; a seed (a generator of the request's own, so its tokens do not depend on what
+else is in the batch); log-probabilities of the chosen and the likeliest tokens, under the
+model's raw distribution.
 """
 
 from __future__ import annotations
 
 import itertools
-import math
 import queue
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from jielong.errors import UserError
+from jielong.infer.sampling import SamplingParams, sample
 from jielong.lora import adapter_names, set_adapter
 from jielong.model import Transformer
-
-MAX_TOP_LOGPROBS = 20  # as OpenAI's API
-
-
-@dataclass
-class SamplingParams:
-    max_tokens: int | None = None  # None: up to the end of the context
-    temperature: float = 1.0  # 0: greedy
-    top_p: float = 1.0
-    top_k: int = 0  # 0 (or -1): off
-    min_p: float = 0.0
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    repetition_penalty: float = 1.0
-    stop: list[str] = field(default_factory=list)
-    stop_token_ids: list[int] = field(default_factory=list)
-    ignore_eos: bool = False  # do not stop on the model's end tokens
-    seed: int | None = None
-    logprobs: int | None = None  # None: none; k ≥ 0: the chosen token's and the k likeliest
-
-    def validate(self) -> None:
-        """Raise UserError naming the first bad field."""
-        checks = [
-            (self.max_tokens is None or self.max_tokens >= 1, "max_tokens", "must be at least 1"),
-            (0 <= self.temperature <= 100, "temperature", "must be in [0, 100]; 0 is greedy"),
-            (0 < self.top_p <= 1, "top_p", "must be in (0, 1]"),
-            (self.top_k >= -1, "top_k", "must be -1 or 0 (off) or a positive count"),
-            (0 <= self.min_p <= 1, "min_p", "must be in [0, 1]"),
-            (-2 <= self.presence_penalty <= 2, "presence_penalty", "must be in [-2, 2]"),
-            (-2 <= self.frequency_penalty <= 2, "frequency_penalty", "must be in [-2, 2]"),
-            (0 < self.repetition_penalty <= 10, "repetition_penalty", "must be in (0, 10]"),
-            (all(isinstance(s, str) and s for s in self.stop), "stop", "must be non-empty strings"),
-            (self.logprobs is None or 0 <= self.logprobs <= MAX_TOP_LOGPROBS, "logprobs",
-             f"must be in [0, {MAX_TOP_LOGPROBS}]"),
-            (self.seed is None or -2**63 <= self.seed < 2**64, "seed", "must fit in 64 bits"),
-        ]
-        for ok, name, why in checks:
-            if not ok:
-                raise UserError(f"{name}={getattr(self, name)!r} {why}")
-        for v in (self.temperature, self.top_p, self.min_p, self.presence_penalty,
-                  self.frequency_penalty, self.repetition_penalty):
-            if not math.isfinite(v):
-                raise UserError(f"sampling values must be finite numbers, not {v}")
 
 
 @dataclass
@@ -425,8 +383,8 @@ class Engine:
         idx = torch.tensor(rows, device=self.device)
         want = [r.params.logprobs for r in reqs]
         raw = logits.log_softmax(-1) if any(k is not None for k in want) else None
-        tokens = pick(logits, [r.params for r in reqs], self.counts[idx], self.seen[idx],
-                      [r.gen for r in reqs])
+        tokens = sample(logits, [r.params for r in reqs], self.counts[idx], self.seen[idx],
+                        [r.gen for r in reqs])
         self.counts[idx, tokens] += 1
         self.seen[idx, tokens] = True
         now = time.perf_counter()
@@ -527,42 +485,3 @@ def visible(text: str, sent: int, stop: list[str]) -> tuple[str, int, bool]:
                 if text[end - k:end] == s[:k]), default=0)
     return text, end, False
 
-
-def pick(logits: torch.Tensor, params: list[SamplingParams], counts: torch.Tensor,
-         seen: torch.Tensor, gens: list[torch.Generator | None]) -> torch.Tensor:
-    """One token per row of (B, V) float logits, each row with its own sampling settings.
-    counts: (B, V) how often each token was generated; seen: (B, V) in the prompt or output."""
-    B, dev = logits.shape[0], logits.device
-
-    def col(name: str) -> torch.Tensor:
-        return torch.tensor([getattr(p, name) for p in params], device=dev, dtype=torch.float32)[:, None]
-
-    if any(p.repetition_penalty != 1 for p in params):
-        rp = col("repetition_penalty")
-        logits = torch.where(seen, torch.where(logits > 0, logits / rp, logits * rp), logits)
-    if any(p.presence_penalty or p.frequency_penalty for p in params):
-        logits = logits - col("frequency_penalty") * counts - col("presence_penalty") * (counts > 0)
-    greedy = logits.argmax(-1)
-    temp = col("temperature")
-    if bool((temp == 0).all()):
-        return greedy
-    logits = logits / temp.clamp(min=1e-5)
-    if any(p.top_k > 0 or p.top_p < 1 for p in params):
-        sorted_, order = logits.sort(-1, descending=True)
-        k = torch.tensor([p.top_k if p.top_k > 0 else logits.shape[-1] for p in params], device=dev)
-        drop = torch.arange(logits.shape[-1], device=dev)[None, :] >= k[:, None]
-        probs = sorted_.softmax(-1)
-        drop |= probs.cumsum(-1) - probs > col("top_p")  # keep the smallest set reaching top_p
-        sorted_ = sorted_.masked_fill(drop, float("-inf"))
-        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_)
-    probs = logits.softmax(-1)
-    if any(p.min_p > 0 for p in params):
-        probs = probs.masked_fill(probs < col("min_p") * probs.max(-1, keepdim=True).values, 0.0)
-    out = torch.empty(B, dtype=torch.long, device=dev)
-    free = [i for i, g in enumerate(gens) if g is None]
-    if free:
-        out[free] = torch.multinomial(probs[free], 1).squeeze(-1)
-    for i, g in enumerate(gens):
-        if g is not None:
-            out[i] = torch.multinomial(probs[i], 1, generator=g)[0]
-    return torch.where(temp[:, 0] == 0, greedy, out)

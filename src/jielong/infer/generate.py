@@ -1,13 +1,16 @@
 """Text generation with a KV cache: a batch of prompts at once.
 
 Run as:
+    jielong generate --help
+
+For example, on the model `jielong demo` trains (runs/demo/model):
     jielong generate "從前有一個" "Once upon a time" --model runs/demo/model --temperature 0
     jielong generate "Q: 2+3?" --model runs/demo/model --adapter math=runs/math/adapter
 
 Several LoRA adapters can share one base model, switched per call:
     model, tok, gen = open_model("runs/demo/model", adapters=["a=runs/a/adapter", "runs/b/adapter"])
     with using_adapter(model, "b"):          # jielong.lora; None: the base model alone
-        texts = generate_text(model, tok, prompts, Sampling(temperature=0))
+        texts = generate_text(model, tok, prompts, SamplingParams(max_tokens=64, temperature=0))
 
 Prompts of different lengths are left-padded; each row gets its own rotary positions and a
 mask that hides its padding, so a prompt decodes the same alone or in a batch.
@@ -16,70 +19,32 @@ Token healing: BPE merges across the end of a prompt in running text ("住在" +
 tokenized "住在龍" "鄉" when Han runs merge), so a prompt's last token is often one the model
 rarely saw followed by the answer. `generate_text` therefore drops the prompt's last token
 and makes the first generated token start with its bytes (the idea of "token healing" in
-Microsoft's guidance library). Sampling:
-temperature (0 = greedy), top-k, top-p (nucleus), repetition penalty (as in CTRL,
-Keskar et al. 2019), stop strings, a token budget and a seed.
+Microsoft's guidance library). Sampling is jielong.infer.sampling's, as in the engine and the
+chat: temperature (0 = greedy), top-k, top-p (nucleus), min-p, repetition penalty (as in CTRL,
+Keskar et al. 2019), presence and frequency penalties, stop strings, a token budget and a seed.
 """
 
 from __future__ import annotations
 
+import os
 import re
-from dataclasses import dataclass, field
+import sys
 
 import torch
 
 from jielong.errors import UserError
+from jielong.hub import open_model, stop_ids
+from jielong.infer.sampling import SamplingParams, sample
 from jielong.model import KVCache, Transformer
-
-
-@dataclass
-class Sampling:
-    max_new_tokens: int = 64
-    temperature: float = 0.8  # 0: greedy
-    top_k: int = 0  # 0: off
-    top_p: float = 1.0  # 1: off
-    repetition_penalty: float = 1.0  # 1: off
-    stop: list[str] = field(default_factory=list)
-    seed: int | None = None
-
-    def validate(self) -> None:
-        if self.max_new_tokens < 1:
-            raise UserError(f"--max_tokens={self.max_new_tokens} must be at least 1")
-        if self.temperature < 0:
-            raise UserError(f"--temperature={self.temperature} must be 0 (greedy) or positive")
-        if not 0 < self.top_p <= 1:
-            raise UserError(f"--top_p={self.top_p} must be in (0, 1]")
-        if self.top_k < 0 or self.repetition_penalty <= 0:
-            raise UserError("--top_k must be ≥ 0 and --repetition_penalty > 0")
-
-
-def next_token(logits: torch.Tensor, s: Sampling, seen: torch.Tensor | None,
-               gen: torch.Generator | None) -> torch.Tensor:
-    """Pick one token per row from (B, V) logits."""
-    logits = logits.float()
-    if seen is not None and s.repetition_penalty != 1.0:
-        penalised = torch.where(logits > 0, logits / s.repetition_penalty, logits * s.repetition_penalty)
-        logits = torch.where(seen, penalised, logits)
-    if s.temperature == 0:
-        return logits.argmax(-1)
-    logits = logits / s.temperature
-    if s.top_k > 0:
-        kth = torch.topk(logits, min(s.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if s.top_p < 1.0:
-        sorted_logits, order = logits.sort(dim=-1, descending=True)
-        cum = sorted_logits.softmax(-1).cumsum(-1)
-        drop = cum - sorted_logits.softmax(-1) > s.top_p  # keep the smallest set reaching top_p
-        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
-    return torch.multinomial(logits.softmax(-1), 1, generator=gen).squeeze(-1)
+from jielong.runtime import pick_device
 
 
 @torch.no_grad()
-def generate_ids(model: Transformer, prompts: list[list[int]], s: Sampling,
+def generate_ids(model: Transformer, prompts: list[list[int]], s: SamplingParams,
                  stop_ids: set[int] = frozenset(), decode=None,
                  first_allowed: list[list[int] | None] | None = None) -> list[list[int]]:
-    """Token ids generated for each prompt (prompt excluded, stop token excluded).
+    """Token ids generated for each prompt (prompt excluded, stop token excluded), at most
+    s.max_tokens each (None: up to the end of the context).
 
     decode: (row, ids) -> text, needed only for stop strings.
     first_allowed: per prompt, the only token ids the first new token may be (or None).
@@ -90,8 +55,9 @@ def generate_ids(model: Transformer, prompts: list[list[int]], s: Sampling,
     cfg = model.config
     device = next(model.parameters()).device
     B, L = len(prompts), max(len(p) for p in prompts)
-    if L + s.max_new_tokens > cfg.max_position_embeddings:
-        raise UserError(f"prompt ({L} tokens) + --max_tokens {s.max_new_tokens} is longer than the "
+    new = s.max_tokens if s.max_tokens is not None else cfg.max_position_embeddings - L
+    if new < 1 or L + new > cfg.max_position_embeddings:
+        raise UserError(f"prompt ({L} tokens) + --max_tokens {new} is longer than the "
                         f"model's context of {cfg.max_position_embeddings} tokens; shorten the prompt "
                         "or lower --max_tokens")
     pad = cfg.pad_token_id or 0
@@ -105,11 +71,13 @@ def generate_ids(model: Transformer, prompts: list[list[int]], s: Sampling,
     gen = None
     if s.seed is not None:
         gen = torch.Generator(device=device).manual_seed(s.seed)
-    seen = None
+    seen = counts = None
     if s.repetition_penalty != 1.0:
         seen = torch.zeros((B, cfg.vocab_size), dtype=torch.bool, device=device)
         seen.scatter_(1, ids, valid)
-    cache = KVCache(cfg, B, L + s.max_new_tokens, device=device,
+    if s.presence_penalty or s.frequency_penalty:
+        counts = torch.zeros((B, cfg.vocab_size), dtype=torch.int32, device=device)
+    cache = KVCache(cfg, B, L + new, device=device,
                     dtype=next(model.parameters()).dtype)
     if padded:
         positions = (valid.cumsum(1) - 1).clamp(min=0)
@@ -117,7 +85,7 @@ def generate_ids(model: Transformer, prompts: list[list[int]], s: Sampling,
         # A padding query sees itself only, so no row of the softmax is empty (NaN).
         mask = (causal & valid[:, None, :]) | torch.eye(L, dtype=torch.bool, device=device)
         logits = model(ids, positions, cache, mask[:, None], last_only=True)[:, -1]
-        keys = torch.cat([valid, torch.ones(B, s.max_new_tokens, dtype=torch.bool, device=device)], 1)
+        keys = torch.cat([valid, torch.ones(B, new, dtype=torch.bool, device=device)], 1)
         pos = positions[:, -1:] + 1
     else:
         logits = model(ids, cache=cache, last_only=True)[:, -1]
@@ -130,8 +98,9 @@ def generate_ids(model: Transformer, prompts: list[list[int]], s: Sampling,
         logits = logits.masked_fill(~allowed, float("-inf"))
     out: list[list[int]] = [[] for _ in range(B)]
     done = torch.zeros(B, dtype=torch.bool)
-    for t in range(s.max_new_tokens):
-        tok = next_token(logits, s, seen, gen)
+    rows = torch.arange(B, device=device)
+    for t in range(new):
+        tok = sample(logits, s, counts, seen, gen)
         tok_cpu = tok.tolist()
         for i, x in enumerate(tok_cpu):
             if done[i]:
@@ -142,10 +111,12 @@ def generate_ids(model: Transformer, prompts: list[list[int]], s: Sampling,
             out[i].append(x)
             if s.stop and decode is not None and any(st in decode(i, out[i]) for st in s.stop):
                 done[i] = True
-        if bool(done.all()) or t == s.max_new_tokens - 1:
+        if bool(done.all()) or t == new - 1:
             break
         if seen is not None:
-            seen[torch.arange(B, device=device), tok] = True
+            seen[rows, tok] = True
+        if counts is not None:
+            counts[rows, tok] += 1
         if padded:
             logits = model(tok[:, None], pos, cache, keys[:, None, None, :L + t + 1])[:, -1]
             pos = pos + 1
@@ -159,7 +130,7 @@ def cut_at_stop(text: str, stop: list[str]) -> str:
     return text[:cut] if cut >= 0 else text
 
 
-def _heal(tok, ids: list[int]) -> tuple[list[int], bytes, list[int] | None]:
+def heal_tail(tok, ids: list[int]) -> tuple[list[int], bytes, list[int] | None]:
     """(prompt without its last token, that token's bytes, tokens that start with them)."""
     if len(ids) < 2 or tok.is_special(ids[-1]):
         return ids, b"", None
@@ -167,14 +138,14 @@ def _heal(tok, ids: list[int]) -> tuple[list[int], bytes, list[int] | None]:
     return ids[:-1], tail, [i for i, b in enumerate(tok.byte_table) if b.startswith(tail)]
 
 
-def generate_text(model: Transformer, tok, prompts: list[str], s: Sampling,
+def generate_text(model: Transformer, tok, prompts: list[str], s: SamplingParams,
                   heal: bool = True, stop_ids: set[int] | None = None) -> list[str]:
     """Continuations of `prompts` as text, cut before any stop string or stop token
     (default: the tokenizer's eos and end-of-turn tokens and the model's eos)."""
     if stop_ids is None:
         stop_ids = tok.end_ids | ({model.config.eos_token_id} - {None})
     encoded = [tok.encode(p) for p in prompts]
-    healed = [_heal(tok, ids) if heal else (ids, b"", None) for ids in encoded]
+    healed = [heal_tail(tok, ids) if heal else (ids, b"", None) for ids in encoded]
     tails = [t for _, t, _ in healed]
 
     def text(i: int, ids: list[int]) -> str:
@@ -223,14 +194,12 @@ def generate(
             runs/NAME/adapter).
         adapter_name: Which loaded adapter generates (default: the first; off: the base).
     """
-    from jielong.hub import open_model, stop_ids
-    from jielong.runtime import pick_device
-
     net, tok, gen = open_model(model, device=pick_device(device), dtype=dtype, adapters=adapter,
                                adapter_name=adapter_name)
     prompt = [unescape(p) for p in prompt]
     stops = [unescape(st) for st in stop or []]
-    s = Sampling(max_tokens, temperature, top_k, top_p, repetition_penalty, stops, seed)
+    s = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                       repetition_penalty=repetition_penalty, stop=stops, seed=seed)
     texts = generate_text(net, tok, prompt, s, stop_ids=stop_ids(tok, gen, net.config.eos_token_id))
     for p, t in zip(prompt, texts, strict=True):
         print(f"\033[2m{p}\033[0m{t}" if _color() else p + t)
@@ -248,7 +217,4 @@ def unescape(text: str) -> str:
 
 
 def _color() -> bool:
-    import os
-    import sys
-
     return "NO_COLOR" not in os.environ and (sys.stdout.isatty() or "FORCE_COLOR" in os.environ)

@@ -26,108 +26,70 @@ reads it without its oldest turns, the system prompt kept; a one-line `message` 
 once, when it ends; a client that goes away (the Stop button) cancels it, and what it had
 said so far is stored with finish_reason "stopped". Errors are the same OpenAI-style JSON as
 /v1 (404 for unknown ids).
+
+The store is the app's `state.store`; defaults, checks and errors are jielong.serve.served's,
+as for /v1. Also here: the chat page itself, GET / (`page_router`), whose files
+jielong.serve.app mounts under /static.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Request
-from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import FileResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from jielong.errors import UserError
 from jielong.infer.context import fit_conversation, reply_budget
-from jielong.infer.engine import Engine
-from jielong.serve.common import (
-    ApiError,
-    Batch,
+from jielong.serve.body import read_body
+from jielong.serve.errors import ApiError, engine_failed, user_error
+from jielong.serve.guard import authorize
+from jielong.serve.schemas import (
+    ConversationIn,
+    EditIn,
+    Generate,
+    MessageIn,
+    RatingIn,
     SamplingBody,
-    chat_prompt,
-    read_body,
-    sse,
-    user_error,
-    watch_disconnect,
 )
+from jielong.serve.served import Served, served
 from jielong.serve.store import NotFound, Store
+from jielong.serve.streaming import Batch, event_stream, sse, watch_disconnect
 
 REASONS = {"up": ["correct", "helpful", "well written"],
            "down": ["wrong", "wrong script (繁/简)", "not helpful", "unsafe", "too long"]}
-MAX_CHARS = 100_000  # of one message (or system prompt, or comment), as /v1's default limit
-MAX_TITLE = 1000
+STATIC = Path(__file__).parent / "static"  # the page and its files
+PAGE_HEADERS = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff",
+                "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; "
+                "object-src 'none'; base-uri 'none'; frame-ancestors 'none'"}
+
+router = APIRouter(prefix="/api", dependencies=[Depends(authorize)])
+page_router = APIRouter()
 
 
-# ----------------------------------------------------------------------------- request bodies
-
-
-class Settings(BaseModel):
-    """Sampling settings of a conversation or a request; other keys are kept as given."""
-
-    model_config = ConfigDict(extra="allow")
-    temperature: float | None = None
-    top_p: float | None = None
-    max_tokens: int | None = None
-    model: str | None = None
-
-
-class _In(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-
-class ConversationIn(_In):
-    title: str | None = Field(None, max_length=MAX_TITLE)
-    system_prompt: str | None = Field(None, max_length=MAX_CHARS)
-    settings: Settings | None = None
-
-
-def _text(v: str) -> str:
-    if not v.strip():
-        raise ValueError("must not be empty")
-    if len(v) > MAX_CHARS:
-        raise ValueError(f"{len(v)} characters, more than this server's limit of {MAX_CHARS}")
-    return v
-
-
-class Generate(_In):
-    model: str | None = None
-    settings: Settings | None = None
-
-
-class MessageIn(Generate):
-    parent_id: str | None = None
-    content: str
-    _content = field_validator("content")(_text)
-
-
-class EditIn(Generate):
-    content: str
-    _content = field_validator("content")(_text)
-
-
-class RatingIn(_In):
-    value: int
-    reasons: list[str] = Field([], max_length=32)
-    comment: str = Field("", max_length=MAX_CHARS)
+@page_router.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
+async def chat_page():
+    return FileResponse(STATIC / "index.html", headers=PAGE_HEADERS)
 
 
 # ----------------------------------------------------------------------------- a streamed reply
 
 
-class _Reply:
+class Reply:
     """One assistant reply being generated: its engine request, and a task that relays the
     engine's events to `events` and stores the reply when it ends, whether or not anybody is
-    still listening."""
+    still listening. `running` keeps the task (the loop keeps only weak references to tasks)."""
 
-    def __init__(self, engine: Engine, store: Store, message: dict, job: tuple, metrics,
-                 running: set):
+    def __init__(self, s: Served, store: Store, message: dict, job: tuple, running: set):
         self.store, self.id = store, message["id"]
-        self.batch = Batch(engine, [job], metrics)
+        self.batch = Batch(s.engine, [job], s.metrics)
         self.events: asyncio.Queue[dict] = asyncio.Queue()
         self.task = asyncio.create_task(self._run())
-        running.add(self.task)  # the loop keeps only weak references to tasks
+        running.add(self.task)
         self.task.add_done_callback(running.discard)
 
     async def _run(self) -> None:
@@ -154,8 +116,7 @@ class _Reply:
                 code="store_error").body()["error"]})
             return
         if finish == "error":
-            self.events.put_nowait({"type": "error", "error": ApiError(
-                500, f"the engine failed: {error}", code="engine_error").body()["error"]})
+            self.events.put_nowait({"type": "error", "error": engine_failed(error).body()["error"]})
         else:
             self.events.put_nowait({"type": "done", "message": message})
 
@@ -174,11 +135,10 @@ class _Reply:
                 watch.cancel()
                 self.batch.cancel()
 
-        return StreamingResponse(body(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return event_stream(body())
 
 
-# ----------------------------------------------------------------------------- the routes
+# ----------------------------------------------------------------------------- generating a reply
 
 
 async def _db(fn: Callable, *args, **kwargs) -> Any:
@@ -191,168 +151,182 @@ async def _db(fn: Callable, *args, **kwargs) -> Any:
         raise ApiError(400, str(e)) from None
 
 
-def chat_router(store: Store, engine: Engine, tok, model_name: str, *, metrics,
-                sampling: Callable, fit: Callable, adapter_for: Callable,
-                system_prompt: str | None = None, dependencies=()) -> APIRouter:
-    """The /api routes over `store`. `sampling`, `fit` and `adapter_for` are create_app's own
-    (the same defaults, checks and errors as /v1); `dependencies` guard every route (the API
-    key check)."""
-    router = APIRouter(prefix="/api", dependencies=list(dependencies))
-    running: set[asyncio.Task] = set()
+def store_of(request: Request) -> Store:
+    return request.app.state.store
 
-    def defaults() -> dict:
-        params = sampling(SamplingBody(), None, None)
-        return {"temperature": params.temperature, "top_p": params.top_p,
-                "max_tokens": reply_budget(engine.context)}
 
-    def prepare(conv: dict, history: list[dict],
-                body: Generate) -> tuple[tuple, str, dict, list[dict]]:
-        """((prompt ids, sampling params, adapter), model name, sampling as stored, events to
-        send first) for a reply to `history` (the branch's messages, ending with a user
-        message). A branch longer than the context is read without its oldest turns
-        (jielong.infer.context.fit_conversation), and a `notice` event says so."""
-        given = body.settings.model_dump(exclude_none=True) if body.settings else {}
-        s = {**{k: v for k, v in conv["settings"].items() if v is not None}, **given}
-        name = body.model or s.get("model") or model_name
-        adapter = adapter_for(name)
-        messages = [{"role": m["role"], "content": m["content"]} for m in history]
-        system = conv["system_prompt"] or system_prompt
-        if system:
-            messages.insert(0, {"role": "system", "content": system})
-        max_tokens = s.get("max_tokens")
-        reserve = max_tokens if isinstance(max_tokens, int) else reply_budget(engine.context)
-        messages, prompt, dropped = fit_conversation(
-            messages, lambda m: chat_prompt(tok, m, "content"), engine.context, reserve)
-        if max_tokens is None:  # the default, or less when the message alone leaves less room
-            max_tokens = max(1, min(reserve, engine.context - len(prompt)))
-        try:
-            params = sampling(SamplingBody(temperature=s.get("temperature"), top_p=s.get("top_p")),
-                              max_tokens, None)
-        except ValueError as e:  # a stored setting of the wrong type
-            raise ApiError(400, f"settings: {e}", param="settings") from None
-        fit(prompt, params, "conversation", "content", adapter)
-        stored = {k: getattr(params, k) for k in ("temperature", "top_p", "top_k", "min_p",
-                                                   "repetition_penalty", "max_tokens")}
-        notices = []
-        if dropped:
-            kept = "; the system prompt stays" if system else ""
-            notices.append({"type": "notice", "code": "context_trimmed", "dropped": dropped,
-                            "message": f"The conversation outgrew the model's {engine.context}-"
-                                       f"token context: this reply reads it without its "
-                                       f"{dropped} oldest messages{kept}."})
-        return (prompt, params, adapter), name, stored, notices
+def defaults(s: Served) -> dict:
+    params = s.sampling(SamplingBody(), None, None)
+    return {"temperature": params.temperature, "top_p": params.top_p,
+            "max_tokens": reply_budget(s.engine.context)}
 
-    async def reply(request: Request, conv: dict, parent: dict, job: tuple, name: str,
-                    stored: dict, origin: str, first: list[dict]) -> StreamingResponse:
-        """Store an empty assistant reply under the user message `parent`, generate it and
-        stream it after the events `first`."""
-        message = await _db(store.add_message, conv["id"], parent["id"], "assistant", "",
-                            model=name, origin=origin, sampling=stored)
-        try:
-            r = _Reply(engine, store, message, job, metrics, running)
-        except UserError as e:
-            await _db(store.update_message, message["id"], finish_reason="error")
-            raise user_error(e) from None
-        return r.stream(request, [*first, {"type": "assistant", "message": message}])
 
-    async def branch(conv: dict, parent_id: str | None) -> list[dict]:
-        """The messages from the root to `parent_id` (an assistant message of `conv`)."""
-        if parent_id is None:
-            return []
-        history = await _db(store.path, parent_id)
-        last = history[-1]
-        if last["conversation_id"] != conv["id"]:
-            raise ApiError(400, f"parent_id: message {parent_id} is in another conversation",
-                           param="parent_id")
-        if last["role"] != "assistant":
-            raise ApiError(400, f"parent_id: message {parent_id} is a user message; a new user "
-                                "message follows an assistant reply (or null to start)",
-                           param="parent_id")
-        return history
+def prepare(s: Served, conv: dict, history: list[dict],
+            body: Generate) -> tuple[tuple, str, dict, list[dict]]:
+    """((prompt ids, sampling params, adapter), model name, sampling as stored, events to
+    send first) for a reply to `history` (the branch's messages, ending with a user
+    message). A branch longer than the context is read without its oldest turns
+    (jielong.infer.context.fit_conversation), and a `notice` event says so."""
+    context = s.engine.context
+    given = body.settings.model_dump(exclude_none=True) if body.settings else {}
+    settings = {**{k: v for k, v in conv["settings"].items() if v is not None}, **given}
+    name = body.model or settings.get("model") or s.model_name
+    adapter = s.adapter_for(name)
+    messages = [{"role": m["role"], "content": m["content"]} for m in history]
+    system = conv["system_prompt"] or s.system_prompt
+    if system:
+        messages.insert(0, {"role": "system", "content": system})
+    max_tokens = settings.get("max_tokens")
+    reserve = max_tokens if isinstance(max_tokens, int) else reply_budget(context)
+    messages, prompt, dropped = fit_conversation(
+        messages, lambda m: s.chat_prompt(m, "content"), context, reserve)
+    if max_tokens is None:  # the default, or less when the message alone leaves less room
+        max_tokens = max(1, min(reserve, context - len(prompt)))
+    try:
+        params = s.sampling(SamplingBody(temperature=settings.get("temperature"),
+                                         top_p=settings.get("top_p")), max_tokens, None)
+    except ValueError as e:  # a stored setting of the wrong type
+        raise ApiError(400, f"settings: {e}", param="settings") from None
+    s.fit(prompt, params, "conversation", "content", adapter)
+    stored = {k: getattr(params, k) for k in ("temperature", "top_p", "top_k", "min_p",
+                                               "repetition_penalty", "max_tokens")}
+    notices = []
+    if dropped:
+        kept = "; the system prompt stays" if system else ""
+        notices.append({"type": "notice", "code": "context_trimmed", "dropped": dropped,
+                        "message": f"The conversation outgrew the model's {context}-"
+                                   f"token context: this reply reads it without its "
+                                   f"{dropped} oldest messages{kept}."})
+    return (prompt, params, adapter), name, stored, notices
 
-    # ------------------------------------------------------------------ conversations
 
-    @router.get("/info")
-    async def info():
-        return {"model": model_name, "models": [model_name, *engine.adapters],
-                "defaults": defaults(), "reasons": REASONS}
+async def reply(request: Request, conv: dict, parent: dict, job: tuple, name: str,
+                stored: dict, origin: str, first: list[dict]) -> StreamingResponse:
+    """Store an empty assistant reply under the user message `parent`, generate it and
+    stream it after the events `first`."""
+    store = store_of(request)
+    message = await _db(store.add_message, conv["id"], parent["id"], "assistant", "",
+                        model=name, origin=origin, sampling=stored)
+    try:
+        r = Reply(served(request), store, message, job, request.app.state.chat_replies)
+    except UserError as e:
+        await _db(store.update_message, message["id"], finish_reason="error")
+        raise user_error(e) from None
+    return r.stream(request, [*first, {"type": "assistant", "message": message}])
 
-    @router.get("/conversations")
-    async def conversations():
-        return {"conversations": await _db(store.list_conversations)}
 
-    @router.post("/conversations")
-    async def create(request: Request):
-        body = await read_body(request, ConversationIn, optional=True) or ConversationIn()
-        return await _db(store.create_conversation, body.title, body.system_prompt,
-                         body.settings.model_dump(exclude_none=True) if body.settings else {})
+async def branch(store: Store, conv: dict, parent_id: str | None) -> list[dict]:
+    """The messages from the root to `parent_id` (an assistant message of `conv`)."""
+    if parent_id is None:
+        return []
+    history = await _db(store.path, parent_id)
+    last = history[-1]
+    if last["conversation_id"] != conv["id"]:
+        raise ApiError(400, f"parent_id: message {parent_id} is in another conversation",
+                       param="parent_id")
+    if last["role"] != "assistant":
+        raise ApiError(400, f"parent_id: message {parent_id} is a user message; a new user "
+                            "message follows an assistant reply (or null to start)",
+                       param="parent_id")
+    return history
 
-    @router.get("/conversations/{cid}")
-    async def get(cid: str):
-        return await _db(store.conversation, cid)
 
-    @router.patch("/conversations/{cid}")
-    async def change(cid: str, request: Request):
-        body = await read_body(request, ConversationIn)
-        changes = {k: getattr(body, k) for k in body.model_fields_set}
-        if "settings" in changes:
-            changes["settings"] = body.settings.model_dump(exclude_none=True) \
-                if body.settings else {}
-        return await _db(store.update_conversation, cid, **changes)
+# ----------------------------------------------------------------------------- conversations
 
-    @router.delete("/conversations/{cid}")
-    async def delete(cid: str):
-        await _db(store.delete_conversation, cid)
-        return {"deleted": True}
 
-    # ------------------------------------------------------------------ messages
+@router.get("/info")
+async def info(request: Request):
+    s = served(request)
+    return {"model": s.model_name, "models": [s.model_name, *s.engine.adapters],
+            "defaults": defaults(s), "reasons": REASONS}
 
-    @router.post("/conversations/{cid}/messages")
-    async def send(cid: str, request: Request):
-        body = await read_body(request, MessageIn)
-        conv = await _db(store.conversation, cid, False)
-        history = await branch(conv, body.parent_id)
-        job, name, stored, notices = prepare(
-            conv, [*history, {"role": "user", "content": body.content}], body)
-        user = await _db(store.add_message, cid, body.parent_id, "user", body.content)
-        return await reply(request, conv, user, job, name, stored, "new",
-                           [{"type": "user", "message": user}, *notices])
 
-    @router.post("/messages/{mid}/regenerate")
-    async def regenerate(mid: str, request: Request):
-        body = await read_body(request, Generate, optional=True)
-        old = await _db(store.message, mid)
-        if old["role"] != "assistant":
-            raise ApiError(400, f"message {mid} is a user message; regenerate a reply (an "
-                                "assistant message), or edit the user message")
-        conv = await _db(store.conversation, old["conversation_id"], False)
-        history = await _db(store.path, old["parent_id"])
-        job, name, stored, notices = prepare(conv, history, body or Generate())
-        return await reply(request, conv, history[-1], job, name, stored, "regenerate", notices)
+@router.get("/conversations")
+async def conversations(request: Request):
+    return {"conversations": await _db(store_of(request).list_conversations)}
 
-    @router.post("/messages/{mid}/edit")
-    async def edit(mid: str, request: Request):
-        body = await read_body(request, EditIn)
-        old = await _db(store.message, mid)
-        cid = old["conversation_id"]
-        if old["role"] == "assistant":
-            message = await _db(store.add_message, cid, old["parent_id"], "assistant",
-                                body.content, model=old["model"], origin="edit",
-                                edited_from=mid)
-            return {"message": message}
-        conv = await _db(store.conversation, cid, False)
-        history = await _db(store.path, old["parent_id"]) if old["parent_id"] else []
-        job, name, stored, notices = prepare(
-            conv, [*history, {"role": "user", "content": body.content}], body)
-        user = await _db(store.add_message, cid, old["parent_id"], "user", body.content,
-                         origin="edit", edited_from=mid)
-        return await reply(request, conv, user, job, name, stored, "new",
-                           [{"type": "user", "message": user}, *notices])
 
-    @router.post("/messages/{mid}/rating")
-    async def rate(mid: str, request: Request):
-        body = await read_body(request, RatingIn)
-        rating = await _db(store.rate, mid, body.value, body.reasons, body.comment)
-        return {"rating": rating}
+@router.post("/conversations")
+async def create(request: Request):
+    body = await read_body(request, ConversationIn, optional=True) or ConversationIn()
+    return await _db(store_of(request).create_conversation, body.title, body.system_prompt,
+                     body.settings.model_dump(exclude_none=True) if body.settings else {})
 
-    return router
+
+@router.get("/conversations/{cid}")
+async def get(cid: str, request: Request):
+    return await _db(store_of(request).conversation, cid)
+
+
+@router.patch("/conversations/{cid}")
+async def change(cid: str, request: Request):
+    body = await read_body(request, ConversationIn)
+    changes = {k: getattr(body, k) for k in body.model_fields_set}
+    if "settings" in changes:
+        changes["settings"] = body.settings.model_dump(exclude_none=True) \
+            if body.settings else {}
+    return await _db(store_of(request).update_conversation, cid, **changes)
+
+
+@router.delete("/conversations/{cid}")
+async def delete(cid: str, request: Request):
+    await _db(store_of(request).delete_conversation, cid)
+    return {"deleted": True}
+
+
+# ----------------------------------------------------------------------------- messages
+
+
+@router.post("/conversations/{cid}/messages")
+async def send(cid: str, request: Request):
+    s, store = served(request), store_of(request)
+    body = await read_body(request, MessageIn)
+    conv = await _db(store.conversation, cid, False)
+    history = await branch(store, conv, body.parent_id)
+    job, name, stored, notices = prepare(
+        s, conv, [*history, {"role": "user", "content": body.content}], body)
+    user = await _db(store.add_message, cid, body.parent_id, "user", body.content)
+    return await reply(request, conv, user, job, name, stored, "new",
+                       [{"type": "user", "message": user}, *notices])
+
+
+@router.post("/messages/{mid}/regenerate")
+async def regenerate(mid: str, request: Request):
+    s, store = served(request), store_of(request)
+    body = await read_body(request, Generate, optional=True)
+    old = await _db(store.message, mid)
+    if old["role"] != "assistant":
+        raise ApiError(400, f"message {mid} is a user message; regenerate a reply (an "
+                            "assistant message), or edit the user message")
+    conv = await _db(store.conversation, old["conversation_id"], False)
+    history = await _db(store.path, old["parent_id"])
+    job, name, stored, notices = prepare(s, conv, history, body or Generate())
+    return await reply(request, conv, history[-1], job, name, stored, "regenerate", notices)
+
+
+@router.post("/messages/{mid}/edit")
+async def edit(mid: str, request: Request):
+    s, store = served(request), store_of(request)
+    body = await read_body(request, EditIn)
+    old = await _db(store.message, mid)
+    cid = old["conversation_id"]
+    if old["role"] == "assistant":
+        message = await _db(store.add_message, cid, old["parent_id"], "assistant",
+                            body.content, model=old["model"], origin="edit",
+                            edited_from=mid)
+        return {"message": message}
+    conv = await _db(store.conversation, cid, False)
+    history = await _db(store.path, old["parent_id"]) if old["parent_id"] else []
+    job, name, stored, notices = prepare(
+        s, conv, [*history, {"role": "user", "content": body.content}], body)
+    user = await _db(store.add_message, cid, old["parent_id"], "user", body.content,
+                     origin="edit", edited_from=mid)
+    return await reply(request, conv, user, job, name, stored, "new",
+                       [{"type": "user", "message": user}, *notices])
+
+
+@router.post("/messages/{mid}/rating")
+async def rate(mid: str, request: Request):
+    body = await read_body(request, RatingIn)
+    rating = await _db(store_of(request).rate, mid, body.value, body.reasons, body.comment)
+    return {"rating": rating}

@@ -1,9 +1,15 @@
-"""`jielong serve`: the OpenAI-compatible API (jielong.serve.api) on a model, from the shell.
+"""`jielong serve`: the server (jielong.serve.app: the OpenAI-compatible API and the web chat)
+on a model, from the shell.
 
+Run as:
+    jielong serve --help
+
+For example (runs/demo/model: what `jielong demo` trains):
     jielong serve --model runs/demo/model
     jielong serve --model Qwen/Qwen2.5-0.5B-Instruct --adapter zh=runs/zh/adapter --port 8000
 
-Kept apart from api.py so that `jielong --help` works without the serving extra installed.
+Kept apart from app.py so that `jielong --help` works without the serving extra installed:
+the app (fastapi, uvicorn, prometheus-client) is imported only when the server starts.
 """
 
 from __future__ import annotations
@@ -14,6 +20,12 @@ import sys
 from pathlib import Path
 
 from jielong.errors import UserError
+from jielong.hub import open_model, stop_ids
+from jielong.infer.chat import need_demo
+from jielong.infer.engine import Engine
+from jielong.runtime import pick_device
+from jielong.serve.hosts import LOOPBACK, host_name
+from jielong.serve.store import Store
 
 
 def serve(
@@ -64,27 +76,22 @@ def serve(
             `jielong feedback export` turns it into training data.
         log_level: Server log level: critical, error, warning, info, debug.
     """
-    try:
+    try:  # lazy: the serving extra
         import uvicorn
 
-        from jielong.serve.api import create_app
-        from jielong.serve.common import LOOPBACK
+        from jielong.serve.app import create_app  # lazy
     except ImportError as e:
         raise UserError(f"jielong serve needs the serving extra ({e.name} is missing): "
                         "pip install 'jielong[serve]'") from None
-    from jielong.hub import open_model, stop_ids
-    from jielong.infer.chat import need_demo
-    from jielong.infer.engine import Engine
-    from jielong.runtime import pick_device
 
     need_demo(model)
     keys = api_keys(api_key, os.environ.get("JIELONG_API_KEY"))
-    hosts = _allowed_hosts(host, allowed_hosts)
+    hosts = allowed_host_names(host, allowed_hosts)
     if not 0 < port < 65536:
         raise UserError(f"--port {port}: must be between 1 and 65535")
     sock = _bind(host, port)  # before loading the model: a busy port fails in a second
     try:
-        store = _open_store(db, model)
+        store = open_store(db, model)
     except BaseException:
         sock.close()
         raise
@@ -142,11 +149,9 @@ def api_keys(given: list[str] | None, env: str | None) -> list[str]:
     return [k.strip() for _, k in keys]
 
 
-def _allowed_hosts(host: str, extra: list[str] | None) -> list[str]:
+def allowed_host_names(host: str, extra: list[str] | None) -> list[str]:
     """The names a request's Host header may give: loopback, --host when it is one address,
     and --allowed_hosts."""
-    from jielong.serve.common import LOOPBACK, host_name
-
     out = list(LOOPBACK) + ([] if host in _ANY else [host])
     for h in extra or []:
         if h != "*" and host_name(h, bare_ipv6=True) is None:
@@ -156,11 +161,9 @@ def _allowed_hosts(host: str, extra: list[str] | None) -> list[str]:
     return out
 
 
-def _open_store(db: str | None, model: str):
+def open_store(db: str | None, model: str) -> Store:
     """The chat store: --db, or feedback.db beside a local model's folder (a hub id: under
     runs/serve/)."""
-    from jielong.serve.store import Store
-
     if db is None:
         where = Path(model)
         db = str(where.resolve().parent / "feedback.db") if where.is_dir() \

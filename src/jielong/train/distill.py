@@ -33,7 +33,8 @@ from jielong.data.formats import read_conversations
 from jielong.errors import UserError
 from jielong.files import write_text
 from jielong.hub import open_model
-from jielong.infer.generate import Sampling, generate_ids
+from jielong.infer.generate import generate_ids
+from jielong.infer.sampling import SamplingParams
 from jielong.model import Transformer
 from jielong.plots import loss_curve
 from jielong.runtime import is_main_process, pick_device
@@ -133,7 +134,7 @@ def teacher_replies(teacher, tok, conversations: list[list[dict]], max_new_token
                     batch_size: int = 16) -> list[list[dict]]:
     """The conversations with their last reply rewritten by the teacher (greedy)."""
 
-    s = Sampling(max_new_tokens=max_new_tokens, temperature=0.0)
+    s = SamplingParams(max_tokens=max_new_tokens, temperature=0.0)
     stops = tok.end_ids | ({teacher.config.eos_token_id} - {None})
     out = []
     for i in range(0, len(conversations), batch_size):

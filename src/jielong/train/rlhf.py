@@ -66,7 +66,8 @@ from torch.utils.checkpoint import checkpoint
 
 from jielong.data.chat import IGNORE
 from jielong.errors import UserError
-from jielong.infer.generate import Sampling, generate_ids
+from jielong.infer.generate import generate_ids
+from jielong.infer.sampling import SamplingParams
 from jielong.lora import LoraConfig, output_weight, using_adapter
 from jielong.rewards import Reward, checked, load_reward_fn
 from jielong.runtime import is_main_process
@@ -275,7 +276,7 @@ def read_prompts(paths: list[str], system: str | None = None) -> list[Prompt]:
     return out
 
 
-def sample_replies(model, prompts: list[list[int]], s: Sampling,
+def sample_replies(model, prompts: list[list[int]], s: SamplingParams,
                    stops: set[int]) -> list[tuple[list[int], bool]]:
     """(reply ids, stopped) per prompt. Unlike `generate_ids`' own stop tokens, the token
     that ended a reply is kept at its end (it is part of what the policy learns); stopped is
@@ -368,7 +369,7 @@ class RLStage:
         chosen = [self.prompts[i] for i in self.sampler.rows(index, micro, rank) for _ in range(G)]
         seed = (self.cfg.seed * 1_000_003 + (index * self.cfg.grad_accum + micro) * self.world
                 + rank) % 2**62
-        s = Sampling(rl.max_new_tokens, rl.temperature, top_p=rl.top_p, seed=seed)
+        s = SamplingParams(rl.max_new_tokens, rl.temperature, top_p=rl.top_p, seed=seed)
         was_training = self.policy.training
         self.policy.eval()
         t0 = time.perf_counter()
@@ -487,7 +488,7 @@ class RLStage:
         """Greedy replies to the held-out prompts: mean reward, length, share stopped."""
         if not self.held:
             return {}
-        s = Sampling(self.rl.max_new_tokens, temperature=0.0)
+        s = SamplingParams(self.rl.max_new_tokens, temperature=0.0)
         scores, lengths, stopped = [], [], []
         for i in range(0, len(self.held), 32):
             chunk = self.held[i:i + 32]

@@ -1,0 +1,76 @@
+"""The server: an OpenAI-compatible HTTP API over the engine (jielong.infer.engine), and the
+web chat, as one FastAPI app composed of routers and middleware.
+
+    app = create_app(engine, tok, "mine", generation_config, api_keys=["sekret"])
+    uvicorn.run(app, host="127.0.0.1", port=8000)          # or `jielong serve --model DIR`
+
+What answers what:
+- /v1/* (chat and text completions, embeddings, models): jielong.serve.openai_routes;
+- /api/* and the chat page at / (with a store): jielong.serve.chat_routes;
+- GET /health, GET /metrics (Prometheus text): jielong.serve.metrics;
+- in front of them all, jielong.serve.guard.Guard (Host allowlist, cross-site writes, JSON
+  bodies, a 500 that keeps the connection) and, outermost, metrics.CountRequests.
+
+Every error is OpenAI's JSON, `{"error": {"message", "type", "param", "code"}}`
+(jielong.serve.errors): 400 for a malformed body, a field of the wrong type or value, or a
+prompt longer than the context (code context_length_exceeded); 401 for a missing or wrong API
+key; 404 for an unknown model (model_not_found) or route; 405 for a wrong method; 413 for a
+body over the limit; 415 for a body that is not JSON; 400 (invalid_host) for a Host header that
+is not an allowed name; 403 for a state-changing request from another site. A user's mistake
+is never a 500. Bodies are read by jielong.serve.body alone.
+
+The app's state: `served` (jielong.serve.served.Served: engine, tokenizer, names, defaults),
+`metrics`, `engine`, `api_keys`, `max_body_bytes`, and with a store `store` and `chat_replies`
+(the web chat's replies being generated).
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+
+from jielong.errors import UserError
+from jielong.infer.engine import Engine
+from jielong.serve import chat_routes, metrics, openai_routes
+from jielong.serve.errors import add_error_handlers
+from jielong.serve.guard import LOOPBACK, Guard
+from jielong.serve.metrics import CountRequests, Metrics
+from jielong.serve.served import Served
+from jielong.serve.store import Store
+
+
+def create_app(engine: Engine, tok, model_name: str, generation_config: dict | None = None, *,
+               system_prompt: str | None = None, api_keys=(), max_body_bytes: int = 1_000_000,
+               max_messages: int = 256, max_message_chars: int = 100_000,
+               store: Store | None = None, allowed_hosts=LOOPBACK) -> FastAPI:
+    """The FastAPI app serving `engine` (already started) as `model_name`; its LoRA adapters
+    are served under their own names. `api_keys`: when any, every /v1 request must send
+    `Authorization: Bearer KEY` with one of them. `store` (a jielong.serve.store.Store): also
+    serve the web chat's /api routes (jielong.serve.chat_routes), kept in it.
+    `allowed_hosts`: the names a request's Host header may give (loopback by default; "*":
+    any, "*.example.com": its subdomains too); see jielong.serve.guard.Guard."""
+    if any(not k for k in api_keys):
+        raise UserError("an API key must not be empty")
+    counts = Metrics(engine)
+    app = FastAPI(title="jielong", summary=f"OpenAI-compatible API serving {model_name}",
+                  docs_url=None, redoc_url=None)
+    app.state.served = Served(engine, tok, model_name, counts,
+                              generation_config=dict(generation_config or {}),
+                              system_prompt=system_prompt, max_messages=max_messages,
+                              max_message_chars=max_message_chars)
+    app.state.metrics, app.state.engine = counts, engine
+    app.state.api_keys = [k.encode() for k in api_keys if k]
+    app.state.max_body_bytes = max_body_bytes
+    app.add_middleware(Guard, allowed_hosts=list(allowed_hosts))
+    app.add_middleware(CountRequests, metrics=counts)  # outermost: counts what Guard refuses
+    add_error_handlers(app)
+
+    if store is not None:  # the web chat's /api (before any catch-all mount of static files)
+        app.state.store, app.state.chat_replies = store, set()
+        app.include_router(chat_routes.router)
+    app.include_router(metrics.router)
+    app.include_router(openai_routes.router)
+    if store is not None:  # the web chat's page: GET / and its files under /static
+        app.include_router(chat_routes.page_router)
+        app.mount("/static", StaticFiles(directory=chat_routes.STATIC), name="static")
+    return app

@@ -1,0 +1,332 @@
+"""The OpenAI-compatible routes under /v1, what the official `openai` client and curl speak:
+
+- POST /v1/chat/completions: messages rendered with the model's chat template; `model` is the
+  served model's name, or a loaded LoRA adapter's name (that adapter for this request);
+  sampling (temperature, top_p, top_k, min_p, presence/frequency/repetition penalties, stop,
+  seed, max_tokens), n choices, logprobs + top_logprobs, streaming (server-sent events) with
+  stream_options.include_usage;
+- POST /v1/completions: a text prompt (or several, or token ids), the same options, echo;
+- POST /v1/embeddings: unit-length mean-pooled final hidden states, as floats or base64;
+- GET /v1/models, /v1/models/{id}.
+
+Sampling settings a request leaves out come from the model's generation_config.json
+(jielong.serve.served.Served.sampling); replies stop at the model's end-of-turn tokens (the
+engine's stop ids). Every route needs the API key when the server has one
+(jielong.serve.guard.authorize).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+import uuid
+
+import numpy as np
+from fastapi import APIRouter, Depends, Request
+
+from jielong.errors import UserError
+from jielong.infer.engine import TokenLogprob
+from jielong.infer.sampling import MAX_TOP_LOGPROBS
+from jielong.serve.body import read_body
+from jielong.serve.errors import ApiError, engine_failed
+from jielong.serve.guard import authorize
+from jielong.serve.schemas import ChatRequest, CompletionRequest, EmbeddingRequest
+from jielong.serve.served import Served, served
+from jielong.serve.streaming import Batch, collect, openai_stream
+
+MAX_EMBED_INPUTS = 2048
+
+router = APIRouter(prefix="/v1", dependencies=[Depends(authorize)])
+
+
+def usage(prompt: int, completion: int) -> dict:
+    return {"prompt_tokens": prompt, "completion_tokens": completion,
+            "total_tokens": prompt + completion}
+
+
+def chat_logprobs(s: Served, lps: list[TokenLogprob]) -> list[dict]:
+    """Chat completions' logprobs.content."""
+    out = []
+    for lp in lps:
+        text, raw = s.token_text(lp.token)
+        top = []
+        for t, v in lp.top:
+            txt, b = s.token_text(t)
+            top.append({"token": txt, "logprob": v, "bytes": b})
+        out.append({"token": text, "logprob": lp.logprob, "bytes": raw, "top_logprobs": top})
+    return out
+
+
+def text_logprobs(s: Served, lps: list[TokenLogprob], offset: int) -> dict:
+    """Text completions' logprobs, the text offsets counted from `offset`."""
+    tokens, values, tops, offsets = [], [], [], []
+    for lp in lps:
+        txt = s.token_text(lp.token)[0]
+        tokens.append(txt)
+        values.append(lp.logprob)
+        tops.append({s.token_text(t)[0]: v for t, v in lp.top})
+        offsets.append(offset)
+        offset += len(txt)
+    return {"tokens": tokens, "token_logprobs": values, "top_logprobs": tops,
+            "text_offset": offsets}
+
+
+# ----------------------------------------------------------------------------- models
+
+
+def model_card(s: Served, name: str, parent: str | None) -> dict:
+    return {"id": name, "object": "model", "created": s.created, "owned_by": "jielong",
+            "root": s.model_name, "parent": parent}
+
+
+@router.get("/models")
+async def models(request: Request):
+    s = served(request)
+    return {"object": "list", "data": [model_card(s, s.model_name, None)] +
+            [model_card(s, a, s.model_name) for a in s.engine.adapters]}
+
+
+@router.get("/models/{model_id:path}")
+async def one_model(model_id: str, request: Request):
+    s = served(request)
+    adapter = s.adapter_for(model_id)
+    return model_card(s, model_id, None if adapter is None else s.model_name)
+
+
+# ----------------------------------------------------------------------------- chat completions
+
+
+def chat_messages(s: Served, body: ChatRequest) -> list[dict]:
+    """The request's messages as the chat template takes them (text parts joined, developer
+    as system, the server's system prompt first when the request brings none)."""
+    if len(body.messages) > s.max_messages:
+        raise ApiError(400, f"messages: {len(body.messages)} messages, more than this "
+                            f"server's limit of {s.max_messages}", param="messages")
+    messages = []
+    for i, m in enumerate(body.messages):
+        if isinstance(m.content, list):
+            for j, part in enumerate(m.content):
+                if part.type != "text" or part.text is None:
+                    raise ApiError(400, f"messages[{i}].content[{j}]: only text parts "
+                                        f"({{\"type\": \"text\", \"text\": …}}) are supported, "
+                                        f"not {part.type!r}",
+                                   param=f"messages[{i}].content[{j}].type")
+            text = "\n".join(p.text for p in m.content)
+        elif m.content is None:
+            if m.role != "assistant":
+                raise ApiError(400, f"messages[{i}].content: a {m.role} message needs content",
+                               param=f"messages[{i}].content")
+            text = ""
+        else:
+            text = m.content
+        if len(text) > s.max_message_chars:
+            raise ApiError(400, f"messages[{i}].content: {len(text)} characters, more than "
+                                f"this server's limit of {s.max_message_chars}",
+                           param=f"messages[{i}].content")
+        messages.append({"role": "system" if m.role == "developer" else m.role,
+                         "content": text})
+    if s.system_prompt and not any(m["role"] == "system" for m in messages):
+        messages.insert(0, {"role": "system", "content": s.system_prompt})
+    return messages
+
+
+@router.post("/chat/completions")
+async def chat_completions(request: Request):
+    s = served(request)
+    body: ChatRequest = await read_body(request, ChatRequest)
+    adapter = s.adapter_for(body.model)
+    if body.tools or body.functions:
+        raise ApiError(400, "tools and function calling are not supported by this server",
+                       param="tools" if body.tools else "functions")
+    if body.response_format and body.response_format.get("type", "text") != "text":
+        raise ApiError(400, "only response_format {\"type\": \"text\"} is supported",
+                       param="response_format")
+    prompt = s.chat_prompt(chat_messages(s, body), "messages")
+    if body.top_logprobs is not None and not body.logprobs:
+        raise ApiError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
+    k = (body.top_logprobs or 0) if body.logprobs else None
+    if k is not None and not 0 <= k <= MAX_TOP_LOGPROBS:
+        raise ApiError(400, f"top_logprobs={k} must be in [0, {MAX_TOP_LOGPROBS}]",
+                       param="top_logprobs")
+    max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None \
+        else body.max_tokens
+    params = s.sampling(body, max_tokens, k)
+    max_name = "max_tokens" if body.max_completion_tokens is None else "max_completion_tokens"
+    s.fit(prompt, params, "conversation", "messages", adapter, max_name,
+          {"logprobs": "top_logprobs", "max_tokens": max_name})
+    batch = Batch(s.engine, s.jobs([prompt], params, adapter, body.n), s.metrics)
+    rid, now, name = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), body.model or s.model_name
+
+    if not body.stream:
+        out = await collect(request, batch)
+        return {"id": rid, "object": "chat.completion", "created": now, "model": name,
+                "system_fingerprint": None,
+                "choices": [{"index": i,
+                             "message": {"role": "assistant", "content": o["text"]},
+                             "logprobs": {"content": chat_logprobs(s, o["logprobs"])}
+                             if k is not None else None,
+                             "finish_reason": o["finish"]} for i, o in enumerate(out)],
+                "usage": usage(len(prompt), sum(o["tokens"] for o in out))}
+
+    with_usage = bool(body.stream_options and body.stream_options.include_usage)
+
+    def chunk(choices: list[dict]) -> dict:
+        c = {"id": rid, "object": "chat.completion.chunk", "created": now, "model": name,
+             "system_fingerprint": None, "choices": choices}
+        if with_usage:
+            c["usage"] = None
+        return c
+
+    async def chunks():
+        for i in range(len(batch.reqs)):
+            yield chunk([{"index": i, "delta": {"role": "assistant", "content": ""},
+                          "logprobs": None, "finish_reason": None}])
+        async for i, e in batch.events():
+            if e.finish_reason == "error":
+                raise engine_failed(e.error)
+            lps = chat_logprobs(s, e.logprobs) if k is not None and e.logprobs else None
+            if e.text or lps:
+                yield chunk([{"index": i, "delta": {"content": e.text},
+                              "logprobs": {"content": lps} if lps else None,
+                              "finish_reason": None}])
+            if e.finish_reason:
+                yield chunk([{"index": i, "delta": {}, "logprobs": None,
+                              "finish_reason": e.finish_reason}])
+        if with_usage:
+            c = chunk([])
+            c["usage"] = usage(len(prompt), sum(len(r.output) for r in batch.reqs))
+            yield c
+
+    return openai_stream(request, batch, chunks())
+
+
+# ----------------------------------------------------------------------------- text completions
+
+
+@router.post("/completions")
+async def completions(request: Request):
+    s = served(request)
+    body: CompletionRequest = await read_body(request, CompletionRequest)
+    adapter = s.adapter_for(body.model)
+    if body.suffix:
+        raise ApiError(400, "suffix (fill-in-the-middle) is not supported by this server",
+                       param="suffix")
+    p, tok = body.prompt, s.tok
+    if isinstance(p, str):
+        texts, prompts = [p], [tok.encode(p)]
+    elif p and isinstance(p[0], str):
+        texts, prompts = list(p), [tok.encode(x) for x in p]
+    elif p and isinstance(p[0], list):
+        prompts = [s.check_ids(ids, "prompt") for ids in p]
+        texts = [tok.decode(ids) for ids in prompts]
+    else:  # one list of token ids (or an empty list)
+        prompts = [s.check_ids(list(p), "prompt")]
+        texts = [tok.decode(prompts[0])]
+    if not prompts:
+        raise ApiError(400, "prompt: give at least one prompt", param="prompt")
+    if body.echo and body.logprobs is not None:
+        raise ApiError(400, "echo with logprobs (the prompt's log-probabilities) is not "
+                            "supported; drop one of them", param="echo")
+    params = s.sampling(body, body.max_tokens if body.max_tokens is not None else 16,
+                        body.logprobs)
+    for prompt in prompts:
+        s.fit(prompt, params, "prompt", "prompt", adapter)
+    n = body.n
+    batch = Batch(s.engine, s.jobs(prompts, params, adapter, n), s.metrics)
+    rid, now, name = f"cmpl-{uuid.uuid4().hex}", int(time.time()), body.model or s.model_name
+    prefix = [texts[i // n] if body.echo else "" for i in range(len(batch.reqs))]
+
+    if not body.stream:
+        out = await collect(request, batch)
+        return {"id": rid, "object": "text_completion", "created": now, "model": name,
+                "system_fingerprint": None,
+                "choices": [{"index": i, "text": prefix[i] + o["text"],
+                             "logprobs": text_logprobs(s, o["logprobs"], len(prefix[i]))
+                             if body.logprobs is not None else None,
+                             "finish_reason": o["finish"]} for i, o in enumerate(out)],
+                "usage": usage(sum(len(q) for q in prompts), sum(o["tokens"] for o in out))}
+
+    with_usage = bool(body.stream_options and body.stream_options.include_usage)
+    offsets = [len(x) for x in prefix]
+
+    def chunk(i: int, text: str, lps, finish: str | None) -> dict:
+        c = {"id": rid, "object": "text_completion", "created": now, "model": name,
+             "system_fingerprint": None,
+             "choices": [{"index": i, "text": text, "logprobs": lps, "finish_reason": finish}]}
+        if with_usage:
+            c["usage"] = None
+        return c
+
+    async def chunks():
+        for i, x in enumerate(prefix):
+            if x:
+                yield chunk(i, x, None, None)
+        async for i, e in batch.events():
+            if e.finish_reason == "error":
+                raise engine_failed(e.error)
+            lps = None
+            if body.logprobs is not None and e.logprobs:
+                lps = text_logprobs(s, e.logprobs, offsets[i])
+            offsets[i] += len(e.text)
+            if e.text or lps:
+                yield chunk(i, e.text, lps, None)
+            if e.finish_reason:
+                yield chunk(i, "", None, e.finish_reason)
+        if with_usage:
+            yield {"id": rid, "object": "text_completion", "created": now, "model": name,
+                   "choices": [], "usage": usage(sum(len(q) for q in prompts),
+                                                 sum(len(r.output) for r in batch.reqs))}
+
+    return openai_stream(request, batch, chunks())
+
+
+# ----------------------------------------------------------------------------- embeddings
+
+
+@router.post("/embeddings")
+async def embeddings(request: Request):
+    s = served(request)
+    body: EmbeddingRequest = await read_body(request, EmbeddingRequest)
+    adapter = s.adapter_for(body.model)
+    x, tok, engine = body.input, s.tok, s.engine
+    if isinstance(x, str):
+        inputs = [tok.encode(x)]
+    elif x and isinstance(x[0], str):
+        inputs = [tok.encode(t) for t in x]
+    elif x and isinstance(x[0], list):
+        inputs = [s.check_ids(ids, "input") for ids in x]
+    else:
+        inputs = [s.check_ids(list(x), "input")]
+    if not inputs:
+        raise ApiError(400, "input: give at least one text", param="input")
+    if len(inputs) > MAX_EMBED_INPUTS:
+        raise ApiError(400, f"input: {len(inputs)} inputs, more than {MAX_EMBED_INPUTS} in "
+                            "one request", param="input")
+    hidden = engine.model.config.hidden_size
+    if body.dimensions is not None and body.dimensions != hidden:
+        raise ApiError(400, f"dimensions={body.dimensions}: this model's embeddings have "
+                            f"{hidden} dimensions; leave it out", param="dimensions")
+    for i, ids in enumerate(inputs):
+        if not ids:
+            raise ApiError(400, f"input[{i}] is empty; give at least one token", param="input")
+        if len(ids) >= engine.context:
+            raise ApiError(400, f"input[{i}] is {len(ids)} tokens, more than this model's "
+                                f"context of {engine.context} tokens; shorten it",
+                           param="input", code="context_length_exceeded")
+    try:
+        future = engine.embed(inputs, adapter)
+    except UserError as e:
+        raise ApiError(400, str(e), param="input") from None
+    vectors = await asyncio.wrap_future(future)
+
+    def encode(v: list[float]):
+        if body.encoding_format == "base64":
+            return base64.b64encode(np.asarray(v, dtype="<f4").tobytes()).decode("ascii")
+        return v
+
+    n = sum(len(ids) for ids in inputs)
+    return {"object": "list", "model": body.model or s.model_name,
+            "data": [{"object": "embedding", "index": i, "embedding": encode(v)}
+                     for i, v in enumerate(vectors)],
+            "usage": {"prompt_tokens": n, "total_tokens": n}}

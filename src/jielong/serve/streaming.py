@@ -1,0 +1,129 @@
+"""A running request on the server's side: the engine requests one HTTP request submitted
+(`Batch`), their events brought onto the event loop, and the ways out: all at once
+(`collect`), or as server-sent events (`sse`, `event_stream`, and OpenAI's stream ending in
+`data: [DONE]`, `openai_stream`).
+
+A client that goes away (a closed stream, a dropped connection) cancels its requests
+(`watch_disconnect`), so their slots in the engine free at the next step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import StreamingResponse
+
+from jielong.infer.engine import Engine, Event
+from jielong.infer.engine import Request as EngineRequest
+from jielong.infer.sampling import SamplingParams
+from jielong.serve.errors import ApiError, engine_failed
+from jielong.serve.metrics import Metrics
+
+
+class Batch:
+    """Requests submitted together (n choices, several prompts); their events, in the order
+    the engine made them, as (choice index, Event) on the event loop."""
+
+    def __init__(self, engine: Engine, jobs: list[tuple[list[int], SamplingParams, str | None]],
+                 metrics: Metrics):
+        self.loop = asyncio.get_running_loop()
+        self.queue: asyncio.Queue[Event] = asyncio.Queue()
+        self.metrics = metrics
+        self.reqs: list[EngineRequest] = []
+        try:
+            for prompt, params, adapter in jobs:
+                self.reqs.append(engine.submit(prompt, params, adapter, self._put))
+        except BaseException:
+            self.cancel()
+            raise
+        self.index = {r.id: i for i, r in enumerate(self.reqs)}
+
+    def _put(self, e: Event) -> None:  # called from the engine's thread
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, e)
+        except RuntimeError:  # the event loop has closed: nobody is listening
+            pass
+
+    def cancel(self) -> None:
+        for r in self.reqs:
+            if r.finish_reason is None:
+                r.cancel()
+
+    async def events(self) -> AsyncIterator[tuple[int, Event]]:
+        left = len(self.reqs)
+        while left:
+            e = await self.queue.get()
+            if e.finish_reason:
+                left -= 1
+                self.metrics.finished(e.request)
+            yield self.index[e.request.id], e
+
+
+async def watch_disconnect(request: Request, batch: Batch) -> None:
+    """Cancel the batch when the client goes away (the body is already read, so the next ASGI
+    message is the disconnect)."""
+    try:
+        while True:
+            message = await request.receive()
+            if message["type"] == "http.disconnect":
+                batch.cancel()
+                return
+    except Exception:  # noqa: BLE001 - a watcher must never take the request down
+        return
+
+
+async def collect(request: Request, batch: Batch) -> list[dict]:
+    """Wait for every choice of a batch ({"text", "logprobs", "finish", "tokens"} each); cancel
+    it if the client goes away first."""
+    watch = asyncio.create_task(watch_disconnect(request, batch))
+    out = [{"text": [], "logprobs": [], "finish": None} for _ in batch.reqs]
+    try:
+        async for i, e in batch.events():
+            out[i]["text"].append(e.text)
+            out[i]["logprobs"] += e.logprobs or []
+            if e.finish_reason == "error":
+                raise engine_failed(e.error)
+            if e.finish_reason:
+                out[i]["finish"] = e.finish_reason
+    finally:
+        watch.cancel()
+        batch.cancel()
+    for o, r in zip(out, batch.reqs, strict=True):
+        o["text"], o["tokens"] = "".join(o["text"]), len(r.output)
+    return out
+
+
+def sse(obj: Any) -> str:
+    """One server-sent event carrying `obj` as JSON."""
+    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+
+def event_stream(body: AsyncIterator[str]) -> StreamingResponse:
+    """A response streaming the server-sent events `body` yields, unbuffered by proxies."""
+    return StreamingResponse(body, media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def openai_stream(request: Request, batch: Batch,
+                  chunks: AsyncIterator[dict]) -> StreamingResponse:
+    """OpenAI's stream: server-sent events from `chunks`, ending in [DONE] (an ApiError raised
+    by `chunks` is sent as an error event before it); the batch is cancelled when the client
+    goes away or the stream ends early."""
+
+    async def body():
+        watch = asyncio.create_task(watch_disconnect(request, batch))
+        try:
+            async for c in chunks:
+                yield sse(c)
+        except ApiError as e:
+            yield sse(e.body())
+        finally:
+            watch.cancel()
+            batch.cancel()
+        yield "data: [DONE]\n\n"
+
+    return event_stream(body())
