@@ -1,15 +1,18 @@
 """The demo end to end at a tiny size, through the CLI as `make demo` runs it: every step
-runs and the report says what happened and how long it took."""
+runs, the stages that can teach something in so few steps do (with margins well inside what
+a run gives: the numbers are in the comments), and the report says what happened and how
+long it took."""
 
 import json
 
 from jielong.cli import run as cli
+from jielong.serve.feedback import export
 
 
 def test_demo_runs_and_reports(tmp_path, capsys):
     run = tmp_path / "demo"
     r = cli(["demo", "--out", str(run), "--steps", "40", "--preset", "test", "--vocab_size", "400",
-             "--seq_len", "64", "--batch_size", "8", "--docs", "600", "--finetune_steps", "6",
+             "--seq_len", "64", "--batch_size", "8", "--docs", "600", "--finetune_steps", "60",
              "--device", "cpu"])
     assert r["after"]["val_loss"] < r["before"]["val_loss"] - 1.0
     assert 0.0 < r["after"]["chance"] < 0.2
@@ -30,11 +33,21 @@ def test_demo_runs_and_reports(tmp_path, capsys):
     # Every finetuning stage ran, saved what it made and reported its numbers.
     f = r["finetune"]
     assert set(f) == {"sft", "lora", "classify", "distill", "align", "chat"}
-    assert 0 <= f["align"]["reward"]["accuracy"] <= 1 and f["align"]["dpo"]["kl_to_sft"] >= 0
+    # Before → after, at this size (one run: spam F1 0.27 → 0.97, reward-model pairwise
+    # accuracy 0.31 → 0.75, RLHF's reward-model score −1.7 → 1.1 against SFT's replies, SFT
+    # replies that stop 0% → 19%, translation chrF 0.4 → 2.2).
+    spam = f["classify"]
+    assert spam["after"]["macro"]["f1"] >= max(0.8, spam["before"]["macro"]["f1"] + 0.3)
+    rm = f["align"]["reward"]
+    assert rm["accuracy"] >= rm["before"] + 0.2
+    rl = f["align"]["rlhf"]
+    assert rl["reward"] >= rl["sft_reward"] + 1.0 and rl["win_rate_reward_model"] >= 0.7
+    assert f["sft"]["after"]["stop_rate"] >= f["sft"]["before"]["stop_rate"] + 0.05
+    assert f["lora"]["after"]["chrf"] >= f["lora"]["before"]["chrf"] + 0.5
+    assert 0 < f["align"]["dpo"]["kl_to_sft"] < 1  # DPO moved the policy, not far
     assert (run / "dpo" / "adapter" / "adapter_config.json").exists() and (run / "rlhf" / "rl.png").exists()
     assert set(f["align"]["math"]["after"]) == {"practised", "pool", "test"}
     assert "## Alignment" in report and "### Reward model" in report
-    assert 0 <= f["sft"]["after"]["accuracy"] <= 1 and 0 <= f["lora"]["after"]["chrf"] <= 100
     assert f["distill"]["distilled"]["params"] < f["distill"]["teacher"]["params"]
     for section in ("### SFT", "### LoRA", "### Classification", "### Distillation"):
         assert section in report
@@ -43,8 +56,6 @@ def test_demo_runs_and_reports(tmp_path, capsys):
     assert (run / "student-distilled" / "model" / "model.safetensors").exists()
     # The assistant to chat with, and feedback that exports as DPO pairs (the edited answer).
     assert (run / "assistant" / "model.safetensors").exists() and "## Chat" in report
-    from jielong.serve.feedback import export
-
     export(run / "feedback.db", "dpo", run / "dpo.jsonl")
     assert len((run / "dpo.jsonl").read_text().splitlines()) >= f["chat"]["edits"] >= 1
     # Running again starts over cleanly instead of refusing or mixing runs; this time with the
