@@ -32,6 +32,7 @@ from jielong.errors import UserError
 def _commands() -> dict:
     # Imported lazily so `jielong --help` and light commands start fast.
     from jielong.demo.run import demo
+    from jielong.eval.scores import score_cmd
     from jielong.export import gguf_cmd
     from jielong.infer.chat import chat
     from jielong.infer.generate import generate
@@ -47,7 +48,7 @@ def _commands() -> dict:
     from jielong.train.dpo import dpo
     from jielong.train.kto import kto
     from jielong.train.pretrain import pretrain
-    from jielong.train.reward import reward, score_cmd
+    from jielong.train.reward import reward
     from jielong.train.rlhf import rlhf
     from jielong.train.sft import sft
 

@@ -12,23 +12,22 @@ import torch
 from conftest import bot, run_cli, user, write_jsonl
 
 from jielong.checkpoint import save_model
+from jielong.classifier import (
+    Classifier,
+    encode_scored,
+    load_reward,
+    pad_batch,
+    reward_scores,
+    save_classifier,
+)
 from jielong.config import preset
 from jielong.data.preferences import read_pairs
 from jielong.errors import UserError
 from jielong.model import Transformer
 from jielong.tokenizer import train_tokenizer
-from jielong.train.classify import Classifier, pad_batch, save_classifier
+from jielong.train.common import split_by_prompt
 from jielong.train.loop import TrainConfig
-from jielong.train.reward import (
-    RewardStage,
-    bradley_terry_loss,
-    encode_pairs,
-    encode_scored,
-    load_reward,
-    reward,
-    reward_scores,
-    split_by_prompt,
-)
+from jielong.train.reward import RewardStage, bradley_terry_loss, encode_pairs, reward
 
 # A planted preference: a polite request (please / 請 / 请) beats a curt one.
 EN = ["close the door", "send me the report", "call me back", "open the window", "wait a moment",

@@ -950,7 +950,7 @@ class HarmfulFilter(BaseFilter):
 
     def _load(self):
         if self._model is None:
-            from jielong.train.classify import load_classifier
+            from jielong.classifier import load_classifier
 
             clf, tok = load_classifier(self.classifier)
             safe = [i for i, name in enumerate(clf.labels) if name.strip().lower() in SAFE_LABELS]
@@ -962,7 +962,7 @@ class HarmfulFilter(BaseFilter):
 
     def scores(self, texts: list[str]) -> list[tuple[str, float]]:
         """(likeliest harmful label, probability of any harmful label) per text."""
-        from jielong.train.classify import encode_texts, predict_logits
+        from jielong.classifier import encode_texts, predict_logits
 
         clf, tok, safe = self._load()
         max_len = min(self.max_len, clf.config.max_position_embeddings)

@@ -20,6 +20,7 @@ replies (written to OUT/teacher_data.jsonl, so they can be read).
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Literal
 
@@ -37,9 +38,10 @@ from jielong.infer.generate import Sampling, generate_ids
 from jielong.model import Transformer
 from jielong.plots import loss_curve
 from jielong.runtime import is_main_process, pick_device
+from jielong.train.common import split, summarize_params
 from jielong.train.loop import TrainConfig, context_length, fit
 from jielong.train.losses import linear_cross_entropy
-from jielong.train.sft import PackedStage, attention_mask, pack, split, summarize_params
+from jielong.train.packing import PackedStage, attention_mask, pack, packed_rows
 
 DISTILL_TRAIN = TrainConfig(lr=1e-3, steps=300, batch_size=8, warmup_steps=20)  # `train distill` defaults
 DIVERGENCES = ("forward_kl", "reverse_kl", "jsd")
@@ -117,7 +119,7 @@ def kl_to_teacher(student, teacher, packed, batch_size: int = 8) -> float:
     device = next(student.parameters()).device
     total, count = 0.0, 0
     for i in range(0, packed.inputs.shape[0], batch_size):
-        b = {k: v.to(device) for k, v in PackedStage._rows(packed, slice(i, i + batch_size)).items()}
+        b = {k: v.to(device) for k, v in packed_rows(packed, slice(i, i + batch_size)).items()}
         hidden, t_hidden = both_hidden(student, teacher, b)
         n = int((b["labels"] != IGNORE).sum())
         total += kd_loss(student, teacher, hidden, t_hidden, b["labels"], "forward_kl", 1.0).item() * n
@@ -132,7 +134,6 @@ def same_vocabulary(a, b) -> bool:
 def teacher_replies(teacher, tok, conversations: list[list[dict]], max_new_tokens: int,
                     batch_size: int = 16) -> list[list[dict]]:
     """The conversations with their last reply rewritten by the teacher (greedy)."""
-
     s = Sampling(max_new_tokens=max_new_tokens, temperature=0.0)
     stops = tok.end_ids | ({teacher.config.eos_token_id} - {None})
     out = []
@@ -152,9 +153,6 @@ def keep_layers(model, layers: list[int]):
     """A shallower copy of `model` made of the chosen decoder layers (in that order) with the
     same embeddings, norm and head: the student initialisation of DistilBERT (Sanh et al.
     2019), which took every other layer of its teacher."""
-    from dataclasses import replace
-
-
     n = model.config.num_hidden_layers
     bad = [i for i in layers if not 0 <= i < n]
     if not layers or bad:
