@@ -1,6 +1,6 @@
 """Knowledge distillation: a small student learns from a larger teacher.
 
-    jielong train distill --data chats.jsonl --teacher runs/sft/model --student_preset test
+    jielong train distill chats.jsonl runs/sft/model --student_preset test
 
 Logit distillation (teacher and student share a tokenizer): at every reply token the
 student matches the teacher's whole next-token distribution, softened by a temperature T,

@@ -1,12 +1,28 @@
 """The one training loop, shared by every stage.
 
 Every stage (pretrain, sft, classify, distill, reward, dpo, kto, rlhf) supplies its data and
-its loss:
+its loss, as this whole runnable example does (a model that learns to count):
 
-    class Stage(Protocol):
-        def batch(self, step, micro, rank) -> dict[str, Tensor]   # deterministic in its args
-        def loss(self, model, batch) -> tuple[Tensor, int]       # mean loss, tokens counted
-        def evaluate(self, model) -> dict[str, float]            # e.g. {"val_loss": 2.1}
+    import torch
+    import torch.nn.functional as F
+
+    from jielong.config import preset
+    from jielong.model import Transformer
+    from jielong.train.loop import TrainConfig, fit
+
+    class Count:
+        def batch(self, step, micro, rank):  # a dict of tensors, deterministic in its args
+            return {"ids": torch.arange(step % 8, step % 8 + 17).repeat(4, 1)}
+
+        def loss(self, model, batch):  # (mean loss, tokens counted)
+            logits = model(batch["ids"][:, :-1])
+            return F.cross_entropy(logits.flatten(0, 1), batch["ids"][:, 1:].flatten()), 64
+
+        def evaluate(self, model):  # e.g. {"val_loss": 2.1}; {} when nothing is held out
+            return {}
+
+    model = Transformer(preset("test", vocab_size=32))
+    print(fit(model, Count(), TrainConfig(steps=30, lr=3e-3, device="cpu"), "runs/count"))
 
 A stage may also have `step_metrics() -> dict[str, float]`, read after every optimizer step
 and merged into that step's line of metrics.jsonl and the progress bar (RLHF logs its reward,

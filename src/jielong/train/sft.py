@@ -1,7 +1,7 @@
 """Supervised finetuning: teach a model to answer, on conversations rendered with its own
 chat template.
 
-    jielong train sft --data chats.jsonl --model Qwen/Qwen2.5-0.5B --method lora --out runs/sft
+    jielong train sft chats.jsonl --model Qwen/Qwen2.5-0.5B --method lora --out runs/sft
 
 Data: JSONL in the OpenAI-messages, ShareGPT or alpaca format (`jielong.data.formats`).
 Each conversation becomes token ids and a loss mask from `Tokenizer.encode_chat`: by
