@@ -124,7 +124,6 @@ def _pad_id(cfg: ModelConfig, tok) -> int:
 def from_pretrained_lm(name: str | Path, labels: Sequence[str], seed: int = 0):
     """(Classifier, Tokenizer) from a causal LM directory or hub id: its body, a new head
     (seeded by `seed`), and pad_token_id set (transformers needs it to find the last token)."""
-
     path = resolve_model(name)
     lm = load_model(path, dtype=torch.float32)
     tok = Tokenizer.from_dir(path)
@@ -217,7 +216,6 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu",
                     dtype: torch.dtype = torch.float32):
     """(Classifier, Tokenizer) from a directory written by `save_classifier` (or by
     transformers' `save_pretrained` of a Llama/Qwen2/Qwen3/Mistral sequence classifier)."""
-
     d = Path(path)
     if not d.is_dir():
         raise UserError(f"{d}: no such classifier directory")
@@ -319,7 +317,6 @@ def encode_scored(tok, prompt: list[dict], reply: list[dict]) -> list[int]:
     ids, labels = encode_response(tok, prompt, reply)
     last = max(i for i, t in enumerate(labels) if t != IGNORE)
     return ids[:last + 1]
-
 
 
 def load_reward(path: str | Path, device: str | torch.device = "cpu"):

@@ -59,8 +59,6 @@ def polite_pairs(seed: int = 0) -> list[dict]:
     return rows
 
 
-
-
 @pytest.fixture(scope="module")
 def tok():
     texts = [f"{r['chosen']} {r['rejected']} {json.dumps(r['prompt'], ensure_ascii=False)}"

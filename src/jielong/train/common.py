@@ -1,5 +1,6 @@
-"""What the fine-tuning stages share: held-out splits, the model with or without LoRA
-adapters, LoRA checkpoints for the loop, the parameter summary and the result directory.
+"""What the fine-tuning stages share: held-out splits (random, or by prompt for preference
+data), the model with or without LoRA adapters, LoRA checkpoints for the loop, the parameter
+summary, the result directory, and the start and finish that DPO and KTO have in common.
 """
 
 from __future__ import annotations

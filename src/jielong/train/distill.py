@@ -183,7 +183,6 @@ def build_student(student: str | None, student_preset: str | None, teacher, tok,
     """The student: a model directory / hub id, or a fresh preset-sized model using the
     teacher's tokenizer (and context length); with `layers`, only those layers of the
     student model, or of the teacher when no student is named."""
-
     if student and student_preset:
         raise UserError("give --student (a model) or --student_preset (a fresh size), not both")
     if layers and student_preset:
@@ -243,7 +242,6 @@ def distill(
         resume: Continue from the last checkpoint in OUT.
         train: Optimisation settings (steps, batch size, learning rate, …).
     """
-
     train.validate()
     if not 0 <= alpha <= 1 or temperature <= 0:
         raise UserError(f"--alpha {alpha} must be in [0, 1] and --temperature {temperature} > 0")
