@@ -1,14 +1,28 @@
 """The sequence classifier against transformers' sequence classifiers: logits, padding on
-either side, truncation, and the directory it saves and loads."""
+either side, truncation, the directory it saves and loads, and reward scoring (one label)."""
 
 import json
 
 import pytest
 import torch
+from conftest import bot, user
+from polite_pairs import polite_tokenizer, tiny_reward_model
 from spam_texts import HAM, SPAM
 
-from jielong.classifier import Classifier, encode_texts, load_classifier, pad_batch, save_classifier
+from jielong.checkpoint import save_model
+from jielong.classifier import (
+    Classifier,
+    encode_scored,
+    encode_texts,
+    load_classifier,
+    load_reward,
+    pad_batch,
+    reward_scores,
+    save_classifier,
+)
 from jielong.config import preset
+from jielong.errors import UserError
+from jielong.model import Transformer
 from jielong.tokenizer import train_tokenizer
 
 
@@ -79,3 +93,51 @@ def test_padding_does_not_change_a_rows_logits(tok):
 def test_truncation_keeps_the_start(tok):
     ids, cut = encode_texts(tok, [SPAM[0], "hi"], 5)
     assert cut == 1 and ids[0] == tok.encode(SPAM[0])[:5] and ids[1] == tok.encode("hi")
+
+
+@pytest.fixture(scope="module")
+def polite_tok():
+    return polite_tokenizer()
+
+
+@pytest.mark.parametrize("model_type", ["llama", "qwen2"])
+def test_scores_match_transformers_with_one_label(polite_tok, tmp_path, model_type):
+    tok = polite_tok
+    transformers = pytest.importorskip("transformers")
+    rm = tiny_reward_model(tok, model_type)
+    d = save_classifier(tmp_path / "rm", rm, tok)
+    config = json.loads((d / "config.json").read_text())
+    assert config["num_labels"] == 1 and config["id2label"] == {"0": "reward"}
+    assert config["problem_type"] == "regression"
+    convs = [[user("今天天氣如何？"), bot("請帶傘，會下雨。")],
+             [user("Ask me to sit down."), bot("Please sit down.")],
+             [{"role": "system", "content": "简短回答。"}, user("叫我关灯。"), bot("快关灯！"),
+              user("再说一次"), bot("请关灯。")]]
+    ids = [encode_scored(tok, c[:-1], c[-1:]) for c in convs]
+    x = pad_batch(ids, tok.eos_id)
+    mask = (torch.arange(x.shape[1])[None] < torch.tensor([len(s) for s in ids])[:, None]).long()
+    for kwargs in ({}, {"num_labels": 1}):
+        ref = transformers.AutoModelForSequenceClassification.from_pretrained(
+            d, dtype=torch.float32, **kwargs).eval()
+        assert ref.config.num_labels == 1 and ref.score.weight.shape[0] == 1
+        with torch.no_grad():
+            theirs = ref(input_ids=x, attention_mask=mask).logits[:, 0]
+        ours = torch.tensor(reward_scores(rm, tok, convs, batch_size=2))
+        assert ours.abs().max() > 0.1 and ours.std() > 1e-3  # not trivially small or equal
+        torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=0)
+    back, tok2 = load_reward(d)
+    assert torch.tensor(reward_scores(back, tok2, convs)).allclose(ours, atol=1e-6)
+
+
+def test_load_reward_and_reward_scores_reject_wrong_input(polite_tok, tmp_path):
+    tok = polite_tok
+    cfg = preset("test", vocab_size=tok.vocab_size, eos_token_id=tok.eos_id, pad_token_id=tok.eos_id)
+    d = save_classifier(tmp_path / "clf", Classifier(cfg, ["neg", "pos", "mixed"]), tok)
+    with pytest.raises(UserError, match=r"clf: a classifier with 3 classes \(neg, pos, mixed\), not a reward model"):
+        load_reward(d)
+    with pytest.raises(UserError, match="is this a causal LM"):
+        load_reward(save_model(tmp_path / "lm", Transformer(cfg), tok))
+    rm = tiny_reward_model(tok)
+    with pytest.raises(UserError, match=r"conversation 1: must end with the assistant reply"):
+        reward_scores(rm, tok, [[user("q"), bot("a")], [user("q")]])
+    assert reward_scores(rm, tok, []) == []
