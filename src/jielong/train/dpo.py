@@ -31,13 +31,9 @@ margin and accuracy (the share of pairs where chosen's reward is higher) are log
 and on the validation pairs.
 
 The reference model is needed only for r, which never changes, so r is computed once for
-every pair before training (`jielong.train.reference`) and kept in memory and in OUT/ref_logps.pt
-(a resumed run reads it back; the file records what it came from — the reference model's
-files, the dtype, every token — so changed data or a retrained reference is computed
-afresh). Hence no second model ever sits in memory while training:
-with `--method lora` the reference is the same model with its adapters switched off, and
-with `--method full` it is the model itself before its first step; only a different `--ref`
-model is loaded, used for the cache, and freed before training starts.
+every pair before training and kept in memory and in OUT/ref_logps.pt: no second model sits
+in memory while training (`jielong.train.reference` says how, and when the file is
+computed afresh).
 """
 
 from __future__ import annotations
