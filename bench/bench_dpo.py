@@ -45,8 +45,9 @@ from jielong.data.preferences import PrefPair, encode_response
 from jielong.demo.world import build_corpus
 from jielong.model import Transformer
 from jielong.tokenizer import train_tokenizer
-from jielong.train.dpo import DPOStage, Objective, reference_logps
+from jielong.train.dpo import DPOStage, Objective
 from jielong.train.loop import TrainConfig, fit
+from jielong.train.reference import reference_logps
 
 
 def quiet():

@@ -5,7 +5,7 @@ Run as:  .venv/bin/python bench/bench_finetune.py [--device cuda] [--preset 350m
 One random model of the preset (124M parameters by default, tied 50,304-token vocabulary) is
 saved once with `jielong.checkpoint.save_model`; every variant loads those same weights and
 trains on the same packed SFT batches (random conversations whose prompt tokens are masked
-out of the loss, packed by `jielong.train.sft.pack`):
+out of the loss, packed by `jielong.train.packing.pack`):
 
     jielong full        jielong.checkpoint.load_model, every weight trained
     jielong LoRA        + jielong.lora.add_adapter (r=16, alpha=32, dropout 0, on q k v o gate up down)
@@ -79,7 +79,7 @@ def make_data(vocab: int, seq_len: int, rows: int, pad: int, seed: int = 0):
     """Packed rows of random "conversations" of 16..seq_len tokens, the first 20-60% of each
     a prompt (labels IGNORE), the rest the reply that is learned."""
     from jielong.data.chat import IGNORE
-    from jielong.train.sft import pack
+    from jielong.train.packing import pack
 
     rng = random.Random(seed)
     examples = []
@@ -112,7 +112,7 @@ class Trainer:
 
         from jielong.lora import LoraConfig, add_adapter, count_parameters
         from jielong.train.loop import TrainConfig, _optimizer, lr_at
-        from jielong.train.sft import PackedStage
+        from jielong.train.packing import PackedStage
 
         self.dev = dev = torch.device(args.device)
         self.ours = variant.startswith("jielong")

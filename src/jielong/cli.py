@@ -37,6 +37,7 @@ def _commands() -> dict:
     # parsed, so `jielong --help` and light commands start fast without importing torch
     # stages, datatrove or FastAPI.
     from jielong.demo.run import demo
+    from jielong.eval.scores import score_cmd
     from jielong.export.gguf import gguf_cmd
     from jielong.hub import merge_cmd
     from jielong.infer.chat import chat
@@ -52,7 +53,7 @@ def _commands() -> dict:
     from jielong.train.dpo import dpo
     from jielong.train.kto import kto
     from jielong.train.pretrain import pretrain
-    from jielong.train.reward import reward, score_cmd
+    from jielong.train.reward import reward
     from jielong.train.rlhf import rlhf
     from jielong.train.sft import sft
 

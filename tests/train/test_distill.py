@@ -15,7 +15,7 @@ from jielong.model import Transformer
 from jielong.tokenizer import train_tokenizer
 from jielong.train.distill import distill, divergence, kl_to_teacher
 from jielong.train.loop import TrainConfig, fit
-from jielong.train.sft import PackedStage, pack
+from jielong.train.packing import PackedStage, pack
 
 
 def test_divergences():

@@ -12,6 +12,7 @@ import torch
 from conftest import kill_fit_during, run_cli, tiny_corpus
 
 import jielong.train.dpo as dpo_mod
+import jielong.train.reference as reference_mod
 from jielong.checkpoint import load_model, save_model
 from jielong.config import preset
 from jielong.data.chat import IGNORE
@@ -19,14 +20,9 @@ from jielong.data.preferences import PrefPair, encode_response
 from jielong.errors import UserError
 from jielong.model import Transformer
 from jielong.tokenizer import train_tokenizer
-from jielong.train.dpo import (
-    DPOStage,
-    Objective,
-    pad_rows,
-    reference_logps,
-    sequence_logps,
-)
+from jielong.train.dpo import DPOStage, Objective
 from jielong.train.loop import TrainConfig
+from jielong.train.reference import pad_rows, reference_logps, sequence_logps
 
 
 def single_thread():
@@ -325,7 +321,7 @@ def test_resume_gives_the_uninterrupted_run(tmp_path, base, monkeypatch):
     def no_recompute(*a, **k):
         raise AssertionError("the reference log-probs were computed again")
 
-    monkeypatch.setattr(dpo_mod, "compute_reference", no_recompute)
+    monkeypatch.setattr(reference_mod, "compute_reference", no_recompute)
     dpo_mod.dpo([str(data)], out=str(tmp_path / "b"), train=TrainConfig(**cfg), resume=True, **kw)
     a, b = metrics(tmp_path / "a"), metrics(tmp_path / "b")
     drop = ("tok_s", "tokens")  # throughput counts restart with the process

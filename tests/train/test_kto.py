@@ -13,9 +13,9 @@ import jielong.train.kto as kto_mod
 from jielong.checkpoint import save_model
 from jielong.data.preferences import Rating, encode_response
 from jielong.tokenizer import train_tokenizer
-from jielong.train.dpo import reference_logps
 from jielong.train.kto import KTOStage, kto_loss, mismatched, partners
 from jielong.train.loop import TrainConfig
+from jielong.train.reference import reference_logps
 
 
 @pytest.fixture(scope="module", autouse=True)

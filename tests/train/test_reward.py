@@ -1,83 +1,28 @@
-"""Reward model: the Bradley–Terry loss by hand, parity with transformers' sequence
-classifiers (num_labels=1), a tiny model that learns a planted preference for polite replies
-in English and Chinese, and `jielong score`."""
+"""Reward model: the Bradley–Terry loss by hand, the stage's batches, the split by prompt, and
+a tiny model that learns a planted preference for polite replies in English and Chinese
+(parity with transformers' one-label classifiers: tests/test_classifier.py; `jielong score`:
+tests/eval/test_scores.py)."""
 
 import json
 import math
-import random
 import shutil
 
 import pytest
 import torch
-from conftest import bot, run_cli, user, write_jsonl
+from conftest import bot, user, write_jsonl
+from polite_pairs import polite_pairs, polite_tokenizer, tiny_reward_model, train_polite_reward
 
-from jielong.checkpoint import save_model
-from jielong.config import preset
+from jielong.classifier import encode_scored, load_reward, reward_scores
 from jielong.data.preferences import read_pairs
 from jielong.errors import UserError
-from jielong.model import Transformer
-from jielong.tokenizer import train_tokenizer
-from jielong.train.classify import Classifier, pad_batch, save_classifier
+from jielong.train.common import split_by_prompt
 from jielong.train.loop import TrainConfig
-from jielong.train.reward import (
-    RewardStage,
-    bradley_terry_loss,
-    encode_pairs,
-    encode_scored,
-    load_reward,
-    reward,
-    reward_scores,
-    split_by_prompt,
-)
-
-# A planted preference: a polite request (please / 請 / 请) beats a curt one.
-EN = ["close the door", "send me the report", "call me back", "open the window", "wait a moment",
-      "sit down", "turn off the light", "pass the salt", "check the oven", "feed the cat"]
-HANT = ["關上門", "把報告寄給我", "回電話給我", "打開窗戶", "等一下", "坐下", "關燈", "把鹽遞給我",
-        "看看烤箱", "餵貓"]
-HANS = ["关上门", "把报告寄给我", "回电话给我", "打开窗户", "等一下", "坐下", "关灯", "把盐递给我",
-        "看看烤箱", "喂猫"]
-
-
-def polite_pairs(seed: int = 0) -> list[dict]:
-    rng = random.Random(seed)
-    rows = []
-    for x in EN:
-        for ask in (f"Ask me to {x}.", f"Tell me to {x}."):
-            rows.append({"prompt": ask,
-                         "chosen": rng.choice([f"Please {x}.", f"Could you please {x}?",
-                                               f"{x.capitalize()}, please."]),
-                         "rejected": rng.choice([f"Now {x}!", f"Just {x}.", f"{x.capitalize()}, now."])})
-    for things, asks, polite, curt in (
-            (HANT, ["叫我{x}。", "要我{x}。"], ["請{x}。", "請你{x}，謝謝。"], ["快{x}！", "馬上{x}。", "{x}！"]),
-            (HANS, ["叫我{x}。", "让我{x}。"], ["请{x}。", "请你{x}，谢谢。"], ["快{x}！", "马上{x}。", "{x}！"])):
-        for x in things:
-            for ask in asks:
-                rows.append({"prompt": [{"role": "user", "content": ask.format(x=x)}],
-                             "chosen": rng.choice(polite).format(x=x),
-                             "rejected": rng.choice(curt).format(x=x)})
-    rng.shuffle(rows)
-    return rows
-
-
+from jielong.train.reward import RewardStage, bradley_terry_loss, encode_pairs, reward
 
 
 @pytest.fixture(scope="module")
 def tok():
-    texts = [f"{r['chosen']} {r['rejected']} {json.dumps(r['prompt'], ensure_ascii=False)}"
-             for r in polite_pairs()]
-    return train_tokenizer(texts * 3, vocab_size=300)
-
-
-def tiny_reward_model(tok, model_type: str = "llama") -> Classifier:
-    cfg = preset("test", vocab_size=tok.vocab_size, model_type=model_type,
-                 eos_token_id=tok.eos_id, pad_token_id=tok.eos_id)
-    torch.manual_seed(0)
-    rm = Classifier(cfg, ["reward"])
-    with torch.no_grad():  # weights far from their init, norms and biases included
-        for p in rm.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-    return rm.eval()
+    return polite_tokenizer()
 
 
 def test_bradley_terry_loss_by_hand():
@@ -129,59 +74,10 @@ def read_pairs_from_rows(rows):
     return [parse_pair(r, f"x.jsonl:{i + 1}") for i, r in enumerate(rows)]
 
 
-@pytest.mark.parametrize("model_type", ["llama", "qwen2"])
-def test_scores_match_transformers_with_one_label(tok, tmp_path, model_type):
-    transformers = pytest.importorskip("transformers")
-    rm = tiny_reward_model(tok, model_type)
-    d = save_classifier(tmp_path / "rm", rm, tok)
-    config = json.loads((d / "config.json").read_text())
-    assert config["num_labels"] == 1 and config["id2label"] == {"0": "reward"}
-    assert config["problem_type"] == "regression"
-    convs = [[user("今天天氣如何？"), bot("請帶傘，會下雨。")],
-             [user("Ask me to sit down."), bot("Please sit down.")],
-             [{"role": "system", "content": "简短回答。"}, user("叫我关灯。"), bot("快关灯！"),
-              user("再说一次"), bot("请关灯。")]]
-    ids = [encode_scored(tok, c[:-1], c[-1:]) for c in convs]
-    x = pad_batch(ids, tok.eos_id)
-    mask = (torch.arange(x.shape[1])[None] < torch.tensor([len(s) for s in ids])[:, None]).long()
-    for kwargs in ({}, {"num_labels": 1}):
-        ref = transformers.AutoModelForSequenceClassification.from_pretrained(
-            d, dtype=torch.float32, **kwargs).eval()
-        assert ref.config.num_labels == 1 and ref.score.weight.shape[0] == 1
-        with torch.no_grad():
-            theirs = ref(input_ids=x, attention_mask=mask).logits[:, 0]
-        ours = torch.tensor(reward_scores(rm, tok, convs, batch_size=2))
-        assert ours.abs().max() > 0.1 and ours.std() > 1e-3  # not trivially small or equal
-        torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=0)
-    back, tok2 = load_reward(d)
-    assert torch.tensor(reward_scores(back, tok2, convs)).allclose(ours, atol=1e-6)
-
-
-def test_load_reward_and_reward_scores_reject_wrong_input(tok, tmp_path):
-    cfg = preset("test", vocab_size=tok.vocab_size, eos_token_id=tok.eos_id, pad_token_id=tok.eos_id)
-    d = save_classifier(tmp_path / "clf", Classifier(cfg, ["neg", "pos", "mixed"]), tok)
-    with pytest.raises(UserError, match=r"clf: a classifier with 3 classes \(neg, pos, mixed\), not a reward model"):
-        load_reward(d)
-    with pytest.raises(UserError, match="is this a causal LM"):
-        load_reward(save_model(tmp_path / "lm", Transformer(cfg), tok))
-    rm = tiny_reward_model(tok)
-    with pytest.raises(UserError, match=r"conversation 1: must end with the assistant reply"):
-        reward_scores(rm, tok, [[user("q"), bot("a")], [user("q")]])
-    assert reward_scores(rm, tok, []) == []
-
-
 @pytest.fixture(scope="module")
 def trained(tok, tmp_path_factory):
     """A tiny reward model trained on the polite-request preference: (run dir, summary, data)."""
-    d = tmp_path_factory.mktemp("reward")
-    cfg = preset("test", vocab_size=tok.vocab_size, eos_token_id=tok.eos_id, pad_token_id=tok.eos_id)
-    torch.manual_seed(0)
-    base = save_model(d / "base", Transformer(cfg), tok)
-    data = write_jsonl(d / "polite.jsonl", polite_pairs())
-    train = TrainConfig(steps=20, batch_size=8, lr=3e-3, warmup_steps=4, eval_every=10, save_every=10,
-                        device="cpu", seed=0)
-    summary = reward([str(data)], model=str(base), out=str(d / "run"), val_fraction=0.25, train=train)
-    return {"dir": d, "base": base, "data": data, "run": d / "run", "train": train, "summary": summary}
+    return train_polite_reward(tmp_path_factory.mktemp("reward"), tok)
 
 
 def test_reward_model_learns_a_planted_preference(trained, capsys):
@@ -222,40 +118,3 @@ def test_reward_command_errors(trained, tmp_path):
         reward([str(ratings)], model=str(trained["base"]), out=str(tmp_path / "r"))
     with pytest.raises(UserError, match=r"--max_len 999 does not fit: the model's context is 256 tokens"):
         reward([str(trained["data"])], model=str(trained["base"]), out=str(tmp_path / "r"), max_len=999)
-
-
-def one_line_error(r, *needles):
-    err = r.stderr.strip()
-    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
-    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
-    for n in needles:
-        assert n in err, err
-    return err
-
-
-def test_score_command(trained, tmp_path):
-    model = str(trained["run"] / "model")
-    rows = [{"prompt": "Ask me to wash the dishes.", "chosen": "Please wash the dishes.",
-             "rejected": "Just wash the dishes."},
-            {"prompt": "叫我洗碗。", "response": "請洗碗。"},
-            {"prompt": "让我洗碗。", "completion": "马上洗碗。", "label": "👎"},
-            {"prompt": "叫我關燈。", "responses": ["請關燈。", "快關燈！"]}]
-    data = write_jsonl(tmp_path / "score.jsonl", rows)
-    r = run_cli("score", "--reward", model, "--data", str(data), "--json", "--device", "cpu")
-    assert r.returncode == 0, r.stderr
-    out = [json.loads(x) for x in r.stdout.splitlines()]
-    assert [o["where"] for o in out] == [f"{data}:{i}" for i in (1, 2, 3, 4)]
-    assert out[0]["agrees"] and out[0]["margin"] == pytest.approx(out[0]["chosen"] - out[0]["rejected"])
-    assert set(out[1]) == {"where", "score"} and out[2]["label"] is False
-    assert len(out[3]["scores"]) == 2 and out[3]["agrees"]
-    r = run_cli("score", "--reward", model, "--data", str(data), "--device", "cpu")
-    assert r.returncode == 0, r.stderr
-    assert "請洗碗。" in r.stdout and "👎" in r.stdout and " ✓" in r.stdout
-    assert "the model agrees with 2 of 2 preferences (100.0%)" in r.stdout
-    r = run_cli("score", "--reward", model, "--prompt", "叫我關燈。", "--response", "請關燈。", "--json",
-                "--device", "cpu")
-    assert r.returncode == 0, r.stderr
-    assert set(json.loads(r.stdout)) == {"score"}
-    bad = write_jsonl(tmp_path / "bad.jsonl", [rows[1], {"prompt": "q", "chosen": "a", "rejected": "a"}])
-    one_line_error(run_cli("score", "--reward", model, "--data", str(bad)),
-                   "bad.jsonl:2: chosen and rejected are the same reply")

@@ -11,6 +11,7 @@ from conftest import run_cli, tiny_corpus
 
 from jielong import rewards
 from jielong.checkpoint import base_state_dict, load_model, save_model
+from jielong.classifier import Classifier, save_classifier
 from jielong.cli import main
 from jielong.config import preset
 from jielong.errors import UserError
@@ -239,9 +240,6 @@ def test_lora_trains_only_the_adapter_against_the_base(setup, monkeypatch):
 
 
 def test_reward_model_scores_replies(setup):
-    pytest.importorskip("jielong.train.reward", reason="the reward model stage is not in this tree")
-    from jielong.train.classify import Classifier, save_classifier
-
     root, tok, base, prompts = setup
     torch.manual_seed(3)
     rm = save_classifier(root / "rm", Classifier(preset("test", vocab_size=tok.vocab_size), ["reward"]), tok)

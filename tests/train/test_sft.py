@@ -13,7 +13,7 @@ from jielong.data.formats import to_messages
 from jielong.errors import UserError
 from jielong.model import Transformer
 from jielong.tokenizer import train_tokenizer
-from jielong.train.sft import attention_mask, pack, packed_loss
+from jielong.train.packing import attention_mask, pack, packed_loss
 
 
 @pytest.fixture(scope="module")

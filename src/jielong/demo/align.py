@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from jielong.checkpoint import load_model
+from jielong.classifier import load_reward, reward_scores
 from jielong.data.chat import IGNORE
 from jielong.data.preferences import encode_response
 from jielong.demo.finetune import bold, qa_chats, stage_steps
@@ -38,7 +39,7 @@ from jielong.hub import open_model
 from jielong.rewards import final_number
 from jielong.train.dpo import dpo
 from jielong.train.loop import TrainConfig
-from jielong.train.reward import load_reward, reward, reward_scores
+from jielong.train.reward import reward
 from jielong.train.rlhf import RLConfig, rlhf
 
 DPO_LR, DPO_BETA, DPO_SFT, RL_LR, RL_BETA = 1e-3, 0.3, 1.0, 2e-5, 0.04  # DPO: LoRA r 16

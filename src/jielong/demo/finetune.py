@@ -23,6 +23,8 @@ import torch
 
 from jielong.adapter_files import save_adapter
 from jielong.checkpoint import load_model, save_model
+from jielong.classifier import Classifier, predict_logits, save_classifier
+from jielong.classifier import checkpoint_fns as classifier_checkpoint_fns
 from jielong.data.chat import encode
 from jielong.demo.tasks import (
     qa_conversations,
@@ -32,22 +34,15 @@ from jielong.demo.tasks import (
     translation_pairs,
     world_for,
 )
+from jielong.eval.classification import classification_report, confusion_png
 from jielong.eval.replies import chat_replies, chrf, contains_answer
 from jielong.lora import LoraConfig, add_adapter, count_parameters, using_adapter
 from jielong.model import Transformer
-from jielong.train.classify import (
-    Classifier,
-    ClassifyStage,
-    Encoded,
-    classification_report,
-    confusion_png,
-    predict_logits,
-    save_classifier,
-)
-from jielong.train.classify import checkpoint_fns as classifier_checkpoint_fns
+from jielong.train.classify import ClassifyStage, Encoded
+from jielong.train.common import checkpoint_fns, split
 from jielong.train.distill import LogitStage, keep_layers
 from jielong.train.loop import TrainConfig, fit
-from jielong.train.sft import PackedStage, checkpoint_fns, pack, split
+from jielong.train.packing import PackedStage, pack
 
 SEQ_LEN = 128
 MIXED_SCRIPT = 0.3  # of Chinese SFT answers in the other script, as in data from mixed sources

@@ -23,11 +23,9 @@ from pathlib import Path
 from datatrove.data import Document
 from datatrove.pipeline.filters.base_filter import BaseFilter
 
+from jielong.classifier import encode_texts, load_classifier, predict_logits
 from jielong.errors import UserError
 from jielong.prep.language import HAN, converter
-from jielong.train.classify import encode_texts, predict_logits
-
-from jielong.train.classify import load_classifier  # isort: skip (the line above moves as one)
 
 LEXICON_DIR = Path(__file__).parent / "lexicon"
 CATEGORIES = ("sexual", "violence", "hate", "self_harm")

@@ -1,6 +1,6 @@
 """Knowledge distillation: a small student learns from a larger teacher.
 
-    jielong train distill --data chats.jsonl --teacher runs/sft/model --student_preset test
+    jielong train distill chats.jsonl runs/sft/model --student_preset test
 
 Logit distillation (teacher and student share a tokenizer): at every reply token the
 student matches the teacher's whole next-token distribution, softened by a temperature T,
@@ -20,6 +20,7 @@ replies (written to OUT/teacher_data.jsonl, so they can be read).
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Literal
 
@@ -38,9 +39,10 @@ from jielong.infer.sampling import SamplingParams
 from jielong.model import Transformer
 from jielong.plots import loss_curve
 from jielong.runtime import is_main_process, pick_device
+from jielong.train.common import split, summarize_params
 from jielong.train.loop import TrainConfig, context_length, fit
 from jielong.train.losses import linear_cross_entropy
-from jielong.train.sft import PackedStage, attention_mask, pack, split, summarize_params
+from jielong.train.packing import PackedStage, attention_mask, pack, packed_rows
 
 DISTILL_TRAIN = TrainConfig(lr=1e-3, steps=300, batch_size=8, warmup_steps=20)  # `train distill` defaults
 DIVERGENCES = ("forward_kl", "reverse_kl", "jsd")
@@ -118,7 +120,7 @@ def kl_to_teacher(student, teacher, packed, batch_size: int = 8) -> float:
     device = next(student.parameters()).device
     total, count = 0.0, 0
     for i in range(0, packed.inputs.shape[0], batch_size):
-        b = {k: v.to(device) for k, v in PackedStage._rows(packed, slice(i, i + batch_size)).items()}
+        b = {k: v.to(device) for k, v in packed_rows(packed, slice(i, i + batch_size)).items()}
         hidden, t_hidden = both_hidden(student, teacher, b)
         n = int((b["labels"] != IGNORE).sum())
         total += kd_loss(student, teacher, hidden, t_hidden, b["labels"], "forward_kl", 1.0).item() * n
@@ -153,9 +155,6 @@ def keep_layers(model, layers: list[int]):
     """A shallower copy of `model` made of the chosen decoder layers (in that order) with the
     same embeddings, norm and head: the student initialisation of DistilBERT (Sanh et al.
     2019), which took every other layer of its teacher."""
-    from dataclasses import replace
-
-
     n = model.config.num_hidden_layers
     bad = [i for i in layers if not 0 <= i < n]
     if not layers or bad:
@@ -186,7 +185,6 @@ def build_student(student: str | None, student_preset: str | None, teacher, tok,
     """The student: a model directory / hub id, or a fresh preset-sized model using the
     teacher's tokenizer (and context length); with `layers`, only those layers of the
     student model, or of the teacher when no student is named."""
-
     if student and student_preset:
         raise UserError("give --student (a model) or --student_preset (a fresh size), not both")
     if layers and student_preset:
@@ -246,7 +244,6 @@ def distill(
         resume: Continue from the last checkpoint in OUT.
         train: Optimisation settings (steps, batch size, learning rate, …).
     """
-
     train.validate()
     if not 0 <= alpha <= 1 or temperature <= 0:
         raise UserError(f"--alpha {alpha} must be in [0, 1] and --temperature {temperature} > 0")

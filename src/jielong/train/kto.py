@@ -18,7 +18,7 @@ of log π(y'|x) − log π_ref(y'|x)) estimates KL(π‖π_ref) from mismatched 
 x with another rating's reply y'. It is detached (no gradient flows through it), so its
 forward pass runs without autograd.
 
-The reference log-probs are cached once before training, as in DPO (`train/dpo.py`), for
+The reference log-probs are cached once before training, as in DPO (`jielong.train.reference`), for
 the matched and the mismatched sequences alike; for that the mismatch is fixed: rating i's
 y' is the reply of rating π(i), π one seeded random cycle through the data (so never i
 itself when there are two or more). TRL instead pairs each rating with its neighbour's
@@ -42,21 +42,15 @@ from typing import Literal
 import torch
 import torch.distributed as dist
 
+from jielong.data.chat import IGNORE
+from jielong.data.preferences import read_ratings
 from jielong.errors import UserError
 from jielong.lora import LoraConfig
 from jielong.runtime import is_main_process
-from jielong.train.classify import Sampler
-from jielong.train.dpo import (
-    Row,
-    encode_rows,
-    finish,
-    pad_rows,
-    reference_for,
-    sequence_logps,
-    setup,
-)
+from jielong.train.common import checkpoint_fns, finish, setup, split_by_prompt, summarize_params
 from jielong.train.loop import TrainConfig, fit
-from jielong.train.sft import checkpoint_fns
+from jielong.train.reference import Row, encode_rows, pad_rows, reference_for, sequence_logps
+from jielong.train.sampler import EpochSampler
 
 KTO_TRAIN = TrainConfig(lr=1e-6, warmup_steps=10, steps=200, batch_size=8, eval_every=50,
                         save_every=100)  # `train kto` defaults (batch_size: ratings); lr: TRL's
@@ -92,8 +86,6 @@ def partners(n: int, seed: int) -> list[int]:
 
 def mismatched(rows: list[tuple[Row, Row]], cut: list[bool], max_len: int) -> list[Row]:
     """Each rating's prompt with its partner's reply, from (matched row, partner's row)."""
-    from jielong.data.chat import IGNORE
-
     out = []
     for (ids, labels), (p_ids, p_labels) in rows:
         start = next(i for i, t in enumerate(labels) if t != IGNORE)  # the prompt ends here
@@ -116,7 +108,7 @@ class KTOStage:
         self.data = (rows, kl_rows, torch.tensor(labels), ref)
         self.val, self.pad_id, self.beta, self.weights = val, pad_id, beta, weights
         self.batch_size = cfg.batch_size
-        self.sampler = Sampler(len(rows), cfg.batch_size, cfg.grad_accum, world, cfg.seed)
+        self.sampler = EpochSampler(len(rows), cfg.batch_size, cfg.grad_accum, world, cfg.seed)
         self._sums: dict[str, float] = {}
         self._counts: dict[str, int] = {}
 
@@ -224,10 +216,6 @@ def kto(
         train: Optimisation settings (steps, batch size in ratings, learning rate, …).
         lora: LoRA settings (rank, alpha, dropout, target modules), used with --method lora.
     """
-    from jielong.data.preferences import read_ratings
-    from jielong.train.reward import split_by_prompt
-    from jielong.train.sft import summarize_params
-
     if not (math.isfinite(beta) and beta > 0):
         raise UserError(f"--beta={beta} must be a positive number (0.1 is usual for KTO)")
     for name, w in (("desirable_weight", desirable_weight), ("undesirable_weight", undesirable_weight)):

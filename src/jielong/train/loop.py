@@ -1,12 +1,28 @@
 """The one training loop, shared by every stage.
 
 Every stage (pretrain, sft, classify, distill, reward, dpo, kto, rlhf) supplies its data and
-its loss:
+its loss, as this whole runnable example does (a model that learns to count):
 
-    class Stage(Protocol):
-        def batch(self, step, micro, rank) -> dict[str, Tensor]   # deterministic in its args
-        def loss(self, model, batch) -> tuple[Tensor, int]       # mean loss, tokens counted
-        def evaluate(self, model) -> dict[str, float]            # e.g. {"val_loss": 2.1}
+    import torch
+    import torch.nn.functional as F
+
+    from jielong.config import preset
+    from jielong.model import Transformer
+    from jielong.train.loop import TrainConfig, fit
+
+    class Count:
+        def batch(self, step, micro, rank):  # a dict of tensors, deterministic in its args
+            return {"ids": torch.arange(step % 8, step % 8 + 17).repeat(4, 1)}
+
+        def loss(self, model, batch):  # (mean loss, tokens counted)
+            logits = model(batch["ids"][:, :-1])
+            return F.cross_entropy(logits.flatten(0, 1), batch["ids"][:, 1:].flatten()), 64
+
+        def evaluate(self, model):  # e.g. {"val_loss": 2.1}; {} when nothing is held out
+            return {}
+
+    model = Transformer(preset("test", vocab_size=32))
+    print(fit(model, Count(), TrainConfig(steps=30, lr=3e-3, device="cpu"), "runs/count"))
 
 A stage may also have `step_metrics() -> dict[str, float]`, read after every optimizer step
 and merged into that step's line of metrics.jsonl and the progress bar (RLHF logs its reward,
@@ -35,6 +51,7 @@ from typing import Literal, Protocol
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from jielong.checkpoint import list_checkpoints, load_model, load_trainer_state, save_model
@@ -267,8 +284,6 @@ def fit(model: torch.nn.Module, stage: Stage, cfg: TrainConfig, run_dir: str | P
 
     train_model = model
     if world > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
         train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.compile:
         train_model = torch.compile(train_model)

@@ -1,8 +1,8 @@
 """Pretraining: next-token prediction on a raw text corpus.
 
 Run as:
-    jielong pretrain --data corpus.jsonl --out runs/mine --preset demo --train.steps 2000
-    jielong pretrain --data corpus.jsonl --out runs/mine --resume      # after a crash or Ctrl-C
+    jielong pretrain corpus.jsonl --out runs/mine --preset demo --steps 2000
+    jielong pretrain corpus.jsonl --out runs/mine --preset demo --steps 2000 --resume  # after a crash or Ctrl-C
 
 Trains a tokenizer on the corpus unless `--tokenizer DIR` is given, tokenizes it once into
 memory-mapped shards (RUN/data, reused while the inputs are unchanged), then runs the

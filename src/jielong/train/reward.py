@@ -9,7 +9,7 @@ conversations with an implicit prompt, or rankings {"prompt", "responses": [best
 Unless `--val FILE` is given, `--val_fraction` of the prompts is held out, with all their
 pairs (so no held-out prompt was seen in training).
 
-The model is a sequence classifier with one output (`jielong.train.classify.Classifier`
+The model is a sequence classifier with one output (`jielong.classifier.Classifier`
 with num_labels=1): the base model's body and a linear head, `score`, on the last
 non-padding token — transformers' `<Family>ForSequenceClassification`, which is what TRL's
 RewardTrainer trains too. Each reply is rendered after its prompt with the chat template
@@ -31,13 +31,12 @@ and the mean margin r_chosen − r_rejected, before training and after.
 
 Writes OUT/model (loads in `AutoModelForSequenceClassification`, num_labels=1),
 OUT/metrics.jsonl, OUT/loss.png and OUT/report.json. Other stages score replies with
-`load_reward` and `reward_scores`.
+`jielong.classifier.load_reward` and `reward_scores`; `jielong score` (`jielong.eval.scores`)
+scores a file of replies.
 """
 
 from __future__ import annotations
 
-import json
-import random
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -46,33 +45,23 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from jielong.data.chat import IGNORE
-from jielong.data.preferences import (
-    PrefPair,
-    encode_response,
-    parse_label,
-    parse_pair,
-    parse_prompt,
-    parse_reply,
-    parse_responses,
-    read_pairs,
-    read_rows,
-)
-from jielong.errors import UserError
-from jielong.files import write_json
-from jielong.train.classify import (
+from jielong.classifier import (
     Classifier,
-    Sampler,
-    _pad,
-    _width,
     checkpoint_fns,
+    encode_scored,
     from_pretrained_lm,
-    load_classifier,
     pad_batch,
     predict_logits,
     save_classifier,
 )
+from jielong.data.preferences import PrefPair, read_pairs
+from jielong.errors import UserError
+from jielong.files import write_json
+from jielong.plots import loss_curve
+from jielong.runtime import init_distributed, is_main_process, pick_device
+from jielong.train.common import split_by_prompt
 from jielong.train.loop import TrainConfig, context_length, fit
+from jielong.train.sampler import EpochSampler
 
 REWARD_TRAIN = TrainConfig(lr=1e-5, warmup_steps=10, steps=200, batch_size=8, eval_every=50,
                            save_every=100)  # `train reward` defaults (batch_size: pairs)
@@ -94,14 +83,6 @@ def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor,
 # ------------------------------------------------------------------------------- encoding
 
 
-def encode_scored(tok, prompt: list[dict], reply: list[dict]) -> list[int]:
-    """Token ids of prompt + reply with the chat template, up to and including the reply's
-    end-of-turn token: the sequence whose last token the reward is read at."""
-    ids, labels = encode_response(tok, prompt, reply)
-    last = max(i for i, t in enumerate(labels) if t != IGNORE)
-    return ids[:last + 1]
-
-
 def encode_pairs(tok, pairs: Sequence[PrefPair], max_len: int,
                  desc: str = "tokenizing") -> tuple[list[tuple[list[int], list[int]]], int]:
     """((chosen ids, rejected ids) per pair, how many pairs were left out as too long)."""
@@ -116,23 +97,6 @@ def encode_pairs(tok, pairs: Sequence[PrefPair], max_len: int,
             continue
         out.append((c, r))
     return out, skipped
-
-
-def split_by_prompt(pairs: list, fraction: float, seed: int) -> tuple[list, list]:
-    """(train, held out) of records with a `.prompt` (PrefPair, Rating): `fraction` of the
-    distinct prompts (at least one when there are two or more) held out with every record
-    that has it; each list keeps the data's order."""
-    if not 0 <= fraction < 1:
-        raise UserError(f"--val_fraction={fraction} must be in [0, 1)")
-    keys = [json.dumps(p.prompt, ensure_ascii=False, sort_keys=True) for p in pairs]
-    prompts = sorted(set(keys))
-    random.Random(seed).shuffle(prompts)
-    n = round(len(prompts) * fraction)
-    if fraction > 0 and len(prompts) > 1:
-        n = min(len(prompts) - 1, max(1, n))
-    held = set(prompts[:n])
-    return ([p for p, k in zip(pairs, keys, strict=True) if k not in held],
-            [p for p, k in zip(pairs, keys, strict=True) if k in held])
 
 
 # ---------------------------------------------------------------------------------- stage
@@ -160,7 +124,7 @@ class RewardStage:
             raise UserError("no training pairs; give preference data (or lower --val_fraction)")
         self.train, self.val, self.pad_id, self.center = train, val, pad_id, center
         self.batch_size = cfg.batch_size
-        self.sampler = Sampler(len(train), cfg.batch_size, cfg.grad_accum, world, cfg.seed)
+        self.sampler = EpochSampler(len(train), cfg.batch_size, cfg.grad_accum, world, cfg.seed)
 
     def batch(self, step: int, micro: int, rank: int) -> dict[str, torch.Tensor]:
         idx = self.sampler.indices(step, micro, rank)
@@ -180,49 +144,7 @@ class RewardStage:
         return {k: m[k] for k in ("val_loss", "accuracy", "margin")}
 
 
-# ------------------------------------------------------------------------------ public API
-
-
-def load_reward(path: str | Path, device: str | torch.device = "cpu"):
-    """(reward model, tokenizer) from a directory written by `jielong train reward` (or any
-    HF sequence classifier with num_labels=1); a run directory means its model/."""
-    d = Path(path)
-    if not d.is_dir():
-        raise UserError(f"{d}: no such reward model directory; pass the model/ folder that "
-                        "`jielong train reward` wrote")
-    if not (d / "config.json").is_file() and (d / "model" / "config.json").is_file():
-        d = d / "model"
-    model, tok = load_classifier(d, device=device)
-    if model.num_labels != 1:
-        raise UserError(f"{d}: a classifier with {model.num_labels} classes "
-                        f"({', '.join(model.labels)}), not a reward model (one output); train one "
-                        "with `jielong train reward`")
-    return model, tok
-
-
-def reward_scores(model: Classifier, tok, conversations: list[list[dict]],
-                  batch_size: int = 16) -> list[float]:
-    """The reward of each conversation's final assistant reply, given the messages before it.
-    A conversation longer than the model's context keeps its end (the reply)."""
-    limit = model.config.max_position_embeddings
-    ids = []
-    for i, conv in enumerate(conversations):
-        if not conv or not isinstance(conv[-1], dict) or conv[-1].get("role") != "assistant":
-            raise UserError(f"conversation {i}: must end with the assistant reply to score")
-        try:
-            ids.append(encode_scored(tok, conv[:-1], conv[-1:])[-limit:])
-        except UserError as e:
-            raise UserError(f"conversation {i}: {e}") from None
-    if not ids:
-        return []
-    was_training = model.training
-    model.eval()
-    scores = predict_logits(model, ids, model.config.pad_token_id, batch_size)[:, 0].tolist()
-    model.train(was_training)
-    return scores
-
-
-# -------------------------------------------------------------------------------- commands
+# ---------------------------------------------------------------------------- the command
 
 
 def reward(
@@ -251,9 +173,6 @@ def reward(
         resume: Continue from the last checkpoint in OUT.
         train: Optimisation settings (steps, batch size in pairs, learning rate, …).
     """
-    from jielong.plots import loss_curve
-    from jielong.runtime import init_distributed, is_main_process, pick_device
-
     train.validate()
     if not 0 <= val_fraction < 1:
         raise UserError(f"--val_fraction={val_fraction} must be in [0, 1)")
@@ -312,143 +231,3 @@ def reward(
           f"model: {path}  report: {run / 'report.json'}  curve: {run / 'loss.png'}")
     return {**result, "accuracy": after["accuracy"], "margin": after["margin"],
             "before": before, "report": str(run / "report.json")}
-
-
-def _row_to_score(obj: object, where: str, system: str | None) -> dict:
-    """{"where", "kind": single|pair|ranking, "prompt", "replies", "label"?} of one row."""
-    if not isinstance(obj, dict):
-        raise UserError(f"{where}: expected a JSON object like {{\"prompt\": …, \"response\": …}}, "
-                        f"got {type(obj).__name__}")
-    if "chosen" in obj or "rejected" in obj:
-        p = parse_pair(obj, where, system)
-        return {"where": where, "kind": "pair", "prompt": p.prompt, "replies": [p.chosen, p.rejected]}
-    if "responses" in obj:
-        prompt, replies = parse_responses(obj, where, system)
-        return {"where": where, "kind": "ranking", "prompt": prompt, "replies": replies}
-    name = "response" if "response" in obj else "completion" if "completion" in obj else None
-    if name is None or "prompt" not in obj:
-        keys = ", ".join(map(repr, list(obj)[:8])) or "none"
-        raise UserError(f"{where}: nothing to score (keys: {keys}); use {{\"prompt\", \"response\"}} "
-                        "(or \"completion\"), or a pair {\"prompt\", \"chosen\", \"rejected\"}")
-    row = {"where": where, "kind": "single", "prompt": parse_prompt(obj["prompt"], where, system),
-           "replies": [parse_reply(obj[name], where, name)]}
-    if "label" in obj:
-        row["label"] = parse_label(obj["label"], where)
-    return row
-
-
-def _clip(text: str, width: int) -> str:
-    text = " ".join(text.split())
-    if _width(text) <= width:
-        return text
-    out = ""
-    for c in text:
-        if _width(out + c) > width - 1:
-            break
-        out += c
-    return out + "…"
-
-
-def _shown(row: dict, scores: list[float]) -> str:
-    """The reward column: a score (with its 👍/👎 label), or the scores of the replies from
-    preferred to least preferred, ✓ when the model orders them so too."""
-    if row["kind"] == "single":
-        return f"{scores[0]:.3f}" + ("" if "label" not in row else " 👍" if row["label"] else " 👎")
-    agrees = all(a > b for a, b in zip(scores, scores[1:], strict=False))
-    return ", ".join(f"{s:.3f}" for s in scores) + (" ✓" if agrees else " ✗")
-
-
-def _table(rows: list[dict], per_row: list[list[float]]) -> str:
-    """where | reward | prompt → reply (the first reply), aligned for wide characters."""
-    cells = [(row["where"], _shown(row, scores),
-              _clip(next((m["content"] for m in reversed(row["prompt"]) if m["role"] == "user"), ""), 24)
-              + " → " + _clip(row["replies"][0][-1]["content"], 32))
-             for row, scores in zip(rows, per_row, strict=True)]
-    cells.insert(0, ("where", "reward (preferred first)", "prompt → reply"))
-    w0, w1 = (max(_width(c[i]) for c in cells) for i in (0, 1))
-    return "\n".join(f"{_pad(a, w0)}  {_pad(b, w1)}  {c}" for a, b, c in cells)
-
-
-def _jsonl(obj: dict) -> str:
-    return json.dumps(obj, ensure_ascii=False)
-
-
-def score_cmd(
-    reward: str = "runs/reward/model",
-    data: list[str] | None = None,
-    prompt: str | None = None,
-    response: str | None = None,
-    system: str | None = None,
-    json: bool = False,
-    batch_size: int = 16,
-    device: str = "auto",
-) -> dict:
-    """Score replies with a reward model: a JSONL file of rows, or one prompt and response.
-
-    Rows: {"prompt", "response"} (or "completion"; a "label" is shown beside the score),
-    pairs {"prompt", "chosen", "rejected"} (both scored: does chosen win?) or rankings
-    {"prompt", "responses": [best, …]} (is the order the model's?).
-
-    Args:
-        reward: Reward model directory (from `jielong train reward`).
-        data: JSONL files of rows to score.
-        prompt: The user's message (with --response, instead of --data).
-        response: The reply to score (with --prompt).
-        system: System prompt for prompts that have none.
-        json: Print one JSON object a line instead of a table.
-        batch_size: Sequences scored at once.
-        device: auto, cpu, cuda, cuda:N or mps.
-    """
-    from jielong.runtime import pick_device
-
-    if data and (prompt is not None or response is not None):
-        raise UserError("give either --data FILE.jsonl or --prompt and --response, not both")
-    if not data and prompt is None and response is None:
-        raise UserError("nothing to score: give --data FILE.jsonl, or --prompt P --response R")
-    if batch_size < 1:
-        raise UserError(f"--batch_size={batch_size} must be at least 1")
-    if data:
-        rows = [_row_to_score(obj, where, system) for where, obj in read_rows(data)]
-    else:
-        if prompt is None or response is None:
-            raise UserError("--prompt and --response go together: give both (the user's message "
-                            "and the reply to score)")
-        rows = [{"where": "--prompt", "kind": "single",
-                 "prompt": parse_prompt(prompt, "--prompt", system),
-                 "replies": [parse_reply(response, "--response", "the response")]}]
-    model, tok = load_reward(reward, device=pick_device(device))
-    convs = [row["prompt"] + reply for row in rows for reply in row["replies"]]
-    flat = reward_scores(model, tok, convs, batch_size)
-    results, per_row, at = [], [], 0
-    for row in rows:
-        scores, at = flat[at:at + len(row["replies"])], at + len(row["replies"])
-        per_row.append(scores)
-        if row["kind"] == "single":
-            res = {"where": row["where"], "score": scores[0]}
-            if "label" in row:
-                res["label"] = row["label"]
-        elif row["kind"] == "pair":
-            res = {"where": row["where"], "chosen": scores[0], "rejected": scores[1],
-                   "margin": scores[0] - scores[1], "agrees": scores[0] > scores[1]}
-        else:
-            res = {"where": row["where"], "scores": scores,
-                   "agrees": all(a > b for a, b in zip(scores, scores[1:], strict=False))}
-        results.append(res)
-    ranked = [r for r in results if "agrees" in r]
-    summary = {"rows": len(rows), "replies": len(flat), "results": results}
-    if ranked:
-        summary["accuracy"] = sum(r["agrees"] for r in ranked) / len(ranked)
-    if json:
-        for r in results:
-            print(_jsonl(r if data else {"score": r["score"]}))
-        return summary
-    if not data:
-        print(f"reward {flat[0]:.4f}")
-        return summary
-    print(_table(rows, per_row))
-    tail = f"{len(flat):,} replies scored in {len(rows):,} rows"
-    if ranked:
-        tail += (f"; the model agrees with {sum(r['agrees'] for r in ranked):,} of {len(ranked):,} "
-                 f"preferences ({summary['accuracy']:.1%})")
-    print(tail)
-    return summary

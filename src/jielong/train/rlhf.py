@@ -62,23 +62,24 @@ from typing import Literal
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
+from jielong.checkpoint import load_model, load_trainer_state, save_model
+from jielong.classifier import load_reward, reward_scores
 from jielong.data.chat import IGNORE
+from jielong.data.formats import to_messages
+from jielong.data.readers import iter_records
 from jielong.errors import UserError
+from jielong.hub import stop_ids
 from jielong.infer.generate import generate_ids
 from jielong.infer.sampling import SamplingParams
 from jielong.lora import LoraConfig, output_weight, using_adapter
+from jielong.plots import rl_curves
 from jielong.rewards import Reward, checked, load_reward_fn
-from jielong.runtime import is_main_process
+from jielong.runtime import init_distributed, is_main_process, pick_device
+from jielong.train.common import checkpoint_fns, prepare_model, save_result, summarize_params
 from jielong.train.loop import TrainConfig, fit
-from jielong.train.sft import (
-    EpochSampler,
-    checkpoint_fns,
-    prepare_model,
-    save_result,
-    summarize_params,
-)
+from jielong.train.losses import token_logps
+from jielong.train.sampler import EpochSampler
 
 # `train rlhf` defaults: learning rates as in common GRPO recipes for real models (a tiny
 # demo model wants ~100× more); batch_size counts prompts, each sampled --group times.
@@ -200,24 +201,6 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
     return adv
 
 
-def _chunk_logp(h: torch.Tensor, w: torch.Tensor, t: torch.Tensor, temperature: float):
-    logits = (h @ w.T).float()
-    return (logits / temperature).log_softmax(-1).gather(1, t[:, None]).squeeze(1)
-
-
-def token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                   temperature: float = 1.0, chunk: int = 512) -> torch.Tensor:
-    """log p(target) for (M, H) hidden states under the (V, H) output matrix, chunk by chunk;
-    with gradients each chunk's vocabulary-wide logits are recomputed in the backward pass
-    rather than kept (for a 150k vocabulary they would be most of the memory)."""
-    out = []
-    for i in range(0, hidden.shape[0], chunk):
-        args = (hidden[i:i + chunk], weight, targets[i:i + chunk], temperature)
-        grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
-        out.append(checkpoint(_chunk_logp, *args, use_reentrant=False) if grad else _chunk_logp(*args))
-    return torch.cat(out) if out else hidden.new_zeros(0, dtype=torch.float32)
-
-
 # ---------------------------------------------------------------------------------- the data
 
 
@@ -247,9 +230,6 @@ CONVERSATION_KEYS = ("messages", "conversations", "instruction", "input", "outpu
 
 def read_prompts(paths: list[str], system: str | None = None) -> list[Prompt]:
     """Prompts and their data from JSONL files; errors name the file and line."""
-    from jielong.data.formats import to_messages
-    from jielong.data.readers import iter_records
-
     out = []
     for path in paths:
         if Path(path).suffix.lower() not in (".jsonl", ".json"):
@@ -343,8 +323,8 @@ class RLStage:
         """(N, T) log-probabilities of the reply tokens (0 elsewhere), and the hidden states."""
         hidden = model(input_ids, hidden_only=True)
         out = torch.zeros(targets.shape, dtype=torch.float32, device=targets.device)
-        out[mask] = token_logprobs(hidden[mask], output_weight(model), targets[mask],
-                                   self.rl.temperature)
+        out[mask] = token_logps(hidden[mask], output_weight(model), targets[mask],
+                                self.rl.temperature, chunk=512)
         return out, hidden
 
     def _ref_logp(self, input_ids, targets, mask) -> torch.Tensor | None:
@@ -366,7 +346,7 @@ class RLStage:
     def rollout(self, index: int, micro: int, rank: int) -> tuple[dict, dict]:
         """(batch tensors, logged values) for one micro-batch of samples."""
         rl, G, device = self.rl, self.rl.group, self._device()
-        chosen = [self.prompts[i] for i in self.sampler.rows(index, micro, rank) for _ in range(G)]
+        chosen = [self.prompts[i] for i in self.sampler.indices(index, micro, rank) for _ in range(G)]
         seed = (self.cfg.seed * 1_000_003 + (index * self.cfg.grad_accum + micro) * self.world
                 + rank) % 2**62
         s = SamplingParams(rl.max_new_tokens, rl.temperature, top_p=rl.top_p, seed=seed)
@@ -450,7 +430,7 @@ class RLStage:
             core = core.policy
         else:
             hidden = model(batch["input_ids"], hidden_only=True)
-        logp = token_logprobs(hidden[mask], output_weight(core), targets[mask], rl.temperature)
+        logp = token_logps(hidden[mask], output_weight(core), targets[mask], rl.temperature, chunk=512)
         old = batch["old_logp"][mask] if "old_logp" in batch else logp.detach()
         ref = batch["ref_logp"][mask] if "ref_logp" in batch else None
         if rl.algo == "grpo":
@@ -506,11 +486,6 @@ class RLStage:
 
 def reward_from_model(path: str, device) -> Reward:
     """A reward function that asks a reward model (`jielong train reward`)."""
-    try:
-        from jielong.train.reward import load_reward, reward_scores
-    except ImportError:
-        raise UserError("--reward_model needs jielong.train.reward, which this version lacks; "
-                        "use --reward_fn") from None
     model, tok = load_reward(path, device=device)
     for p in model.parameters():
         p.requires_grad_(False)
@@ -525,8 +500,6 @@ def reward_from_model(path: str, device) -> Reward:
 def _value_head_fns(save_fn, load_fn):
     """Checkpoint functions for WithValueHead: the policy as `save_fn` / `load_fn` (or a whole
     model directory) would write it, the value head inside trainer_state.pt."""
-    from jielong.checkpoint import load_model, load_trainer_state, save_model
-
     def save(model, path: Path, tok, trainer_state: dict) -> None:
         state = {**trainer_state, "value_head": model.value_head.state_dict()}
         if save_fn is None:
@@ -586,10 +559,6 @@ def rlhf(
         train: Optimisation settings (steps, prompts per batch, learning rate, ...).
         lora: LoRA settings, used with --method lora.
     """
-    from jielong.hub import stop_ids
-    from jielong.plots import rl_curves
-    from jielong.runtime import init_distributed, pick_device
-
     if (reward_fn is None) == (reward_model is None):
         raise UserError("give one reward: --reward_fn NAME|FILE.py:FUNCTION|MODULE:FUNCTION or "
                         "--reward_model DIR")
