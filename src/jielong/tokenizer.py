@@ -1,5 +1,6 @@
 """Byte-level BPE for English and Chinese (Traditional and Simplified), with the ChatML template.
 
+Run as:
     jielong tokenizer train data/ --out runs/tokenizer --vocab_size 4096
     jielong tokenize "今天天氣如何? The weather" --model runs/tokenizer
 
@@ -29,6 +30,7 @@ import tokenizers
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, trainers
 
+from jielong.data.readers import find_files, iter_texts
 from jielong.errors import UserError, at, json_problem
 from jielong.files import write_text
 
@@ -584,7 +586,6 @@ def train_cmd(data: list[str], out: str = "runs/tokenizer", vocab_size: int = 40
         field: The text field of .jsonl lines and the text column of .parquet files.
         min_frequency: Merge only pairs seen at least this many times.
     """
-    from jielong.data.readers import find_files, iter_texts
 
     _check_options(vocab_size, min_frequency)
     files = find_files(data)  # fail on a bad path before any work

@@ -1,7 +1,8 @@
 """The demo: a whole small language model's life on a laptop CPU, in a few minutes.
 
 Run as:
-    make demo                      # or: jielong demo [--steps 700] [--out runs/demo]
+    make demo                      # creates .venv first, then runs the line below
+    jielong demo --steps 700 --out runs/demo
 
 1. writes a synthetic corpus about a small fictional world (people, towns, pets, jobs) in
    Traditional Chinese, Simplified Chinese and English, plus arithmetic (demo/world.py);

@@ -1,5 +1,6 @@
 """Scoring replies with a reward model: `jielong score`.
 
+Run as:
     jielong score --reward runs/reward/model --data prefs.jsonl
     jielong score --reward runs/reward/model --prompt "今天天氣如何？" --response "晴天，很暖和。"
 

@@ -3,7 +3,8 @@
 Run as:
     jielong export gguf runs/demo/model                    # -> runs/demo/model/gguf/model-f16.gguf
     jielong export gguf runs/demo/model --outtype q8_0 --out exports/
-    ollama create demo -f runs/demo/model/gguf/Modelfile
+
+then `ollama create demo -f runs/demo/model/gguf/Modelfile` to run it in Ollama.
 
 What goes into the file and why: see `jielong.export`.
 """

@@ -79,7 +79,7 @@ def serve(
     try:  # lazy: the serving extra
         import uvicorn
 
-        from jielong.serve.app import create_app  # lazy
+        from jielong.serve.app import create_app  # lazy: needs the serving extra (fastapi)
     except ImportError as e:
         raise UserError(f"jielong serve needs the serving extra ({e.name} is missing): "
                         "pip install 'jielong[serve]'") from None

@@ -1,5 +1,6 @@
 """`jielong feedback export`: what people said in the web chat, as training data.
 
+Run as:
     jielong feedback export --db runs/serve/feedback.db --format dpo --out prefs.jsonl
     jielong train dpo prefs.jsonl --model runs/sft/model
 

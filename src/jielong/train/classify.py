@@ -1,5 +1,6 @@
 """Classification finetuning: a causal language model becomes a text classifier.
 
+Run as:
     jielong train classify reviews.jsonl --model Qwen/Qwen2.5-0.5B --out runs/cls
     jielong train classify spam.jsonl --model runs/demo/model --val held_out.jsonl
 

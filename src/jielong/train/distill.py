@@ -1,5 +1,6 @@
 """Knowledge distillation: a small student learns from a larger teacher.
 
+Run as:
     jielong train distill chats.jsonl runs/sft/model --student_preset test
 
 Logit distillation (teacher and student share a tokenizer): at every reply token the

@@ -1,6 +1,7 @@
 """Direct preference optimisation: learn from pairs of replies, one preferred, without a
 reward model (DPO, and its IPO and SimPO variants).
 
+Run as:
     jielong train dpo prefs.jsonl --model runs/sft/model --method lora --out runs/dpo
 
 Data: preference JSONL (`jielong.data.preferences`): {"prompt", "chosen", "rejected"} pairs,

@@ -1,6 +1,7 @@
 """Kahneman–Tversky optimisation: align a model with unpaired 👍/👎 ratings (KTO,
 Ethayarajh et al. 2024) — the feedback a chat app collects, with no pairs needed.
 
+Run as:
     jielong train kto ratings.jsonl --model runs/sft/model --method lora --out runs/kto
 
 Data: preference JSONL (`jielong.data.preferences.read_ratings`): {"prompt", "completion",

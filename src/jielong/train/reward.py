@@ -1,5 +1,6 @@
 """Reward modelling: a language model learns to score replies the way people rank them.
 
+Run as:
     jielong train reward prefs.jsonl --model runs/sft/model --out runs/reward
     jielong score --reward runs/reward/model --data prefs.jsonl
     jielong score --reward runs/reward/model --prompt "今天天氣如何？" --response "晴天，很暖和。"

@@ -1,6 +1,7 @@
 """RLHF: the model learns from its own samples. It writes several replies to each prompt,
 each reply is scored, and the replies that scored better become likelier.
 
+Run as:
     jielong train rlhf prompts.jsonl --model runs/sft/model --reward_fn arithmetic --out runs/rl
     jielong train rlhf prompts.jsonl --model runs/sft/model --reward_model runs/reward --method lora
 

@@ -1,6 +1,7 @@
 """Supervised finetuning: teach a model to answer, on conversations rendered with its own
 chat template.
 
+Run as:
     jielong train sft chats.jsonl --model Qwen/Qwen2.5-0.5B --method lora --out runs/sft
 
 Data: JSONL in the OpenAI-messages, ShareGPT or alpaca format (`jielong.data.formats`).
