@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from jielong.config import preset
+from jielong.errors import UserError
 from jielong.eval.heldout import heldout_text, score_texts, start_id, windows
 from jielong.model import Transformer
 from jielong.tokenizer import train_tokenizer
@@ -73,6 +74,10 @@ def test_long_document_equals_a_hand_loop_over_windows(model, tok):
     assert sum(s for _, _, s in windows(n, L, S)) == n
     with pytest.raises(ValueError, match="stride"):
         windows(n, L, L + 1)
+    with pytest.raises(UserError, match="stride 17: must be between 1 and max_length"):
+        score_texts(model, tok, [text], max_length=L, stride=L + 1, device="cpu")
+    with pytest.raises(UserError, match="max_length 257: must be between 2 and the model's context"):
+        score_texts(model, tok, [text], max_length=257, device="cpu")
 
 
 def test_documents_from_files_and_a_bos_token(model, tok, tmp_path):

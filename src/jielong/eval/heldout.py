@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from jielong.data.readers import iter_texts
+from jielong.errors import UserError
 from jielong.runtime import pick_device
 
 LOGIT_CHUNK = 2048  # positions per output-projection call: bounds memory for large vocabularies
@@ -84,8 +85,15 @@ def score_texts(model, tok, texts: Iterable[str], max_length: int | None = None,
     """
     dev = pick_device(device) if isinstance(device, str) else device
     model.eval().to(dev)
-    max_length = max_length or model.config.max_position_embeddings
+    context = model.config.max_position_embeddings
+    max_length = max_length or context
     stride = stride or max(1, max_length // 2)
+    if not 2 <= max_length <= context:
+        raise UserError(f"max_length {max_length}: must be between 2 and the model's context "
+                        f"({context} tokens)")
+    if not 1 <= stride <= max_length:
+        raise UserError(f"stride {stride}: must be between 1 and max_length ({max_length}); "
+                        "each window scores `stride` new tokens")
     first = start_id(tok)
     pad = tok.eos_id
     nll, tokens, n_bytes, docs = 0.0, 0, 0, 0

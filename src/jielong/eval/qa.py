@@ -11,7 +11,8 @@ A SQuAD-style file is {"data": [{"title", "paragraphs": [{"context", "qas": [{"i
 Closed-book QA asks without the passage; a model should then say it does not know rather
 than make an answer up. `closed_book` sorts each reply into correct (it contains a gold
 answer, case- and space-insensitively), refused (it contains one of `REFUSALS`) or wrong;
-the hallucination rate is the share of questions answered wrongly.
+the hallucination rate is the share of questions answered wrongly. A wrong guess hedged with
+one of those phrases ("可能是悉尼，但我不确定") counts as refused, not wrong.
 """
 
 from __future__ import annotations
