@@ -117,6 +117,14 @@ def _kind_of_header(header: list[str] | None) -> str:
     return "tmmluplus"
 
 
+def _layout(path: Path) -> str:
+    """The kind of layout a CSV's first line says it is."""
+    with open(path, encoding="utf-8-sig", errors="replace", newline="") as f:
+        first = [c.strip().lower() for c in next(csv.reader(f), [])]
+    header = first if "question" in first or "answer" in first else None
+    return _kind_of_header(header)
+
+
 def read_csv(path: Path) -> tuple[list[Question], str]:
     """(questions, the layout's kind) of one benchmark CSV."""
     try:
@@ -195,12 +203,12 @@ def load_task(name: str, data: str | Path = "data") -> Task:
     if not files:
         raise UserError(f"{folder}: no benchmark CSVs (expected dev/ and test/ folders of CSVs, or "
                         "{subject}_dev.csv and {subject}_test.csv files)")
+    kind = kind or _layout(next(iter(next(iter(files.values())).values())))
     order = ("val", "test", "dev") if kind == "ceval" else ("test", "val", "dev")
     scored = next(s for s in order if s in files)
     subjects = []
     for subject, path in files[scored].items():
-        questions, layout = read_csv(path)
-        kind = kind or layout
+        questions, _ = read_csv(path)
         if not questions:
             raise UserError(f"{path}: no questions; remove the file or fill it")
         shot_path = files.get("dev", {}).get(subject)
