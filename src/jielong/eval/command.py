@@ -45,19 +45,21 @@ def encode_task(tok, task: Task, shots: int, limit: int | None) -> list[tuple]:
 
 def check_fits(tok, task: Task, items: list[tuple], shots: int, n_ctx: int) -> None:
     """Refuse, before any scoring, a prompt longer than the model's context, saying how many
-    shots would fit (fewer shots give a shorter prompt: they are the first k of one list)."""
-    too_long = [it for it in items if len(it[2]) + max(map(len, it[3])) > n_ctx]
+    shots would fit (fewer shots give a shorter prompt: they are the first k of one list).
+    The model reads the context and each continuation but its last token, as lm-eval's
+    `max_length + 1`."""
+    too_long = [it for it in items if len(it[2]) + max(map(len, it[3])) - 1 > n_ctx]
     if not too_long:
         return
     subject, q, ctx, conts = max(too_long, key=lambda it: len(it[2]))
 
     def length(s, x, k: int) -> int:
         pairs = [encode_pair(tok, context(task.kind, s, x, k), c) for c in continuations(x)]
-        return len(pairs[0][0]) + max(len(c) for _, c in pairs)
+        return len(pairs[0][0]) + max(len(c) for _, c in pairs) - 1
 
     fit = next((k for k in range(shots - 1, -1, -1)
                 if all(length(s, x, k) <= n_ctx for s, x, _, _ in too_long)), -1)
-    need = len(ctx) + max(map(len, conts))
+    need = len(ctx) + max(map(len, conts)) - 1
     hint = f"{fit} shots fit: use --shots {fit}" if fit >= 0 else \
         "even 0 shots do not fit: the question alone is longer than the model's context"
     raise UserError(f"{q.where}: with {shots} shots the prompt takes {need} tokens, more than the "
@@ -138,7 +140,7 @@ def eval_cmd(
     for task in loaded:
         encoded[task.name] = encode_task(tok, task, shots, limit)
         check_fits(tok, task, encoded[task.name], shots, n_ctx)
-    results = {"model": str(model), "adapter": adapter or [], "tasks": {}}
+    results = {"model": str(model), "adapter": adapter or [], "device": str(device), "tasks": {}}
     total = sum(len(v) for v in encoded.values())
     bar = tqdm(total=total, desc="eval", unit=" q", dynamic_ncols=True)
     for task in loaded:
