@@ -35,11 +35,9 @@ def encode_task(tok, task: Task, shots: int, limit: int | None) -> list[tuple]:
     out = []
     for subject in task.subjects:
         for q in subject.questions[:limit]:
-            pairs = [encode_pair(tok, context(task.kind, subject, q, shots), c) for c in continuations(q)]
-            ctx = pairs[0][0]
-            if any(p[0] != ctx for p in pairs):  # a continuation that changes the context's tokens
-                raise ValueError(f"{q.where}: the context tokenizes differently per choice")
-            out.append((subject, q, ctx, [p[1] for p in pairs]))
+            text = context(task.kind, subject, q, shots)
+            pairs = [encode_pair(tok, text, c) for c in continuations(q)]  # one context for all
+            out.append((subject, q, pairs[0][0], [p[1] for p in pairs]))
     return out
 
 
