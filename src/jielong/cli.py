@@ -37,6 +37,7 @@ def _commands() -> dict:
     # parsed, so `jielong --help` and light commands start fast without importing torch
     # stages, datatrove or FastAPI.
     from jielong.demo.run import demo
+    from jielong.eval.command import eval_cmd
     from jielong.eval.scores import score_cmd
     from jielong.export.gguf import gguf_cmd
     from jielong.hub import merge_cmd
@@ -73,6 +74,7 @@ def _commands() -> dict:
                   "rlhf": rlhf},
         "merge": merge_cmd,
         "score": score_cmd,
+        "eval": eval_cmd,
     }
 
 

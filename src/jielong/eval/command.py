@@ -1,0 +1,166 @@
+"""`jielong eval`: multiple-choice benchmarks (CMMLU, C-Eval, MMLU, TMMLU+, or a folder of
+your own) from local files, scored by log-likelihood as lm-evaluation-harness scores them.
+
+Run as:
+    jielong eval runs/demo/model --tasks cmmlu,mmlu --data data --out runs/eval/demo
+    jielong eval Qwen/Qwen2.5-0.5B --tasks cmmlu,ceval --shots 5 --limit 20 --out runs/eval/qwen
+    jielong eval runs/mine/model --tasks path/to/my_exam --shots 0 --out runs/eval/mine
+
+Writes OUT/results.json (per task: acc and acc_norm overall, per category, per subject; n,
+shots, model, seconds) and OUT/report.md (the same as tables).
+
+Averaging: a task's and a category's score is the mean over all their questions — lm-eval's
+groups (`_cmmlu.yaml`, `_mmlu.yaml`, `_ceval-valid.yaml`, `_tmmluplus.yaml`) aggregate with
+`weight_by_size: true`, a micro average; the mean over subjects (macro) is given beside it as
+`acc_macro`. A CMMLU subject in two categories counts in both.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from jielong.errors import UserError
+from jielong.eval.benchmarks import LETTERS, Task, context, continuations, tasks_from
+from jielong.eval.loglikelihood import choice_logprobs, encode_pair, pick
+from jielong.files import write_json, write_text
+from jielong.hub import open_model
+from jielong.runtime import pick_device
+
+
+def encode_task(tok, task: Task, shots: int, limit: int | None) -> list[tuple]:
+    """(subject, question, context ids, [continuation ids]) for each scored question."""
+    out = []
+    for subject in task.subjects:
+        for q in subject.questions[:limit]:
+            text = context(task.kind, subject, q, shots)
+            pairs = [encode_pair(tok, text, c) for c in continuations(q)]  # one context for all
+            out.append((subject, q, pairs[0][0], [p[1] for p in pairs]))
+    return out
+
+
+def check_fits(tok, task: Task, items: list[tuple], shots: int, n_ctx: int) -> None:
+    """Refuse, before any scoring, a prompt longer than the model's context, saying how many
+    shots would fit (fewer shots give a shorter prompt: they are the first k of one list).
+    The model reads the context and each continuation but its last token, as lm-eval's
+    `max_length + 1`."""
+    too_long = [it for it in items if len(it[2]) + max(map(len, it[3])) - 1 > n_ctx]
+    if not too_long:
+        return
+    subject, q, ctx, conts = max(too_long, key=lambda it: len(it[2]))
+
+    def length(s, x, k: int) -> int:
+        pairs = [encode_pair(tok, context(task.kind, s, x, k), c) for c in continuations(x)]
+        return len(pairs[0][0]) + max(len(c) for _, c in pairs) - 1
+
+    fit = next((k for k in range(shots - 1, -1, -1)
+                if all(length(s, x, k) <= n_ctx for s, x, _, _ in too_long)), -1)
+    need = len(ctx) + max(map(len, conts)) - 1
+    hint = f"{fit} shots fit: use --shots {fit}" if fit >= 0 else \
+        "even 0 shots do not fit: the question alone is longer than the model's context"
+    raise UserError(f"{q.where}: with {shots} shots the prompt takes {need} tokens, more than the "
+                    f"model's context of {n_ctx}; {hint}")
+
+
+def summarize(per_subject: dict[str, dict], task: Task) -> dict:
+    """Overall and per-category acc/acc_norm: micro (over questions) and macro (over subjects)."""
+    def group(names: list[str]) -> dict:
+        rows = [per_subject[n] for n in names]
+        n = sum(r["n"] for r in rows)
+        out = {"n": n, "subjects": len(rows)}
+        for m in ("acc", "acc_norm"):
+            out[m] = sum(r[m] * r["n"] for r in rows) / n
+            out[m + "_macro"] = sum(r[m] for r in rows) / len(rows)
+        return out
+
+    categories: dict[str, list[str]] = {}
+    for s in task.subjects:
+        if s.name in per_subject:
+            for c in s.categories:
+                categories.setdefault(c, []).append(s.name)
+    return {**group(list(per_subject)), "categories": {c: group(v) for c, v in categories.items()}}
+
+
+def report_md(results: dict) -> str:
+    lines = [f"# Multiple-choice evaluation: {results['model']}", ""]
+    lines += ["| task | shots | n | acc | acc_norm | acc (macro) |", "|---|---|---|---|---|---|"]
+    for name, t in results["tasks"].items():
+        lines.append(f"| {name} | {t['shots']} | {t['n']} | {t['acc']:.4f} | {t['acc_norm']:.4f} | "
+                     f"{t['acc_macro']:.4f} |")
+    for name, t in results["tasks"].items():
+        lines += ["", f"## {name}", "", "| category | subjects | n | acc | acc_norm |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {c} | {g['subjects']} | {g['n']} | {g['acc']:.4f} | {g['acc_norm']:.4f} |"
+                  for c, g in sorted(t["categories"].items())]
+        lines += ["", "| subject | n | acc | acc_norm |", "|---|---|---|---|"]
+        lines += [f"| {s} | {r['n']} | {r['acc']:.4f} | {r['acc_norm']:.4f} |"
+                  for s, r in t["subjects"].items()]
+    lines += ["", "acc and acc_norm of a task or category: the mean over its questions "
+              "(lm-eval's weight_by_size); acc (macro): the mean over its subjects.", ""]
+    return "\n".join(lines)
+
+
+def eval_cmd(
+    model: str,
+    tasks: str = "cmmlu",
+    data: str = "data",
+    out: str = "runs/eval/run",
+    shots: int = 5,
+    limit: int | None = None,
+    device: str = "auto",
+    dtype: str = "auto",
+    adapter: list[str] | None = None,
+) -> dict:
+    """Score a model on multiple-choice benchmarks from local files, as lm-eval does.
+
+    Args:
+        model: model folder or Hugging Face hub id.
+        tasks: comma-separated: cmmlu, ceval, mmlu, tmmluplus (read from DATA/NAME), or folders
+            of your own in one of their CSV layouts.
+        data: the folder holding cmmlu/, ceval/, mmlu/, tmmluplus/ in their published layouts.
+        out: where results.json and report.md go.
+        shots: solved examples before each question, the first of the subject's dev split.
+        limit: score at most this many questions per subject (for a quick look).
+        device: auto, cpu, cuda, mps.
+        dtype: auto (the model's own), float32, bfloat16, float16.
+        adapter: LoRA adapter folder(s) on the model, NAME=DIR or DIR; the first is used.
+    """
+    if shots < 0:
+        raise UserError(f"--shots {shots}: must be 0 or more")
+    if limit is not None and limit < 1:
+        raise UserError(f"--limit {limit}: must be 1 or more")
+    loaded = tasks_from(tasks, data)  # every file read and checked before the model loads
+    net, tok, _ = open_model(model, device=pick_device(device), dtype=dtype, adapters=adapter)
+    n_ctx = net.config.max_position_embeddings
+    encoded = {}
+    for task in loaded:
+        encoded[task.name] = encode_task(tok, task, shots, limit)
+        check_fits(tok, task, encoded[task.name], shots, n_ctx)
+    results = {"model": str(model), "adapter": adapter or [], "device": str(device), "tasks": {}}
+    total = sum(len(v) for v in encoded.values())
+    bar = tqdm(total=total, desc="eval", unit=" q", dynamic_ncols=True)
+    for task in loaded:
+        start = time.time()
+        right: dict[str, list[tuple[bool, bool]]] = {}
+        for subject, q, ctx, conts in encoded[task.name]:
+            best, best_norm = pick(choice_logprobs(net, ctx, conts), list(LETTERS[:len(conts)]))
+            right.setdefault(subject.name, []).append((best == q.answer, best_norm == q.answer))
+            bar.update()
+        per_subject = {s: {"n": len(r), "acc": sum(a for a, _ in r) / len(r),
+                           "acc_norm": sum(b for _, b in r) / len(r)} for s, r in right.items()}
+        results["tasks"][task.name] = {"path": str(task.path), "prompt": task.kind, "shots": shots,
+                                       "limit": limit, **summarize(per_subject, task),
+                                       "subjects": per_subject,
+                                       "seconds": round(time.time() - start, 2)}
+    bar.close()
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(out_dir / "results.json", results)
+    write_text(out_dir / "report.md", report_md(results))
+    for name, t in results["tasks"].items():
+        print(f"{name}: acc {t['acc']:.4f}  acc_norm {t['acc_norm']:.4f}  "
+              f"({t['n']} questions, {len(t['subjects'])} subjects, {shots}-shot, {t['seconds']:.1f} s)")
+    print(f"results: {out_dir / 'results.json'}  report: {out_dir / 'report.md'}")
+    return results
