@@ -10,6 +10,7 @@ import re
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import SHARED_DATA, tiny_corpus
 
 from jielong import cli
 from jielong.checkpoint import save_model
@@ -19,7 +20,6 @@ from jielong.eval.benchmarks import Question, Subject, context, load_task, read_
 from jielong.eval.loglikelihood import choice_logprobs, encode_pair, pick
 from jielong.model import Transformer
 from jielong.tokenizer import train_tokenizer
-from tests.conftest import SHARED_DATA, tiny_corpus
 
 CMMLU_HEAD = ",Question,A,B,C,D,Answer\n"
 CEVAL_HEAD = "id,question,A,B,C,D,answer,explanation\n"

@@ -6,13 +6,13 @@ import math
 
 import pytest
 import torch
+from conftest import tiny_corpus
 
 from jielong.config import preset
 from jielong.errors import UserError
 from jielong.eval.heldout import heldout_text, score_texts, start_id, windows
 from jielong.model import Transformer
 from jielong.tokenizer import train_tokenizer
-from tests.conftest import tiny_corpus
 
 EN = "The cat sat on the mat near the river. Mei lives in Maple town and keeps a goose."
 ZH = "今天天氣很好，我們去河邊散步。阿明住在龍鄉，他養了一隻貓。书店里有很多书。"

@@ -1,13 +1,16 @@
 """`jielong eval`: multiple-choice benchmarks (CMMLU, C-Eval, MMLU, TMMLU+, or a folder of
-your own) from local files, scored by log-likelihood as lm-evaluation-harness scores them.
+your own) from local files, scored by log-likelihood as lm-evaluation-harness scores them;
+and perplexity and bits per byte on held-out text (`jielong.eval.heldout`).
 
 Run as:
     jielong eval runs/demo/model --tasks cmmlu,mmlu --data data --out runs/eval/demo
     jielong eval Qwen/Qwen2.5-0.5B --tasks cmmlu,ceval --shots 5 --limit 20 --out runs/eval/qwen
     jielong eval runs/mine/model --tasks path/to/my_exam --shots 0 --out runs/eval/mine
+    jielong eval runs/demo/model --text held_out.jsonl notes/ --out runs/eval/text
 
 Writes OUT/results.json (per task: acc and acc_norm overall, per category, per subject; n,
-shots, model, seconds) and OUT/report.md (the same as tables).
+shots, model, seconds; for --text: documents, tokens, bytes, perplexity, bits per byte) and
+OUT/report.md (the same as tables).
 
 Averaging: a task's and a category's score is the mean over all their questions — lm-eval's
 groups (`_cmmlu.yaml`, `_mmlu.yaml`, `_ceval-valid.yaml`, `_tmmluplus.yaml`) aggregate with
@@ -22,8 +25,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from jielong.data.readers import find_files
 from jielong.errors import UserError
 from jielong.eval.benchmarks import LETTERS, Task, context, continuations, tasks_from
+from jielong.eval.heldout import heldout_text
 from jielong.eval.loglikelihood import choice_logprobs, encode_pair, pick
 from jielong.files import write_json, write_text
 from jielong.hub import open_model
@@ -84,8 +89,9 @@ def summarize(per_subject: dict[str, dict], task: Task) -> dict:
 
 
 def report_md(results: dict) -> str:
-    lines = [f"# Multiple-choice evaluation: {results['model']}", ""]
-    lines += ["| task | shots | n | acc | acc_norm | acc (macro) |", "|---|---|---|---|---|---|"]
+    lines = [f"# Evaluation: {results['model']}", ""]
+    if results["tasks"]:
+        lines += ["| task | shots | n | acc | acc_norm | acc (macro) |", "|---|---|---|---|---|---|"]
     for name, t in results["tasks"].items():
         lines.append(f"| {name} | {t['shots']} | {t['n']} | {t['acc']:.4f} | {t['acc_norm']:.4f} | "
                      f"{t['acc_macro']:.4f} |")
@@ -97,14 +103,23 @@ def report_md(results: dict) -> str:
         lines += ["", "| subject | n | acc | acc_norm |", "|---|---|---|---|"]
         lines += [f"| {s} | {r['n']} | {r['acc']:.4f} | {r['acc_norm']:.4f} |"
                   for s, r in t["subjects"].items()]
-    lines += ["", "acc and acc_norm of a task or category: the mean over its questions "
-              "(lm-eval's weight_by_size); acc (macro): the mean over its subjects.", ""]
-    return "\n".join(lines)
+    if results["tasks"]:
+        lines += ["", "acc and acc_norm of a task or category: the mean over its questions "
+                  "(lm-eval's weight_by_size); acc (macro): the mean over its subjects."]
+    if "text" in results:
+        t = results["text"]
+        lines += ["", "## Held-out text", "", "| documents | tokens | bytes | perplexity | bits per byte |",
+                  "|---|---|---|---|---|",
+                  f"| {t['documents']} | {t['tokens']} | {t['bytes']} | {t['ppl']:.3f} | "
+                  f"{t['bits_per_byte']:.4f} |", "",
+                  f"Files: {', '.join(t['files'])}. Bits per byte does not depend on the tokenizer: "
+                  "models with different vocabularies compare on it; perplexity is per token."]
+    return "\n".join(lines + [""])
 
 
 def eval_cmd(
     model: str,
-    tasks: str = "cmmlu",
+    tasks: str | None = None,
     data: str = "data",
     out: str = "runs/eval/run",
     shots: int = 5,
@@ -112,6 +127,9 @@ def eval_cmd(
     device: str = "auto",
     dtype: str = "auto",
     adapter: list[str] | None = None,
+    text: list[str] | None = None,
+    field: str = "text",
+    stride: int | None = None,
 ) -> dict:
     """Score a model on multiple-choice benchmarks from local files, as lm-eval does.
 
@@ -126,12 +144,22 @@ def eval_cmd(
         device: auto, cpu, cuda, mps.
         dtype: auto (the model's own), float32, bfloat16, float16.
         adapter: LoRA adapter folder(s) on the model, NAME=DIR or DIR; the first is used.
+        text: held-out text files or folders (.txt, .jsonl, .parquet): perplexity and bits
+            per byte, each document scored whole (sliding windows past the context).
+        field: the JSONL field or parquet column of --text documents.
+        stride: new tokens scored per window of a document longer than the context (default:
+            half the context; smaller gives each token more context and costs more).
     """
+    if not tasks and not text:
+        raise UserError("nothing to evaluate: pass --tasks (cmmlu, ceval, mmlu, tmmluplus or a "
+                        "folder of CSVs) and/or --text FILE")
     if shots < 0:
         raise UserError(f"--shots {shots}: must be 0 or more")
     if limit is not None and limit < 1:
         raise UserError(f"--limit {limit}: must be 1 or more")
-    loaded = tasks_from(tasks, data)  # every file read and checked before the model loads
+    loaded = tasks_from(tasks, data) if tasks else []  # every file checked before the model loads
+    if text:
+        find_files(text)  # a wrong path fails here, not after loading a large model
     net, tok, _ = open_model(model, device=pick_device(device), dtype=dtype, adapters=adapter)
     n_ctx = net.config.max_position_embeddings
     encoded = {}
@@ -140,7 +168,7 @@ def eval_cmd(
         check_fits(tok, task, encoded[task.name], shots, n_ctx)
     results = {"model": str(model), "adapter": adapter or [], "device": str(device), "tasks": {}}
     total = sum(len(v) for v in encoded.values())
-    bar = tqdm(total=total, desc="eval", unit=" q", dynamic_ncols=True)
+    bar = tqdm(total=total, desc="eval", unit=" q", dynamic_ncols=True, disable=not total)
     for task in loaded:
         start = time.time()
         right: dict[str, list[tuple[bool, bool]]] = {}
@@ -155,6 +183,11 @@ def eval_cmd(
                                        "subjects": per_subject,
                                        "seconds": round(time.time() - start, 2)}
     bar.close()
+    if text:
+        r = heldout_text(net, tok, text, field=field, stride=stride, device=next(net.parameters()).device)
+        results["text"] = {"files": [str(t) for t in text], "documents": r.documents,
+                           "tokens": r.tokens, "bytes": r.bytes, "nll": r.nll, "ppl": r.ppl,
+                           "bits_per_byte": r.bits_per_byte}
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "results.json", results)
@@ -162,5 +195,9 @@ def eval_cmd(
     for name, t in results["tasks"].items():
         print(f"{name}: acc {t['acc']:.4f}  acc_norm {t['acc_norm']:.4f}  "
               f"({t['n']} questions, {len(t['subjects'])} subjects, {shots}-shot, {t['seconds']:.1f} s)")
+    if text:
+        t = results["text"]
+        print(f"held-out text: bits per byte {t['bits_per_byte']:.4f}  perplexity {t['ppl']:.3f}  "
+              f"({t['documents']} documents, {t['tokens']} tokens)")
     print(f"results: {out_dir / 'results.json'}  report: {out_dir / 'report.md'}")
     return results
