@@ -38,6 +38,7 @@ def _commands() -> dict:
     # stages, datatrove or FastAPI.
     from jielong.demo.run import demo
     from jielong.eval.command import eval_cmd
+    from jielong.eval.compare import compare_cmd
     from jielong.eval.scores import score_cmd
     from jielong.export.gguf import gguf_cmd
     from jielong.hub import merge_cmd
@@ -74,7 +75,7 @@ def _commands() -> dict:
                   "rlhf": rlhf},
         "merge": merge_cmd,
         "score": score_cmd,
-        "eval": eval_cmd,
+        "eval": {"run": eval_cmd, "compare": compare_cmd},
     }
 
 
@@ -224,10 +225,20 @@ def _unknown(args: argparse.Namespace, extra: list[str]) -> None:
     parser.error(f"unrecognized arguments: {' '.join(hints)}; see {parser.prog} --help")
 
 
+# A group whose first word may be left out: `jielong eval MODEL …` is `jielong eval run MODEL …`
+# (`jielong eval compare …` the group's other command).
+DEFAULT_SUBCOMMAND = {"eval": "run"}
+
+
 def parse(argv: list[str], commands: dict | None = None) -> tuple[Callable, dict]:
     """The command a command line names and the keyword arguments to call it with; argparse
     exits (status 2 with the command's usage) on a line the command does not take."""
-    root = _parser(commands or _commands())
+    commands = commands or _commands()
+    group = argv[0] if argv else None
+    if group in DEFAULT_SUBCOMMAND and isinstance(commands.get(group), dict) and len(argv) > 1 \
+            and argv[1] not in commands[group] and argv[1] not in ("-h", "--help"):
+        argv = [group, DEFAULT_SUBCOMMAND[group], *argv[1:]]
+    root = _parser(commands)
     args, extra = root.parse_known_args(argv)
     if extra:
         _unknown(args, extra) if hasattr(args, "_parser") else root.error(

@@ -1,2 +1,4 @@
-"""Evaluation: multiple-choice scoring by likelihood, replies checked for their answer and
-scored with chrF, classification metrics, and reward-model scores of replies."""
+"""Evaluation: multiple-choice benchmarks from local files scored as lm-evaluation-harness
+scores them (`jielong eval`), perplexity and bits per byte on held-out text, runs compared with
+bootstrap intervals (`jielong eval compare`), QA and generation metrics (CMRC's EM/F1,
+ROUGE-L, BLEU, chrF), classification metrics, reward-model scores, and the demo's checks."""

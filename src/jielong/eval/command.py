@@ -9,8 +9,9 @@ Run as:
     jielong eval runs/demo/model --text held_out.jsonl notes/ --out runs/eval/text
 
 Writes OUT/results.json (per task: acc and acc_norm overall, per category, per subject; n,
-shots, model, seconds; for --text: documents, tokens, bytes, perplexity, bits per byte) and
-OUT/report.md (the same as tables).
+shots, model, seconds; for --text: documents, tokens, bytes, perplexity, bits per byte),
+OUT/report.md (the same as tables) and OUT/samples.jsonl (each question's answer, choice and
+log-likelihoods, each document's nll and bytes: what `jielong eval compare` pairs up).
 
 Averaging: a task's and a category's score is the mean over all their questions — lm-eval's
 groups (`_cmmlu.yaml`, `_mmlu.yaml`, `_ceval-valid.yaml`, `_tmmluplus.yaml`) aggregate with
@@ -20,6 +21,7 @@ groups (`_cmmlu.yaml`, `_mmlu.yaml`, `_ceval-valid.yaml`, `_tmmluplus.yaml`) agg
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -169,12 +171,18 @@ def eval_cmd(
     results = {"model": str(model), "adapter": adapter or [], "device": str(device), "tasks": {}}
     total = sum(len(v) for v in encoded.values())
     bar = tqdm(total=total, desc="eval", unit=" q", dynamic_ncols=True, disable=not total)
+    samples: list[dict] = []  # one row per question and per document: what `eval compare` pairs
     for task in loaded:
         start = time.time()
         right: dict[str, list[tuple[bool, bool]]] = {}
         for subject, q, ctx, conts in encoded[task.name]:
-            best, best_norm = pick(choice_logprobs(net, ctx, conts), list(LETTERS[:len(conts)]))
+            scores = choice_logprobs(net, ctx, conts)
+            best, best_norm = pick(scores, list(LETTERS[:len(conts)]))
             right.setdefault(subject.name, []).append((best == q.answer, best_norm == q.answer))
+            samples.append({"task": task.name, "subject": subject.name, "where": q.where,
+                            "answer": LETTERS[q.answer], "pred": LETTERS[best],
+                            "pred_norm": LETTERS[best_norm], "acc": int(best == q.answer),
+                            "acc_norm": int(best_norm == q.answer), "logprobs": scores})
             bar.update()
         per_subject = {s: {"n": len(r), "acc": sum(a for a, _ in r) / len(r),
                            "acc_norm": sum(b for _, b in r) / len(r)} for s, r in right.items()}
@@ -188,10 +196,13 @@ def eval_cmd(
         results["text"] = {"files": [str(t) for t in text], "documents": r.documents,
                            "tokens": r.tokens, "bytes": r.bytes, "nll": r.nll, "ppl": r.ppl,
                            "bits_per_byte": r.bits_per_byte}
+        samples += [{"task": "text", "document": i, "nll": n, "bytes": b}
+                    for i, (n, b) in enumerate(zip(r.doc_nll, r.doc_bytes, strict=True))]
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "results.json", results)
     write_text(out_dir / "report.md", report_md(results))
+    write_text(out_dir / "samples.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in samples))
     for name, t in results["tasks"].items():
         print(f"{name}: acc {t['acc']:.4f}  acc_norm {t['acc_norm']:.4f}  "
               f"({t['n']} questions, {len(t['subjects'])} subjects, {shots}-shot, {t['seconds']:.1f} s)")

@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -48,6 +48,8 @@ class HeldoutResult:
     ppl: float  # exp(nll / tokens): perplexity per token of this tokenizer
     bits_per_byte: float  # nll / ln 2 / bytes
     documents: int
+    doc_nll: list[float] = field(default_factory=list)  # each document's nll (for paired comparisons)
+    doc_bytes: list[int] = field(default_factory=list)
 
 
 def start_id(tok) -> int:
@@ -96,45 +98,51 @@ def score_texts(model, tok, texts: Iterable[str], max_length: int | None = None,
                         "each window scores `stride` new tokens")
     first = start_id(tok)
     pad = tok.eos_id
-    nll, tokens, n_bytes, docs = 0.0, 0, 0, 0
-    batch: list[tuple[list[int], int]] = []  # (window's token ids + the next one, scored)
+    tokens = 0
+    doc_nll: list[float] = []
+    doc_bytes: list[int] = []
+    batch: list[tuple[list[int], int, int]] = []  # (window's token ids + the next one, scored, doc)
 
-    def flush() -> float:
-        longest = max(len(ids) for ids, _ in batch) - 1
+    def flush() -> None:
+        longest = max(len(ids) for ids, _, _ in batch) - 1
         inputs = torch.full((len(batch), longest), pad, dtype=torch.long)
-        for r, (ids, _) in enumerate(batch):  # right padding: causal attention never sees it
+        for r, (ids, _, _) in enumerate(batch):  # right padding: causal attention never sees it
             inputs[r, :len(ids) - 1] = torch.tensor(ids[:-1])
         amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda")
         with amp:
             hidden = model(inputs.to(dev), hidden_only=True)
-        h = torch.cat([hidden[r, len(ids) - 1 - s:len(ids) - 1] for r, (ids, s) in enumerate(batch)])
-        y = torch.tensor([t for ids, s in batch for t in ids[len(ids) - s:]], device=dev)
-        total = 0.0
+        h = torch.cat([hidden[r, len(ids) - 1 - s:len(ids) - 1] for r, (ids, s, _) in enumerate(batch)])
+        y = torch.tensor([t for ids, s, _ in batch for t in ids[len(ids) - s:]], device=dev)
+        losses = []
         for i in range(0, len(y), LOGIT_CHUNK):
             with amp:
                 logits = model.lm_head(h[i:i + LOGIT_CHUNK])
-            total += F.cross_entropy(logits.float(), y[i:i + LOGIT_CHUNK], reduction="sum").item()
+            losses.append(F.cross_entropy(logits.float(), y[i:i + LOGIT_CHUNK], reduction="none"))
+        per_window = torch.cat(losses).split([s for _, s, _ in batch])
+        for (_, _, doc), part in zip(batch, per_window, strict=True):
+            doc_nll[doc] += part.sum().item()
         batch.clear()
-        return total
 
     show = sys.stderr.isatty() if progress is None else progress
     for text in tqdm(texts, desc="held-out text", unit=" docs", disable=not show, leave=False):
         ids = [first] + tok.encode(text)
         if len(ids) == 1:
             continue
-        docs += 1
+        doc = len(doc_nll)
+        doc_nll.append(0.0)
+        doc_bytes.append(len(text.encode("utf-8")))
         tokens += len(ids) - 1
-        n_bytes += len(text.encode("utf-8"))
         for begin, end, scored in windows(len(ids) - 1, max_length, stride):
-            batch.append((ids[begin:end + 1], scored))
+            batch.append((ids[begin:end + 1], scored, doc))
             if len(batch) == batch_size:
-                nll += flush()
+                flush()
     if batch:
-        nll += flush()
+        flush()
+    nll, n_bytes = sum(doc_nll), sum(doc_bytes)
     return HeldoutResult(tokens=tokens, bytes=n_bytes, nll=nll,
                          ppl=math.exp(nll / tokens) if tokens else math.nan,
                          bits_per_byte=nll / math.log(2) / n_bytes if n_bytes else math.nan,
-                         documents=docs)
+                         documents=len(doc_nll), doc_nll=doc_nll, doc_bytes=doc_bytes)
 
 
 def heldout_text(model, tok, paths: Sequence[str | Path], field: str = "text",

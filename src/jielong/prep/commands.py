@@ -1,10 +1,8 @@
 """`jielong data`: clean, de-duplicate, score and shard raw text, on datatrove.
 
-Run as: jielong data clean --help   (and `jielong data stats --help`, `jielong data quality-train --help`)
-
+Run as:
     jielong data clean web/ books.jsonl.zst crawl.warc.gz --out runs/data
-    jielong data clean zh/ --out runs/zh --convert t2s --languages zh --quality_model q.json \
-        --min_quality 0.3 --upsample_top_fraction 0.1 --upsample_times 3 --tokenizer runs/tok
+    jielong data clean zh/ --out runs/zh --convert t2s --languages zh --quality_model q.json --min_quality 0.3 --upsample_top_fraction 0.1 --upsample_times 3 --tokenizer runs/tok
     jielong data stats runs/data                      # the per-step table, report.md, charts
     jielong data quality-train --good ref.jsonl --bad web.jsonl --out quality.json
 
