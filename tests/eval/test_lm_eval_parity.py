@@ -34,6 +34,7 @@ TEST = [("龍鄉在哪裡？", "北", "南", "東", "西", "C"), ("猫吃什么�
         ("  今天天气很好吗？ ", "好", "不好", "很好", "不知道", "D"),
         ('"书店", 里有什么？', "书", "猫", "河", "龙", "A"), ("The cat sat on the ___.", "mat", "河", "鹅", "书", "B")]
 SUBJECTS = ("agronomy", "anatomy")
+SHOTS = (0, 2)
 
 
 def csv_text(rows) -> str:
@@ -71,54 +72,57 @@ def planted(tmp_path_factory):
     return root / "data", {"plain": plain, "bos": bos}
 
 
-def run_lm_eval(model_dir: Path, data: Path, shots: int, tmp_path: Path) -> dict:
-    """lm-eval's `simple_evaluate` on tasks parity_cmmlu_{subject}, read from the planted CSVs."""
+def run_lm_eval(model_dir: Path, data: Path, tmp_path: Path) -> dict:
+    """lm-eval's `simple_evaluate`, in one run, on tasks parity_cmmlu_{subject}_{k}shot for k in
+    SHOTS, read from the planted CSVs."""
     from lm_eval.tasks import TaskManager
 
     yamls = tmp_path / "tasks"
     yamls.mkdir()
     own = Path(lm_eval.__file__).parent / "tasks" / "cmmlu"
+    names = []
     for subject in SUBJECTS:
-        config = {"include": str(own / f"cmmlu_{subject}.yaml"), "task": f"parity_cmmlu_{subject}",
-                  "dataset_path": "csv", "dataset_name": None,
-                  "dataset_kwargs": {"data_files": {s: str(data / "cmmlu" / s / f"{subject}.csv")
-                                                    for s in ("dev", "test")},
-                                     "cache_dir": str(tmp_path / "hf_datasets")}}
-        (yamls / f"parity_cmmlu_{subject}.yaml").write_text(json.dumps(config, ensure_ascii=False),
-                                                             encoding="utf-8")
+        for k in SHOTS:
+            names.append(f"parity_cmmlu_{subject}_{k}shot")
+            config = {"include": str(own / f"cmmlu_{subject}.yaml"), "task": names[-1], "num_fewshot": k,
+                      "dataset_path": "csv", "dataset_name": None,
+                      "dataset_kwargs": {"data_files": {s: str(data / "cmmlu" / s / f"{subject}.csv")
+                                                        for s in ("dev", "test")},
+                                         "cache_dir": str(tmp_path / "hf_datasets")}}
+            (yamls / f"{names[-1]}.yaml").write_text(json.dumps(config, ensure_ascii=False), encoding="utf-8")
     return lm_eval.simple_evaluate(
-        model="hf", model_args=f"pretrained={model_dir},dtype=float32,device=cpu",
-        tasks=[f"parity_cmmlu_{s}" for s in SUBJECTS],
+        model="hf", model_args=f"pretrained={model_dir},dtype=float32,device=cpu", tasks=names,
         task_manager=TaskManager(include_path=str(yamls), include_defaults=False),
-        num_fewshot=shots, log_samples=True, batch_size=1)
+        log_samples=True, batch_size=1)
 
 
 @pytest.mark.parametrize("variant", ["plain", "bos"])
-@pytest.mark.parametrize("shots", [0, 2])
-def test_loglikelihoods_and_accuracies_equal_lm_evals(planted, variant, shots, tmp_path, monkeypatch):
+def test_loglikelihoods_and_accuracies_equal_lm_evals(planted, variant, tmp_path, monkeypatch):
     for name in OFFLINE:
         monkeypatch.setenv(name, "1")
     data, models = planted
-    theirs = run_lm_eval(models[variant], data, shots, tmp_path)
+    theirs = run_lm_eval(models[variant], data, tmp_path)
     net, tok, _ = open_model(models[variant], dtype=torch.float32)
     task = load_task("cmmlu", data)
-    ours = eval_cmd(str(models[variant]), tasks="cmmlu", data=str(data), out=str(tmp_path / "out"),
-                    shots=shots, device="cpu", dtype="float32")["tasks"]["cmmlu"]["subjects"]
-    worst, accs = 0.0, []
-    for subject in task.subjects:
-        samples = sorted(theirs["samples"][f"parity_cmmlu_{subject.name}"], key=lambda s: s["doc_id"])
-        assert len(samples) == len(subject.questions) == len(TEST)
-        for q, sample in zip(subject.questions, samples, strict=True):
-            text = context("cmmlu", subject, q, shots)
-            assert [tuple(a) for a in sample["arguments"]] == [(text, c) for c in continuations(q)]
-            assert sample["target"] == q.answer
-            pairs = [encode_pair(tok, text, c) for c in continuations(q)]
-            got = choice_logprobs(net, pairs[0][0], [c for _, c in pairs])
-            want = [r[0] for r in sample["filtered_resps"]]
-            worst = max(worst, *(abs(a - b) for a, b in zip(got, want, strict=True)))
-        metrics = theirs["results"][f"parity_cmmlu_{subject.name}"]
-        for m in ("acc", "acc_norm"):
-            assert ours[subject.name][m] == pytest.approx(metrics[f"{m},none"], abs=1e-12), (subject.name, m)
-        accs.append(ours[subject.name]["acc"])
-    print(f"{variant} tokenizer, {shots} shots: max |Δ log-likelihood| {worst:.3g}, acc {accs}")
-    assert worst <= 1e-4
+    for shots in SHOTS:
+        ours = eval_cmd(str(models[variant]), tasks="cmmlu", data=str(data), out=str(tmp_path / f"out{shots}"),
+                        shots=shots, device="cpu", dtype="float32")["tasks"]["cmmlu"]["subjects"]
+        worst, accs = 0.0, []
+        for subject in task.subjects:
+            name = f"parity_cmmlu_{subject.name}_{shots}shot"
+            samples = sorted(theirs["samples"][name], key=lambda s: s["doc_id"])
+            assert len(samples) == len(subject.questions) == len(TEST)
+            for q, sample in zip(subject.questions, samples, strict=True):
+                text = context("cmmlu", subject, q, shots)
+                assert [tuple(a) for a in sample["arguments"]] == [(text, c) for c in continuations(q)]
+                assert sample["target"] == q.answer
+                pairs = [encode_pair(tok, text, c) for c in continuations(q)]
+                got = choice_logprobs(net, pairs[0][0], [c for _, c in pairs])
+                want = [r[0] for r in sample["filtered_resps"]]
+                worst = max(worst, *(abs(a - b) for a, b in zip(got, want, strict=True)))
+            for m in ("acc", "acc_norm"):
+                assert ours[subject.name][m] == pytest.approx(theirs["results"][name][f"{m},none"], abs=1e-12), \
+                    (name, m)
+            accs.append(ours[subject.name]["acc"])
+        print(f"{variant} tokenizer, {shots} shots: max |Δ log-likelihood| {worst:.3g}, acc {accs}")
+        assert worst <= 1e-4, (variant, shots)
