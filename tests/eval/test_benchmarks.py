@@ -228,3 +228,22 @@ def test_read_csv_line_numbers_count_quoted_newlines(tmp_path):
     f.write_text(TMMLU_HEAD + '"two\nlines",a,b,c,d,A,s\nq,a,b,c,d,Z,s\n', encoding="utf-8")
     with pytest.raises(UserError, match=r"x_test.csv:4: answer 'Z'"):
         read_csv(f)
+
+
+def test_a_tokenizer_that_adds_a_bos_gets_it_on_the_context(tiny):
+    """As lm-eval's HFLM.tok_encode: the tokenizer's own special tokens (a Llama-style BOS)
+    start the context, not the continuation; a text already starting with it gets no second."""
+    from tokenizers import processors
+
+    from jielong.tokenizer import Tokenizer
+
+    _, _, tok = tiny
+    start = "<|im_start|>"
+    backend = type(tok.backend).from_str(tok.backend.to_str())
+    bos_id = backend.token_to_id(start)
+    backend.post_processor = processors.TemplateProcessing(single=f"{start} $A", special_tokens=[(start, bos_id)])
+    bos = Tokenizer(backend, {**tok.config, "bos_token": start})
+    ctx, cont = encode_pair(bos, "以下是关于农学的单项选择题\n答案：", " A")
+    assert ctx == [bos_id, *tok.encode("以下是关于农学的单项选择题\n答案：")] and cont == tok.encode(" A")
+    assert encode_pair(bos, start + "答案：", " A")[0] == tok.encode(start + "答案：")
+    assert encode_pair(tok, "答案：", " A")[0] == tok.encode("答案：")  # ours adds nothing

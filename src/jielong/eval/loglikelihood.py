@@ -4,7 +4,11 @@ Hugging Face causal models, with the context's KV cache shared by all of a quest
 Tokens, as lm-eval's `TemplateLM._encode_pair` (lm_eval/api/model.py) makes them: trailing
 whitespace of the context moves onto the continuation; then context+continuation is encoded
 whole, the context alone, and the continuation's tokens are the whole's tokens after as many
-as the context has. The model reads the context's own tokens followed by those.
+as the context has. The model reads the context's own tokens followed by those. Each text is
+encoded as `transformers` encodes it by default (`add_special_tokens=True`, lm-eval's
+`HFLM.tok_encode`): with what the tokenizer's post-processor adds, e.g. Llama's or Gemma's BOS
+first (a tokenizer from `jielong tokenizer train` adds nothing) — unless the text already
+starts with that token's string (lm-eval's `has_bos_prefix`, its BOS, else its EOS).
 
 Scoring: the context runs once into a KV cache; the cache is copied for each choice and the
 choices' tokens run together as one batch (right-padded: a causal model's padded tail cannot
@@ -21,7 +25,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from jielong.eval.heldout import start_id
 from jielong.model import KVCache
+
+
+def encode(tok, text: str) -> list[int]:
+    """Token ids of `text` with the special tokens the tokenizer itself adds (its BOS), as
+    lm-eval encodes a context for a Hugging Face model."""
+    starts_with_prefix = text.startswith(tok.decode([start_id(tok)]))
+    return tok.backend.encode(text, add_special_tokens=not starts_with_prefix).ids
 
 
 def encode_pair(tok, context: str, continuation: str) -> tuple[list[int], list[int]]:
@@ -29,8 +41,8 @@ def encode_pair(tok, context: str, continuation: str) -> tuple[list[int], list[i
     n_spaces = len(context) - len(context.rstrip())
     if n_spaces:
         context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
-    whole = tok.encode(context + continuation)
-    ctx = tok.encode(context)
+    whole = encode(tok, context + continuation)
+    ctx = encode(tok, context)
     return ctx, whole[len(ctx):]
 
 
