@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_corpus
 
 from jielong.checkpoint import save_model
 from jielong.config import preset
@@ -24,7 +25,6 @@ from jielong.eval.loglikelihood import choice_logprobs, encode_pair
 from jielong.hub import open_model
 from jielong.model import Transformer
 from jielong.tokenizer import train_tokenizer
-from tests.conftest import tiny_corpus
 
 lm_eval = pytest.importorskip("lm_eval")
 
