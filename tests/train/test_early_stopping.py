@@ -163,10 +163,18 @@ def test_patience_without_a_validation_loss_is_one_line(tmp_path):
         fit(model(), Blind(), cfg(steps=10), tmp_path / "run")
 
 
-def test_the_cli_offers_the_options_and_refuses_bad_ones(tmp_path):
-    h = run_cli("pretrain", "--help")
-    assert all(f in h.stdout for f in ("--patience", "--min_delta", "--keep_best", "--no-keep_best",
-                                       "--load_best_at_end"))
+def test_the_cli_offers_the_options_and_refuses_bad_ones(tmp_path, capsys):
+    from jielong.cli import parse
+    from jielong.train.pretrain import pretrain
+
+    with pytest.raises(SystemExit):
+        parse(["pretrain", "--help"], {"pretrain": pretrain})
+    help_ = capsys.readouterr().out
+    assert all(f in help_ for f in ("--patience", "--min_delta", "--keep_best", "--no-keep_best",
+                                    "--load_best_at_end", "Stop early when the validation loss"))
+    _, kw = parse(["pretrain", "d.jsonl", "--patience", "2", "--min_delta", "0.01", "--no-keep_best"],
+                  {"pretrain": pretrain})
+    assert (kw["train"].patience, kw["train"].min_delta, kw["train"].keep_best) == (2, 0.01, False)
     r = run_cli("pretrain", str(tmp_path / "none.jsonl"), "--out", str(tmp_path / "o"), "--patience", "2",
                 "--eval_every", "0")
-    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "--eval_every" in r.stderr
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "set --eval_every" in r.stderr
