@@ -145,4 +145,4 @@ def test_resume_clears_a_half_written_checkpoint(tmp_path, corpus):
                 *ARGS, "--resume")
     assert r.returncode == 0, r.stderr
     assert "resuming from" in r.stdout and "step-0000006" in r.stdout
-    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-0000006", "step-0000009"]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best", "step-0000006", "step-0000009"]
