@@ -34,6 +34,12 @@ progress bar with loss, tokens/s and ETA, `metrics.jsonl`, atomic checkpoints un
 `RUN/checkpoints/step-N/` (HF directory + trainer_state.pt), exact resume, and DDP when
 launched by torchrun. Because a batch depends only on (step, micro, rank) and the RNG state
 is saved, a run killed at any moment and resumed computes the same losses step for step.
+
+When `evaluate` returns a `val_loss`, the loop keeps the best step's checkpoint in
+`RUN/checkpoints/best/` (with best.json: its step and val_loss; never a resume point), stops
+early after `patience` evaluations without improvement (its state rides in trainer_state.pt,
+so a resumed run stops at the same step), and with `load_best_at_end` leaves the best
+weights in the model it returns to the stage.
 """
 
 from __future__ import annotations
@@ -331,7 +337,7 @@ def fit(model: torch.nn.Module, stage: Stage, cfg: TrainConfig, run_dir: str | P
     if main:  # a run killed mid-save leaves its half-written checkpoint under a hidden name
         for stale in [*(run / "checkpoints").glob(".step-*"), *(run / "checkpoints").glob(".best.*")]:
             shutil.rmtree(stale, ignore_errors=True)
-        if not resume:  # a best checkpoint left by a run killed before its first save
+        if not (resume and found):  # a best checkpoint left by a run killed before its first save
             shutil.rmtree(run / "checkpoints" / "best", ignore_errors=True)
     metrics = Metrics(run / "metrics.jsonl", start if resume else None) if main else None
 
