@@ -8,22 +8,47 @@ from pathlib import Path
 from jielong.files import atomic_path
 
 
+def loss_series(metrics: str | Path) -> dict:
+    """What `loss_curve` draws, read from a metrics.jsonl: {"train": [(step, loss)], "val":
+    [(step, val_loss)], "best": (step, val_loss) or None, "stopped_early": step or None}.
+
+    The best is the one the loop recorded (early stopping's, which honours --min_delta) when
+    the run logged it, else the lowest validation loss (the first of equals)."""
+    rows = [json.loads(ln) for ln in Path(metrics).read_text().splitlines() if ln.strip()]
+    train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
+    val = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
+    ends = [r for r in rows if "best_step" in r]
+    if ends:
+        best = (ends[-1]["best_step"], ends[-1]["best_val"])
+    else:
+        best = min(val, key=lambda sv: sv[1]) if val else None
+    stopped = ends[-1]["step"] if ends and ends[-1].get("stopped_early") else None
+    return {"train": train, "val": val, "best": best, "stopped_early": stopped}
+
+
 def loss_curve(metrics: str | Path, png: str | Path, title: str = "training",
                baseline: float | None = None) -> Path:
-    """Plot train loss (and val loss, if logged) from a metrics.jsonl into a PNG."""
+    """Plot train loss and validation loss (at its steps, if logged) from a metrics.jsonl on
+    one axes into a PNG, marking the best validation step (and where early stopping ended
+    the run). Every stage that plots its loss calls this."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [json.loads(ln) for ln in Path(metrics).read_text().splitlines() if ln.strip()]
-    train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
-    val = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
+    data = loss_series(metrics)
+    train, val, best = data["train"], data["val"], data["best"]
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
     if train:
         ax.plot(*zip(*train, strict=True), lw=1, alpha=0.8, label="train loss")
     if val:
         ax.plot(*zip(*val, strict=True), "o-", lw=2, ms=4, label="validation loss")
+    if best is not None:
+        ax.plot(*best, "*", ms=14, c="tab:red", zorder=5,
+                label=f"best: step {best[0]} ({best[1]:.3f})")
+    if data["stopped_early"] is not None:
+        ax.axvline(data["stopped_early"], ls=":", c="grey", lw=1,
+                   label=f"stopped early (step {data['stopped_early']})")
     if baseline is not None:
         ax.axhline(baseline, ls="--", c="grey", lw=1, label=f"unigram baseline ({baseline:.2f})")
     ax.set(xlabel="step", ylabel="cross-entropy (nats/token)", title=title)

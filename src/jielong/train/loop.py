@@ -34,6 +34,12 @@ progress bar with loss, tokens/s and ETA, `metrics.jsonl`, atomic checkpoints un
 `RUN/checkpoints/step-N/` (HF directory + trainer_state.pt), exact resume, and DDP when
 launched by torchrun. Because a batch depends only on (step, micro, rank) and the RNG state
 is saved, a run killed at any moment and resumed computes the same losses step for step.
+
+When `evaluate` returns a `val_loss`, the loop keeps the best step's checkpoint in
+`RUN/checkpoints/best/` (with best.json: its step and val_loss; never a resume point), stops
+early after `patience` evaluations without improvement (its state rides in trainer_state.pt,
+so a resumed run stops at the same step), and with `load_best_at_end` leaves the best
+weights in the model it returns to the stage.
 """
 
 from __future__ import annotations
@@ -56,7 +62,7 @@ from tqdm import tqdm
 
 from jielong.checkpoint import list_checkpoints, load_model, load_trainer_state, save_model
 from jielong.errors import UserError
-from jielong.files import write_text
+from jielong.files import atomic_dir, write_json, write_text
 from jielong.runtime import init_distributed, pick_device
 
 
@@ -83,6 +89,10 @@ class TrainConfig:
         seed: Seed for initialisation and data order.
         device: auto, cpu, cuda, cuda:N or mps.
         compile: torch.compile the model (faster on GPUs, slow to start).
+        patience: Stop early when the validation loss has not improved for this many evaluations in a row (0: never).
+        min_delta: An evaluation improves on the best only if its validation loss is lower by more than this.
+        keep_best: Keep the checkpoint of the best validation loss in RUN/checkpoints/best.
+        load_best_at_end: Make the best checkpoint (not the last step) the stage's result.
     """
 
     steps: int = 1000
@@ -103,8 +113,22 @@ class TrainConfig:
     seed: int = 1337
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     compile: bool = False
+    patience: int = 0  # 0: never stop early
+    min_delta: float = 0.0
+    keep_best: bool = True  # only when the stage's evaluate returns a val_loss
+    load_best_at_end: bool = False
 
     def validate(self) -> None:
+        if self.patience < 0:
+            raise UserError(f"--patience={self.patience} must be 0 (off) or more")
+        if self.patience and not 1 <= self.eval_every < self.steps:
+            raise UserError(f"--patience {self.patience} needs evaluations during training, but "
+                            f"--eval_every={self.eval_every} with --steps={self.steps} has none; set "
+                            f"--eval_every between 1 and {self.steps - 1}")
+        if self.min_delta < 0:
+            raise UserError(f"--min_delta={self.min_delta} must be 0 or more")
+        if self.load_best_at_end and not self.keep_best:
+            raise UserError("--load_best_at_end needs the best checkpoint: drop --no-keep_best")
         for name in ("steps", "batch_size", "grad_accum", "eval_every", "save_every", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name}={getattr(self, name)} must be at least 1")
@@ -223,6 +247,37 @@ class StopRequest:
         return bool(flag.item())
 
 
+class EarlyStopping:
+    """The best validation loss so far, its step, and evaluations since it last improved.
+
+    Its `state()` goes into trainer_state.pt with every checkpoint, so a resumed run stops at
+    the very step the uninterrupted one would have.
+    """
+
+    def __init__(self, patience: int, min_delta: float, state: dict | None = None):
+        self.patience, self.min_delta = patience, min_delta
+        self.best: float | None = None
+        self.best_step = 0
+        self.waited = 0
+        if state:
+            self.best, self.best_step, self.waited = state["best"], state["best_step"], state["waited"]
+
+    def state(self) -> dict:
+        return {"best": self.best, "best_step": self.best_step, "waited": self.waited}
+
+    def update(self, step: int, val_loss: float) -> bool:
+        """Record one evaluation; True when it is a new best."""
+        if self.best is None or val_loss < self.best - self.min_delta:
+            self.best, self.best_step, self.waited = val_loss, step, 0
+            return True
+        self.waited += 1
+        return False
+
+    @property
+    def exhausted(self) -> bool:
+        return self.patience > 0 and self.waited >= self.patience
+
+
 class Interrupted(KeyboardInterrupt):
     """The run stopped on signal `signum` after saving a checkpoint at `step`."""
 
@@ -259,6 +314,7 @@ def fit(model: torch.nn.Module, stage: Stage, cfg: TrainConfig, run_dir: str | P
     model.to(device)
     opt = _optimizer(model, cfg, device)
     start = 0
+    early = EarlyStopping(cfg.patience, cfg.min_delta)
     found = list_checkpoints(run)
     if resume and found:
         ckpt = found[-1]
@@ -269,6 +325,7 @@ def fit(model: torch.nn.Module, stage: Stage, cfg: TrainConfig, run_dir: str | P
         if device.type == "cuda" and state.get("rng_cuda") is not None:
             torch.cuda.set_rng_state(state["rng_cuda"], device)
         start = state["step"]
+        early = EarlyStopping(cfg.patience, cfg.min_delta, state.get("early_stopping"))
         if main:
             print(f"resuming from {ckpt} (step {start}/{cfg.steps})")
     elif found and not resume:
@@ -278,8 +335,10 @@ def fit(model: torch.nn.Module, stage: Stage, cfg: TrainConfig, run_dir: str | P
         torch.manual_seed(cfg.seed)
     run.mkdir(parents=True, exist_ok=True)
     if main:  # a run killed mid-save leaves its half-written checkpoint under a hidden name
-        for stale in (run / "checkpoints").glob(".step-*"):
+        for stale in [*(run / "checkpoints").glob(".step-*"), *(run / "checkpoints").glob(".best.*")]:
             shutil.rmtree(stale, ignore_errors=True)
+        if not (resume and found):  # a best checkpoint left by a run killed before its first save
+            shutil.rmtree(run / "checkpoints" / "best", ignore_errors=True)
     metrics = Metrics(run / "metrics.jsonl", start if resume else None) if main else None
 
     train_model = model
@@ -289,6 +348,14 @@ def fit(model: torch.nn.Module, stage: Stage, cfg: TrainConfig, run_dir: str | P
         train_model = torch.compile(train_model)
     amp = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext())
 
+    def early_stop_agreed(flag: bool) -> bool:
+        """Rank 0 alone evaluates; under torchrun every rank stops where it says."""
+        if world == 1:
+            return flag
+        t = torch.tensor([float(flag)], device=device)
+        dist.broadcast(t, src=0)
+        return bool(t.item())
+
     def to_dev(b: dict) -> dict:
         return {k: v.to(device, non_blocking=True) for k, v in b.items()}
 
@@ -297,13 +364,21 @@ def fit(model: torch.nn.Module, stage: Stage, cfg: TrainConfig, run_dir: str | P
             trainer_state = {
                 "step": step, "optimizer": opt.state_dict(), "rng_cpu": torch.get_rng_state(),
                 "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-                "train_config": asdict(cfg),
+                "train_config": asdict(cfg), "early_stopping": early.state(),
             }
             save_fn(model, run / "checkpoints" / f"step-{step:07d}", tokenizer, trainer_state)
             for old in list_checkpoints(run)[:-cfg.keep_checkpoints]:
                 shutil.rmtree(old, ignore_errors=True)
         if world > 1:
             dist.barrier()
+
+    best_dir = run / "checkpoints" / "best"
+
+    def save_best(step: int, val_loss: float) -> None:
+        # beside the step-N checkpoints, never listed by list_checkpoints (no resume from it)
+        with atomic_dir(best_dir) as tmp:
+            save_fn(model, tmp, tokenizer, {"step": step, "val_loss": val_loss})
+            write_json(tmp / "best.json", {"step": step, "val_loss": val_loss})
 
     def evaluate(step: int) -> dict:
         if not main:
@@ -322,10 +397,11 @@ def fit(model: torch.nn.Module, stage: Stage, cfg: TrainConfig, run_dir: str | P
     loss_val = float("nan")
     bar = tqdm(total=cfg.steps, initial=start, desc=desc, unit="step", disable=not main,
                dynamic_ncols=True)
-    step = start
+    step = finished = start
+    stopped_early = early.exhausted and start < cfg.steps  # resuming a run that stopped early
     with StopRequest() as stop:
         try:
-            for step in range(start, cfg.steps):
+            for step in range(start, start if stopped_early else cfg.steps):
                 lr = lr_at(step, cfg)
                 for g in opt.param_groups:
                     g["lr"] = lr
@@ -360,14 +436,24 @@ def fit(model: torch.nn.Module, stage: Stage, cfg: TrainConfig, run_dir: str | P
                     bar.set_postfix(loss=f"{loss_val:.3f}", tok_s=f"{tokens / max(elapsed, 1e-9):,.0f}",
                                     **{k: f"{v:.3g}" for k, v in extra.items()}, refresh=False)
                     bar.update(1)
-                done = step + 1
+                done = finished = step + 1
                 if done % cfg.eval_every == 0 or done == cfg.steps:
                     last_eval = evaluate(done)
                     if last_eval:
                         bar.write(f"step {done}: " + ", ".join(f"{k} {v:.4f}" for k, v in last_eval.items()))
+                    if main and "val_loss" in last_eval:
+                        if early.update(done, float(last_eval["val_loss"])) and cfg.keep_best:
+                            save_best(done, float(last_eval["val_loss"]))
+                    elif main and cfg.patience:
+                        raise UserError(f"--patience needs a validation loss, but this stage's "
+                                        f"evaluation gave none ({', '.join(last_eval) or 'nothing'}); "
+                                        "give it held-out data or leave --patience out")
+                    stopped_early = early_stop_agreed(early.exhausted and done < cfg.steps)
                 stopping = stop.agreed(world, device)  # every rank asks, every step
-                if stopping or done % cfg.save_every == 0 or done == cfg.steps:
+                if stopping or stopped_early or done % cfg.save_every == 0 or done == cfg.steps:
                     save(done)
+                if stopped_early:
+                    break
                 if stopping and done < cfg.steps:
                     raise Interrupted(done, stop.signum or signal.SIGINT)
         except KeyboardInterrupt as e:
@@ -381,5 +467,20 @@ def fit(model: torch.nn.Module, stage: Stage, cfg: TrainConfig, run_dir: str | P
             raise
     bar.close()
     elapsed = time.time() - t0
-    return {"steps": cfg.steps, "loss": loss_val, **last_eval, "tokens": tokens,
-            "seconds": round(elapsed, 1), "tok_s": round(tokens / max(elapsed, 1e-9), 1)}
+    summary = {"steps": finished, "loss": loss_val, **last_eval, "tokens": tokens,
+               "seconds": round(elapsed, 1), "tok_s": round(tokens / max(elapsed, 1e-9), 1)}
+    if early.best is not None:
+        summary.update(best_step=early.best_step, best_val=early.best, stopped_early=stopped_early)
+        if main and finished > start:
+            metrics.log(step=finished, best_step=early.best_step, best_val=early.best,
+                        stopped_early=stopped_early)
+        if main and stopped_early:
+            print(f"early stopping at step {finished}/{cfg.steps}: val_loss has not improved by more than "
+                  f"{cfg.min_delta} for {cfg.patience} evaluations; the best was "
+                  f"{early.best:.4f} at step {early.best_step}")
+        if cfg.load_best_at_end and (best_dir / "best.json").exists():
+            load_fn(model, best_dir)  # the result is the best step's weights
+            if main:
+                print(f"loaded the best checkpoint (step {early.best_step}, val_loss "
+                      f"{early.best:.4f}) as the result")
+    return summary
