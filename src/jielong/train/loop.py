@@ -91,7 +91,7 @@ class TrainConfig:
         compile: torch.compile the model (faster on GPUs, slow to start).
         patience: Stop early when the validation loss has not improved for this many evaluations in a row (0: never).
         min_delta: An evaluation improves on the best only if its validation loss is lower by more than this.
-        keep_best: Keep the checkpoint of the best validation loss in RUN/checkpoints/best.
+        keep_best: Keep the checkpoint of the best validation loss in RUN/checkpoints/best (default: only with --patience or --load_best_at_end; each improvement writes a whole checkpoint).
         load_best_at_end: Make the best checkpoint (not the last step) the stage's result.
     """
 
@@ -115,7 +115,7 @@ class TrainConfig:
     compile: bool = False
     patience: int = 0  # 0: never stop early
     min_delta: float = 0.0
-    keep_best: bool = True  # only when the stage's evaluate returns a val_loss
+    keep_best: bool | None = None  # None: with patience or load_best_at_end; needs a val_loss
     load_best_at_end: bool = False
 
     def validate(self) -> None:
@@ -127,7 +127,7 @@ class TrainConfig:
                             f"--eval_every between 1 and {self.steps - 1}")
         if self.min_delta < 0:
             raise UserError(f"--min_delta={self.min_delta} must be 0 or more")
-        if self.load_best_at_end and not self.keep_best:
+        if self.load_best_at_end and self.keep_best is False:
             raise UserError("--load_best_at_end needs the best checkpoint: drop --no-keep_best")
         for name in ("steps", "batch_size", "grad_accum", "eval_every", "save_every", "keep_checkpoints"):
             if getattr(self, name) < 1:
@@ -315,6 +315,7 @@ def fit(model: torch.nn.Module, stage: Stage, cfg: TrainConfig, run_dir: str | P
     opt = _optimizer(model, cfg, device)
     start = 0
     early = EarlyStopping(cfg.patience, cfg.min_delta)
+    keep_best = cfg.keep_best if cfg.keep_best is not None else bool(cfg.patience or cfg.load_best_at_end)
     found = list_checkpoints(run)
     if resume and found:
         ckpt = found[-1]
@@ -442,7 +443,7 @@ def fit(model: torch.nn.Module, stage: Stage, cfg: TrainConfig, run_dir: str | P
                     if last_eval:
                         bar.write(f"step {done}: " + ", ".join(f"{k} {v:.4f}" for k, v in last_eval.items()))
                     if main and "val_loss" in last_eval:
-                        if early.update(done, float(last_eval["val_loss"])) and cfg.keep_best:
+                        if early.update(done, float(last_eval["val_loss"])) and keep_best:
                             save_best(done, float(last_eval["val_loss"]))
                     elif main and cfg.patience:
                         raise UserError(f"--patience needs a validation loss, but this stage's "
