@@ -470,7 +470,7 @@ def fit(model: torch.nn.Module, stage: Stage, cfg: TrainConfig, run_dir: str | P
     elapsed = time.time() - t0
     summary = {"steps": finished, "loss": loss_val, **last_eval, "tokens": tokens,
                "seconds": round(elapsed, 1), "tok_s": round(tokens / max(elapsed, 1e-9), 1)}
-    if early.best is not None:
+    if early.best is not None and (cfg.patience or keep_best):  # validation during training asked for
         summary.update(best_step=early.best_step, best_val=early.best, stopped_early=stopped_early)
         if main and finished > start:
             metrics.log(step=finished, best_step=early.best_step, best_val=early.best,
