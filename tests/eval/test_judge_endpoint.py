@@ -87,7 +87,7 @@ def server(tmp_path):
         engine.close()
 
 
-def test_judge_against_jielong_serve_on_loopback(server, tmp_path, monkeypatch):
+def test_judge_against_jielong_serve_on_loopback(server, tmp_path, monkeypatch, capsys):
     url, app = server
     monkeypatch.setattr(judges, "BACKOFF", 0.01)
     monkeypatch.setenv("JUDGE_KEY", KEY)
@@ -126,6 +126,26 @@ def test_judge_against_jielong_serve_on_loopback(server, tmp_path, monkeypatch):
     assert [p["orders"] for p in pairs] == [[j["outcome"] for j in judgments[i:i + 2]]
                                             for i in range(0, len(judgments), 2)]
     assert "alpha (A) vs beta (B)" in (out / "report.md").read_text()
+
+    # a prompt longer than the judge's context: the endpoint's 400 is that pair's no verdict
+    long = write_jsonl(tmp_path / "long.jsonl", [{"question": "Hi", "answer": "word " * 3000}])
+    short = write_jsonl(tmp_path / "short.jsonl", [{"question": "Hi", "answer": "Hello"}])
+    r = cli.run(["eval", "judge", "--a", str(long), "--b", str(short), "--judge_url", url + "/v1",
+                 "--api_key_env", "JUDGE_KEY", "--max_tokens", "2", "--out", str(tmp_path / "o2"),
+                 "--samples", "200"])
+    assert (r["pairs"]["pairs"], r["pairs"]["no_verdict"], r["pairs"]["verdicts_missing"]) == (1, 1, 2)
+    errors = [json.loads(x)["error"] for x in (tmp_path / "o2" / "judgments.jsonl").read_text()
+              .splitlines()]
+    assert all(e.startswith("HTTP 400: ") and "context" in e for e in errors)
+    # a model the endpoint does not serve: one line, exit 2
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        cli.main(["eval", "judge", "--a", str(a), "--b", str(b), "--judge_url", url + "/v1",
+                  "--api_key_env", "JUDGE_KEY", "--judge_model", "gpt-nope", "--out",
+                  str(tmp_path / "o3"), "--workers", "1"])
+    err = capsys.readouterr().err.splitlines()[-1]  # the progress bar stops on a line above
+    assert e.value.code == 2 and err.startswith("error: ")
+    assert "HTTP 404" in err and "--judge_model" in err
 
 
 def test_an_unreachable_endpoint_is_one_line(tmp_path, capsys, monkeypatch):

@@ -439,7 +439,8 @@ def judge_cmd(
         listed = endpoint.models()  # unreachable or refused: fails here, before any work
         if judge_model is None:
             if not listed:
-                raise UserError(f"{judge_url}: lists no models; name one with --judge_model")
+                raise UserError(f"{judge_url}/models lists no models; name the judge with "
+                                "--judge_model")
             judge_model = listed[0]
         judge_name = f"{judge_model} at {judge_url}"
     else:

@@ -19,8 +19,9 @@ The endpoint is spoken to with the standard library's urllib (no extra dependenc
 POST BASE/chat/completions, temperature 0; a connection error, a timeout, 429 or 5xx is
 retried with exponential backoff (a Retry-After header is honoured, up to 30 s); an endpoint
 still unreachable after the retries is one clear error, a 400 (e.g. a prompt longer than the
-judge's context) makes that one judgment's reply an error (no verdict), 401/403/404 stop the
-run with what to fix. The API key comes from an environment variable the user names.
+judge's context) makes that one judgment's reply an error (no verdict), 401/403 (a key) and
+404 (no such model or route) stop the run with what to fix. The API key comes from an
+environment variable the user names.
 """
 
 from __future__ import annotations
@@ -150,7 +151,8 @@ class Endpoint:
 
     def request(self, path: str, body: dict | None = None) -> dict:
         """The JSON answer to GET (no body) or POST `body`, retried on what may pass; a
-        UserError when the endpoint cannot be reached or refuses us; an HTTPError 400 as is."""
+        UserError when the endpoint cannot be reached or wants a key; another 4xx HTTPError
+        as is (it is about this request)."""
         url = self.base + path
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if self.key:
@@ -172,10 +174,6 @@ class Endpoint:
                     raise UserError(f"{url}: HTTP {e.code} {server_message(e)}; the endpoint wants "
                                     "an API key: put it in an environment variable and pass "
                                     "--api_key_env NAME") from None
-                elif e.code == 404:
-                    raise UserError(f"{url}: HTTP 404 {server_message(e)}; check --judge_url "
-                                    "(an OpenAI-compatible base URL usually ends in /v1) and "
-                                    "--judge_model") from None
                 else:
                     raise
             except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
@@ -191,7 +189,12 @@ class Endpoint:
                         "right?")
 
     def models(self) -> list[str]:
-        return [m.get("id", "") for m in self.request("/models").get("data", [])]
+        """The model names the endpoint lists ([] when it has no such route)."""
+        try:
+            listed = self.request("/models").get("data", [])
+        except urllib.error.HTTPError:
+            return []
+        return [m.get("id", "") for m in listed if isinstance(m, dict)]
 
 
 def server_message(e: urllib.error.HTTPError) -> str:
@@ -217,8 +220,12 @@ class EndpointJudge:
                 "max_tokens": self.max_tokens}
         try:
             r = self.endpoint.request("/chat/completions", body)
-        except urllib.error.HTTPError as e:  # a 4xx about this request only
-            return Reply(error=f"HTTP {e.code}: {server_message(e)}")
+        except urllib.error.HTTPError as e:
+            if e.code == 404:  # no such model or route: no request would fare better
+                raise UserError(f"{self.endpoint.base}/chat/completions: HTTP 404 "
+                                f"{server_message(e)}; check --judge_model and --judge_url (an "
+                                "OpenAI-compatible base URL usually ends in /v1)") from None
+            return Reply(error=f"HTTP {e.code}: {server_message(e)}")  # e.g. a prompt too long
         try:
             return Reply(text=r["choices"][0]["message"].get("content") or "")
         except (KeyError, IndexError, TypeError, AttributeError):
