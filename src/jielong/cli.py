@@ -39,6 +39,7 @@ def _commands() -> dict:
     from jielong.demo.run import demo
     from jielong.eval.command import eval_cmd
     from jielong.eval.compare import compare_cmd
+    from jielong.eval.judge import judge_cmd
     from jielong.eval.scores import score_cmd
     from jielong.export.gguf import gguf_cmd
     from jielong.hub import merge_cmd
@@ -75,7 +76,7 @@ def _commands() -> dict:
                   "rlhf": rlhf},
         "merge": merge_cmd,
         "score": score_cmd,
-        "eval": {"run": eval_cmd, "compare": compare_cmd},
+        "eval": {"run": eval_cmd, "compare": compare_cmd, "judge": judge_cmd},
     }
 
 
