@@ -119,6 +119,7 @@ def test_labels_and_lines_read_from_replies():
     assert pick_label("Positive.", ["negative", "positive"]) == "positive"
     assert pick_label("正向", ["正面", "负面"]) == "正面"  # closest
     assert pick_label("xyz", ["正面", "负面"]) is None
+    assert first_line("答案：\n龍鄉") == "龍鄉"
     assert first_line("\n 答案：龍鄉\n因為……") == "龍鄉" and first_line("Answer: Maple town") == "Maple town"
     assert first_line("<think>想一想\n再想</think>\n龙乡") == "龙乡" and first_line("<think>沒想完") == ""
     assert whole_reply("譯文：貓坐在\n墊子上。") == "貓坐在 墊子上。"

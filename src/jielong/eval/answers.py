@@ -40,9 +40,8 @@ def strip_thinking(reply: str) -> str:
 
 def first_line(reply: str) -> str:
     """The reply's first non-blank line, thinking dropped, its "答案：" / "Answer:" label off."""
-    text = strip_thinking(reply)
-    line = next((x.strip() for x in text.splitlines() if x.strip()), "")
-    return ANSWER_LABEL.sub("", line, count=1).strip()
+    lines = (ANSWER_LABEL.sub("", x, count=1).strip() for x in strip_thinking(reply).splitlines())
+    return next((x for x in lines if x), "")  # "答案：" alone on a line: the answer is on the next
 
 
 def whole_reply(reply: str) -> str:

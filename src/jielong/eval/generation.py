@@ -3,7 +3,7 @@
 (`jielong.eval.answers`) and scored.
 
 Run as:
-    jielong eval runs/demo/model --tasks drcd,cmrc2018 --data ../shared/data --limit 20 --out runs/eval/qa
+    jielong eval Qwen/Qwen2.5-0.5B-Instruct --tasks drcd,cmrc2018 --data ../shared/data --limit 20 --out runs/eval/qa
     jielong eval Qwen/Qwen2.5-0.5B-Instruct --tasks cmmlu --mode generate --data data --out runs/eval/gen
 
 Tasks (their names and files: `jielong.eval.gentasks`) and what each reports:
@@ -171,67 +171,88 @@ def answer_of(task: GenTask, item: GenItem, reply: str, chat: bool):
     return whole_reply(text)
 
 
-def score(task: GenTask, preds: list, rows: list[dict]) -> dict:
-    """The task's scores from its answers; each row gets its own score (what samples.jsonl
-    holds, so the task's score can be recomputed from it)."""
-    items = task.items
-    n = len(items)
-    if task.kind == "choice":
-        by_subject: dict[str, list[tuple[int, int]]] = {}
-        for it, p, row in zip(items, preds, rows, strict=True):
-            row.update(subject=it.subject, answer=it.answers[0], acc=int(p == it.answers[0]))
-            by_subject.setdefault(it.subject, []).append((row["acc"], p is None))
-        subjects = {s: {"n": len(v), "acc": sum(a for a, _ in v) / len(v),
-                        "no_answer": sum(b for _, b in v)} for s, v in by_subject.items()}
-        categories: dict[str, list[str]] = {}
-        for s in subjects:
-            for c in task.categories.get(s, []):
-                categories.setdefault(c, []).append(s)
-        missing = sum(p is None for p in preds)
-        return {"acc": sum(r["acc"] for r in rows) / n,
-                "acc_macro": sum(v["acc"] for v in subjects.values()) / len(subjects),
-                "no_answer": missing, "no_answer_rate": missing / n,
-                "categories": {c: {"subjects": len(v), "n": sum(subjects[s]["n"] for s in v),
-                                   "acc": sum(subjects[s]["acc"] * subjects[s]["n"] for s in v)
-                                   / sum(subjects[s]["n"] for s in v)}
-                               for c, v in categories.items()},
-                "subjects": subjects}
-    if task.kind == "squad":
-        for it, p, row in zip(items, preds, rows, strict=True):
-            row.update(answers=it.answers, em=exact_match(p, it.answers), f1=qa_f1(p, it.answers))
-        return {"em": 100 * sum(r["em"] for r in rows) / n, "f1": 100 * sum(r["f1"] for r in rows) / n}
-    if task.kind == "translate":
-        refs = [it.answers[0] for it in items]
-        for ref, p, row in zip(refs, preds, rows, strict=True):
-            row.update(reference=ref, chrf=sentence_chrf(p, ref))
-        return {"bleu": corpus_bleu(preds, refs), "chrf": corpus_chrf(preds, refs),
-                "bleu_tokenize": "zh" if is_chinese(refs) else "13a", "direction": task.direction}
-    if task.kind == "summarize":
-        refs = [it.answers[0] for it in items]
-        for ref, p, row in zip(refs, preds, rows, strict=True):
-            row.update(reference=ref, rouge_l=rouge_l(p, ref))
-        return {"rouge_l": 100 * sum(r["rouge_l"] for r in rows) / n,
-                "rouge_over": "characters" if is_chinese(refs) else "words"}
-    if task.kind == "classify":
-        for it, p, row in zip(items, preds, rows, strict=True):
-            row.update(label=it.answers[0], correct=int(p == it.answers[0]))
-        missing = sum(p is None for p in preds)
-        labels = task.labels + ([NO_ANSWER] if missing else [])
-        report = classification_report([it.answers[0] for it in items],
-                                       [NO_ANSWER if p is None else p for p in preds], labels)
-        per_class = {k: v for k, v in report["per_class"].items() if k != NO_ANSWER}
-        return {"accuracy": report["accuracy"],
-                "macro_f1": sum(v["f1"] for v in per_class.values()) / len(per_class),
-                "no_answer": missing, "labels": task.labels, "per_class": per_class,
-                "confusion": report["confusion"]}
-    r = closed_book(preds, [it.answers for it in items])
-    for it, p, row in zip(items, preds, rows, strict=True):
+def score_choice(task: GenTask, preds: list, rows: list[dict]) -> dict:
+    by_subject: dict[str, list[tuple[int, bool]]] = {}
+    for it, p, row in zip(task.items, preds, rows, strict=True):
+        row.update(subject=it.subject, answer=it.answers[0], acc=int(p == it.answers[0]))
+        by_subject.setdefault(it.subject, []).append((row["acc"], p is None))
+    subjects = {s: {"n": len(v), "acc": sum(a for a, _ in v) / len(v),
+                    "no_answer": sum(b for _, b in v)} for s, v in by_subject.items()}
+    categories: dict[str, list[str]] = {}
+    for s in subjects:
+        for c in task.categories.get(s, []):
+            categories.setdefault(c, []).append(s)
+
+    def group(names: list[str]) -> dict:
+        n = sum(subjects[s]["n"] for s in names)
+        return {"subjects": len(names), "n": n,
+                "acc": sum(subjects[s]["acc"] * subjects[s]["n"] for s in names) / n}
+
+    missing = sum(p is None for p in preds)
+    return {"acc": sum(r["acc"] for r in rows) / len(rows),
+            "acc_macro": sum(v["acc"] for v in subjects.values()) / len(subjects),
+            "no_answer": missing, "no_answer_rate": missing / len(rows),
+            "categories": {c: group(v) for c, v in categories.items()}, "subjects": subjects}
+
+
+def score_squad(task: GenTask, preds: list, rows: list[dict]) -> dict:
+    for it, p, row in zip(task.items, preds, rows, strict=True):
+        row.update(answers=it.answers, em=exact_match(p, it.answers), f1=qa_f1(p, it.answers))
+    return {"em": 100 * sum(r["em"] for r in rows) / len(rows),
+            "f1": 100 * sum(r["f1"] for r in rows) / len(rows)}
+
+
+def score_translate(task: GenTask, preds: list, rows: list[dict]) -> dict:
+    refs = [it.answers[0] for it in task.items]
+    for ref, p, row in zip(refs, preds, rows, strict=True):
+        row.update(reference=ref, chrf=sentence_chrf(p, ref))
+    return {"bleu": corpus_bleu(preds, refs), "chrf": corpus_chrf(preds, refs),
+            "bleu_tokenize": "zh" if is_chinese(refs) else "13a", "direction": task.direction}
+
+
+def score_summarize(task: GenTask, preds: list, rows: list[dict]) -> dict:
+    refs = [it.answers[0] for it in task.items]
+    for ref, p, row in zip(refs, preds, rows, strict=True):
+        row.update(reference=ref, rouge_l=rouge_l(p, ref))
+    return {"rouge_l": 100 * sum(r["rouge_l"] for r in rows) / len(rows),
+            "rouge_over": "characters" if is_chinese(refs) else "words"}
+
+
+def score_classify(task: GenTask, preds: list, rows: list[dict]) -> dict:
+    """Accuracy, and macro-F1 over the file's labels (a reply naming none is a class of its
+    own in the confusion matrix, left out of the macro average)."""
+    gold = [it.answers[0] for it in task.items]
+    for y, p, row in zip(gold, preds, rows, strict=True):
+        row.update(label=y, correct=int(p == y))
+    missing = sum(p is None for p in preds)
+    labels = task.labels + ([NO_ANSWER] if missing else [])
+    report = classification_report(gold, [NO_ANSWER if p is None else p for p in preds], labels)
+    per_class = {k: v for k, v in report["per_class"].items() if k != NO_ANSWER}
+    return {"accuracy": report["accuracy"],
+            "macro_f1": sum(v["f1"] for v in per_class.values()) / len(per_class),
+            "no_answer": missing, "labels": task.labels, "per_class": per_class,
+            "confusion": report["confusion"]}
+
+
+def score_closedbook(task: GenTask, preds: list, rows: list[dict]) -> dict:
+    for it, p, row in zip(task.items, preds, rows, strict=True):
         one = closed_book([p], [it.answers])
-        row.update(answers=it.answers, verdict="correct" if one.correct else
-                   "refused" if one.refused else "wrong")
+        row.update(answers=it.answers,
+                   verdict="correct" if one.correct else "refused" if one.refused else "wrong")
+    r = closed_book(preds, [it.answers for it in task.items])
     return {"accuracy": r.accuracy, "refusal_rate": r.refusal_rate,
             "hallucination_rate": r.hallucination_rate, "correct": r.correct, "refused": r.refused,
             "wrong": r.wrong}
+
+
+SCORERS = {"choice": score_choice, "squad": score_squad, "translate": score_translate,
+           "summarize": score_summarize, "classify": score_classify, "closedbook": score_closedbook}
+
+
+def score(task: GenTask, preds: list, rows: list[dict]) -> dict:
+    """The task's scores from its answers; each row gets its own score (what samples.jsonl
+    holds, so the task's score can be recomputed from it)."""
+    return SCORERS[task.kind](task, preds, rows)
 
 
 def run_generation(net, tok, stop_ids: set[int], tasks: list[GenTask], chat: str = "auto",
