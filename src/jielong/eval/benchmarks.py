@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from jielong.errors import UserError, at
+from jielong.eval.gentasks import KINDS, NAMED
 from jielong.eval.subjects import SUBJECTS
 
 KNOWN = ("cmmlu", "ceval", "mmlu", "tmmluplus")
@@ -198,7 +199,8 @@ def load_task(name: str, data: str | Path = "data") -> Task:
     else:
         folder, kind = Path(name), None
         if not folder.is_dir():
-            raise UserError(f"unknown task {name!r}: not one of {', '.join(KNOWN)}, and not a folder")
+            raise UserError(f"unknown task {name!r}: not one of {', '.join(KNOWN + tuple(NAMED))}, "
+                            f"not a folder, and not {', '.join(k + ':FILE' for k in KINDS)}")
     files = _split_files(folder)
     if not files:
         raise UserError(f"{folder}: no benchmark CSVs (expected dev/ and test/ folders of CSVs, or "

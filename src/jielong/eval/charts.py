@@ -1,7 +1,8 @@
 """The eval report's pictures: what a user would rather look at than read.
 
-- scores.png: each task's headline scores side by side (acc and acc_norm for a benchmark, or
-  whichever scores a task reports between 0 and 1), with the chance level of a
+- scores.png: each task's headline scores side by side (acc and acc_norm for a benchmark, a
+  generation task's own: EM and F1, BLEU and chrF, ROUGE-L (these five / 100), accuracy,
+  macro-F1, refusal and hallucination rates), with the chance level of a
   multiple-choice task drawn as a dashed line, so "0.27 on CMMLU" is seen next to the 0.25 a
   coin would get;
 - TASK.png, one per multiple-choice task: accuracy per category and per subject, as
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
+from jielong.eval.generation import HEADLINE, HUNDREDS
 from jielong.files import atomic_path
 from jielong.plots import font_family
 
@@ -26,13 +28,13 @@ MAX_SUBJECTS = 80  # more bars than this and only the categories are drawn
 
 
 def headline(task: dict) -> dict[str, float]:
-    """The scores of a task worth a bar: acc and acc_norm, else every top-level number in
-    [0, 1] that is a score (not a count, time or setting)."""
-    if "acc" in task and "acc_norm" in task:
-        return {"acc": task["acc"], "acc_norm": task["acc_norm"]}
-    skip = {"n", "shots", "limit", "seconds", "subjects", "max_new_tokens"}
-    return {k: v for k, v in task.items() if k not in skip and isinstance(v, (int, float))
-            and not isinstance(v, bool) and 0 <= v <= 1}
+    """The scores of a task worth a bar, on a 0-1 scale: acc and acc_norm of a benchmark
+    scored by log-likelihood; a generation task's headline scores (jielong.eval.generation;
+    EM, F1, BLEU, chrF and ROUGE-L divided by 100)."""
+    if "kind" in task:
+        return {name: task[key] / 100 if key in HUNDREDS else task[key]
+                for key, name in HEADLINE[task["kind"]]}
+    return {"acc": task["acc"], "acc_norm": task["acc_norm"]}
 
 
 def save(fig: Figure, path: Path) -> Path:
@@ -85,12 +87,12 @@ def breakdown_png(name: str, task: dict, path: Path) -> Path:
 
 def report_charts(results: dict, out_dir: Path) -> list[str]:
     """Draw the report's charts into out_dir; their file names, for report.md to link."""
-    tasks = results.get("tasks", {})
+    tasks = {**results.get("tasks", {}), **results.get("generate", {})}
     if not tasks:
         return []
     names = [scores_png(tasks, out_dir / "scores.png").name]
     for name, t in tasks.items():
-        if t.get("categories") or t.get("subjects"):
+        if "kind" not in t and (t.get("categories") or t.get("subjects")):
             names.append(breakdown_png(name, t, out_dir / f"{safe(name)}.png").name)
     return names
 

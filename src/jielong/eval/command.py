@@ -7,12 +7,18 @@ Run as:
     jielong eval Qwen/Qwen2.5-0.5B --tasks cmmlu,ceval --shots 5 --limit 20 --out runs/eval/qwen
     jielong eval runs/mine/model --tasks path/to/my_exam --shots 0 --out runs/eval/mine
     jielong eval runs/demo/model --text held_out.jsonl notes/ --out runs/eval/text
+    jielong eval runs/sft/model --tasks drcd,cmrc2018,translate:zh-en:news.jsonl --limit 50 --out runs/eval/gen
 
 Writes OUT/results.json (per task: acc and acc_norm overall, per category, per subject; n,
 shots, chance, model, seconds; for --text: documents, tokens, bytes, perplexity, bits per byte),
 OUT/report.md (the same as tables, with charts: scores.png, each task's scores next to chance,
 and TASK.png, its accuracy per category and subject) and OUT/samples.jsonl (each question's answer, choice and
 log-likelihoods, each document's nll and bytes: what `jielong eval compare` pairs up).
+
+Generation tasks (extractive QA on DRCD, CMRC 2018 or a SQuAD-style file, translation,
+summarization, classification, closed-book QA) and `--mode generate` (the multiple-choice
+benchmarks answered in writing) are `jielong.eval.generation`'s: their scores go under
+"generate" in results.json, each reply and its score into samples.jsonl.
 
 Averaging: a task's and a category's score is the mean over all their questions — lm-eval's
 groups (`_cmmlu.yaml`, `_mmlu.yaml`, `_ceval-valid.yaml`, `_tmmluplus.yaml`) aggregate with
@@ -25,6 +31,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Literal
 
 from tqdm import tqdm
 
@@ -32,10 +39,12 @@ from jielong.data.readers import find_files
 from jielong.errors import UserError
 from jielong.eval.benchmarks import LETTERS, Task, context, continuations, tasks_from
 from jielong.eval.charts import report_charts, safe
+from jielong.eval.generation import choice_tasks, generation_md, headline, run_generation
+from jielong.eval.gentasks import split_tasks
 from jielong.eval.heldout import heldout_text
 from jielong.eval.loglikelihood import choice_logprobs, encode_pair, pick
 from jielong.files import write_json, write_text
-from jielong.hub import open_model
+from jielong.hub import open_model, stop_ids
 from jielong.runtime import pick_device
 
 
@@ -121,6 +130,7 @@ def report_md(results: dict, charts: list[str] = ()) -> str:
                   f"{t['bits_per_byte']:.4f} |", "",
                   f"Files: {', '.join(t['files'])}. Bits per byte does not depend on the tokenizer: "
                   "models with different vocabularies compare on it; perplexity is per token."]
+    lines += generation_md(results.get("generate", {}))
     return "\n".join(lines + [""])
 
 
@@ -137,17 +147,35 @@ def eval_cmd(
     text: list[str] | None = None,
     field: str = "text",
     stride: int | None = None,
+    mode: Literal["loglikelihood", "generate"] = "loglikelihood",
+    chat: Literal["auto", "on", "off"] = "auto",
+    max_new_tokens: int | None = None,
+    slots: int = 32,
 ) -> dict:
-    """Score a model on multiple-choice benchmarks from local files, as lm-eval does.
+    """Score a model on multiple-choice benchmarks from local files, as lm-eval does, and on
+    generation tasks: the model writes each answer, which is read out of its reply and scored.
+
+    Generation tasks in --tasks (jielong.eval.gentasks):
+      drcd, cmrc2018            DATA/drcd-dev.json, DATA/cmrc2018-dev.json: EM, F1 (CMRC 2018's)
+      squad:FILE.json           any SQuAD-style file: EM, F1
+      translate:FILE.jsonl      {"source", "target"} rows: BLEU, chrF; translate:A-B:FILE.jsonl
+                                translates field A into field B ({"zh", "en"} rows, or WMT's)
+      summarize:FILE.jsonl      {"text", "summary"} rows: ROUGE-L (characters for Chinese)
+      classify:FILE.jsonl       {"text", "label"} rows: accuracy, macro-F1
+      closedbook:FILE.jsonl     {"question", "answers": [...]} rows: accuracy, refusal and
+                                hallucination rates
+    Prompts are in the data's language (Traditional, Simplified Chinese, English), through the
+    model's chat template when it has one; decoding is greedy.
 
     Args:
         model: model folder or Hugging Face hub id.
         tasks: comma-separated: cmmlu, ceval, mmlu, tmmluplus (read from DATA/NAME), or folders
-            of your own in one of their CSV layouts.
-        data: the folder holding cmmlu/, ceval/, mmlu/, tmmluplus/ in their published layouts.
+            of your own in one of their CSV layouts; and generation tasks (above).
+        data: the folder holding cmmlu/, ceval/, mmlu/, tmmluplus/ in their published layouts,
+            drcd-dev.json and cmrc2018-dev.json.
         out: where results.json and report.md go.
         shots: solved examples before each question, the first of the subject's dev split.
-        limit: score at most this many questions per subject (for a quick look).
+        limit: score at most this many questions per subject or generation task (a quick look).
         device: auto, cpu, cuda, mps.
         dtype: auto (the model's own), float32, bfloat16, float16.
         adapter: LoRA adapter folder(s) on the model, NAME=DIR or DIR; the first is used.
@@ -156,18 +184,30 @@ def eval_cmd(
         field: the JSONL field or parquet column of --text documents.
         stride: new tokens scored per window of a document longer than the context (default:
             half the context; smaller gives each token more context and costs more).
+        mode: loglikelihood: the multiple-choice letters scored by likelihood; generate: the
+            model writes its answer and the letter is read from the reply (chat models).
+        chat: auto: prompts through the tokenizer's chat template when it has one; on; off:
+            plain completion prompts (a base model).
+        max_new_tokens: longest reply (default per task: 32 for a letter or label, 64 for QA,
+            128 for a summary, 256 for a translation).
+        slots: replies generated together (continuous batching).
     """
     if not tasks and not text:
-        raise UserError("nothing to evaluate: pass --tasks (cmmlu, ceval, mmlu, tmmluplus or a "
-                        "folder of CSVs) and/or --text FILE")
+        raise UserError("nothing to evaluate: pass --tasks (cmmlu, ceval, mmlu, tmmluplus, a "
+                        "folder of CSVs, drcd, cmrc2018 or KIND:FILE) and/or --text FILE")
     if shots < 0:
         raise UserError(f"--shots {shots}: must be 0 or more")
     if limit is not None and limit < 1:
         raise UserError(f"--limit {limit}: must be 1 or more")
+    if (max_new_tokens is not None and max_new_tokens < 1) or slots < 1:
+        raise UserError(f"--max_new_tokens {max_new_tokens} --slots {slots}: must be 1 or more")
+    tasks, generated = split_tasks(tasks, data, limit) if tasks else ("", [])  # generation tasks
     loaded = tasks_from(tasks, data) if tasks else []  # every file checked before the model loads
+    if mode == "generate":  # the multiple-choice tasks answered in writing, not scored by likelihood
+        generated, loaded = choice_tasks(loaded, shots, limit) + generated, []
     if text:
         find_files(text)  # a wrong path fails here, not after loading a large model
-    net, tok, _ = open_model(model, device=pick_device(device), dtype=dtype, adapters=adapter)
+    net, tok, gen_config = open_model(model, device=pick_device(device), dtype=dtype, adapters=adapter)
     n_ctx = net.config.max_position_embeddings
     encoded = {}
     for task in loaded:
@@ -206,6 +246,11 @@ def eval_cmd(
                            "bits_per_byte": r.bits_per_byte}
         samples += [{"task": "text", "document": i, "nll": n, "bytes": b}
                     for i, (n, b) in enumerate(zip(r.doc_nll, r.doc_bytes, strict=True))]
+    if generated:  # jielong.eval.generation: replies written, answers read out and scored
+        stops = stop_ids(tok, gen_config, net.config.eos_token_id)
+        results["generate"], rows = run_generation(net, tok, stops, generated, chat, max_new_tokens,
+                                                   slots, limit)
+        samples += rows
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "results.json", results)
@@ -219,5 +264,7 @@ def eval_cmd(
         t = results["text"]
         print(f"held-out text: bits per byte {t['bits_per_byte']:.4f}  perplexity {t['ppl']:.3f}  "
               f"({t['documents']} documents, {t['tokens']} tokens)")
+    for name, t in results.get("generate", {}).items():
+        print(f"{name}: {headline(t)}  ({t['n']} questions, {t['prompt']} prompts, {t['seconds']:.1f} s)")
     print(f"results: {out_dir / 'results.json'}  report: {out_dir / 'report.md'}")
     return results

@@ -178,3 +178,9 @@ def corpus_chrf(hypotheses: Sequence[str], references: Sequence[str]) -> float:
     """sacrebleu's corpus chrF (0–100: character 6-grams, β = 2, spaces ignored)."""
     check_pairs(hypotheses, references)
     return sacrebleu_module().corpus_chrf(list(hypotheses), [list(references)]).score
+
+
+def sentence_chrf(hypothesis: str, reference: str) -> float:
+    """sacrebleu's chrF (0–100) of one hypothesis against its reference: a per-row score
+    (corpus chrF pools the n-gram counts of all rows first, so it is not their mean)."""
+    return sacrebleu_module().sentence_chrf(hypothesis, [reference]).score
