@@ -25,7 +25,7 @@ gradient descent with Nesterov momentum in numpy. It is trained from train.tsv a
 classifier follows, with no weights to keep in step.
 
 Measured (bench/bench_complaints.py, bench/RESULTS.md): held-out precision 0.87, recall 0.83
-over the three scripts; 0.1% of DRCD's and CMRC's 6,743 real questions flagged. It reads
+over the three scripts; 4 of DRCD's and CMRC's 6,743 real questions flagged. It reads
 wording, not intent: praise that shares a complaint's words (完全正確, 沒問題) can pass for
 one, and a scolding it has no n-grams for ("how can you be this dumb?") can slip by.
 
