@@ -167,3 +167,34 @@ def test_bad_weights(tmp_path, base):
     with pytest.raises(UserError, match="--undesirable_weight=0.0 must be a positive number"):
         run(["train", "kto", str(data), "--model", str(base), "--out", str(tmp_path / "r"),
              "--undesirable_weight", "0"])
+
+
+def test_row_weights_count_as_copies_and_zero_as_left_out(tok):
+    """Σ w·loss / Σ w, and z0 weighted the same: a rating of weight 2 is the rating twice in
+    its batch, one of weight 0 the rating left out — the loss and every gradient alike."""
+    policy_model, ref_model = tiny(tok, 0), tiny(tok, 1)
+    rows = [encode_response(tok, r.prompt, r.completion) for r in RATINGS]
+    other = partners(len(rows), seed=0)
+    kl_rows = mismatched([(rows[i], rows[other[i]]) for i in range(3)], [], 512)
+    ref = torch.stack(reference_logps(ref_model, rows + kl_rows, 0, 4).chunk(2), 1)
+
+    def run(pick, row_weights=None):
+        stage = KTOStage([rows[i] for i in pick], [kl_rows[i] for i in pick],
+                         [RATINGS[i].label for i in pick], ref[pick], None, 0,
+                         TrainConfig(batch_size=len(pick)), beta=0.3, weights=(1.0, 1.5),
+                         row_weights=row_weights)
+        policy_model.zero_grad()
+        loss, _ = stage.loss(policy_model, stage.batch(0, 0, 0))
+        loss.backward()
+        return loss.item(), torch.cat([p.grad.flatten() for p in policy_model.parameters()
+                                       if p.grad is not None])
+
+    plain = run([0, 1, 2])
+    for (pick, w), same in ((([0, 1, 2], [2.0, 1.0, 1.0]), [0, 0, 1, 2]),
+                            (([0, 1, 2], [1.0, 1.0, 0.0]), [0, 1]),
+                            (([0, 1, 2], [1.0, 1.0, 1.0]), [0, 1, 2])):
+        weighted, copies = run(pick, w), run(same)
+        assert weighted[0] == pytest.approx(copies[0], rel=1e-5), w
+        assert torch.allclose(weighted[1], copies[1], rtol=1e-4, atol=1e-7), w
+        if w != [1.0, 1.0, 1.0]:  # the weights change something
+            assert abs(weighted[0] - plain[0]) > 1e-4

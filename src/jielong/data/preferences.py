@@ -16,7 +16,8 @@ ending with a user message; R is a string (one assistant message) or a list of m
 ending with an assistant message. With an implicit prompt (TRL's conversational form), C
 are whole conversations that share the prompt and differ in their final reply; the longest
 common prefix of messages is the prompt. A rating's label may also be 1/0, "👍"/"👎",
-"up"/"down" or "good"/"bad". `system` is added as the first message of a prompt that has
+"up"/"down" or "good"/"bad"; an optional "weight" (a number ≥ 0, default 1) says how much
+it counts (`jielong feedback export --implicit` writes 0.5 for a regeneration). `system` is added as the first message of a prompt that has
 no system message. Every malformed row is a one-line `UserError` naming file:line.
 
 The record types below are what every alignment stage (reward, dpo, kto, rlhf) consumes;
@@ -26,6 +27,7 @@ The record types below are what every alignment stage (reward, dpo, kto, rlhf) c
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,12 +56,14 @@ class PrefPair:
 
 @dataclass
 class Rating:
-    """A prompt, one reply, and whether people liked it (👍 True, 👎 False)."""
+    """A prompt, one reply, whether people liked it (👍 True, 👎 False), and how much the
+    rating counts (1 unless the row says otherwise)."""
 
     prompt: list[dict]
     completion: list[dict]
     label: bool
     where: str = ""
+    weight: float = 1.0
 
 
 # ------------------------------------------------------------------------------- reading
@@ -183,7 +187,18 @@ def parse_rating(obj: dict, where: str, system: str | None = None) -> Rating:
                             f"\"{name}\" is missing")
     return Rating(parse_prompt(obj["prompt"], where, system),
                   parse_reply(obj["completion"], where, "completion"),
-                  parse_label(obj["label"], where), where)
+                  parse_label(obj["label"], where), where,
+                  parse_weight(obj.get("weight", 1.0), where))
+
+
+def parse_weight(value: object, where: str) -> float:
+    """A rating's weight: a finite number ≥ 0."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or \
+            not math.isfinite(value) or value < 0:
+        shown = json.dumps(value, ensure_ascii=False)[:40]
+        raise UserError(f"{where}: weight {shown} is not a number ≥ 0; give how much the rating "
+                        "counts (1 when absent, 0.5 for half) or remove the key")
+    return float(value)
 
 
 def parse_label(value: object, where: str) -> bool:

@@ -3,6 +3,7 @@
 Run as:
     jielong feedback export --db runs/serve/feedback.db --format dpo --out prefs.jsonl
     jielong train dpo prefs.jsonl --model runs/sft/model
+    jielong feedback export --db runs/serve/feedback.db --format kto --implicit
 
 The chat store (jielong.serve.store) keeps every conversation as a tree: regenerated and
 edited messages are siblings of the ones they replace, and each reply carries its ratings
@@ -15,6 +16,11 @@ edited messages are siblings of the ones they replace, and each reply carries it
 - kto: {"prompt", "completion", "label"} rows, for `jielong train kto`: each reply rated 👍
   (label true) or 👎 (false).
 - sft: {"messages"} conversations, for `jielong train sft`: each 👍 reply after its prompt.
+- with --implicit (kto): what people did rather than rated — a regenerated reply (a weak
+  👎), an edited one (the edit 👍, the original 👎), one a follow-up complains about (👎,
+  weighted by the complaint classifier) — as weighted KTO rows in a file of their own
+  (<out>-implicit.jsonl), and a report of how often each signal agrees with the explicit
+  👍/👎 where both exist (<out>-implicit.agreement.json and .md); see jielong.serve.implicit.
 
 A prompt is the branch the reply answers: the conversation's system prompt (when it has
 one) as a system message, then the messages from the first one down to the user message.
@@ -31,7 +37,16 @@ from pathlib import Path
 from typing import Literal
 
 from jielong.errors import UserError
-from jielong.files import atomic_path
+from jielong.files import atomic_path, write_json, write_text
+from jielong.serve.complaints import THRESHOLD
+from jielong.serve.implicit import (
+    EDIT_WEIGHT,
+    REGENERATE_WEIGHT,
+    agreement,
+    agreement_table,
+    signals,
+    weighted_rows,
+)
 from jielong.serve.store import Store
 
 FORMATS = ("dpo", "kto", "sft")
@@ -110,48 +125,101 @@ def _conversation_rows(c: dict, fmt: str, counts: dict[str, int]) -> list[dict]:
     return out
 
 
-def export(db: str | Path, fmt: str, out: str | Path,
-           include_deleted: bool = True) -> dict[str, int]:
+def export(db: str | Path, fmt: str, out: str | Path, include_deleted: bool = True,
+           implicit_out: str | Path | None = None) -> dict:
     """Write the feedback in the database `db` as `fmt` (dpo, kto or sft) rows to the JSONL
-    file `out` (atomically); the counts (rows, conversations, and by kind)."""
+    file `out` (atomically); the counts (rows, conversations, and by kind). With
+    `implicit_out` (kto only), also the implicit feedback's weighted KTO rows there and the
+    agreement report beside it (jielong.serve.implicit); then either file may be left out
+    when it would be empty, and the counts hold "implicit" and "agreement"."""
     out = Path(out)
-    if out.suffix.lower() != ".jsonl":
-        raise UserError(f"--out {out}: give a .jsonl file (one JSON row a line), which the "
-                        "training commands read")
+    for path, flag in ((out, "--out"), (implicit_out, "--implicit_out")):
+        if path is not None and Path(path).suffix.lower() != ".jsonl":
+            raise UserError(f"{flag} {path}: give a .jsonl file (one JSON row a line), which "
+                            "the training commands read")
     if fmt not in FORMATS:
         raise UserError(f"--format {fmt}: use one of {', '.join(FORMATS)}")
+    if implicit_out is not None:
+        implicit_out = Path(implicit_out)
+        if fmt != "kto":
+            raise UserError(f"--implicit writes weighted KTO rows; use it with --format kto, "
+                            f"not {fmt}")
+        if implicit_out.resolve() == out.resolve():
+            raise UserError(f"--implicit_out {implicit_out} is the --out file; implicit rows "
+                            "are kept apart from the explicit ratings: give another file")
     with Store(db, create=False) as store:
         conversations = store.dump(include_deleted)
     found, counts = rows(conversations, fmt)
-    if not found:
-        need = {"dpo": "a 👍 and a 👎 reply to the same message, or an edited reply",
-                "kto": "a reply rated 👍 or 👎", "sft": "a reply rated 👍"}[fmt]
-        raise UserError(f"{db}: nothing to export as {fmt} ({len(conversations)} conversations; "
-                        f"a row needs {need})")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out) as tmp:
+    if implicit_out is None:
+        if not found:
+            need = {"dpo": "a 👍 and a 👎 reply to the same message, or an edited reply",
+                    "kto": "a reply rated 👍 or 👎", "sft": "a reply rated 👍"}[fmt]
+            raise UserError(f"{db}: nothing to export as {fmt} ({len(conversations)} "
+                            f"conversations; a row needs {need})")
+        write_rows(out, found)
+        return counts
+    found_signals, signal_counts = signals(conversations)
+    weak, weak_counts = weighted_rows(found_signals)
+    if not found and not weak:
+        raise UserError(f"{db}: nothing to export as kto ({len(conversations)} conversations; "
+                        "a row needs a rated reply, a regenerated, edited or complained-about "
+                        "one)")
+    if found:
+        write_rows(out, found)
+    if weak:
+        write_rows(implicit_out, weak)
+    report = {"db": str(db), "rows": {**weak_counts, **signal_counts},
+              "weights": {"regenerate": REGENERATE_WEIGHT, "edit": EDIT_WEIGHT,
+                          "complaint": "the classifier's probability"},
+              "complaint_threshold": THRESHOLD, **agreement(found_signals, conversations)}
+    json_path, md_path = agreement_paths(implicit_out)
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(json_path, report)
+    write_text(md_path, f"# Implicit feedback against explicit 👍/👎\n\n{db}\n\n"
+                        f"{agreement_table(report)}")
+    return {**counts, "implicit": report["rows"], "agreement": report}
+
+
+def agreement_paths(implicit_out: str | Path) -> tuple[Path, Path]:
+    """The agreement report's JSON and Markdown files, beside the implicit rows."""
+    stem = Path(implicit_out).with_suffix("")
+    return stem.with_name(f"{stem.name}.agreement.json"), stem.with_name(f"{stem.name}.agreement.md")
+
+
+def write_rows(path: Path, found: list[dict]) -> None:
+    """JSONL rows, written atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
         with open(tmp, "w", encoding="utf-8") as f:
             for row in found:
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    return counts
 
 
 def export_cmd(db: str = "runs/serve/feedback.db", format: Literal["dpo", "kto", "sft"] = "dpo",
-               out: str | None = None, include_deleted: bool = True) -> dict[str, int]:
+               out: str | None = None, include_deleted: bool = True, implicit: bool = False,
+               implicit_out: str | None = None) -> dict:
     """Export the web chat's feedback as training data: DPO pairs, KTO ratings or SFT chats.
 
     dpo: a 👍 reply against a 👎 reply to the same message, and an edited reply against the
     one it corrects (for `jielong train dpo`); kto: each 👍/👎 reply (`jielong train kto`);
-    sft: each 👍 reply with its conversation (`jielong train sft`).
+    sft: each 👍 reply with its conversation (`jielong train sft`). With --implicit (kto),
+    also regenerations, edits and complaining follow-ups as weighted KTO rows, in a file
+    of their own, and how often each agrees with the explicit ratings.
 
     Args:
         db: The chat database `jielong serve` wrote (see its --db).
         format: dpo, kto or sft.
         out: The JSONL file to write (default: <format>.jsonl beside the database).
         include_deleted: Also export conversations deleted in the chat.
+        implicit: Also write the implicit feedback (regenerated, edited, complained-about replies) as weighted KTO rows, with --format kto.
+        implicit_out: Its JSONL file (default: <out>-implicit.jsonl; giving one implies --implicit); the agreement report goes beside it (.agreement.json, .agreement.md).
     """
     target = Path(out) if out else Path(db).with_name(f"{format}.jsonl")
-    counts = export(db, format, target, include_deleted)
+    weak_target = None
+    if implicit or implicit_out:
+        weak_target = Path(implicit_out) if implicit_out else \
+            target.with_name(f"{target.with_suffix('').name}-implicit.jsonl")
+    counts = export(db, format, target, include_deleted, weak_target)
     n = counts["rows"]
     if format == "dpo":
         what = (f"{n} DPO pairs ({counts['siblings']} from 👍/👎 siblings, {counts['edits']} "
@@ -160,5 +228,15 @@ def export_cmd(db: str = "runs/serve/feedback.db", format: Literal["dpo", "kto",
         what = f"{n} KTO ratings ({counts['up']} 👍, {counts['down']} 👎)"
     else:
         what = f"{n} SFT conversations (👍 replies)"
-    print(f"exported {what} from {counts['conversations']} conversations of {db} to {target}")
+    where = target if n else "nowhere (no rated replies)"
+    print(f"exported {what} from {counts['conversations']} conversations of {db} to {where}")
+    if weak_target is not None:
+        k = counts["implicit"]
+        where = weak_target if k["rows"] else "nowhere (no signals on unrated replies)"
+        print(f"exported {k['rows']} implicit KTO rows ({k['regenerate']} regenerated, "
+              f"{k['edit']} edited, {k['complaint']} complained about; {k['rated']} replies "
+              f"with signals are rated and left to their rating) to {where}")
+        print(agreement_table(counts["agreement"]).rstrip())
+        json_path, md_path = agreement_paths(weak_target)
+        print(f"agreement with explicit ratings: {json_path}, {md_path}")
     return counts
