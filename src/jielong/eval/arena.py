@@ -287,7 +287,7 @@ def arena_cmd(db: str = "runs/serve/feedback.db", out: str = "runs/eval/arena",
         db: The chat database `jielong serve` wrote (see its --db).
         out: Where results.json, report.md, ratings.png and votes.jsonl go.
         dpo: Also write each vote for A or B as a DPO pair to this .jsonl file.
-        rounds: Bootstrap resamplings of the votes for the 95% intervals.
+        rounds: Bootstrap resamplings of the votes, for the intervals.
         seed: The bootstrap's random seed.
         votes: Read this votes.jsonl (the same format as OUT/votes.jsonl) instead of --db.
     """
