@@ -6,6 +6,7 @@ only then; bad bodies and a one-model server answered with a 4xx."""
 from __future__ import annotations
 
 import json
+import random
 from types import SimpleNamespace
 
 import pytest
@@ -19,6 +20,7 @@ pytest.importorskip("uvicorn")
 from jielong.hub import open_model, stop_ids  # noqa: E402
 from jielong.infer.engine import Engine  # noqa: E402
 from jielong.infer.sampling import SamplingParams  # noqa: E402
+from jielong.serve import arena_routes  # noqa: E402
 from jielong.serve.app import create_app  # noqa: E402
 from jielong.serve.store import Store  # noqa: E402
 
@@ -116,9 +118,10 @@ def test_two_anonymous_answers_then_a_vote_reveals_them(srv):
                    "answer_b": text["b"], "winner": "both_bad", "time": row["time"]}
 
 
-def test_both_models_get_both_sides(srv):
+def test_both_models_get_both_sides(srv, monkeypatch):
+    monkeypatch.setattr(arena_routes, "draw", random.Random(3))  # seeded: no flaky test
     sides = set()
-    for _ in range(8):  # 1 - 2 * 2**-8: a fixed order would fail this
+    for _ in range(4):  # a fixed order (the base always A) would fail this
         evs = ask(srv, "Hi", settings={"max_tokens": 1})
         battle = evs[0]["battle"]
         r = httpx.post(f"{srv.api}/arena/{battle['id']}/vote", json={"winner": "tie"})
