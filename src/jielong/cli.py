@@ -40,6 +40,7 @@ def _commands() -> dict:
     from jielong.eval.arena import arena_cmd
     from jielong.eval.command import eval_cmd
     from jielong.eval.compare import compare_cmd
+    from jielong.eval.judge import judge_cmd
     from jielong.eval.scores import score_cmd
     from jielong.export.gguf import gguf_cmd
     from jielong.hub import merge_cmd
@@ -76,7 +77,7 @@ def _commands() -> dict:
                   "rlhf": rlhf},
         "merge": merge_cmd,
         "score": score_cmd,
-        "eval": {"run": eval_cmd, "compare": compare_cmd, "arena": arena_cmd},
+        "eval": {"run": eval_cmd, "compare": compare_cmd, "judge": judge_cmd, "arena": arena_cmd},
     }
 
 
@@ -227,7 +228,7 @@ def _unknown(args: argparse.Namespace, extra: list[str]) -> None:
 
 
 # A group whose first word may be left out: `jielong eval MODEL …` is `jielong eval run MODEL …`
-# (`jielong eval compare …` and `jielong eval arena …` the group's other commands).
+# (`jielong eval compare …`, `judge …` and `arena …` the group's other commands).
 DEFAULT_SUBCOMMAND = {"eval": "run"}
 
 

@@ -7,6 +7,20 @@ from pathlib import Path
 
 from jielong.files import atomic_path
 
+# Fonts with Chinese glyphs, tried after matplotlib's own for the characters it lacks
+# (matplotlib >= 3.6 falls back through a family list glyph by glyph). Debian's
+# fonts-wqy-microhei is what `make chromium` installs; the others are common elsewhere.
+CJK_FONTS = ("WenQuanYi Micro Hei", "Noto Sans CJK SC", "Noto Sans CJK TC", "Source Han Sans SC",
+             "Microsoft JhengHei", "Microsoft YaHei", "PingFang TC", "Heiti TC", "Arial Unicode MS")
+
+
+def font_family() -> list[str]:
+    """The family list for text that may be Chinese: DejaVu Sans, then each installed CJK font."""
+    from matplotlib import font_manager
+
+    have = {f.name for f in font_manager.fontManager.ttflist}
+    return ["DejaVu Sans", *(f for f in CJK_FONTS if f in have)]
+
 
 def loss_series(metrics: str | Path) -> dict:
     """What `loss_curve` draws, read from a metrics.jsonl: {"train": [(step, loss)], "val":

@@ -180,7 +180,11 @@ def test_eval_end_to_end_matches_a_hand_computation(tiny, tmp_path, capsys):
         assert got["acc"] == pytest.approx(sum(right) / 3) == got["acc_norm"]  # one-letter choices
         assert got["subjects"]["agronomy"]["n"] == 3 and got["shots"] == 2
         assert got["categories"]["Other" if name == "cmmlu" else "other"]["n"] == 3
-    assert "| cmmlu | 2 | 3 |" in (out / "report.md").read_text(encoding="utf-8")
+        assert got["chance"] == pytest.approx(0.25)
+    report = (out / "report.md").read_text(encoding="utf-8")
+    assert "| cmmlu | 2 | 3 |" in report and "| 0.2500 |" in report
+    for png in ("scores.png", "cmmlu.png", "mine.png"):  # drawn, and linked from the report
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"({png})" in report
     assert "results.json" in capsys.readouterr().out
 
 

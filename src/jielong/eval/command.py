@@ -9,8 +9,9 @@ Run as:
     jielong eval runs/demo/model --text held_out.jsonl notes/ --out runs/eval/text
 
 Writes OUT/results.json (per task: acc and acc_norm overall, per category, per subject; n,
-shots, model, seconds; for --text: documents, tokens, bytes, perplexity, bits per byte),
-OUT/report.md (the same as tables) and OUT/samples.jsonl (each question's answer, choice and
+shots, chance, model, seconds; for --text: documents, tokens, bytes, perplexity, bits per byte),
+OUT/report.md (the same as tables, with charts: scores.png, each task's scores next to chance,
+and TASK.png, its accuracy per category and subject) and OUT/samples.jsonl (each question's answer, choice and
 log-likelihoods, each document's nll and bytes: what `jielong eval compare` pairs up).
 
 Averaging: a task's and a category's score is the mean over all their questions — lm-eval's
@@ -30,6 +31,7 @@ from tqdm import tqdm
 from jielong.data.readers import find_files
 from jielong.errors import UserError
 from jielong.eval.benchmarks import LETTERS, Task, context, continuations, tasks_from
+from jielong.eval.charts import report_charts, safe
 from jielong.eval.heldout import heldout_text
 from jielong.eval.loglikelihood import choice_logprobs, encode_pair, pick
 from jielong.files import write_json, write_text
@@ -90,16 +92,19 @@ def summarize(per_subject: dict[str, dict], task: Task) -> dict:
     return {**group(list(per_subject)), "categories": {c: group(v) for c, v in categories.items()}}
 
 
-def report_md(results: dict) -> str:
+def report_md(results: dict, charts: list[str] = ()) -> str:
     lines = [f"# Evaluation: {results['model']}", ""]
+    lines += [f"![{Path(c).stem}]({c})" for c in charts[:1]] + ([""] if charts else [])
     if results["tasks"]:
-        lines += ["| task | shots | n | acc | acc_norm | acc (macro) |", "|---|---|---|---|---|---|"]
+        lines += ["| task | shots | n | acc | acc_norm | acc (macro) | chance |",
+                  "|---|---|---|---|---|---|---|"]
     for name, t in results["tasks"].items():
         lines.append(f"| {name} | {t['shots']} | {t['n']} | {t['acc']:.4f} | {t['acc_norm']:.4f} | "
-                     f"{t['acc_macro']:.4f} |")
+                     f"{t['acc_macro']:.4f} | {t['chance']:.4f} |")
     for name, t in results["tasks"].items():
-        lines += ["", f"## {name}", "", "| category | subjects | n | acc | acc_norm |",
-                  "|---|---|---|---|---|"]
+        lines += ["", f"## {name}", ""]
+        lines += [f"![{name}]({c})" for c in charts[1:] if c == f"{safe(name)}.png"]
+        lines += ["", "| category | subjects | n | acc | acc_norm |", "|---|---|---|---|---|"]
         lines += [f"| {c} | {g['subjects']} | {g['n']} | {g['acc']:.4f} | {g['acc_norm']:.4f} |"
                   for c, g in sorted(t["categories"].items())]
         lines += ["", "| subject | n | acc | acc_norm |", "|---|---|---|---|"]
@@ -175,10 +180,12 @@ def eval_cmd(
     for task in loaded:
         start = time.time()
         right: dict[str, list[tuple[bool, bool]]] = {}
+        chance = 0.0
         for subject, q, ctx, conts in encoded[task.name]:
             scores = choice_logprobs(net, ctx, conts)
             best, best_norm = pick(scores, list(LETTERS[:len(conts)]))
             right.setdefault(subject.name, []).append((best == q.answer, best_norm == q.answer))
+            chance += 1 / len(conts)
             samples.append({"task": task.name, "subject": subject.name, "where": q.where,
                             "answer": LETTERS[q.answer], "pred": LETTERS[best],
                             "pred_norm": LETTERS[best_norm], "acc": int(best == q.answer),
@@ -188,6 +195,7 @@ def eval_cmd(
                            "acc_norm": sum(b for _, b in r) / len(r)} for s, r in right.items()}
         results["tasks"][task.name] = {"path": str(task.path), "prompt": task.kind, "shots": shots,
                                        "limit": limit, **summarize(per_subject, task),
+                                       "chance": chance / max(1, len(encoded[task.name])),
                                        "subjects": per_subject,
                                        "seconds": round(time.time() - start, 2)}
     bar.close()
@@ -201,7 +209,8 @@ def eval_cmd(
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "results.json", results)
-    write_text(out_dir / "report.md", report_md(results))
+    charts = report_charts(results, out_dir)
+    write_text(out_dir / "report.md", report_md(results, charts))
     write_text(out_dir / "samples.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in samples))
     for name, t in results["tasks"].items():
         print(f"{name}: acc {t['acc']:.4f}  acc_norm {t['acc_norm']:.4f}  "
