@@ -37,6 +37,7 @@ def _commands() -> dict:
     # parsed, so `jielong --help` and light commands start fast without importing torch
     # stages, datatrove or FastAPI.
     from jielong.demo.run import demo
+    from jielong.eval.arena import arena_cmd
     from jielong.eval.command import eval_cmd
     from jielong.eval.compare import compare_cmd
     from jielong.eval.judge import judge_cmd
@@ -76,7 +77,7 @@ def _commands() -> dict:
                   "rlhf": rlhf},
         "merge": merge_cmd,
         "score": score_cmd,
-        "eval": {"run": eval_cmd, "compare": compare_cmd, "judge": judge_cmd},
+        "eval": {"run": eval_cmd, "compare": compare_cmd, "judge": judge_cmd, "arena": arena_cmd},
     }
 
 
@@ -227,7 +228,7 @@ def _unknown(args: argparse.Namespace, extra: list[str]) -> None:
 
 
 # A group whose first word may be left out: `jielong eval MODEL …` is `jielong eval run MODEL …`
-# (`jielong eval compare …` the group's other command).
+# (`jielong eval compare …`, `judge …` and `arena …` the group's other commands).
 DEFAULT_SUBCOMMAND = {"eval": "run"}
 
 

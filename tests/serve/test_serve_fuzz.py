@@ -5,6 +5,7 @@ requests; JSON-only bodies; and API keys refused at start-up when empty or short
 
 from __future__ import annotations
 
+import copy
 import http.client
 import json
 import random
@@ -76,7 +77,7 @@ ODD = [None, True, False, 0, 1, 2, -1, 10**30, -10**30, 1e308, -1e308, 0.5, "", 
        [10**20], [-5], [[1, 2], [3]], ["x"] * 10, {"role": "user"}, "https://x/" + "%" * 30]
 
 
-def base_bodies(cid: str, mid: str, uid: str) -> list[tuple[str, str, dict]]:
+def base_bodies(cid: str, mid: str, uid: str, bid: str = "none") -> list[tuple[str, str, dict]]:
     """(method, path, a valid body) for every route that takes a body."""
     sampling = {"max_tokens": 4, "temperature": 0.7, "top_p": 0.9, "top_k": 20, "min_p": 0.01,
                 "presence_penalty": 0.1, "frequency_penalty": 0.1, "repetition_penalty": 1.1,
@@ -103,6 +104,9 @@ def base_bodies(cid: str, mid: str, uid: str) -> list[tuple[str, str, dict]]:
         ("POST", f"/api/messages/{uid}/edit", {"content": "again", "settings": {"max_tokens": 4}}),
         ("POST", f"/api/messages/{mid}/rating", {"value": 1, "reasons": ["helpful"],
                                                  "comment": "ok"}),
+        ("POST", "/api/arena", {"content": "Hi 你好", "system_prompt": "s",
+                                "settings": {"temperature": 0, "max_tokens": 4}}),
+        ("POST", f"/api/arena/{bid}/vote", {"winner": "a"}),
     ]
 
 
@@ -128,17 +132,18 @@ def mutate(rng: random.Random, body: dict) -> dict:
         for k in path[:-1]:
             parent = parent[k]
         how = rng.random()
+        # a copy of the odd value: mutating the shared one could make ODD contain itself
         if how < 0.15 and isinstance(parent, dict):
             del parent[path[-1]]
         elif how < 0.25 and isinstance(parent, dict):
-            parent["unknown_" + str(rng.randint(0, 9))] = rng.choice(ODD)
+            parent["unknown_" + str(rng.randint(0, 9))] = copy.deepcopy(rng.choice(ODD))
         else:
-            parent[path[-1]] = rng.choice(ODD)
+            parent[path[-1]] = copy.deepcopy(rng.choice(ODD))
     return body
 
 
-def sweep_of(cid: str, mid: str, uid: str) -> list:
-    return [(r, path) for r in base_bodies(cid, mid, uid) for path in paths_of(r[2])]
+def sweep_of(cid: str, mid: str, uid: str, bid: str = "none") -> list:
+    return [(r, path) for r in base_bodies(cid, mid, uid, bid) for path in paths_of(r[2])]
 
 
 def nested(rng: random.Random) -> bytes:
@@ -147,15 +152,15 @@ def nested(rng: random.Random) -> bytes:
     return (open_ * depth + "1" + close * depth).encode()
 
 
-def fuzz_cases(rng: random.Random, cid: str, mid: str, uid: str, n: int):
+def fuzz_cases(rng: random.Random, cid: str, mid: str, uid: str, n: int, bid: str = "none"):
     """(method, path, body bytes, headers), `n` of them, every kind of malformed input."""
-    routes = base_bodies(cid, mid, uid)
+    routes = base_bodies(cid, mid, uid, bid)
     gets = ["/v1/models", f"/v1/models/{NAME}", "/v1/models/%ff%00", "/api/info",
             "/api/conversations", f"/api/conversations/{cid}", "/api/conversations/%00",
             "/health", "/metrics", "/", "/static/app.js", "/v1/nothing"]
     json_ct = {"Content-Type": "application/json"}
     # every field of every body gets a wrong value at least once (kinds 2-4 walk this list)
-    sweep = sweep_of(cid, mid, uid)
+    sweep = sweep_of(cid, mid, uid, bid)
     swept = 0
     for i in range(n):
         method, path, base = rng.choice(routes)
@@ -223,6 +228,10 @@ def test_fuzz_no_5xx_errors_in_openai_shape_and_the_connection_survives(srv):
                       json={"content": "hi"}, timeout=30) as r:
         evs = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: ")]
     uid, mid = evs[0]["message"]["id"], evs[-1]["message"]["id"]
+    # and an arena battle (this server serves one model, so POST /api/arena is always a 400)
+    other = srv.store.add_message(c["id"], uid, "assistant", "hello", model="x",
+                                  finish_reason="stop")
+    bid = srv.store.add_battle(c["id"], uid, mid, other["id"])["id"]
 
     rng = random.Random(SEED)
     port = int(srv.url.rsplit(":", 1)[1])
@@ -234,7 +243,7 @@ def test_fuzz_no_5xx_errors_in_openai_shape_and_the_connection_survives(srv):
     bad: list[str] = []
     start = time.time()
     for i, (method, path, body, headers) in enumerate(fuzz_cases(rng, c["id"], mid, uid,
-                                                                 N_FUZZ)):
+                                                                 N_FUZZ, bid)):
         assert time.time() - start < FUZZ_SECONDS, f"the fuzz ran past its bound at case {i}"
         conn.request(method, path, body=body or None, headers=headers)
         r = conn.getresponse()
@@ -246,7 +255,7 @@ def test_fuzz_no_5xx_errors_in_openai_shape_and_the_connection_survives(srv):
             bad.append(case)
         assert conn.sock is sock, f"the server closed the connection after {case}"
     assert not bad, f"{len(bad)} bad answers of {N_FUZZ}:\n" + "\n".join(bad[:20])
-    assert len(sweep_of(c["id"], mid, uid)) <= N_FUZZ // 4  # the sweep covered every field
+    assert len(sweep_of(c["id"], mid, uid, bid)) <= N_FUZZ // 4  # the sweep covered every field
     assert sum(statuses.values()) == N_FUZZ and not any(s >= 500 for s in statuses)
     assert statuses.get(200, 0) >= 20 and statuses.get(400, 0) >= 100 and statuses.get(415)
     conn.request("GET", "/health")  # the same connection, still good

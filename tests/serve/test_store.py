@@ -152,6 +152,88 @@ def test_files_that_are_not_a_feedback_database(tmp_path):
     assert not (tmp_path / "missing.db").exists()
 
 
+def battle(store, cid=None, done=True):
+    """A conversation with a question, two answers (by "base" and "zh") and their battle."""
+    cid = cid or store.create_conversation(system_prompt="用繁體中文。")["id"]
+    q = store.add_message(cid, None, "user", "今天天气怎么样？")
+    a = store.add_message(cid, q["id"], "assistant", "晴天。", model="base",
+                          finish_reason="stop" if done else None)
+    b = store.add_message(cid, q["id"], "assistant", "Sunny.", model="zh", finish_reason="stop")
+    return store.add_battle(cid, q["id"], a["id"], b["id"]), q, a, b
+
+
+def test_arena_battles_and_votes_are_history(store):
+    bt, q, a, b = battle(store)
+    assert (bt["message_a"], bt["message_b"], bt["models"], bt["vote"]) == \
+        (a["id"], b["id"], {"a": "base", "b": "zh"}, None)
+    assert store.arena_votes() == []  # no vote, no row
+    store.vote(bt["id"], "a")
+    store.vote(bt["id"], "tie")
+    assert store.battle(bt["id"])["vote"]["winner"] == "tie"
+    assert [v["winner"] for v in store.battle_votes(bt["id"])] == ["a", "tie"]
+    assert store.battles(bt["conversation_id"]) == [store.battle(bt["id"])]
+    (row,) = store.arena_votes()
+    assert row == {"id": bt["id"], "prompt": [{"role": "system", "content": "用繁體中文。"},
+                                              {"role": "user", "content": "今天天气怎么样？"}],
+                   "model_a": "base", "model_b": "zh", "answer_a": "晴天。", "answer_b": "Sunny.",
+                   "winner": "tie", "time": row["time"]}
+    store.delete_conversation(bt["conversation_id"])
+    assert len(store.arena_votes()) == 1 and store.arena_votes(include_deleted=False) == []
+
+    late, *_ = battle(store, done=False)
+    other = store.create_conversation()
+    oq = store.add_message(other["id"], None, "user", "hi")
+    bad = [(lambda: store.vote(late["id"], "a"), "answer A .* is still being written"),
+           (lambda: store.vote(late["id"], "A"), "a vote is one of a, b, tie, both_bad"),
+           (lambda: store.vote("nope", "a"), "no battle nope"),
+           (lambda: store.vote(bt["id"], "a"), "its conversation was deleted"),
+           (lambda: store.add_battle(other["id"], oq["id"], late["message_a"], late["message_b"]),
+            "not a reply to"),
+           (lambda: store.add_battle(late["conversation_id"], late["question_id"],
+                                     late["message_a"], late["message_a"]), "two different")]
+    for call, message in bad:
+        with pytest.raises(UserError, match=message):
+            call()
+    assert store.battle_votes(late["id"]) == []
+
+
+def test_a_version_1_file_upgrades_in_place_and_keeps_everything(tmp_path):
+    path = tmp_path / "old.db"
+    with Store(path) as s:
+        c = s.create_conversation(title="old chat", system_prompt="Be brief.")
+        q = s.add_message(c["id"], None, "user", "2 + 2?")
+        a = s.add_message(c["id"], q["id"], "assistant", "4", model="m", finish_reason="stop")
+        s.rate(a["id"], 1, reasons=["correct"], comment="好")
+        before = s.dump()
+    with sqlite3.connect(path) as db:  # what version 1 wrote: no arena tables
+        db.execute("DROP TABLE votes")
+        db.execute("DROP TABLE battles")
+        db.execute("PRAGMA user_version = 1")
+    with Store(path, create=False) as s:  # e.g. `jielong feedback export` on an old file
+        assert s._db.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert s.dump() == before and s.ratings(a["id"])[0]["comment"] == "好"
+        assert s.integrity() == "ok"
+        bt, *_ = battle(s, c["id"])  # a new root question in the old conversation
+        s.vote(bt["id"], "b")
+        assert s.arena_votes()[0]["winner"] == "b"
+
+    # an upgrade that fails changes nothing: it is one transaction
+    broken = tmp_path / "broken.db"
+    with Store(broken) as s:
+        s.create_conversation(title="kept")
+    with sqlite3.connect(broken) as db:
+        db.execute("DROP TABLE votes")
+        db.execute("DROP TABLE battles")
+        db.execute("CREATE TABLE votes (x)")  # the upgrade makes battles, then fails on votes
+        db.execute("PRAGMA user_version = 1")
+    with pytest.raises(UserError, match="not a readable feedback database"):
+        Store(broken)
+    with sqlite3.connect(broken) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert db.execute("SELECT title FROM conversations").fetchall() == [("kept",)]
+        assert "battles" not in {r[0] for r in db.execute("SELECT name FROM sqlite_master")}
+
+
 def test_wal_mode_full_sync_and_reopening(tmp_path):
     path = tmp_path / "f.db"
     with Store(path) as s:

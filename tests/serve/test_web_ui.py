@@ -1,6 +1,6 @@
 """The web chat (GET / and /static, over the /api routes) in a real browser: Playwright
 driving the system's Chromium against `create_app(..., store=Store(...))` serving a tiny
-Qwen2-shaped model over real HTTP.
+Qwen2-shaped model and a LoRA adapter beside it (the arena's two contestants) over real HTTP.
 
 Skipped when Playwright or a Chromium executable is missing (`make chromium` installs
 Debian's). A screenshot of a chat is kept as a test artifact: in pytest's tmp dir, and in
@@ -17,7 +17,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from conftest import ROOT, serving
+from conftest import ROOT, make_adapter, serving
 from hf_families import make_hf_dir
 
 pytest.importorskip("fastapi")
@@ -66,7 +66,9 @@ See https://docs.python.org/3/tutorial/datastructures.html for more.
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory):
     root = tmp_path_factory.mktemp("web")
-    model, tok, gen = open_model(make_hf_dir(root, "qwen2"))
+    model_dir = make_hf_dir(root, "qwen2")
+    adapter = make_adapter(model_dir, root / "pirate", seed=1)
+    model, tok, gen = open_model(model_dir, adapters=[f"pirate={adapter}"])
     engine = Engine(model, tok, stop_ids(tok, gen, model.config.eos_token_id), slots=4).start()
     store = Store(root / "feedback.db")
     app = create_app(engine, tok, NAME, gen, store=store)
@@ -524,3 +526,59 @@ def test_a_server_with_api_keys_asks_for_one(page, srv, tmp_path):
         assert page.locator("#model option").first.get_attribute("value") == NAME
         send(page, "Hello")
         assert shown(page, "assistant").count() == 1 and len(asked) == 1
+
+
+def test_arena_vote_reload_and_the_vote_is_stored(page, srv, tmp_path):
+    open_chat(page, srv)
+    page.click("#arena-toggle")
+    assert page.locator("#arena-toggle").get_attribute("aria-pressed") == "true"
+    assert "two of the 2 served models" in page.locator("#arena-hint").inner_text()
+    page.fill("#max-tokens", "4")
+    page.fill("#input", "今天天氣如何？ 今天天气如何？ How is the weather?")
+    page.press("#input", "Enter")
+    page.wait_for_selector(".arena-vote .vote[data-winner='a']:enabled")
+    cid = current_id(page)
+    (battle,) = stored(srv, cid)["battles"]
+    assert battle["models"] is None and battle["vote"] is None
+    hidden = ["model hidden until you vote"] * 2
+    assert page.locator(".arena-pane .pane-model").all_inner_texts() == hidden
+    assert page.locator(".arena-pane[data-side='a']").get_attribute("data-id") == \
+        battle["message_a"]
+
+    page.reload()  # before the vote: the same answers, still anonymous
+    page.wait_for_selector(".arena-vote .vote[data-winner='b']:enabled")
+    assert page.locator(".arena-pane .pane-model").all_inner_texts() == hidden
+    page.click(".vote[data-winner='b']")
+    page.wait_for_selector(".arena-result.voted")
+    now = srv.store.battle(battle["id"])
+    assert now["vote"]["winner"] == "b" and set(now["models"].values()) == {NAME, "pirate"}
+    shown_names = [now["models"]["a"], now["models"]["b"]]
+    assert page.locator(".arena-pane .pane-model").all_inner_texts() == shown_names
+
+    page.reload()  # after it: the stored vote, and the names
+    page.wait_for_selector(".arena-result.voted")
+    assert page.locator(".vote[data-winner='b']").get_attribute("aria-pressed") == "true"
+    assert page.locator(".arena-pane .pane-model").all_inner_texts() == shown_names
+    assert page.locator("#arena-toggle").get_attribute("aria-pressed") == "true"
+    page.click(".vote[data-winner='tie']")  # a change of mind replaces it
+    page.wait_for_selector(".vote[data-winner='tie'][aria-pressed='true']")
+    assert [v["winner"] for v in srv.store.battle_votes(battle["id"])] == ["b", "tie"]
+    save_artifact(page, tmp_path, "arena.png")
+
+
+def test_arena_answers_are_shown_as_text(page, srv):
+    store = srv.store
+    c = store.create_conversation(title="arena xss")
+    q = store.add_message(c["id"], None, "user", "Say something dangerous.")
+    a = store.add_message(c["id"], q["id"], "assistant", XSS, model=NAME, finish_reason="stop")
+    b = store.add_message(c["id"], q["id"], "assistant", "**safe**", model="pirate",
+                          finish_reason="stop")
+    store.add_battle(c["id"], q["id"], a["id"], b["id"])
+    open_chat(page, srv, c["id"])
+    pane = page.locator(".arena-pane[data-side='a'] .content")
+    pane.wait_for()
+    page.wait_for_timeout(300)  # an <img onerror> would have fired by now
+    assert page.evaluate("() => window.__pwned") is None
+    assert "<script>window.__pwned=1</script>" in pane.inner_text()
+    assert page.locator(".arena script, .arena img").count() == 0
+    assert page.locator(".arena-pane[data-side='b'] strong").inner_text() == "safe"

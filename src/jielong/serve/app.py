@@ -6,7 +6,8 @@ web chat, as one FastAPI app composed of routers and middleware.
 
 What answers what:
 - /v1/* (chat and text completions, embeddings, models): jielong.serve.openai_routes;
-- /api/* and the chat page at / (with a store): jielong.serve.chat_routes;
+- /api/* and the chat page at / (with a store): jielong.serve.chat_routes, and the arena's
+  /api/arena (two models answer one question; the user votes): jielong.serve.arena_routes;
 - GET /health, GET /metrics (Prometheus text): jielong.serve.metrics;
 - in front of them all, jielong.serve.guard.Guard (Host allowlist, cross-site writes, JSON
   bodies, a 500 that keeps the connection) and, outermost, metrics.CountRequests.
@@ -31,7 +32,7 @@ from fastapi.staticfiles import StaticFiles
 
 from jielong.errors import UserError
 from jielong.infer.engine import Engine
-from jielong.serve import chat_routes, metrics, openai_routes
+from jielong.serve import arena_routes, chat_routes, metrics, openai_routes
 from jielong.serve.errors import add_error_handlers
 from jielong.serve.guard import LOOPBACK, Guard
 from jielong.serve.metrics import CountRequests, Metrics
@@ -68,6 +69,7 @@ def create_app(engine: Engine, tok, model_name: str, generation_config: dict | N
     if store is not None:  # the web chat's /api (before any catch-all mount of static files)
         app.state.store, app.state.chat_replies = store, set()
         app.include_router(chat_routes.router)
+        app.include_router(arena_routes.router)
     app.include_router(metrics.router)
     app.include_router(openai_routes.router)
     if store is not None:  # the web chat's page: GET / and its files under /static

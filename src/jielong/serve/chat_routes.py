@@ -15,6 +15,9 @@ Routes:
 - POST /api/messages/{mid}/rating {value: 1|-1|0, reasons?, comment?}: 👍, 👎 or cleared;
 - GET /api/info: the served model and adapters, sampling defaults, suggested reasons.
 
+A conversation comes with its arena battles ("battles", jielong.serve.arena_routes), whose
+answers show no model's name until the battle has a vote.
+
 A reply is generated from its branch: the conversation's system prompt (or the server's),
 then the messages from the root down to the user message it answers, rendered with the
 model's chat template. Sampling settings come from the request's `settings`, then the
@@ -57,7 +60,7 @@ from jielong.serve.schemas import (
     SamplingBody,
 )
 from jielong.serve.served import Served, served
-from jielong.serve.store import NotFound, Store
+from jielong.serve.store import NotFound, Store, sealed
 from jielong.serve.streaming import Batch, event_stream, sse, watch_disconnect
 
 REASONS = {"up": ["correct", "helpful", "well written"],
@@ -255,7 +258,9 @@ async def create(request: Request):
 
 @router.get("/conversations/{cid}")
 async def get(cid: str, request: Request):
-    return await _db(store_of(request).conversation, cid)
+    store = store_of(request)
+    conv = await _db(store.conversation, cid)
+    return sealed(conv, await _db(store.battles, cid))  # arena answers stay anonymous
 
 
 @router.patch("/conversations/{cid}")

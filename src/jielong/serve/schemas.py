@@ -1,5 +1,5 @@
 """The request bodies the server accepts, as pydantic models: OpenAI's (chat and text
-completions, embeddings) and the web chat's (conversations, messages, ratings). Unknown
+completions, embeddings) and the web chat's (conversations, messages, ratings, arena). Unknown
 fields are ignored, as OpenAI's API does; a field of the wrong type or value is a 400 naming
 it (jielong.serve.body.read_body). Limits are checked here when they need no model: the
 number of stop strings and of choices, the length of a chat message.
@@ -146,3 +146,16 @@ class RatingIn(Body):
     value: int
     reasons: list[str] = Field([], max_length=32)
     comment: str = Field("", max_length=MAX_CHARS)
+
+
+class ArenaIn(Body):
+    """A question for the arena: two served models answer it side by side."""
+
+    content: str
+    system_prompt: str | None = Field(None, max_length=MAX_CHARS)
+    settings: Settings | None = None
+    _content = field_validator("content")(message_text)
+
+
+class VoteIn(Body):
+    winner: Literal["a", "b", "tie", "both_bad"]

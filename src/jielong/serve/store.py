@@ -17,6 +17,17 @@ Durability: the file is in WAL mode with synchronous=FULL, and every write is on
 transaction; a method returns only after its commit, so what it acknowledged survives a
 killed process (and a power cut). One connection serves every thread, behind a lock.
 `jielong feedback export` (jielong.serve.feedback) turns the file into training data.
+
+Arena battles (the web chat's arena mode): one question answered by two served models side
+by side, the answers being two sibling assistant messages, each with its model's name. A
+battle names the question and its answers A (shown on the left) and B; its votes ("a", "b",
+"tie" or "both_bad") are appended like ratings, the latest being the battle's current vote,
+so changing one's mind replaces the vote and keeps the history. `arena_votes()` gives every
+battle's current vote in the fixed format `jielong eval arena` writes to votes.jsonl.
+
+Schema versions (PRAGMA user_version): 1 conversations, messages, ratings; 2 adds battles and
+votes. Opening an older file upgrades it in place, in one transaction (all or nothing), and
+touches none of its rows.
 """
 
 from __future__ import annotations
@@ -32,14 +43,17 @@ from pathlib import Path
 
 from jielong.errors import UserError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 ROLES = ("user", "assistant")
 ORIGINS = ("new", "regenerate", "edit")
 FINISH_REASONS = ("stop", "length", "stopped", "error")
 CONVERSATION_FIELDS = ("title", "system_prompt", "settings")
 TITLE_CHARS = 48  # an untitled conversation is named after the start of its first message
+WINNERS = ("a", "b", "tie", "both_bad")
 
-_SCHEMA = [
+# The statements that bring a file from version v - 1 to v, for each v.
+_MIGRATIONS: dict[int, list[str]] = {}
+_MIGRATIONS[1] = [
     """CREATE TABLE conversations (
         id TEXT PRIMARY KEY,
         title TEXT NOT NULL DEFAULT '',
@@ -70,6 +84,23 @@ _SCHEMA = [
         model TEXT,
         created REAL NOT NULL)""",
     "CREATE INDEX ratings_by_message ON ratings (message_id, id)",
+]
+_MIGRATIONS[2] = [
+    """CREATE TABLE battles (
+        id TEXT PRIMARY KEY,
+        conversation_id TEXT NOT NULL REFERENCES conversations(id),
+        question_id TEXT NOT NULL REFERENCES messages(id),
+        message_a TEXT NOT NULL REFERENCES messages(id),
+        message_b TEXT NOT NULL REFERENCES messages(id),
+        created REAL NOT NULL,
+        CHECK (message_a != message_b))""",
+    "CREATE INDEX battles_by_conversation ON battles (conversation_id)",
+    """CREATE TABLE votes (
+        id INTEGER PRIMARY KEY,
+        battle_id TEXT NOT NULL REFERENCES battles(id),
+        winner TEXT NOT NULL CHECK (winner IN ('a', 'b', 'tie', 'both_bad')),
+        created REAL NOT NULL)""",
+    "CREATE INDEX votes_by_battle ON votes (battle_id, id)",
 ]
 
 # A message with its current rating (the latest row of ratings for it).
@@ -134,12 +165,13 @@ class Store:
                 return
             tables = [r[0] for r in db.execute(
                 "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
-            if tables:
+            if version == 0 and tables:
                 raise UserError(f"{self.file}: an SQLite database, but not a jielong feedback "
                                 f"database (its tables: {', '.join(tables[:5])}); give another "
                                 "--db")
-            for statement in _SCHEMA:
-                db.execute(statement)
+            for v in range(version + 1, SCHEMA_VERSION + 1):  # rolled back as one on an error
+                for statement in _MIGRATIONS[v]:
+                    db.execute(statement)
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def close(self) -> None:
@@ -291,12 +323,7 @@ class Store:
         """The messages from the conversation's first one down to `mid`, in order."""
         with self._tx() as db:
             self._message_row(db, mid)
-            rows = db.execute(
-                "WITH RECURSIVE up(id, depth) AS (SELECT ?, 0 UNION ALL "
-                "SELECT m.parent_id, up.depth + 1 FROM messages m JOIN up ON m.id = up.id "
-                "WHERE m.parent_id IS NOT NULL) "
-                f"{_MESSAGES} JOIN up ON up.id = m.id ORDER BY up.depth DESC", (mid,)).fetchall()
-        return [_message_dict(r) for r in rows]
+            return self._path(db, mid)
 
     def siblings(self, mid: str) -> list[dict]:
         """The messages with `mid`'s parent (`mid` among them), in the order they were made."""
@@ -337,6 +364,93 @@ class Store:
             rows = db.execute("SELECT * FROM ratings WHERE message_id = ? ORDER BY id",
                               (mid,)).fetchall()
         return [{**dict(r), "reasons": json.loads(r["reasons"])} for r in rows]
+
+    # ------------------------------------------------------------------ arena battles
+
+    def add_battle(self, cid: str, question_id: str, message_a: str, message_b: str) -> dict:
+        """A battle: two different replies to the user message `question_id`, A (shown on the
+        left) and B."""
+        bid, now = new_id(), time.time()
+        with self._tx(write=True) as db:
+            self._live(db, cid)
+            for mid in (message_a, message_b):
+                m = self._message_row(db, mid)
+                if (m["conversation_id"], m["parent_id"], m["role"]) != \
+                        (cid, question_id, "assistant"):
+                    raise UserError(f"message {mid} is not a reply to {question_id} in "
+                                    f"conversation {cid}; a battle's answers are two replies to "
+                                    "its question")
+            if message_a == message_b:
+                raise UserError("a battle's answers A and B must be two different messages")
+            db.execute("INSERT INTO battles (id, conversation_id, question_id, message_a, "
+                       "message_b, created) VALUES (?, ?, ?, ?, ?, ?)",
+                       (bid, cid, question_id, message_a, message_b, now))
+            return self._battle(db, bid)
+
+    def battle(self, bid: str) -> dict:
+        """{"id", "conversation_id", "question_id", "message_a", "message_b", "created",
+        "models": {"a", "b"}, "vote": the current vote or None}."""
+        with self._tx() as db:
+            return self._battle(db, bid)
+
+    def battles(self, cid: str) -> list[dict]:
+        """The battles of a conversation, oldest first."""
+        with self._tx() as db:
+            self._live(db, cid)
+            ids = [r[0] for r in db.execute("SELECT id FROM battles WHERE conversation_id = ? "
+                                            "ORDER BY created, rowid", (cid,))]
+            return [self._battle(db, bid) for bid in ids]
+
+    def vote(self, bid: str, winner: str) -> dict:
+        """Vote on a battle: "a", "b", "tie" or "both_bad"; kept beside the earlier votes, the
+        latest being current. Both answers must be written (not still being generated)."""
+        if not isinstance(winner, str) or winner not in WINNERS:
+            raise UserError(f"a vote is one of {', '.join(WINNERS)}, not {winner!r}")
+        now = time.time()
+        with self._tx(write=True) as db:
+            b = self._battle(db, bid)
+            for side in ("a", "b"):
+                if self._message_row(db, b[f"message_{side}"])["finish_reason"] is None:
+                    raise UserError(f"answer {side.upper()} of battle {bid} is still being "
+                                    "written; vote when both are done")
+            cur = db.execute("INSERT INTO votes (battle_id, winner, created) VALUES (?, ?, ?)",
+                             (bid, winner, now))
+            return {"id": cur.lastrowid, "winner": winner, "created": now}
+
+    def battle_votes(self, bid: str) -> list[dict]:
+        """Every vote on a battle, oldest first."""
+        with self._tx() as db:
+            self._battle(db, bid, live=False)
+            rows = db.execute("SELECT id, winner, created FROM votes WHERE battle_id = ? "
+                              "ORDER BY id", (bid,)).fetchall()
+        return [dict(r) for r in rows]
+
+    def arena_votes(self, include_deleted: bool = True) -> list[dict]:
+        """Every battle's current vote, oldest battle first, as `jielong eval arena` writes
+        votes.jsonl: {"id", "prompt", "model_a", "model_b", "answer_a", "answer_b", "winner",
+        "time"}; "prompt" is the system prompt (when there is one) and the messages down to
+        the question, "time" the vote's."""
+        where = "" if include_deleted else "AND c.deleted = 0"
+        out = []
+        with self._tx() as db:
+            rows = db.execute(
+                "SELECT b.*, c.system_prompt, v.winner, v.created AS voted, "
+                "a.model AS model_a, a.content AS answer_a, "
+                "bb.model AS model_b, bb.content AS answer_b FROM battles b "
+                "JOIN conversations c ON c.id = b.conversation_id "
+                "JOIN votes v ON v.id = (SELECT max(id) FROM votes WHERE battle_id = b.id) "
+                "JOIN messages a ON a.id = b.message_a JOIN messages bb ON bb.id = b.message_b "
+                f"WHERE 1 {where} ORDER BY b.created, b.rowid").fetchall()
+            for r in rows:
+                prompt = [{"role": m["role"], "content": m["content"]}
+                          for m in self._path(db, r["question_id"])]
+                if r["system_prompt"]:
+                    prompt.insert(0, {"role": "system", "content": r["system_prompt"]})
+                out.append({"id": r["id"], "prompt": prompt, "model_a": r["model_a"] or "",
+                            "model_b": r["model_b"] or "", "answer_a": r["answer_a"],
+                            "answer_b": r["answer_b"], "winner": r["winner"],
+                            "time": r["voted"]})
+        return out
 
     # ------------------------------------------------------------------ export
 
@@ -390,8 +504,49 @@ class Store:
             raise NotFound(f"no message {mid}" + (" (its conversation was deleted)" if row else ""))
         return row
 
+    def _path(self, db: sqlite3.Connection, mid: str) -> list[dict]:
+        rows = db.execute(
+            "WITH RECURSIVE up(id, depth) AS (SELECT ?, 0 UNION ALL "
+            "SELECT m.parent_id, up.depth + 1 FROM messages m JOIN up ON m.id = up.id "
+            "WHERE m.parent_id IS NOT NULL) "
+            f"{_MESSAGES} JOIN up ON up.id = m.id ORDER BY up.depth DESC", (mid,)).fetchall()
+        return [_message_dict(r) for r in rows]
+
+    def _battle(self, db: sqlite3.Connection, bid: str, live: bool = True) -> dict:
+        row = db.execute("SELECT b.*, c.deleted, a.model AS model_a, bb.model AS model_b "
+                         "FROM battles b JOIN conversations c ON c.id = b.conversation_id "
+                         "JOIN messages a ON a.id = b.message_a "
+                         "JOIN messages bb ON bb.id = b.message_b WHERE b.id = ?",
+                         (bid,)).fetchone()
+        if row is None or (live and row["deleted"]):
+            raise NotFound(f"no battle {bid}" + (" (its conversation was deleted)" if row else ""))
+        vote = db.execute("SELECT winner, created FROM votes WHERE battle_id = ? "
+                          "ORDER BY id DESC LIMIT 1", (bid,)).fetchone()
+        return {"id": row["id"], "conversation_id": row["conversation_id"],
+                "question_id": row["question_id"], "message_a": row["message_a"],
+                "message_b": row["message_b"], "created": row["created"],
+                "models": {"a": row["model_a"], "b": row["model_b"]},
+                "vote": dict(vote) if vote else None}
+
     def _message(self, db: sqlite3.Connection, mid: str) -> dict:
         return _message_dict(db.execute(f"{_MESSAGES} WHERE m.id = ?", (mid,)).fetchone())
+
+
+def sealed_battle(b: dict) -> dict:
+    """A battle as the arena shows it: its models (`models`) only once it has a vote, so
+    the voter does not know who answered what."""
+    return {**b, "models": b["models"] if b["vote"] else None}
+
+
+def sealed(conversation: dict, battles: list[dict]) -> dict:
+    """A conversation as the web chat shows it: with its battles (sealed_battle), and the
+    answers of a battle nobody has voted on yet without their model's name."""
+    hidden = {b[k] for b in battles if not b["vote"] for k in ("message_a", "message_b")}
+    out = {**conversation, "battles": [sealed_battle(b) for b in battles]}
+    if "messages" in out:
+        out["messages"] = [{**m, "model": None} if m["id"] in hidden else m
+                           for m in out["messages"]]
+    return out
 
 
 def _message_dict(r: sqlite3.Row) -> dict:

@@ -2,7 +2,9 @@
 //
 // It speaks the /api routes of jielong.serve (see src/jielong/serve/chat_routes.py):
 // conversations kept on the server, replies streamed as server-sent events over a POST,
-// every message a node of a tree (regenerating or editing adds a sibling), ratings.
+// every message a node of a tree (regenerating or editing adds a sibling), ratings, and the
+// arena: two anonymous models answer one question side by side, the user votes, then sees
+// who they were (src/jielong/serve/arena_routes.py).
 //
 // Safety: text from the model or the user never goes through innerHTML. The Markdown
 // renderer below builds DOM nodes and puts all text in with textContent / text nodes, so
@@ -428,6 +430,8 @@
     thanked: null, // id of the message whose feedback was just saved
     saving: Promise.resolve(), // the last conversation PATCH
     opening: null, // id of the conversation being fetched
+    arenaMode: false, // the composer asks the arena (two anonymous models) instead
+    battle: null, // the open arena battle: {id, question, a, b (messages), vote, models}
   };
 
   const ui = {
@@ -448,7 +452,10 @@
     settings: $("#settings"),
     toggleSettings: $("#toggle-settings"),
     serverInfo: $("#server-info"),
+    arenaToggle: $("#arena-toggle"),
+    arenaHint: $("#arena-hint"),
   };
+  const PLACEHOLDER = ui.input.placeholder;
 
   let statusTimer = 0;
   function showStatus(message, kind = "error") {
@@ -649,9 +656,9 @@
 
   function renderThread({ stick = false } = {}) {
     const follow = stick || nearBottom();
-    const shown = thread();
-    ui.messages.replaceChildren(...shown.map(messageView));
-    ui.empty.hidden = shown.length > 0;
+    const shown = state.battle ? [] : thread();
+    ui.messages.replaceChildren(...(state.battle ? [arenaView()] : shown.map(messageView)));
+    ui.empty.hidden = shown.length > 0 || Boolean(state.battle);
     ui.title.textContent = (state.conv && state.conv.title) || "New chat";
     if (follow) scrollToBottom();
   }
@@ -752,6 +759,7 @@
   // ------------------------------------------------------------------ conversations
 
   function resetThread() {
+    state.battle = null;
     state.msgs = new Map();
     state.kids = new Map();
     state.sel = new Map();
@@ -807,6 +815,9 @@
     resetThread();
     loadSelection(id);
     for (const m of messages || []) addMessage(m);
+    const battles = rest.battles || [];
+    if (battles.length) state.battle = battleOf(battles[0]);
+    setArenaMode(battles.length > 0);
     setHash(id);
     showSettings(rest);
     renderThread({ stick: true });
@@ -836,7 +847,9 @@
 
   function onEvent(ev) {
     const s = state.stream;
-    if (ev.type === "user") {
+    if (ev.side || ev.type === "battle") {
+      onArenaEvent(ev);
+    } else if (ev.type === "user") {
       select(addMessage(ev.message));
       renderThread({ stick: true });
     } else if (ev.type === "notice") {
@@ -886,9 +899,9 @@
   }
 
   /** POST `body` to `path` and follow its event stream (or take its JSON answer). */
-  async function streamPost(path, body) {
+  async function streamPost(path, body, { arena = false } = {}) {
     const controller = new AbortController();
-    const s = { controller, id: null, stopped: false };
+    const s = { controller, id: null, stopped: false, arena };
     state.stream = s;
     setBusy(true);
     renderThread();
@@ -961,6 +974,13 @@
     clearStatus();
     ui.input.value = "";
     autosize();
+    if (state.arenaMode) {
+      if (!(await askArena(content))) {
+        ui.input.value = content; // nothing was asked: give the text back
+        autosize();
+      }
+      return;
+    }
     let conv;
     try {
       conv = await ensureConversation(content);
@@ -1075,6 +1095,10 @@
       copyText(code.textContent, button);
       return;
     }
+    if (button.classList.contains("vote")) {
+      castVote(button.dataset.winner);
+      return;
+    }
     const node = button.closest(".message");
     const m = node && state.msgs.get(node.dataset.id);
     if (!m) return;
@@ -1130,6 +1154,167 @@
       e.preventDefault();
       saveEdit(m, e.target.value);
     }
+  });
+
+
+  // ------------------------------------------------------------------ the arena
+
+  const SIDES = ["a", "b"];
+  const VOTES = [
+    ["a", "A is better", "A 較好"],
+    ["b", "B is better", "B 較好"],
+    ["tie", "Tie", "平手"],
+    ["both_bad", "Both are bad", "都不好"],
+  ];
+
+  /** The battle of a conversation's data, its messages taken from state.msgs. */
+  function battleOf(b) {
+    return { id: b.id, question: state.msgs.get(b.question_id), a: state.msgs.get(b.message_a),
+      b: state.msgs.get(b.message_b), vote: b.vote, models: b.models };
+  }
+
+  function setArenaMode(on) {
+    state.arenaMode = on;
+    ui.arenaToggle.setAttribute("aria-pressed", on ? "true" : "false");
+    document.body.classList.toggle("arena-mode", on);
+    ui.arenaHint.hidden = !on;
+    ui.model.disabled = on; // the arena draws the models
+    ui.input.placeholder = on ? "Ask two anonymous models… 問兩個匿名模型" : PLACEHOLDER;
+  }
+
+  function answerDone(m) {
+    return Boolean(m && m.finish_reason) && !(state.stream && state.stream.arena);
+  }
+
+  function paneView(side) {
+    const b = state.battle;
+    const m = b[side];
+    const writing = Boolean(state.stream && state.stream.arena && !m.finish_reason);
+    const name = b.models ? b.models[side] : null;
+    const content = el("div", { class: "content" + (writing ? " streaming" : "") });
+    content.append(Markdown.render(m.content));
+    const notes = [];
+    if (m.finish_reason === "length") notes.push("cut at max tokens");
+    else if (m.finish_reason === "stopped") notes.push("stopped");
+    else if (m.finish_reason === "error") notes.push("error" + (m.error ? ": " + m.error : ""));
+    return el("section", { class: "arena-pane", "data-side": side, "data-id": m.id,
+      "aria-label": "Answer " + side.toUpperCase(), "aria-busy": writing ? "true" : null },
+    el("div", { class: "pane-head" },
+      el("span", { class: "pane-label", text: side.toUpperCase() }),
+      el("span", { class: "pane-model" + (name ? " shown" : ""),
+        text: name || "model hidden until you vote" })),
+    content,
+    el("div", { class: "meta", text: notes.join(" · ") }));
+  }
+
+  function arenaView() {
+    const b = state.battle;
+    const question = el("article", { class: "message user", "aria-label": "You" },
+      el("div", { class: "bubble" },
+        el("div", { class: "who" }, el("span", { class: "name", text: "You" })),
+        el("div", { class: "content", text: b.question.content })));
+    const ready = answerDone(b.a) && answerDone(b.b);
+    const current = b.vote ? b.vote.winner : null;
+    const buttons = VOTES.map(([winner, label, zh]) => el("button", { type: "button",
+      class: "vote" + (winner === current ? " primary" : ""), "data-winner": winner,
+      "aria-pressed": winner === current ? "true" : "false", disabled: !ready },
+    label, " ", el("span", { class: "zh", lang: "zh-Hant", text: zh })));
+    let said = ready ? "Which answer is better? 哪個回答比較好？" : "The two answers are being written…";
+    if (b.vote && b.models) {
+      const chose = VOTES.find(([w]) => w === current);
+      said = `You voted “${chose ? chose[1] : current}”: A was ${b.models.a}, ` +
+        `B was ${b.models.b}. You can change your vote.`;
+    }
+    return el("div", { class: "arena-battle", "data-battle": b.id },
+      question,
+      el("div", { class: "arena" }, paneView("a"), paneView("b")),
+      el("div", { class: "arena-vote", role: "group", "aria-label": "Your vote" }, ...buttons),
+      el("p", { class: "arena-result" + (b.vote ? " voted" : ""), role: "status", text: said }));
+  }
+
+  function updatePane(side) {
+    const node = ui.messages.querySelector(`.arena-pane[data-side="${side}"]`);
+    if (!node) return;
+    const follow = nearBottom();
+    node.replaceWith(paneView(side));
+    if (follow) scrollToBottom();
+  }
+
+  function onArenaEvent(ev) {
+    if (ev.type === "battle") {
+      const { messages, ...conv } = ev.conversation;
+      state.conv = conv;
+      resetThread();
+      addMessage(ev.question);
+      for (const side of SIDES) addMessage(ev.battle.answers[side]);
+      state.battle = battleOf(ev.battle);
+      setHash(conv.id);
+      state.list = [{ id: conv.id, title: conv.title, updated: conv.updated, created: conv.created },
+        ...state.list.filter((c) => c.id !== conv.id)];
+      renderList();
+      renderThread({ stick: true });
+      return;
+    }
+    const b = state.battle;
+    const m = b && b[ev.side];
+    if (!m) return;
+    if (ev.type === "delta") {
+      m.content += ev.text;
+    } else if (ev.type === "done") {
+      Object.assign(m, ev.message);
+    } else if (ev.type === "error") {
+      m.finish_reason = "error";
+      m.error = (ev.error && ev.error.message) || "the model failed";
+      showStatus(`Answer ${ev.side.toUpperCase()} failed: ${m.error}`);
+    }
+    updatePane(ev.side);
+  }
+
+  /** Ask the arena; true when a battle started. */
+  async function askArena(content) {
+    stopStream();
+    state.conv = null;
+    resetThread();
+    renderThread();
+    await streamPost("/api/arena", { content, system_prompt: ui.system.value || null,
+      settings: arenaSettings() }, { arena: true });
+    const b = state.battle;
+    if (!b) return false;
+    for (const side of SIDES) { // an answer that never got its "done": stopped, or cut off
+      if (!b[side].finish_reason) b[side].finish_reason = "stopped";
+    }
+    renderThread();
+    return true;
+  }
+
+  function arenaSettings() {
+    const { model, ...rest } = currentSettings();
+    return rest;
+  }
+
+  async function castVote(winner) {
+    const b = state.battle;
+    if (!b) return;
+    try {
+      const out = await api("POST", `/api/arena/${encodeURIComponent(b.id)}/vote`, { winner });
+      b.vote = out.battle.vote;
+      b.models = out.battle.models;
+      for (const side of SIDES) b[side].model = b.models[side];
+    } catch (e) {
+      showStatus("Could not save the vote: " + e.message);
+      return;
+    }
+    renderThread();
+    const pressed = ui.messages.querySelector(`.vote[data-winner="${winner}"]`);
+    if (pressed) pressed.focus();
+  }
+
+  ui.arenaToggle.addEventListener("click", () => {
+    const on = !state.arenaMode;
+    if (state.conv || state.battle) newChat();
+    setArenaMode(on);
+    renderThread();
+    ui.input.focus();
   });
 
   // ------------------------------------------------------------------ the conversation list
@@ -1289,6 +1474,12 @@
     ui.model.replaceChildren(...(info.models || [info.model]).filter(Boolean).map((name) =>
       el("option", { value: name, text: name === info.model ? `${name} (base)` : name })));
     ui.serverInfo.textContent = info.model ? `Served: ${info.model}` : "";
+    const two = (info.models || []).length >= 2;
+    ui.arenaHint.textContent = two ?
+      `Arena: two of the ${info.models.length} served models answer, anonymously, side by ` +
+      "side. Vote for the better answer, then see who wrote which. 投票後揭曉模型。" :
+      "The arena needs two models, and this server serves one. Serve a LoRA adapter beside " +
+      "it: jielong serve --model DIR --adapter NAME=DIR";
     showSettings(null);
     await refreshList();
     const id = decodeURIComponent(location.hash.replace(/^#/, ""));

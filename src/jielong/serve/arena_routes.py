@@ -1,0 +1,157 @@
+"""The web chat's arena: one question answered by two served models side by side, anonymous
+until the user votes which answer is better, as Chatbot Arena collects its votes (Chiang et
+al. 2024, "Chatbot Arena: An Open Platform for Evaluating LLMs by Human Preference").
+
+Routes (under /api, beside jielong.serve.chat_routes'):
+- POST /api/arena {content, system_prompt?, settings?}: a new conversation whose question is
+  `content`; two different models are drawn at random from the served ones (the base model
+  and its LoRA adapters, `jielong serve --adapter NAME=DIR`), in random order (the first is
+  A, shown on the left), and both answer at once with the same sampling settings. The stream
+  is the events `battle` (the conversation, the question, and the battle: its two empty
+  answers' ids), then `delta` and `done` (or `error`) of each answer, each with its `side`
+  ("a" or "b"), interleaved as they are written;
+- POST /api/arena/{bid}/vote {winner: "a"|"b"|"tie"|"both_bad"}: the vote (a new one replaces
+  it as current; all are kept) and the battle with its `models` now shown.
+
+Contestants stay anonymous: until the battle has a vote no answer says which model wrote it,
+here or in GET /api/conversations/{cid} (jielong.serve.store.sealed). A server with one model
+answers POST /api/arena with a 400 naming how to serve two. `jielong eval arena` turns the
+votes into Bradley-Terry ratings (jielong.eval.arena).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from jielong.errors import UserError
+from jielong.serve.body import read_body
+from jielong.serve.chat_routes import Reply, prepare, store_of
+from jielong.serve.errors import ApiError, user_error
+from jielong.serve.guard import authorize
+from jielong.serve.schemas import ArenaIn, Generate, VoteIn
+from jielong.serve.served import served
+from jielong.serve.store import NotFound, sealed_battle
+from jielong.serve.streaming import event_stream, sse
+
+router = APIRouter(prefix="/api", dependencies=[Depends(authorize)])
+SIDES = ("a", "b")
+draw = random.SystemRandom()  # which two models, and which is A
+
+
+async def _db(fn: Callable, *args, **kwargs) -> Any:
+    """A store call, off the event loop; unknown ids are 404, other mistakes 400."""
+    try:
+        return await run_in_threadpool(fn, *args, **kwargs)
+    except NotFound as e:
+        raise ApiError(404, str(e), code="not_found") from None
+    except UserError as e:
+        raise ApiError(400, str(e)) from None
+
+
+def contestants(request: Request) -> list[str]:
+    """Two different served models, in random order (A first); a 400 when only one is served."""
+    s = served(request)
+    models = [s.model_name, *s.engine.adapters]
+    if len(models) < 2:
+        raise ApiError(400, f"the arena needs two models, and this server serves one "
+                            f"({s.model_name}); serve LoRA adapters beside it, e.g. `jielong "
+                            "serve --model DIR --adapter NAME=ADAPTER_DIR`",
+                       code="arena_needs_two_models")
+    return draw.sample(models, 2)
+
+
+@router.post("/arena")
+async def ask(request: Request):
+    s, store = served(request), store_of(request)
+    body = await read_body(request, ArenaIn)
+    settings = body.settings.model_dump(exclude_none=True) if body.settings else {}
+    settings.pop("model", None)  # the arena picks the models
+    names = contestants(request)
+    # every check before anything is stored: a prompt too long for either model is a 400
+    draft = {"settings": settings, "system_prompt": body.system_prompt}
+    question = [{"role": "user", "content": body.content}]
+    jobs = [prepare(s, draft, question, Generate(model=name)) for name in names]
+    conv = await _db(store.create_conversation, None, body.system_prompt, settings)
+    asked = await _db(store.add_message, conv["id"], None, "user", body.content)
+    answers = [await _db(store.add_message, conv["id"], asked["id"], "assistant", "",
+                         model=name, sampling=stored)
+               for job, name, stored, _ in jobs]
+    battle = await _db(store.add_battle, conv["id"], asked["id"], answers[0]["id"],
+                       answers[1]["id"])
+    replies: list[Reply] = []
+    try:
+        for (job, *_), m in zip(jobs, answers, strict=True):
+            replies.append(Reply(s, store, m, job, request.app.state.chat_replies))
+    except UserError as e:
+        for r in replies:
+            r.batch.cancel()
+        for m in answers[len(replies):]:
+            await _db(store.update_message, m["id"], finish_reason="error")
+        raise user_error(e) from None
+    conv = await _db(store.conversation, conv["id"], False)
+    first = {"type": "battle", "conversation": conv, "question": asked,
+             "battle": {**sealed_battle(battle),
+                        "answers": {side: {**m, "model": None}
+                                    for side, m in zip(SIDES, answers, strict=True)}}}
+    return duel(request, replies, first)
+
+
+def duel(request: Request, replies: list[Reply], first: dict) -> StreamingResponse:
+    """One stream of both answers: `first`, then each answer's events tagged with its side;
+    it ends when both have. A client that goes away stops both (each is stored as it is)."""
+
+    async def body():
+        merged: asyncio.Queue[tuple[str, dict]] = asyncio.Queue()
+
+        async def relay(side: str, r: Reply) -> None:
+            while True:
+                event = await r.events.get()
+                merged.put_nowait((side, event))
+                if event["type"] in ("done", "error"):
+                    return
+
+        async def watch() -> None:  # one reader of the connection for both answers
+            try:
+                while (await request.receive())["type"] != "http.disconnect":
+                    pass
+            except Exception:  # noqa: BLE001 - a watcher must never take the request down
+                return
+            for r in replies:
+                r.batch.cancel()
+
+        tasks = [asyncio.create_task(relay(side, r))
+                 for side, r in zip(SIDES, replies, strict=True)]
+        watcher = asyncio.create_task(watch())
+        try:
+            yield sse(first)
+            left = len(replies)
+            while left:
+                side, event = await merged.get()
+                if event["type"] == "done":
+                    event = {**event, "message": {**event["message"], "model": None}}
+                if event["type"] in ("done", "error"):
+                    left -= 1
+                yield sse({**event, "side": side})
+        finally:
+            watcher.cancel()
+            for t in tasks:
+                t.cancel()
+            for r in replies:
+                r.batch.cancel()
+
+    return event_stream(body())
+
+
+@router.post("/arena/{bid}/vote")
+async def vote(bid: str, request: Request):
+    store = store_of(request)
+    body = await read_body(request, VoteIn)
+    await _db(store.vote, bid, body.winner)
+    return {"battle": await _db(store.battle, bid)}
