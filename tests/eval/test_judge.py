@@ -14,7 +14,15 @@ from conftest import tiny_corpus, write_jsonl
 from jielong.checkpoint import save_model
 from jielong.cli import main, run
 from jielong.config import preset
-from jielong.eval.judge import Pair, judge_pairs, pair_answers, pair_rows, report_md
+from jielong.eval.judge import (
+    Pair,
+    db_votes,
+    judge_pairs,
+    pair_answers,
+    pair_rows,
+    read_votes,
+    report_md,
+)
 from jielong.eval.judges import Reply, render
 from jielong.eval.loglikelihood import encode_pair
 from jielong.eval.verdicts import (
@@ -27,6 +35,7 @@ from jielong.eval.verdicts import (
 )
 from jielong.hub import open_model
 from jielong.model import Transformer
+from jielong.serve.store import Store
 from jielong.tokenizer import train_tokenizer
 
 
@@ -283,3 +292,20 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch):
     assert "JUDGE_TEST_KEY" in fails(["eval", "judge", "--a", str(a), "--b", str(b), "--judge_url",
                                       "http://127.0.0.1:9/v1", "--api_key_env", "JUDGE_TEST_KEY"],
                                      capsys)
+
+
+def test_votes_from_the_chat_database_are_the_votes_file(tmp_path):
+    """--db reads the arena votes `jielong eval arena` would write to votes.jsonl: the same pairs."""
+    with Store(tmp_path / "chat.db") as store:
+        c = store.create_conversation(system_prompt="簡短回答。")
+        q = store.add_message(c["id"], None, "user", "台灣最高的山是哪一座？")
+        a = store.add_message(c["id"], q["id"], "assistant", "玉山。", model="sft", finish_reason="stop")
+        b = store.add_message(c["id"], q["id"], "assistant", "不知道", model="base", finish_reason="stop")
+        store.vote(store.add_battle(c["id"], q["id"], a["id"], b["id"])["id"], "a")
+        votes = store.arena_votes()
+    write_jsonl(tmp_path / "votes.jsonl", votes)
+    [from_db], [from_file] = db_votes(str(tmp_path / "chat.db")), read_votes(str(tmp_path / "votes.jsonl"))
+    assert (from_db.conversation, from_db.answer_a, from_db.model_b, from_db.human) == \
+        (from_file.conversation, "玉山。", "base", "a")
+    assert from_db.conversation == [{"role": "system", "content": "簡短回答。"},
+                                    {"role": "user", "content": "台灣最高的山是哪一座？"}]

@@ -73,9 +73,11 @@ def check_vote(obj: object, where: str) -> dict:
         raise UserError(f"{where}: a vote needs {', '.join(missing)} (fields: {', '.join(FIELDS)})")
     if obj["winner"] not in WINNERS:
         raise UserError(f"{where}: winner {obj['winner']!r} is not one of {', '.join(WINNERS)}")
-    for k in ("model_a", "model_b", "answer_a", "answer_b"):
+    for k in ("id", "model_a", "model_b", "answer_a", "answer_b"):
         if not isinstance(obj[k], str):
             raise UserError(f"{where}: {k} must be a string")
+    if isinstance(obj["time"], bool) or not isinstance(obj["time"], int | float):
+        raise UserError(f"{where}: time {obj['time']!r} is not a number (unix seconds)")
     if not obj["model_a"] or obj["model_a"] == obj["model_b"]:
         raise UserError(f"{where}: model_a and model_b must be two different model names")
     prompt = obj["prompt"]

@@ -17,7 +17,8 @@ What is judged (one of the first two, and/or the third):
   through its chat template (OUT/answers_a.jsonl, OUT/answers_b.jsonl: answer files for later).
 - `--votes FILE`: arena votes (`jielong eval arena`'s votes.jsonl, one JSON object a line:
   id, prompt, model_a, model_b, answer_a, answer_b, winner a|b|tie|both_bad, time): the judge
-  judges each vote's two answers and its verdicts are set against the people's.
+  judges each vote's two answers and its verdicts are set against the people's; `--db FILE`
+  reads the same votes straight from the web chat's database (`jielong serve --db`).
 
 The judge: `--judge DIR` (a local model or hub id; default verdict by log-likelihood of
 "[[A]]", "[[B]]", "[[C]]", see jielong.eval.judges) or `--judge_url` (any OpenAI-compatible
@@ -44,6 +45,7 @@ from tqdm import tqdm
 from jielong.data.preferences import parse_prompt
 from jielong.data.readers import iter_records
 from jielong.errors import UserError
+from jielong.eval.arena import check_vote, load_votes
 from jielong.eval.judges import Endpoint, EndpointJudge, LocalJudge, Reply, generate_replies
 from jielong.eval.verdicts import (
     agreement,
@@ -61,7 +63,6 @@ from jielong.runtime import pick_device
 PROMPT_KEYS = ("prompt", "question", "instruction")
 ANSWER_KEYS = ("answer", "response", "output", "completion")
 MODEL_KEYS = ("model", "generator", "model_id")
-WINNERS = ("a", "b", "tie", "both_bad")
 
 
 @dataclass
@@ -178,31 +179,25 @@ def pair_answers(path_a: str, path_b: str) -> list[Pair]:
 
 
 def read_votes(path: str) -> list[Pair]:
-    """Arena votes (the shared votes.jsonl format), each checked; a line out of the format
-    is a UserError naming it."""
-    pairs = []
-    for where, obj in iter_records(path):
-        if not isinstance(obj, dict):
-            raise UserError(f"{where}: expected a vote object, got {type(obj).__name__}")
-        for k in ("id", "model_a", "model_b", "answer_a", "answer_b", "winner"):
-            if not isinstance(obj.get(k), str):
-                got = "missing" if k not in obj else f"a {type(obj[k]).__name__}"
-                raise UserError(f"{where}: {k!r} is {got}; a vote needs string fields id, "
-                                "model_a, model_b, answer_a, answer_b, winner and a prompt")
-        if obj["winner"] not in WINNERS:
-            raise UserError(f"{where}: winner {obj['winner']!r} is not one of a, b, tie, both_bad")
-        if "time" in obj and (isinstance(obj["time"], bool)
-                              or not isinstance(obj["time"], int | float)):
-            raise UserError(f"{where}: time {obj['time']!r} is not a number (unix seconds)")
-        if not isinstance(obj.get("prompt"), list):
-            raise UserError(f"{where}: prompt must be a list of messages (system first when "
-                            "any, ending with the user message both answers reply to)")
-        conversation = parse_prompt(obj["prompt"], where)
-        pairs.append(Pair(obj["id"], conversation, obj["answer_a"], obj["answer_b"],
-                          obj["model_a"], obj["model_b"], human=obj["winner"], where=where))
+    """Arena votes from a votes.jsonl (the shared format, each row checked by
+    `jielong.eval.arena.check_vote`: a line out of it is a UserError naming file:line)."""
+    pairs = [vote_pair(check_vote(obj, where), where) for where, obj in iter_records(path)]
     if not pairs:
         raise UserError(f"{path}: no votes in it")
     return pairs
+
+
+def db_votes(db: str) -> list[Pair]:
+    """The current vote of every arena battle in a chat database (`jielong serve --db`)."""
+    pairs = [vote_pair(v, f"{db}: battle {v['id']}") for v in load_votes(db)]
+    if not pairs:
+        raise UserError(f"{db}: no arena votes in it (vote in the web chat's Arena mode first)")
+    return pairs
+
+
+def vote_pair(v: dict, where: str) -> Pair:
+    return Pair(v["id"], parse_prompt(v["prompt"], where), v["answer_a"], v["answer_b"],
+                v["model_a"], v["model_b"], human=v["winner"], where=where)
 
 
 # ----------------------------------------------------------------------------- answering
@@ -338,6 +333,7 @@ def judge_cmd(
     models: list[str] | None = None,
     questions: str | None = None,
     votes: str | None = None,
+    db: str | None = None,
     judge: str | None = None,
     judge_url: str | None = None,
     judge_model: str | None = None,
@@ -366,6 +362,7 @@ def judge_cmd(
         questions: JSONL questions for --models ("question", "prompt" or "instruction").
         votes: arena votes (votes.jsonl of `jielong eval arena`): the judge's agreement with
             the people's winners.
+        db: the web chat's database (`jielong serve --db`): its arena votes, as --votes.
         judge: the judge: a local model folder or hub id.
         judge_url: the judge: an OpenAI-compatible endpoint's base URL (…/v1).
         judge_model: the model name to ask the endpoint for (default: the first it lists).
@@ -404,9 +401,11 @@ def judge_cmd(
         raise UserError("--questions needs --models DIR_A DIR_B to answer them")
     if a is not None and models is not None:
         raise UserError("give answer files (--a, --b) or models (--models, --questions), not both")
-    if a is None and models is None and votes is None:
+    if votes is not None and db is not None:
+        raise UserError("give arena votes as --votes FILE or --db FILE, not both")
+    if a is None and models is None and votes is None and db is None:
         raise UserError("nothing to judge: give --a FILE --b FILE, --models A B --questions "
-                        "FILE, or --votes FILE")
+                        "FILE, --votes FILE or --db FILE")
     for name, value in (("max_tokens", max_tokens), ("answer_tokens", answer_tokens),
                         ("batch_size", batch_size), ("workers", workers)):
         if value < 1:
@@ -417,13 +416,13 @@ def judge_cmd(
         raise UserError(f"--samples {samples}: use at least 100 bootstrap resamplings")
     if retries < 0 or timeout <= 0:
         raise UserError("--retries must be 0 or more and --timeout more than 0")
-    for path in (a, b, questions, votes):
+    for path in (a, b, questions, votes, db):
         if path is not None and not Path(path).is_file():
             raise UserError(f"{path}: no such file")
 
     # every input read and checked before any model loads
     pairs = pair_answers(a, b)[:limit] if a else []
-    voted = read_votes(votes)[:limit] if votes else []
+    voted = (read_votes(votes) if votes else db_votes(db) if db else [])[:limit]
     if questions:
         read_rows(questions, need_answer=False)
     key = None
@@ -465,7 +464,7 @@ def judge_cmd(
                        pairs=tally(rows[:len(pairs)], samples, seed))
     if voted:
         vrows = rows[len(pairs):]
-        results["votes"] = {"file": str(votes), "tally": tally(vrows, samples, seed),
+        results["votes"] = {"file": str(votes or db), "tally": tally(vrows, samples, seed),
                             "agreement": agreement([r["human"] for r in vrows],
                                                    [r["outcome"] for r in vrows], samples, seed)}
     write_json(out_dir / "results.json", results)
