@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -84,12 +84,13 @@ class RowCache(KVCache):
 
 
 def batches_of(n: int, batch_size: int) -> int:
+    """How many batches `score_questions` makes of n questions."""
     return math.ceil(n / batch_size)
 
 
 @torch.no_grad()
 def score_questions(model, items: Sequence[tuple[list[int], list[list[int]]]], batch_size: int = 16,
-                    take=lambda b: True) -> Iterator[tuple[int, list[float]]]:
+                    take: Callable[[int], bool] | None = None) -> Iterator[tuple[int, list[float]]]:
     """(index, summed log-probability of each continuation) for the items (context ids,
     [continuation ids]) of one group, batch by batch; only the batches b (0, 1, … in scoring
     order, `batches_of(len(items), batch_size)` of them) for which `take(b)` is true — how
@@ -109,7 +110,7 @@ def score_questions(model, items: Sequence[tuple[list[int], list[list[int]]]], b
     P = min(shared_length(shared), min(len(ctx) for ctx, _ in items) - 1)  # the group's prefix
     order = sorted(range(len(items)), key=lambda i: -len(shared[i]))
     chunks = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
-    mine = [c for b, c in enumerate(chunks) if take(b)]
+    mine = [c for b, c in enumerate(chunks) if take is None or take(b)]
     if not mine:
         return
     prefix = KVCache(cfg, 1, P, device=device, dtype=dtype)
@@ -119,6 +120,7 @@ def score_questions(model, items: Sequence[tuple[list[int], list[list[int]]]], b
         yield from score_batch(model, chunk, items, shared, rests, prefix)
 
 
+@torch.no_grad()
 def score_batch(model, chunk, items, shared, rests, prefix: KVCache) -> Iterator[tuple[int, list[float]]]:
     """Levels 2 and 3 of the module's docstring for the questions `chunk` after `prefix`."""
     cfg, p = model.config, next(model.parameters())
