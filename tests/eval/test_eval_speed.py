@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from conftest import tiny_corpus
 
+from jielong import cli
 from jielong.checkpoint import save_model
 from jielong.config import preset
 from jielong.eval.command import eval_cmd
@@ -123,3 +124,10 @@ def test_torchrun_two_processes_write_what_one_does(planted, tmp_path):
         return {k: v for k, v in out.items() if k != "seconds"}
     assert results(two) == results(one) and results(one)["n"] == 14
     assert (two / "samples.jsonl").read_text(encoding="utf-8") == (one / "samples.jsonl").read_text(encoding="utf-8")
+
+
+def test_a_batch_size_below_one_says_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["eval", str(tmp_path), "--tasks", "cmmlu", "--batch_size", "0", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and err == "error: --batch_size 0: must be 1 or more"
