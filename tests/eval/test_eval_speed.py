@@ -105,7 +105,7 @@ def test_torchrun_two_processes_write_what_one_does(planted, tmp_path):
     args = ["--tasks", "cmmlu", "--data", str(data), "--shots", "1", "--batch_size", "2", "--device", "cpu"]
     one = tmp_path / "one"
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as each rank runs: the same sums in the same order, the same bits
+    torch.set_num_threads(1)  # as each rank runs
     try:
         eval_cmd(str(model_dir), tasks="cmmlu", data=str(data), out=str(one), shots=1, batch_size=2, device="cpu")
     finally:
@@ -123,7 +123,13 @@ def test_torchrun_two_processes_write_what_one_does(planted, tmp_path):
         out = json.loads((run / "results.json").read_text(encoding="utf-8"))["tasks"]["cmmlu"]
         return {k: v for k, v in out.items() if k != "seconds"}
     assert results(two) == results(one) and results(one)["n"] == 14
-    assert (two / "samples.jsonl").read_text(encoding="utf-8") == (one / "samples.jsonl").read_text(encoding="utf-8")
+
+    def samples(run):
+        return [json.loads(line) for line in (run / "samples.jsonl").read_text(encoding="utf-8").splitlines()]
+    for a, b in zip(samples(one), samples(two), strict=True):
+        # the same sums in the same order; a BLAS may still round by memory alignment
+        assert a.pop("logprobs") == pytest.approx(b.pop("logprobs"), abs=1e-6, rel=0)
+        assert a == b
 
 
 def test_a_batch_size_below_one_says_one_line(tmp_path, capsys):
