@@ -15,10 +15,11 @@ log-likelihoods, each document's nll and bytes: what `jielong eval compare` pair
 
 Speed: a subject's questions share their instructions and shots, so that shared prefix runs
 once, and questions run `--batch_size` at a time after it (`jielong.eval.loglikelihood`).
-`--dtype bfloat16` on a GPU; `auto` keeps the checkpoint's own dtype there (lm-eval's
-`dtype=auto`, so numbers compare with its defaults; ours are saved in float32). Under torchrun
-(`torchrun --nproc_per_node 2 -m jielong.cli eval …`, gloo on CPUs, NCCL on GPUs) each rank
-scores every world-th batch and rank 0 writes the files: the same numbers as one process.
+On a GPU, `--dtype bfloat16` halves the memory of a float32 checkpoint (ours are saved in
+float32) and speeds it up; `auto` keeps the checkpoint's own dtype there, as lm-eval's
+`dtype=auto` does, so that numbers compare with its defaults. Under torchrun (`torchrun
+--nproc_per_node 2 -m jielong.cli eval …`, gloo on CPUs, NCCL on GPUs) each rank scores every
+world-th batch and rank 0 writes the files: the batches one process makes, so its numbers.
 
 Averaging: a task's and a category's score is the mean over all their questions — lm-eval's
 groups (`_cmmlu.yaml`, `_mmlu.yaml`, `_ceval-valid.yaml`, `_tmmluplus.yaml`) aggregate with
@@ -192,7 +193,7 @@ def eval_cmd(
         batch_size: questions per forward pass (the choices of each come on top).
         device: auto, cpu, cuda, mps.
         dtype: auto (the checkpoint's own on a GPU, as lm-eval's dtype=auto; float32 on a
-            CPU), float32, bfloat16 (on a GPU, about twice as fast as float32), float16.
+            CPU), float32, bfloat16 (faster on a GPU), float16.
         adapter: LoRA adapter folder(s) on the model, NAME=DIR or DIR; the first is used.
         text: held-out text files or folders (.txt, .jsonl, .parquet): perplexity and bits
             per byte, each document scored whole (sliding windows past the context).
