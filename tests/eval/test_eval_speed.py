@@ -1,8 +1,8 @@
 """`jielong eval`'s speed-ups keep its numbers: questions scored in batches after their
 subject's shared prefix give each choice the log-likelihood of a plain forward pass over
 context+continuation (float32, questions of different lengths, choices of one to five tokens,
-a windowed model too); bfloat16 picks the float32 choices; two processes under torchrun write
-the same results and samples as one."""
+a windowed model too); bfloat16 picks the float32 choices, and `jielong eval` runs in it on a
+CPU; two processes under torchrun write the same results and samples as one."""
 
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ def test_batched_scores_equal_whole_sequences(windowed):
     items = questions(300)
     want = [[whole_logprob(model, ctx, c) for c in conts] for ctx, conts in items]
     got = {}
-    for batch_size in (1, 3, 16):
+    for batch_size in (3, 16):  # one question alone: test_benchmarks' shared-context test
         got[batch_size] = dict(score_questions(model, items, batch_size))
         assert sorted(got[batch_size]) == list(range(len(items)))
         worst = max(abs(a - b) for i, w in enumerate(want) for a, b in zip(got[batch_size][i], w, strict=True))
@@ -137,3 +137,16 @@ def test_a_batch_size_below_one_says_one_line(tmp_path, capsys):
         cli.main(["eval", str(tmp_path), "--tasks", "cmmlu", "--batch_size", "0", "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip()
     assert e.value.code == 2 and err == "error: --batch_size 0: must be 1 or more"
+
+
+def test_eval_runs_in_bfloat16(planted, tmp_path):
+    data, model_dir = planted
+    rows = {}
+    for dtype in ("float32", "bfloat16"):
+        eval_cmd(str(model_dir), tasks="cmmlu", data=str(data), out=str(tmp_path / dtype), shots=1,
+                 device="cpu", dtype=dtype)
+        text = (tmp_path / dtype / "samples.jsonl").read_text(encoding="utf-8")
+        rows[dtype] = [json.loads(line) for line in text.splitlines()]
+    for a, b in zip(rows["float32"], rows["bfloat16"], strict=True):
+        assert a["logprobs"] != b["logprobs"]  # it did run in bfloat16
+        assert a["logprobs"] == pytest.approx(b["logprobs"], abs=0.15, rel=0)
