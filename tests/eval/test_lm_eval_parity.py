@@ -1,7 +1,8 @@
 """Parity with lm-evaluation-harness (issue 16): on the same tiny model and the same local
-CMMLU-layout files, every per-choice log-likelihood `jielong eval` computes equals the one
-lm-eval logs (within 1e-4) and the accuracies are identical, with 0 and 2 shots — for a
-tokenizer that adds nothing (ours) and for one whose post-processor adds a BOS (as Llama's).
+CMMLU-layout files, every per-choice log-likelihood `jielong eval` computes (one question
+alone, and in batches of questions after their subject's shared prefix) equals the one lm-eval
+logs (within 1e-4) and the accuracies are identical, with 0 and 2 shots — for a tokenizer
+that adds nothing (ours) and for one whose post-processor adds a BOS (as Llama's).
 
 lm-eval runs in-process on the saved Hugging Face folder, offline, from a task YAML written
 here: it includes lm-eval's own `cmmlu/cmmlu_{subject}.yaml` (prompt, description, shots,
@@ -105,8 +106,10 @@ def test_loglikelihoods_and_accuracies_equal_lm_evals(planted, variant, tmp_path
     net, tok, _ = open_model(models[variant], dtype=torch.float32)
     task = load_task("cmmlu", data)
     for shots in SHOTS:
-        ours = eval_cmd(str(models[variant]), tasks="cmmlu", data=str(data), out=str(tmp_path / f"out{shots}"),
-                        shots=shots, device="cpu", dtype="float32")["tasks"]["cmmlu"]["subjects"]
+        out = tmp_path / f"out{shots}"
+        ours = eval_cmd(str(models[variant]), tasks="cmmlu", data=str(data), out=str(out), shots=shots,
+                        device="cpu", dtype="float32", batch_size=2)["tasks"]["cmmlu"]["subjects"]
+        rows = [json.loads(line) for line in (out / "samples.jsonl").read_text(encoding="utf-8").splitlines()]
         worst, accs = 0.0, []
         for subject in task.subjects:
             name = f"parity_cmmlu_{subject.name}_{shots}shot"
@@ -117,9 +120,12 @@ def test_loglikelihoods_and_accuracies_equal_lm_evals(planted, variant, tmp_path
                 assert [tuple(a) for a in sample["arguments"]] == [(text, c) for c in continuations(q)]
                 assert sample["target"] == q.answer
                 pairs = [encode_pair(tok, text, c) for c in continuations(q)]
-                got = choice_logprobs(net, pairs[0][0], [c for _, c in pairs])
+                got = choice_logprobs(net, pairs[0][0], [c for _, c in pairs])  # one question alone
+                batched = rows.pop(0)  # `jielong eval`'s: in batches after the subject's shared prefix
+                assert batched["subject"] == subject.name and batched["where"] == q.where
                 want = [r[0] for r in sample["filtered_resps"]]
-                worst = max(worst, *(abs(a - b) for a, b in zip(got, want, strict=True)))
+                both = got + batched["logprobs"]
+                worst = max(worst, *(abs(a - b) for a, b in zip(both, want * 2, strict=True)))
             for m in ("acc", "acc_norm"):
                 assert ours[subject.name][m] == pytest.approx(theirs["results"][name][f"{m},none"], abs=1e-12), \
                     (name, m)
