@@ -23,36 +23,23 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Callable
-from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
-from starlette.concurrency import run_in_threadpool
 
 from jielong.errors import UserError
 from jielong.serve.body import read_body
-from jielong.serve.chat_routes import Reply, prepare, store_of
+from jielong.serve.chat_routes import Reply, prepare, store_call, store_of
 from jielong.serve.errors import ApiError, user_error
 from jielong.serve.guard import authorize
 from jielong.serve.schemas import ArenaIn, Generate, VoteIn
 from jielong.serve.served import served
-from jielong.serve.store import NotFound, sealed_battle
+from jielong.serve.store import sealed_battle
 from jielong.serve.streaming import event_stream, sse
 
 router = APIRouter(prefix="/api", dependencies=[Depends(authorize)])
 SIDES = ("a", "b")
 draw = random.SystemRandom()  # which two models, and which is A
-
-
-async def _db(fn: Callable, *args, **kwargs) -> Any:
-    """A store call, off the event loop; unknown ids are 404, other mistakes 400."""
-    try:
-        return await run_in_threadpool(fn, *args, **kwargs)
-    except NotFound as e:
-        raise ApiError(404, str(e), code="not_found") from None
-    except UserError as e:
-        raise ApiError(400, str(e)) from None
 
 
 def contestants(request: Request) -> list[str]:
@@ -78,12 +65,12 @@ async def ask(request: Request):
     draft = {"settings": settings, "system_prompt": body.system_prompt}
     question = [{"role": "user", "content": body.content}]
     jobs = [prepare(s, draft, question, Generate(model=name)) for name in names]
-    conv = await _db(store.create_conversation, None, body.system_prompt, settings)
-    asked = await _db(store.add_message, conv["id"], None, "user", body.content)
-    answers = [await _db(store.add_message, conv["id"], asked["id"], "assistant", "",
+    conv = await store_call(store.create_conversation, None, body.system_prompt, settings)
+    asked = await store_call(store.add_message, conv["id"], None, "user", body.content)
+    answers = [await store_call(store.add_message, conv["id"], asked["id"], "assistant", "",
                          model=name, sampling=stored)
                for job, name, stored, _ in jobs]
-    battle = await _db(store.add_battle, conv["id"], asked["id"], answers[0]["id"],
+    battle = await store_call(store.add_battle, conv["id"], asked["id"], answers[0]["id"],
                        answers[1]["id"])
     replies: list[Reply] = []
     try:
@@ -93,9 +80,9 @@ async def ask(request: Request):
         for r in replies:
             r.batch.cancel()
         for m in answers[len(replies):]:
-            await _db(store.update_message, m["id"], finish_reason="error")
+            await store_call(store.update_message, m["id"], finish_reason="error")
         raise user_error(e) from None
-    conv = await _db(store.conversation, conv["id"], False)
+    conv = await store_call(store.conversation, conv["id"], False)
     first = {"type": "battle", "conversation": conv, "question": asked,
              "battle": {**sealed_battle(battle),
                         "answers": {side: {**m, "model": None}
@@ -153,5 +140,5 @@ def duel(request: Request, replies: list[Reply], first: dict) -> StreamingRespon
 async def vote(bid: str, request: Request):
     store = store_of(request)
     body = await read_body(request, VoteIn)
-    await _db(store.vote, bid, body.winner)
-    return {"battle": await _db(store.battle, bid)}
+    await store_call(store.vote, bid, body.winner)
+    return {"battle": await store_call(store.battle, bid)}

@@ -144,7 +144,7 @@ class Reply:
 # ----------------------------------------------------------------------------- generating a reply
 
 
-async def _db(fn: Callable, *args, **kwargs) -> Any:
+async def store_call(fn: Callable, *args, **kwargs) -> Any:
     """A store call, off the event loop; unknown ids are 404, other mistakes 400."""
     try:
         return await run_in_threadpool(fn, *args, **kwargs)
@@ -208,12 +208,12 @@ async def reply(request: Request, conv: dict, parent: dict, job: tuple, name: st
     """Store an empty assistant reply under the user message `parent`, generate it and
     stream it after the events `first`."""
     store = store_of(request)
-    message = await _db(store.add_message, conv["id"], parent["id"], "assistant", "",
+    message = await store_call(store.add_message, conv["id"], parent["id"], "assistant", "",
                         model=name, origin=origin, sampling=stored)
     try:
         r = Reply(served(request), store, message, job, request.app.state.chat_replies)
     except UserError as e:
-        await _db(store.update_message, message["id"], finish_reason="error")
+        await store_call(store.update_message, message["id"], finish_reason="error")
         raise user_error(e) from None
     return r.stream(request, [*first, {"type": "assistant", "message": message}])
 
@@ -222,7 +222,7 @@ async def branch(store: Store, conv: dict, parent_id: str | None) -> list[dict]:
     """The messages from the root to `parent_id` (an assistant message of `conv`)."""
     if parent_id is None:
         return []
-    history = await _db(store.path, parent_id)
+    history = await store_call(store.path, parent_id)
     last = history[-1]
     if last["conversation_id"] != conv["id"]:
         raise ApiError(400, f"parent_id: message {parent_id} is in another conversation",
@@ -246,21 +246,21 @@ async def info(request: Request):
 
 @router.get("/conversations")
 async def conversations(request: Request):
-    return {"conversations": await _db(store_of(request).list_conversations)}
+    return {"conversations": await store_call(store_of(request).list_conversations)}
 
 
 @router.post("/conversations")
 async def create(request: Request):
     body = await read_body(request, ConversationIn, optional=True) or ConversationIn()
-    return await _db(store_of(request).create_conversation, body.title, body.system_prompt,
+    return await store_call(store_of(request).create_conversation, body.title, body.system_prompt,
                      body.settings.model_dump(exclude_none=True) if body.settings else {})
 
 
 @router.get("/conversations/{cid}")
 async def get(cid: str, request: Request):
     store = store_of(request)
-    conv = await _db(store.conversation, cid)
-    return sealed(conv, await _db(store.battles, cid))  # arena answers stay anonymous
+    conv = await store_call(store.conversation, cid)
+    return sealed(conv, await store_call(store.battles, cid))  # arena answers stay anonymous
 
 
 @router.patch("/conversations/{cid}")
@@ -270,12 +270,12 @@ async def change(cid: str, request: Request):
     if "settings" in changes:
         changes["settings"] = body.settings.model_dump(exclude_none=True) \
             if body.settings else {}
-    return await _db(store_of(request).update_conversation, cid, **changes)
+    return await store_call(store_of(request).update_conversation, cid, **changes)
 
 
 @router.delete("/conversations/{cid}")
 async def delete(cid: str, request: Request):
-    await _db(store_of(request).delete_conversation, cid)
+    await store_call(store_of(request).delete_conversation, cid)
     return {"deleted": True}
 
 
@@ -286,11 +286,11 @@ async def delete(cid: str, request: Request):
 async def send(cid: str, request: Request):
     s, store = served(request), store_of(request)
     body = await read_body(request, MessageIn)
-    conv = await _db(store.conversation, cid, False)
+    conv = await store_call(store.conversation, cid, False)
     history = await branch(store, conv, body.parent_id)
     job, name, stored, notices = prepare(
         s, conv, [*history, {"role": "user", "content": body.content}], body)
-    user = await _db(store.add_message, cid, body.parent_id, "user", body.content)
+    user = await store_call(store.add_message, cid, body.parent_id, "user", body.content)
     return await reply(request, conv, user, job, name, stored, "new",
                        [{"type": "user", "message": user}, *notices])
 
@@ -299,12 +299,12 @@ async def send(cid: str, request: Request):
 async def regenerate(mid: str, request: Request):
     s, store = served(request), store_of(request)
     body = await read_body(request, Generate, optional=True)
-    old = await _db(store.message, mid)
+    old = await store_call(store.message, mid)
     if old["role"] != "assistant":
         raise ApiError(400, f"message {mid} is a user message; regenerate a reply (an "
                             "assistant message), or edit the user message")
-    conv = await _db(store.conversation, old["conversation_id"], False)
-    history = await _db(store.path, old["parent_id"])
+    conv = await store_call(store.conversation, old["conversation_id"], False)
+    history = await store_call(store.path, old["parent_id"])
     job, name, stored, notices = prepare(s, conv, history, body or Generate())
     return await reply(request, conv, history[-1], job, name, stored, "regenerate", notices)
 
@@ -313,18 +313,18 @@ async def regenerate(mid: str, request: Request):
 async def edit(mid: str, request: Request):
     s, store = served(request), store_of(request)
     body = await read_body(request, EditIn)
-    old = await _db(store.message, mid)
+    old = await store_call(store.message, mid)
     cid = old["conversation_id"]
     if old["role"] == "assistant":
-        message = await _db(store.add_message, cid, old["parent_id"], "assistant",
+        message = await store_call(store.add_message, cid, old["parent_id"], "assistant",
                             body.content, model=old["model"], origin="edit",
                             edited_from=mid)
         return {"message": message}
-    conv = await _db(store.conversation, cid, False)
-    history = await _db(store.path, old["parent_id"]) if old["parent_id"] else []
+    conv = await store_call(store.conversation, cid, False)
+    history = await store_call(store.path, old["parent_id"]) if old["parent_id"] else []
     job, name, stored, notices = prepare(
         s, conv, [*history, {"role": "user", "content": body.content}], body)
-    user = await _db(store.add_message, cid, old["parent_id"], "user", body.content,
+    user = await store_call(store.add_message, cid, old["parent_id"], "user", body.content,
                      origin="edit", edited_from=mid)
     return await reply(request, conv, user, job, name, stored, "new",
                        [{"type": "user", "message": user}, *notices])
@@ -333,5 +333,5 @@ async def edit(mid: str, request: Request):
 @router.post("/messages/{mid}/rating")
 async def rate(mid: str, request: Request):
     body = await read_body(request, RatingIn)
-    rating = await _db(store_of(request).rate, mid, body.value, body.reasons, body.comment)
+    rating = await store_call(store_of(request).rate, mid, body.value, body.reasons, body.comment)
     return {"rating": rating}

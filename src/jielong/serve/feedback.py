@@ -44,6 +44,7 @@ from jielong.serve.implicit import (
     REGENERATE_WEIGHT,
     agreement,
     agreement_table,
+    branch_prompt,
     signals,
     weighted_rows,
 )
@@ -73,15 +74,6 @@ def _conversation_rows(c: dict, fmt: str, counts: dict[str, int]) -> list[dict]:
         if m["role"] == "assistant":
             replies.setdefault(m["parent_id"], []).append(m)
 
-    def prompt(user_id: str) -> list[dict]:
-        chain, at = [], by_id.get(user_id)
-        while at is not None:
-            chain.append({"role": at["role"], "content": at["content"]})
-            at = by_id.get(at["parent_id"])
-        if c["system_prompt"]:
-            chain.append({"role": "system", "content": c["system_prompt"]})
-        return chain[::-1]
-
     def value(m: dict) -> int:
         return m["rating"]["value"] if m["rating"] else 0
 
@@ -110,7 +102,7 @@ def _conversation_rows(c: dict, fmt: str, counts: dict[str, int]) -> list[dict]:
                     continue
                 seen.add(key)
                 counts[kind] += 1
-                out.append({"prompt": prompt(user_id), "chosen": reply(good),
+                out.append({"prompt": branch_prompt(c, user_id), "chosen": reply(good),
                             "rejected": reply(bad)})
         else:
             for m in group:
@@ -118,10 +110,10 @@ def _conversation_rows(c: dict, fmt: str, counts: dict[str, int]) -> list[dict]:
                 if v == 1 or (v == -1 and fmt == "kto"):
                     counts["up" if v == 1 else "down"] += 1
                     if fmt == "kto":
-                        out.append({"prompt": prompt(user_id), "completion": reply(m),
+                        out.append({"prompt": branch_prompt(c, user_id), "completion": reply(m),
                                     "label": v == 1})
                     else:
-                        out.append({"messages": prompt(user_id) + reply(m)})
+                        out.append({"messages": branch_prompt(c, user_id) + reply(m)})
     return out
 
 

@@ -131,14 +131,14 @@ def weighted_rows(found: list[Signal]) -> tuple[list[dict], dict[str, int]]:
     counts["rated"] = len(rated)
     for s in best.values():
         counts[s.kind] += 1
-        out.append({"prompt": prompt(s.conversation, s.reply["parent_id"]),
+        out.append({"prompt": branch_prompt(s.conversation, s.reply["parent_id"]),
                     "completion": [{"role": "assistant", "content": s.reply["content"]}],
                     "label": s.label, "weight": s.weight, "signal": s.kind})
     counts["rows"] = len(out)
     return out, counts
 
 
-def prompt(c: dict, user_id: str) -> list[dict]:
+def branch_prompt(c: dict, user_id: str) -> list[dict]:
     """The branch a reply answers: the system prompt (when there is one), then the messages
     from the first one down to the user message `user_id` (as jielong.serve.feedback)."""
     by_id = {m["id"]: m for m in c["messages"]}
