@@ -50,9 +50,44 @@ def loss_curve(metrics: str | Path, png: str | Path, title: str = "training",
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    data = loss_series(metrics)
-    train, val, best = data["train"], data["val"], data["best"]
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    draw_losses(ax, loss_series(metrics), baseline)
+    ax.set_title(title)
+    fig.tight_layout()
+    with atomic_path(png) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return Path(png)
+
+
+def loss_panels(runs: list[tuple[str | Path, str]], png: str | Path, title: str = "") -> Path:
+    """Several runs' `loss_curve`s side by side on one scale, one panel per (metrics.jsonl,
+    panel title): e.g. one run that overfits, the same with early stopping, one on more data."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(runs), figsize=(4.2 * len(runs), 3.8), dpi=110, sharex=True,
+                             sharey=True, squeeze=False)
+    for ax, (metrics, name) in zip(axes[0], runs, strict=True):
+        draw_losses(ax, loss_series(metrics))
+        ax.set_title(name, fontsize=10)
+        ax.legend(fontsize=7)
+    for ax in axes[0][1:]:
+        ax.set_ylabel("")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    with atomic_path(png) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return Path(png)
+
+
+def draw_losses(ax, data: dict, baseline: float | None = None) -> None:
+    """Train and validation loss of one `loss_series` on `ax`, the best step starred."""
+    train, val, best = data["train"], data["val"], data["best"]
     if train:
         ax.plot(*zip(*train, strict=True), lw=1, alpha=0.8, label="train loss")
     if val:
@@ -65,14 +100,9 @@ def loss_curve(metrics: str | Path, png: str | Path, title: str = "training",
                    label=f"stopped early (step {data['stopped_early']})")
     if baseline is not None:
         ax.axhline(baseline, ls="--", c="grey", lw=1, label=f"unigram baseline ({baseline:.2f})")
-    ax.set(xlabel="step", ylabel="cross-entropy (nats/token)", title=title)
+    ax.set(xlabel="step", ylabel="cross-entropy (nats/token)")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    with atomic_path(png) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return Path(png)
 
 
 def rl_curves(metrics: str | Path, png: str | Path, title: str = "RLHF") -> Path:

@@ -6,14 +6,28 @@ long it took."""
 import json
 
 from jielong.cli import run as cli
+from jielong.eval.command import eval_cmd
 from jielong.serve.feedback import export
+
+CMMLU = [("1+1=?", "1", "2", "3", "4", "B"), ("龍鄉在哪裡？", "北", "南", "東", "西", "C"),
+         ("阿明的宠物是什么？", "猫", "狗", "鹅", "鱼", "A")]
+
+
+def cmmlu_dev(folder):
+    """CMMLU's dev layout (one CSV a subject, an index column first), two subjects."""
+    folder.mkdir()
+    for name, rows in (("agronomy", CMMLU[:2]), ("anatomy", CMMLU[2:])):
+        (folder / f"{name}.csv").write_text(",Question,A,B,C,D,Answer\n" + "".join(
+            f"{i},{','.join(r)}\n" for i, r in enumerate(rows)), encoding="utf-8")
+    return folder
 
 
 def test_demo_runs_and_reports(tmp_path, capsys):
     run = tmp_path / "demo"
+    cmmlu = cmmlu_dev(tmp_path / "cmmlu-dev")
     r = cli(["demo", "--out", str(run), "--steps", "40", "--preset", "test", "--vocab_size", "400",
              "--seq_len", "64", "--batch_size", "8", "--docs", "600", "--finetune_steps", "60",
-             "--device", "cpu"])
+             "--device", "cpu", "--cmmlu", str(cmmlu)])
     assert r["after"]["val_loss"] < r["before"]["val_loss"] - 1.0
     assert 0.0 < r["after"]["chance"] < 0.2
     assert set(r["after"]["by_lang"]) == {"en", "zh-Hant", "zh-Hans", "math"}
@@ -27,7 +41,7 @@ def test_demo_runs_and_reports(tmp_path, capsys):
     assert "report:" in capsys.readouterr().out
     # How long each stage took, in the report and in results.json.
     stages = [t["stage"] for t in r["stages"]]
-    assert [s.split(".")[0] for s in stages] == [str(i) for i in (1, 2, 3, 5, 6, 7, 8, 9, 10, 11, 12, 13)]
+    assert [s.split(".")[0] for s in stages] == [str(i) for i in (1, 2, 3, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)]
     assert all(t["seconds"] >= 0 and t["cpu_seconds"] >= 0 for t in r["stages"])
     assert "## Time" in report and "minutes in all" in report and "| 10. DPO |" in report
     # Every finetuning stage ran, saved what it made and reported its numbers.
@@ -58,6 +72,24 @@ def test_demo_runs_and_reports(tmp_path, capsys):
     assert (run / "assistant" / "model.safetensors").exists() and "## Chat" in report
     export(run / "feedback.db", "dpo", run / "dpo.jsonl")
     assert len((run / "dpo.jsonl").read_text().splitlines()) >= f["chat"]["edits"] >= 1
+    # The report card: base, SFT and aligned on the same items, each number what the stage
+    # that made the model measured (world questions) or what `jielong eval` gives (CMMLU).
+    card = r["evaluation"]["card"]
+    qa, bpb, cm = card["scores"]
+    assert [e["value"] for e in qa["runs"][:2]] == [f["sft"]["before"]["accuracy"], f["sft"]["after"]["accuracy"]]
+    assert qa["n"] == f["sft"]["n_test"] and bpb["n"] == 30 and cm["n"] == 3
+    alone = eval_cmd(str(run / "model"), tasks=str(cmmlu), shots=0, out=str(tmp_path / "e"), device="cpu")
+    assert cm["runs"][0]["value"] == alone["tasks"]["cmmlu-dev"]["acc"]
+    assert "## Evaluation" in report and "| world questions answered | " in report
+    assert "CMMLU dev accuracy (0-shot) | 3 |" in report and (run / "eval" / "compare.png").exists()
+    # Overfitting: the early-stopped run is the first run cut short, holding its best step.
+    of = r["evaluation"]["overfit"]
+    little = [json.loads(x) for x in (run / "overfit" / "little" / "metrics.jsonl").read_text().splitlines()]
+    val = {x["step"]: x["val_loss"] for x in little if "val_loss" in x}
+    assert of["early"]["best_val"] == min(v for s, v in val.items() if s <= of["early"]["steps"])
+    assert of["early"]["best_val"] == val[of["early"]["best_step"]]
+    assert of["varied"]["val_last"] < of["little"]["val_last"]  # more data: lower held-out loss
+    assert "![overfitting](overfit/overfit.png)" in report and (run / "overfit" / "overfit.png").exists()
     # Running again starts over cleanly instead of refusing or mixing runs; this time with the
     # demo preset and settings that `make demo` uses, for a few steps.
     r = cli(["demo", "--out", str(run), "--steps", "2", "--docs", "300", "--finetune_steps", "0"])

@@ -9,6 +9,7 @@ import time
 import pytest
 from conftest import run_cli, tiny_corpus
 
+from jielong.eval.command import eval_cmd
 from jielong.train.loop import TrainConfig, lr_at
 
 ARGS = ["--preset", "test", "--vocab_size", "320", "--seq_len", "32", "--batch_size", "4",
@@ -121,16 +122,28 @@ def test_schedules_warm_up_then_decay_to_the_floor():
 
 
 def test_torchrun_two_processes_on_cpu(tmp_path, corpus):
-    """DDP over gloo: rank 0 prepares the data, both train, one model is written."""
+    """DDP over gloo: rank 0 prepares the data, both train, one model is written; --eval_tasks
+    questions are shared between the ranks and their counts summed."""
     run = tmp_path / "ddp"
+    exam = tmp_path / "exam"
+    exam.mkdir()
+    (exam / "pets_test.csv").write_text("question,A,B,C,D,answer\n" + "".join(
+        f"{q},貓,狗,鵝,魚,{'ABCD'[i % 4]}\n" for i, q in enumerate(
+            ["阿明的寵物是什麼？", "What does Mei keep?", "阿明的宠物是什么？", "Which pet?", "寵物？"])),
+        encoding="utf-8")
     # --standalone: the rendezvous takes a free port, not the fixed default one
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "jielong.cli", "pretrain", str(corpus), "--out", str(run), "--steps", "10", *ARGS]
+           "-m", "jielong.cli", "pretrain", str(corpus), "--out", str(run), "--steps", "10", *ARGS,
+           "--eval_tasks", str(exam), "--eval_shots", "0"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[:3000] + "\n…\n" + r.stderr[-1500:]
     assert len(losses(run)) == 10
     assert r.stdout.count("done: 10 steps") == 1
     assert (run / "model" / "model.safetensors").exists()
+    rows = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    [acc] = [x["eval/exam/acc"] for x in rows if "eval/exam/acc" in x]
+    alone = eval_cmd(str(run / "model"), tasks=str(exam), shots=0, out=str(tmp_path / "e"), device="cpu")
+    assert alone["tasks"]["exam"]["acc"] == acc and alone["tasks"]["exam"]["n"] == 5
 
 
 def test_resume_clears_a_half_written_checkpoint(tmp_path, corpus):

@@ -53,7 +53,7 @@ DISTILL_ALPHA, DISTILL_T = 0.2, 1.0
 # each needs for its lesson, the demo being held to ten minutes on two CPU cores (the
 # measurements are in bench/RESULTS.md). RLHF is the dearest step: it samples 64 replies.
 STAGE_STEPS = {"sft": 1, "lora": 1 / 2, "classify": 1 / 4, "distill": 1 / 2, "reward": 4 / 3,
-               "dpo": 2 / 3, "rlhf": 2 / 5, "rlhf_math": 2 / 5}
+               "dpo": 2 / 3, "rlhf": 2 / 5, "rlhf_math": 2 / 5, "overfit": 8 / 15}
 
 
 def stage_steps(steps: int, stage: str) -> int:
@@ -88,14 +88,20 @@ def qa_chats():
     return qa_conversations(world_for(0), seed=0, n_train=3000, mixed_script=MIXED_SCRIPT)
 
 
+def answered(model, tok, items, max_new_tokens: int = 40) -> tuple[list, list[bool]]:
+    """Greedy replies to held-out questions, and whether each holds the answer (in either
+    Chinese script)."""
+    model.eval()
+    replies = chat_replies(model, tok, [i.messages_without_answer for i in items], max_new_tokens)
+    return replies, [contains_answer(r.text, i.answer_value) or bool(i.alt_value and contains_answer(r.text, i.alt_value))
+                     for r, i in zip(replies, items, strict=True)]
+
+
 def answer_scores(model, tok, items, max_new_tokens: int = 40) -> dict:
     """Held-out questions: share of replies holding the answer (in either Chinese script),
     share that stop by themselves, per language; share of Chinese replies in the question's
     script; and a few examples."""
-    model.eval()
-    replies = chat_replies(model, tok, [i.messages_without_answer for i in items], max_new_tokens)
-    right = [contains_answer(r.text, i.answer_value) or bool(i.alt_value and contains_answer(r.text, i.alt_value))
-             for r, i in zip(replies, items, strict=True)]
+    replies, right = answered(model, tok, items, max_new_tokens)
     chars = script_chars(world_for(0))
     scripts = [(script_of(r.text, chars), i.lang) for r, i in zip(replies, items, strict=True)
                if i.lang in chars]

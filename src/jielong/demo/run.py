@@ -18,6 +18,11 @@ Run as:
    give, and RLHF with a checkable reward on arithmetic;
 13. copies the aligned assistant to RUN/assistant (what `jielong serve` serves by default) and
    leaves a few rated conversations in RUN/feedback.db (demo/chat.py);
+14. evaluates (demo/evaluate.py): a report card of the base, SFT and aligned models on the
+   world's held-out questions, held-out text (bits per byte) and CMMLU dev next to chance,
+   with bootstrap intervals of each difference;
+15. shows overfitting: a small model on too little data, with and without early stopping,
+   and on the whole corpus, in one plot;
 then writes RUN/report.md with the loss curve, the numbers and samples of every stage.
 """
 
@@ -38,6 +43,7 @@ from jielong.data.shards import prepare_shards, unigram_loss
 from jielong.demo import finetune as ft
 from jielong.demo.align import align_report, align_stages
 from jielong.demo.chat import chat_examples
+from jielong.demo.evaluate import evaluate_stages, evaluation_report
 from jielong.demo.finetune import Clock, bold, stage_steps
 from jielong.demo.tasks import qa_conversations, world_for
 from jielong.demo.world import build_corpus, demo_prompts, han_char_pieces
@@ -85,6 +91,8 @@ def demo(
     finetune_steps: int = 300,
     resume: bool = False,
     device: str = "auto",
+    cmmlu: str | None = "../shared/data/cmmlu-dev",
+    cmmlu_limit: int | None = None,
 ) -> dict:
     """Train a tokenizer and a small model on a synthetic trilingual world, and report.
 
@@ -101,6 +109,8 @@ def demo(
             (finetune.STAGE_STEPS); 0 stops after pretraining.
         resume: Continue an interrupted demo instead of starting over.
         device: auto, cpu, cuda, mps.
+        cmmlu: CMMLU's dev CSVs for the report card (skipped when the folder is absent).
+        cmmlu_limit: Score at most this many CMMLU questions per subject.
     """
 
     t_start, clock = time.time(), Clock()
@@ -174,6 +184,8 @@ def demo(
               "params": model.config.num_params}
     if finetune_steps > 0:
         result["finetune"] = _finetune(run, model, tok, finetune_steps, device, resume, clock)
+        result["evaluation"] = evaluate_stages(run, tok, corpus, finetune_steps, str(pick_device(device)),
+                                               cmmlu, cmmlu_limit, clock)
     result["seconds"] = round(time.time() - t_start, 1)
     result["cpu_seconds"] = round(sum(c for _, _, c in clock.laps), 1)
     result["stages"] = [{"stage": n, "seconds": w, "cpu_seconds": c} for n, w, c in clock.laps]
@@ -256,6 +268,8 @@ def _report(run: Path, r: dict, corpus, prompts: list[str]) -> None:
 
         lines += _finetune_report(r["finetune"]) + align_report(r["finetune"]["align"])
         lines += _chat_report(r["finetune"]["chat"], run)
+    if "evaluation" in r:
+        lines += evaluation_report(r["evaluation"])
     write_text(run / "report.md", "\n".join(lines))
 
 

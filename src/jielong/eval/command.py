@@ -111,16 +111,19 @@ def shares(items: list[tuple], batch_size: int, rank: int = 0, world: int = 1) -
     return out
 
 
-def score_task(net, items: list[tuple], batch_size: int, bar, rank: int = 0, world: int = 1) -> list[list[float]]:
+def score_task(net, items: list[tuple], batch_size: int, bar=None, rank: int = 0,
+               world: int = 1) -> list[list[float]]:
     """Each question's choice log-likelihoods, a subject's questions scored together (their
     shared prefix run once). Under torchrun each rank scores its share of the batches and
-    every rank gathers all; the batches are the ones one process makes, so are the numbers."""
+    every rank gathers all; the batches are the ones one process makes, so are the numbers.
+    `bar` (a tqdm), when given, moves on with each question."""
     got: dict[int, list[float]] = {}
     for idx, mine, _ in shares(items, batch_size, rank, world):
         for j, scores in score_questions(net, [(items[i][2], items[i][3]) for i in idx], batch_size,
                                          take=mine.__contains__):
             got[idx[j]] = scores
-            bar.update()
+            if bar is not None:
+                bar.update()
     if world > 1:
         parts: list[dict | None] = [None] * world
         dist.all_gather_object(parts, got)

@@ -40,6 +40,10 @@ When `evaluate` returns a `val_loss`, the loop keeps the best step's checkpoint 
 early after `patience` evaluations without improvement (its state rides in trainer_state.pt,
 so a resumed run stops at the same step), and with `load_best_at_end` leaves the best
 weights in the model it returns to the stage.
+
+With `eval_tasks` (`--eval_tasks cmmlu,path/to/my_exam`), multiple-choice benchmarks are
+scored at the same evaluations, as `jielong eval` scores them (`jielong.train.eval_tasks`),
+and logged beside the validation loss as `eval/TASK/acc`.
 """
 
 from __future__ import annotations
@@ -64,6 +68,7 @@ from jielong.checkpoint import list_checkpoints, load_model, load_trainer_state,
 from jielong.errors import UserError
 from jielong.files import atomic_dir, write_json, write_text
 from jielong.runtime import init_distributed, pick_device
+from jielong.train.eval_tasks import TaskScorer, check_tasks, language_model
 
 
 @dataclass
@@ -93,6 +98,10 @@ class TrainConfig:
         min_delta: An evaluation improves on the best only if its validation loss is lower by more than this.
         keep_best: Keep the checkpoint of the best validation loss in RUN/checkpoints/best (default: only with --patience or --load_best_at_end; each improvement writes a whole checkpoint).
         load_best_at_end: Make the best checkpoint (not the last step) the stage's result.
+        eval_tasks: Multiple-choice tasks scored at every evaluation, comma-separated: cmmlu, ceval, mmlu, tmmluplus (from --eval_data) or folders of CSVs, as `jielong eval --tasks`; logged as eval/TASK/acc.
+        eval_data: The folder holding cmmlu/, ceval/, mmlu/, tmmluplus/ for --eval_tasks.
+        eval_shots: Solved examples before each --eval_tasks question.
+        eval_limit: Score at most this many questions per subject of --eval_tasks.
     """
 
     steps: int = 1000
@@ -117,6 +126,10 @@ class TrainConfig:
     min_delta: float = 0.0
     keep_best: bool | None = None  # None: with patience or load_best_at_end; needs a val_loss
     load_best_at_end: bool = False
+    eval_tasks: str | None = None  # scored at every evaluation (jielong.train.eval_tasks)
+    eval_data: str = "data"
+    eval_shots: int = 5
+    eval_limit: int | None = None
 
     def validate(self) -> None:
         if self.patience < 0:
@@ -136,6 +149,12 @@ class TrainConfig:
             raise UserError(f"--lr={self.lr} must be positive")
         if self.warmup_steps < 0:
             raise UserError(f"--warmup_steps={self.warmup_steps} must be 0 or more")
+        if self.eval_shots < 0:
+            raise UserError(f"--eval_shots={self.eval_shots} must be 0 or more")
+        if self.eval_limit is not None and self.eval_limit < 1:
+            raise UserError(f"--eval_limit={self.eval_limit} must be 1 or more")
+        if self.eval_tasks:  # every task file read now, before a stage's slow preparation
+            check_tasks(self.eval_tasks, self.eval_data)
 
 
 def context_length(requested: int | None, limit: int, option: str = "--seq_len",
@@ -311,6 +330,17 @@ def fit(model: torch.nn.Module, stage: Stage, cfg: TrainConfig, run_dir: str | P
     device = pick_device(cfg.device)
     rank, world = init_distributed(device)
     main = rank == 0
+    scorer = lm = None
+    if cfg.eval_tasks:  # encoded and checked against the context before any step
+        lm = language_model(model)
+        if lm is None or tokenizer is None:
+            raise UserError(f"--eval_tasks scores a language model's choices, but {desc} trains "
+                            f"{'no language model' if lm is None else 'without a tokenizer'}; "
+                            "leave --eval_tasks out")
+        scorer = TaskScorer(cfg.eval_tasks, cfg.eval_data, cfg.eval_shots, cfg.eval_limit, tokenizer,
+                            lm.config.max_position_embeddings)
+        if main:
+            print(f"eval tasks every {cfg.eval_every} steps: {scorer.describe()}")
     model.to(device)
     opt = _optimizer(model, cfg, device)
     start = 0
@@ -382,12 +412,16 @@ def fit(model: torch.nn.Module, stage: Stage, cfg: TrainConfig, run_dir: str | P
             write_json(tmp / "best.json", {"step": step, "val_loss": val_loss})
 
     def evaluate(step: int) -> dict:
+        result = {}
+        model.eval()
+        if main:
+            with torch.no_grad(), amp:
+                result = stage.evaluate(model)
+        if scorer is not None:  # every rank scores its share; in the weights' dtype, as `jielong eval`
+            result.update(scorer(lm, rank, world))
+        model.train()
         if not main:
             return {}
-        model.eval()
-        with torch.no_grad(), amp:
-            result = stage.evaluate(model)
-        model.train()
         metrics.log(step=step, **result)
         return result
 
@@ -470,6 +504,9 @@ def fit(model: torch.nn.Module, stage: Stage, cfg: TrainConfig, run_dir: str | P
     elapsed = time.time() - t0
     summary = {"steps": finished, "loss": loss_val, **last_eval, "tokens": tokens,
                "seconds": round(elapsed, 1), "tok_s": round(tokens / max(elapsed, 1e-9), 1)}
+    if main and scorer is not None and last_eval:
+        print(f"eval tasks at step {finished}: " + ", ".join(
+            f"{k.split('/')[1]} acc {v:.4f}" for k, v in last_eval.items() if k.startswith("eval/")))
     if early.best is not None and (cfg.patience or keep_best):  # validation during training asked for
         summary.update(best_step=early.best_step, best_val=early.best, stopped_early=stopped_early)
         if main and finished > start:
