@@ -36,10 +36,10 @@ from jielong.demo.finetune import answered, bold, stage_steps
 from jielong.demo.tasks import qa_conversations, world_for
 from jielong.errors import UserError
 from jielong.eval.benchmarks import LETTERS, load_task
-from jielong.eval.command import encode_task
+from jielong.eval.command import encode_task, score_task
 from jielong.eval.compare import compare_md, compare_png, score_row, text_row, verdict
 from jielong.eval.heldout import score_texts
-from jielong.eval.loglikelihood import choice_logprobs, pick
+from jielong.eval.loglikelihood import pick
 from jielong.files import write_json, write_text
 from jielong.plots import loss_panels, loss_series
 from jielong.train.loop import TrainConfig, fit
@@ -71,8 +71,8 @@ def cmmlu_items(path: str | None, tok, n_ctx: int, limit: int | None) -> tuple[l
 
 def cmmlu_right(model, items: list) -> np.ndarray:
     right = []
-    for _, q, ctx, conts in items:
-        best, _ = pick(choice_logprobs(model, ctx, conts), list(LETTERS[:len(conts)]))
+    for (_, q, _, conts), scores in zip(items, score_task(model, items, 16), strict=True):
+        best, _ = pick(scores, list(LETTERS[:len(conts)]))
         right.append(float(best == q.answer))
     return np.array(right)
 
