@@ -19,8 +19,9 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/jielong demo
 
+# One pytest worker a core (pytest-xdist); tests/conftest.py gives each its share of threads.
 test: $(STAMP) chromium
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto
 
 # The web UI's tests drive Debian's Chromium through Playwright; install it when missing
 # (apt needs root). Without it those tests are skipped, with the reason in pytest's summary.

@@ -14,8 +14,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
-# Deterministic, quiet, and small on a 2-core CI machine.
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Deterministic, quiet, and small on a 2-core CI machine. Under pytest-xdist (`make test` runs
+# one worker a core) each worker, and each CLI it starts, gets its share of the cores: tiny
+# models gain nothing from a second thread, and threads of two workers on one core wait on
+# each other.
+THREADS = max(1, min(2, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
+torch.set_num_threads(THREADS)
+os.environ["OMP_NUM_THREADS"] = str(THREADS)
 
 
 @pytest.fixture
