@@ -96,6 +96,44 @@ def test_compare_two_eval_runs_through_the_cli(tmp_path, capsys):
     assert "compare:" in capsys.readouterr().out
 
 
+def generated_run(d, em: list[int], labels: list[str | None], verdicts: list[str]):
+    """A `jielong eval` folder with three generation tasks, as jielong.eval.generation writes them."""
+    d.mkdir(parents=True)
+    gold = ["spam", "ham", "ham", "spam"] * (len(labels) // 4)
+    results = {"model": d.name, "generate": {
+        "drcd": {"kind": "squad"}, "classify:sms": {"kind": "classify", "labels": ["ham", "spam"]},
+        "closedbook:cb": {"kind": "closedbook"}}}
+    rows = [{"task": "drcd", "kind": "squad", "where": f"drcd.json:q{i}", "em": e, "f1": e}
+            for i, e in enumerate(em)]
+    rows += [{"task": "classify:sms", "kind": "classify", "where": f"sms.jsonl:{i + 1}", "pred": p,
+              "label": g, "correct": int(p == g)} for i, (p, g) in enumerate(zip(labels, gold))]
+    rows += [{"task": "closedbook:cb", "kind": "closedbook", "where": f"cb.jsonl:{i + 1}", "verdict": v}
+             for i, v in enumerate(verdicts)]
+    (d / "results.json").write_text(json.dumps(results))
+    (d / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(d)
+
+
+def test_generation_tasks_compare_per_answer(tmp_path):
+    n = 200
+    a = generated_run(tmp_path / "a", [0] * n, ["spam"] * n, ["wrong"] * n)
+    b = generated_run(tmp_path / "b", [1] * (n // 2) + [0] * (n // 2),
+                      ["spam", "ham", "ham", "spam"] * (n // 4), ["correct", "refused"] * (n // 2))
+    rows = {r["score"]: r for r in compare_runs([a, b], samples=300)["scores"]}
+    assert set(rows) == {"drcd EM", "drcd F1", "classify:sms accuracy", "classify:sms macro-F1",
+                         "closedbook:cb accuracy", "closedbook:cb hallucination rate"}
+    em = rows["drcd EM"]["runs"]
+    assert (em[0]["value"], em[1]["value"], em[1]["diff"]) == (0, 50, 50)  # on EM's 0-100 scale
+    assert verdict(em[1], True) == "better"
+    f1 = rows["classify:sms macro-F1"]["runs"]
+    # run a says spam always: spam F1 = 2·100/(200+100) = 2/3, ham F1 = 0 → 1/3; run b is perfect
+    assert f1[0]["value"] == pytest.approx(1 / 3) and f1[1]["value"] == 1.0
+    assert f1[1]["diff_ci"][0] > 0 and rows["classify:sms accuracy"]["runs"][0]["value"] == 0.5
+    hall = rows["closedbook:cb hallucination rate"]
+    assert hall["higher_is_better"] is False and hall["runs"][1]["diff"] == -1.0
+    assert verdict(hall["runs"][1], False) == "better"  # fewer wrong answers
+
+
 def test_compare_bad_input(tmp_path):
     a = planted_run(tmp_path / "a", [1, 0])
     with pytest.raises(UserError, match="two or more runs"):

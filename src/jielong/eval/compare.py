@@ -12,7 +12,11 @@ the difference of the two models' score on the same draw, 2,000 times by default
 2.5th and 97.5th percentiles are the interval (Efron & Tibshirani's percentile bootstrap,
 paired as in Koehn 2004 for machine translation). An interval that holds 0 means the data
 cannot tell the two apart. Scores: acc and acc_norm per multiple-choice task; bits per byte
-on held-out text (lower is better; the bootstrap recomputes the ratio of sums on each draw).
+on held-out text (lower is better; the bootstrap recomputes the ratio of sums on each draw);
+and each generation task's per-answer scores (`GENERATED`: EM and F1, accuracy, macro-F1
+recomputed on every draw, ROUGE-L, the hallucination rate (lower is better), and for
+translation the mean sentence chrF — corpus BLEU and chrF pool n-gram counts over all
+sentences, so they are not a mean a paired draw can take apart cheaply).
 
 Writes OUT/compare.json, OUT/compare.md (the table) and OUT/compare.png (each run's scores
 with their own 95% intervals).
@@ -31,6 +35,33 @@ from jielong.errors import UserError, at
 from jielong.files import atomic_path, write_json, write_text
 
 METRICS = ("acc", "acc_norm")
+
+
+def macro_f1(gold: np.ndarray, pred: np.ndarray) -> float:
+    """The mean F1 over the classes in `gold` (labels as integers; -1: no answer)."""
+    f1s = []
+    for c in np.unique(gold):
+        tp = np.sum((pred == c) & (gold == c))
+        denom = np.sum(pred == c) + np.sum(gold == c)
+        f1s.append(2 * tp / denom if denom else 0.0)
+    return float(np.mean(f1s))
+
+
+def mean(c: np.ndarray) -> float:
+    return float(c.mean())
+
+
+# A generation task's scores compared per answer (jielong.eval.generation's samples.jsonl rows):
+# kind -> [(name, per-row value, statistic over the rows, scale, higher is better)].
+GENERATED = {
+    "choice": [("acc", lambda r: r["acc"], mean, 1, True)],
+    "squad": [("EM", lambda r: r["em"], mean, 100, True), ("F1", lambda r: r["f1"], mean, 100, True)],
+    "translate": [("chrF (mean of sentences)", lambda r: r["chrf"], mean, 1, True)],
+    "summarize": [("ROUGE-L", lambda r: r["rouge_l"], mean, 100, True)],
+    "classify": [("accuracy", lambda r: r["correct"], mean, 1, True)],
+    "closedbook": [("accuracy", lambda r: r["verdict"] == "correct", mean, 1, True),
+                   ("hallucination rate", lambda r: r["verdict"] == "wrong", mean, 1, False)],
+}
 
 
 def read_run(path: str | Path) -> tuple[dict, list[dict]]:
@@ -90,6 +121,22 @@ def compare_runs(paths: list[str], samples: int = 2000, seed: int = 0) -> dict:
             cols = [np.array([r[metric] for r in run], dtype=float) for run in items]
             out["scores"].append(score_row(f"{task} {metric}", cols, lambda c: float(c.mean()),
                                            True, samples, seed))
+    generated = [t for t, v in loaded[0][0].get("generate", {}).items()
+                 if all(t in res.get("generate", {}) for res, _ in loaded)]
+    for task in generated:
+        items = paired(rows, task, "where")
+        kind = loaded[0][0]["generate"][task]["kind"]
+        if not items[0]:
+            continue
+        for metric, value, stat, scale, higher in GENERATED[kind]:
+            cols = [np.array([float(value(r)) * scale for r in run]) for run in items]
+            out["scores"].append(score_row(f"{task} {metric}", cols, stat, higher, samples, seed))
+        if kind == "classify":  # labels as integers, macro-F1 recomputed on every paired draw
+            labels = {lab: i for i, lab in enumerate(loaded[0][0]["generate"][task]["labels"])}
+            gold = np.array([labels.get(r["label"], -1) for r in items[0]])
+            preds = [np.array([labels.get(r["pred"], -1) if r["pred"] is not None else -1
+                               for r in run]) for run in items]
+            out["scores"].append(classify_row(f"{task} macro-F1", gold, preds, samples, seed))
     texts = [res.get("text", {}).get("files") for res, _ in loaded]
     if texts[0] and all(t == texts[0] for t in texts):
         docs = paired(rows, "text", "document")
@@ -112,6 +159,21 @@ def score_row(name: str, cols: list[np.ndarray], stat, higher_better: bool, samp
             diff = bootstrap(lambda a, b: stat(b) - stat(a), [cols[0], c], samples, seed)
             entry["diff"] = stat(c) - stat(cols[0])
             entry["diff_ci"] = interval(diff)
+        row["runs"].append(entry)
+    return row
+
+
+def classify_row(name: str, gold: np.ndarray, preds: list[np.ndarray], samples: int,
+                 seed: int) -> dict:
+    """macro-F1 of every run, its interval, and the paired difference from run 0: each draw
+    takes the same questions (their gold labels and every run's answers) and recomputes it."""
+    row = {"score": name, "n": len(gold), "higher_is_better": True, "runs": []}
+    for i, p in enumerate(preds):
+        entry = {"value": macro_f1(gold, p), "ci": interval(bootstrap(macro_f1, [gold, p], samples, seed))}
+        if i:
+            entry["diff"] = entry["value"] - macro_f1(gold, preds[0])
+            entry["diff_ci"] = interval(bootstrap(lambda g, a, b: macro_f1(g, b) - macro_f1(g, a),
+                                                  [gold, preds[0], p], samples, seed))
         row["runs"].append(entry)
     return row
 
@@ -156,8 +218,8 @@ def compare_md(result: dict) -> str:
                   f"{verdict(e, row['higher_is_better'])}" for e in row["runs"][1:]]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", f"Intervals: paired percentile bootstrap, {result['bootstrap']} resamplings of the "
-              "questions (documents); an interval holding 0 is within noise. Bits per byte: lower "
-              "is better.", ""]
+              "questions (documents); an interval holding 0 is within noise. Bits per byte and the "
+              "hallucination rate: lower is better.", ""]
     return "\n".join(lines)
 
 
