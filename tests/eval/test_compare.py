@@ -106,7 +106,7 @@ def generated_run(d, em: list[int], labels: list[str | None], verdicts: list[str
     rows = [{"task": "drcd", "kind": "squad", "where": f"drcd.json:q{i}", "em": e, "f1": e}
             for i, e in enumerate(em)]
     rows += [{"task": "classify:sms", "kind": "classify", "where": f"sms.jsonl:{i + 1}", "pred": p,
-              "label": g, "correct": int(p == g)} for i, (p, g) in enumerate(zip(labels, gold))]
+              "label": g, "correct": int(p == g)} for i, (p, g) in enumerate(zip(labels, gold, strict=True))]
     rows += [{"task": "closedbook:cb", "kind": "closedbook", "where": f"cb.jsonl:{i + 1}", "verdict": v}
              for i, v in enumerate(verdicts)]
     (d / "results.json").write_text(json.dumps(results))
