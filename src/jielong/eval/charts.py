@@ -27,14 +27,16 @@ BLUE, ORANGE, GREY = "#4c72b0", "#dd8452", "#555555"
 MAX_SUBJECTS = 80  # more bars than this and only the categories are drawn
 
 
-def headline(task: dict) -> dict[str, float]:
-    """The scores of a task worth a bar, on a 0-1 scale: acc and acc_norm of a benchmark
-    scored by log-likelihood; a generation task's headline scores (jielong.eval.generation;
-    EM, F1, BLEU, chrF and ROUGE-L divided by 100)."""
-    if "kind" in task:
-        return {name: task[key] / 100 if key in HUNDREDS else task[key]
-                for key, name in HEADLINE[task["kind"]]}
-    return {"acc": task["acc"], "acc_norm": task["acc_norm"]}
+def headline(task: dict) -> dict[str, tuple[float, str]]:
+    """The scores of a task worth a bar: {name: (height on a 0-1 scale, the score as shown)}:
+    acc and acc_norm of a benchmark scored by log-likelihood; a generation task's headline
+    scores (jielong.eval.generation; EM, F1, BLEU, chrF and ROUGE-L are 0-100 scores, drawn
+    at a hundredth of their height and named so)."""
+    if "kind" not in task:
+        return {m: (task[m], f"{task[m]:.3f}") for m in ("acc", "acc_norm")}
+    return {f"{name} (0-100)" if key in HUNDREDS else name:
+            (task[key] / 100, f"{task[key]:.1f}") if key in HUNDREDS else (task[key], f"{task[key]:.3f}")
+            for key, name in HEADLINE[task["kind"]]}
 
 
 def save(fig: Figure, path: Path) -> Path:
@@ -50,8 +52,8 @@ def scores_png(tasks: dict[str, dict], path: Path) -> Path:
     axes = fig.subplots(1, len(tasks), squeeze=False)[0]
     for ax, (name, t) in zip(axes, tasks.items(), strict=True):
         scores = headline(t)
-        bars = ax.bar(range(len(scores)), list(scores.values()), color=BLUE)
-        ax.bar_label(bars, fmt="%.3f", fontsize=7)
+        bars = ax.bar(range(len(scores)), [h for h, _ in scores.values()], color=BLUE)
+        ax.bar_label(bars, labels=[shown for _, shown in scores.values()], fontsize=7)
         ax.set_xticks(range(len(scores)), list(scores), fontsize=8)
         ax.set_ylim(0, 1.05)
         if t.get("chance"):
