@@ -59,6 +59,35 @@ def planted(root, layout: str):
     return root
 
 
+@pytest.mark.parametrize("hf_export", [False, True])
+def test_tmmluplus_as_parquet_reads_as_its_csvs(tmp_path, hf_export):
+    """TMMLU+'s columns in parquet files: {subject}_{split}.parquet, or the Hugging Face
+    export's {subject}/{split}/0000.parquet — the same questions as the CSVs."""
+    pa, pq = pytest.importorskip("pyarrow"), pytest.importorskip("pyarrow.parquet")
+    csvs = load_task(str(planted(tmp_path / "csv", "tmmluplus")))
+    for split, questions in (("dev", csvs.subjects[0].shots), ("test", csvs.subjects[0].questions)):
+        path = tmp_path / "pq" / ("agronomy/" + split + "/0000.parquet" if hf_export else
+                                 f"agronomy_{split}.parquet")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        cols = {"question": [q.question for q in questions],
+                **{k: [q.choices[i] for q in questions] for i, k in enumerate("ABCD")},
+                "answer": ["ABCD"[q.answer] for q in questions], "subject": ["agronomy"] * len(questions)}
+        pq.write_table(pa.table(cols), path)
+    task = load_task(str(tmp_path / "pq"))
+    assert task.kind == "tmmluplus" and [s.name for s in task.subjects] == ["agronomy"]
+    got = task.subjects[0]
+    assert [(q.question, q.choices, q.answer) for q in got.questions] == \
+        [(q.question, q.choices, q.answer) for q in csvs.subjects[0].questions]
+    assert [q.question for q in got.shots] == ["1+1=?", "2+2=?"]
+    assert got.questions[2].where.endswith("0000.parquet: row 3" if hf_export else "agronomy_test.parquet: row 3")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    cols["answer"][0] = "E"
+    pq.write_table(pa.table(cols), bad / "agronomy_test.parquet")
+    with pytest.raises(UserError, match=r"agronomy_test.parquet: row 1: answer 'E' is not one of"):
+        load_task(str(bad))
+
+
 @pytest.mark.parametrize("layout", ["cmmlu", "ceval", "mmlu", "tmmluplus"])
 def test_every_published_layout_reads(tmp_path, layout):
     planted(tmp_path / layout, layout)

@@ -8,7 +8,8 @@ Layouts (a task folder; the subject is the file name without its split suffix):
 - MMLU (hendrycks): header-less `dev/{subject}_dev.csv`, `test/{subject}_test.csv`, columns
   question,A,B,C,D,answer;
 - TMMLU+: `{subject}_dev.csv`, `{subject}_test.csv` (or in `dev/`, `test/`), header
-  `question,A,B,C,D,answer` (+ an optional `subject`).
+  `question,A,B,C,D,answer` (+ an optional `subject`); or the same as parquet files with those
+  columns — `{subject}_test.parquet`, or the Hugging Face export's `{subject}/test/0000.parquet`.
 A folder of your own in any of these layouts is a task too; its prompt is that of the layout
 its header looks like. Which split is scored: C-Eval's val, else test, else val, else dev;
 shots come from dev (else from the scored split, never the question itself).
@@ -119,7 +120,9 @@ def _kind_of_header(header: list[str] | None) -> str:
 
 
 def _layout(path: Path) -> str:
-    """The kind of layout a CSV's first line says it is."""
+    """The kind of layout a CSV's first line (a parquet file's columns) says it is."""
+    if path.suffix == ".parquet":
+        return _kind_of_header([c.strip().lower() for c in _parquet(path).schema_arrow.names])
     with open(path, encoding="utf-8-sig", errors="replace", newline="") as f:
         first = [c.strip().lower() for c in next(csv.reader(f), [])]
     header = first if "question" in first or "answer" in first else None
@@ -144,48 +147,92 @@ def read_csv(path: Path) -> tuple[list[Question], str]:
         return [], "tmmluplus"
     first = [c.strip().lower() for c in rows[0][1]]
     if "question" in first or "answer" in first:
-        header, body = first, rows[1:]
+        return _questions(path, first, rows[1:], lambda n: at(path, n), rows[0][0])
+    if len(first) != 6:
+        raise UserError(f"{at(path, rows[0][0])}: {len(first)} columns and no header; a benchmark "
+                        "CSV needs a header with question,A,B,C,D,answer (or six columns "
+                        "question,A,B,C,D,answer without one, as MMLU's)")
+    return _questions(path, None, rows, lambda n: at(path, n))
+
+
+def _parquet(path: Path):
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise UserError(f"{path}: reading .parquet needs pyarrow; "
+                        "install it with `pip install 'jielong[data]'`") from None
+    try:
+        return pq.ParquetFile(path)
+    except Exception as e:  # pyarrow raises several types for a damaged file
+        raise UserError(f"{path}: not a readable parquet file ({e}); check the file or "
+                        "re-export it") from None
+
+
+def read_parquet(path: Path) -> tuple[list[Question], str]:
+    """(questions, kind) of a benchmark as parquet (TMMLU+'s columns question, A-D, answer,
+    as the Hugging Face parquet export of ikala/tmmluplus has them); rows are numbered from 1."""
+    table = _parquet(path).read()
+    header = [c.strip().lower() for c in table.column_names]
+    columns = table.to_pydict()
+    rows = [(i + 1, ["" if v is None else str(v) for v in values])
+            for i, values in enumerate(zip(*columns.values(), strict=True))]
+    return _questions(path, header, rows, lambda n: f"{path}: row {n}", None)
+
+
+def read_questions(path: Path) -> tuple[list[Question], str]:
+    return read_parquet(path) if path.suffix == ".parquet" else read_csv(path)
+
+
+def _questions(path: Path, header: list[str] | None, body: list[tuple[int, list[str]]], where,
+               header_line: int | None = None) -> tuple[list[Question], str]:
+    """Questions from rows under a header (None: MMLU's six header-less columns); `where(n)`
+    names row n in errors."""
+    if header is not None:
         need = ["question", "a", "b", "c", "d", "answer"]
         missing = [c for c in need if c not in header]
         if missing:
-            shown = ",".join(rows[0][1])
-            raise UserError(f"{at(path, rows[0][0])}: no {', '.join(missing)} column (header: {shown}); "
-                            "a benchmark CSV needs the columns question,A,B,C,D,answer")
+            head = at(path, header_line) if header_line else str(path)
+            raise UserError(f"{head}: no {', '.join(missing)} column (header: {','.join(header)}); "
+                            "a benchmark needs the columns question,A,B,C,D,answer")
         n_choices = next(i for i, letter in enumerate(LETTERS.lower()) if letter not in header)
         cols = [header.index(c) for c in ["question", *LETTERS.lower()[:n_choices], "answer"]]
     else:
-        if len(first) != 6:
-            raise UserError(f"{at(path, rows[0][0])}: {len(first)} columns and no header; a benchmark "
-                            "CSV needs a header with question,A,B,C,D,answer (or six columns "
-                            "question,A,B,C,D,answer without one, as MMLU's)")
-        header, body, n_choices, cols = None, rows, 4, list(range(6))
+        n_choices, cols = 4, list(range(6))
     questions = []
     for n, row in body:
         if len(row) <= max(cols):
-            raise UserError(f"{at(path, n)}: {len(row)} fields, expected {max(cols) + 1} "
+            raise UserError(f"{where(n)}: {len(row)} fields, expected {max(cols) + 1} "
                             "(a quote left open, or a missing field?)")
         fields = [row[i] for i in cols]
         answer = fields[-1].strip().upper()
         letters = LETTERS[:n_choices]
         if len(answer) != 1 or answer not in letters:
-            raise UserError(f"{at(path, n)}: answer {fields[-1]!r} is not one of the choices "
+            raise UserError(f"{where(n)}: answer {fields[-1]!r} is not one of the choices "
                             f"{', '.join(letters)}")
-        questions.append(Question(fields[0], fields[1:-1], letters.index(answer), at(path, n)))
+        questions.append(Question(fields[0], fields[1:-1], letters.index(answer), where(n)))
     return questions, _kind_of_header(header)
 
 
+FORMATS = ("*.csv", "*.parquet")
+
+
 def _split_files(folder: Path) -> dict[str, dict[str, Path]]:
-    """{split: {subject: csv}} from `split/*.csv` folders or `{subject}_{split}.csv` names;
-    CSVs with neither are one split, "test"."""
+    """{split: {subject: file}} from `split/*.csv` folders or `{subject}_{split}.csv` names (or
+    .parquet), or the Hugging Face parquet export's `{subject}/{split}/0000.parquet`; files
+    with no split in their name are one split, "test"."""
     found: dict[str, dict[str, Path]] = {}
     for split in SPLITS:
         if (folder / split).is_dir():
-            for f in sorted((folder / split).glob("*.csv")):
+            for f in sorted(f for pattern in FORMATS for f in (folder / split).glob(pattern)):
                 subject = f.stem.removesuffix(f"_{split}")
                 found.setdefault(split, {})[subject] = f
-    for f in sorted(folder.glob("*.csv")):
+    for f in sorted(f for pattern in FORMATS for f in folder.glob(pattern)):
         split = next((s for s in SPLITS if f.stem.endswith(f"_{s}")), "test")
         found.setdefault(split, {}).setdefault(f.stem.removesuffix(f"_{split}"), f)
+    for f in sorted(folder.glob("*/*/*.parquet")):  # {subject}/{split}/0000.parquet
+        subject, split = f.parent.parent.name, f.parent.name
+        if split in SPLITS and subject not in SPLITS:
+            found.setdefault(split, {}).setdefault(subject, f)
     return found
 
 
@@ -204,17 +251,17 @@ def load_task(name: str, data: str | Path = "data") -> Task:
     files = _split_files(folder)
     if not files:
         raise UserError(f"{folder}: no benchmark CSVs (expected dev/ and test/ folders of CSVs, or "
-                        "{subject}_dev.csv and {subject}_test.csv files)")
+                        "{subject}_dev.csv and {subject}_test.csv files; or .parquet)")
     kind = kind or _layout(next(iter(next(iter(files.values())).values())))
     order = ("val", "test", "dev") if kind == "ceval" else ("test", "val", "dev")
     scored = next(s for s in order if s in files)
     subjects = []
     for subject, path in files[scored].items():
-        questions, _ = read_csv(path)
+        questions, _ = read_questions(path)
         if not questions:
             raise UserError(f"{path}: no questions; remove the file or fill it")
         shot_path = files.get("dev", {}).get(subject)
-        shots = read_csv(shot_path)[0] if shot_path and scored != "dev" else questions
+        shots = read_questions(shot_path)[0] if shot_path and scored != "dev" else questions
         title, categories = SUBJECTS.get(kind, {}).get(subject, (subject.replace("_", " "), []))
         subjects.append(Subject(subject, questions, shots, categories or ["other"], title))
     return Task(name if name in KNOWN else folder.name, kind, folder, subjects)
