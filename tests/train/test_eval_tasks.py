@@ -1,5 +1,6 @@
-"""--eval_tasks: multiple-choice tasks scored at every evaluation of a training run, equal to
-`jielong eval` on the checkpoint of that step; a bad task stops the run before any step."""
+"""--eval_tasks: multiple-choice and generation tasks scored at every evaluation of a training
+run, equal to `jielong eval` on the checkpoint of that step; a bad task stops the run before
+any step."""
 
 import json
 
@@ -68,6 +69,29 @@ def test_tasks_scored_every_n_steps_equal_jielong_eval(setup, capsys):
     assert f"eval tasks at step 8: exam acc {logged[8]:.4f}" in out
 
 
+def test_generation_tasks_scored_during_training_equal_jielong_eval(setup, capsys):
+    root, base, chats = setup
+    qa = write_jsonl(root / "trivia.jsonl", [{"question": q, "answers": [r[ord(r[-1]) - 65]]}
+                                             for q, *r in QUESTIONS[:3]])
+    spec = f"{exam(root / 'exam')},closedbook:{qa}"
+    summary = cli(args(root, base, chats, "gen", "--eval_tasks", spec, "--eval_shots", "0",
+                       "--eval_every", "8", "--eval_limit", "2"))
+    rows = [json.loads(x) for x in (root / "gen" / "metrics.jsonl").read_text().splitlines()]
+    [logged] = [r for r in rows if "eval/closedbook:trivia/accuracy" in r]
+    assert logged["step"] == 8 and {"eval/exam/acc", "eval/closedbook:trivia/refusal_rate",
+                                    "eval/closedbook:trivia/hallucination_rate"} <= set(logged)
+    r = eval_cmd(str(root / "gen" / "model"), tasks=spec, shots=0, limit=2, out=str(root / "gen-eval"),
+                 device="cpu")
+    cb = r["generate"]["closedbook:trivia"]
+    assert cb["n"] == 2 and (cb["accuracy"], cb["refusal_rate"], cb["hallucination_rate"]) == (
+        logged["eval/closedbook:trivia/accuracy"], logged["eval/closedbook:trivia/refusal_rate"],
+        logged["eval/closedbook:trivia/hallucination_rate"])
+    assert summary["eval/exam/acc"] == r["tasks"]["exam"]["acc"]
+    out = capsys.readouterr().out
+    assert "closedbook:trivia (2 questions, generated)" in out
+    assert "closedbook:trivia hallucination_rate" in out
+
+
 def test_a_bad_task_stops_the_run_before_any_step(setup):
     root, base, chats = setup
     with pytest.raises(UserError, match="unknown task 'nowhere'"):
@@ -83,5 +107,7 @@ def test_a_bad_task_stops_the_run_before_any_step(setup):
                                         "than the model's context of 256"):
         cli(args(root, base, chats, "bad3", "--eval_tasks", str(long), "--eval_shots", "0"))
     assert not any((root / f"bad{i}" / "metrics.jsonl").exists() for i in (1, 2, 3))
+    with pytest.raises(UserError, match="missing.jsonl: no such file"):
+        cli(args(root, base, chats, "bad5", "--eval_tasks", f"closedbook:{root / 'missing.jsonl'}"))
     with pytest.raises(UserError, match="--eval_limit=0 must be 1 or more"):
         cli(args(root, base, chats, "bad4", "--eval_tasks", str(root / "exam"), "--eval_limit", "0"))

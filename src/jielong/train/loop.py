@@ -41,9 +41,10 @@ early after `patience` evaluations without improvement (its state rides in train
 so a resumed run stops at the same step), and with `load_best_at_end` leaves the best
 weights in the model it returns to the stage.
 
-With `eval_tasks` (`--eval_tasks cmmlu,path/to/my_exam`), multiple-choice benchmarks are
-scored at the same evaluations, as `jielong eval` scores them (`jielong.train.eval_tasks`),
-and logged beside the validation loss as `eval/TASK/acc`.
+With `eval_tasks` (`--eval_tasks cmmlu,path/to/my_exam,drcd`), multiple-choice benchmarks
+and generation tasks are scored at the same evaluations, as `jielong eval` scores them
+(`jielong.train.eval_tasks`), and logged beside the validation loss (`eval/TASK/acc`,
+`eval/drcd/em` …).
 """
 
 from __future__ import annotations
@@ -98,8 +99,8 @@ class TrainConfig:
         min_delta: An evaluation improves on the best only if its validation loss is lower by more than this.
         keep_best: Keep the checkpoint of the best validation loss in RUN/checkpoints/best (default: only with --patience or --load_best_at_end; each improvement writes a whole checkpoint).
         load_best_at_end: Make the best checkpoint (not the last step) the stage's result.
-        eval_tasks: Multiple-choice tasks scored at every evaluation, comma-separated: cmmlu, ceval, mmlu, tmmluplus (from --eval_data) or folders of CSVs, as `jielong eval --tasks`; logged as eval/TASK/acc.
-        eval_data: The folder holding cmmlu/, ceval/, mmlu/, tmmluplus/ for --eval_tasks.
+        eval_tasks: Eval tasks scored at every evaluation, comma-separated, as `jielong eval --tasks`: cmmlu, ceval, mmlu, tmmluplus (from --eval_data) or folders of CSVs, logged as eval/TASK/acc; drcd, cmrc2018 or KIND:FILE generation tasks, logged as their scores (eval/drcd/em …).
+        eval_data: The folder holding cmmlu/, ceval/, mmlu/, tmmluplus/, drcd-dev.json, cmrc2018-dev.json for --eval_tasks.
         eval_shots: Solved examples before each --eval_tasks question.
         eval_limit: Score at most this many questions per subject of --eval_tasks.
     """
@@ -506,7 +507,8 @@ def fit(model: torch.nn.Module, stage: Stage, cfg: TrainConfig, run_dir: str | P
                "seconds": round(elapsed, 1), "tok_s": round(tokens / max(elapsed, 1e-9), 1)}
     if main and scorer is not None and last_eval:
         print(f"eval tasks at step {finished}: " + ", ".join(
-            f"{k.split('/')[1]} acc {v:.4f}" for k, v in last_eval.items() if k.startswith("eval/")))
+            f"{k.removeprefix('eval/').replace('/', ' ')} {v:.4f}" for k, v in last_eval.items()
+            if k.startswith("eval/")))
     if early.best is not None and (cfg.patience or keep_best):  # validation during training asked for
         summary.update(best_step=early.best_step, best_val=early.best, stopped_early=stopped_early)
         if main and finished > start:
