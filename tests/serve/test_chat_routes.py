@@ -157,6 +157,7 @@ def test_regenerate_edit_second_turn_rate_rename_delete(srv):
     assert regen[0]["type"] == "assistant"  # no user event
     r1 = regen[-1]["message"]
     assert (r1["parent_id"], r1["origin"], r1["content"]) == (u1["id"], "regenerate", a1["content"])
+    assert r1["edited_from"] == a1["id"]  # the reply it replaces, for the implicit feedback
 
     q_edit = "What's the capital of France? One word."
     edited = events(srv, f"/messages/{u1['id']}/edit", {"content": q_edit})

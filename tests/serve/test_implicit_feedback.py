@@ -119,6 +119,23 @@ def test_exact_rows_and_weights(db):
     assert row_counts == {"regenerate": 1, "edit": 2, "complaint": 3, "rated": 5, "rows": 6}
 
 
+def test_a_regeneration_names_the_reply_it_replaces(tmp_path):
+    """The user paged back to the first reply and regenerated it: that one is the weak 👎,
+    not the reply made just before (which the inference for older stores would pick)."""
+    with Store(tmp_path / "f.db") as s:
+        c = s.create_conversation()["id"]
+        q = s.add_message(c, None, "user", "台灣最高的山？")["id"]
+        first = s.add_message(c, q, "assistant", "阿里山。")["id"]
+        s.add_message(c, q, "assistant", "雪山。", origin="regenerate", edited_from=first)
+        s.add_message(c, q, "assistant", "玉山。", origin="regenerate", edited_from=first)
+        with pytest.raises(UserError, match="edited_from"):
+            s.add_message(c, q, "assistant", "x", edited_from=first)  # a new reply replaces nothing
+        found, _ = signals(s.dump())
+    assert [(f.kind, f.reply["content"]) for f in found] == [("regenerate", "阿里山。")] * 2
+    [row], _ = weighted_rows(found)
+    assert (row["completion"], row["weight"]) == ([bot("阿里山。")], 0.5)
+
+
 def test_export_writes_both_files_and_the_agreement(db, tmp_path):
     explicit, weak = tmp_path / "kto.jsonl", tmp_path / "weak" / "implicit.jsonl"
     export(db, "kto", tmp_path / "plain.jsonl")

@@ -204,12 +204,13 @@ def prepare(s: Served, conv: dict, history: list[dict],
 
 
 async def reply(request: Request, conv: dict, parent: dict, job: tuple, name: str,
-                stored: dict, origin: str, first: list[dict]) -> StreamingResponse:
-    """Store an empty assistant reply under the user message `parent`, generate it and
-    stream it after the events `first`."""
+                stored: dict, origin: str, first: list[dict],
+                replaces: str | None = None) -> StreamingResponse:
+    """Store an empty assistant reply under the user message `parent` (a regeneration
+    names the reply it `replaces`), generate it and stream it after the events `first`."""
     store = store_of(request)
     message = await store_call(store.add_message, conv["id"], parent["id"], "assistant", "",
-                        model=name, origin=origin, sampling=stored)
+                               model=name, origin=origin, sampling=stored, edited_from=replaces)
     try:
         r = Reply(served(request), store, message, job, request.app.state.chat_replies)
     except UserError as e:
@@ -306,7 +307,8 @@ async def regenerate(mid: str, request: Request):
     conv = await store_call(store.conversation, old["conversation_id"], False)
     history = await store_call(store.path, old["parent_id"])
     job, name, stored, notices = prepare(s, conv, history, body or Generate())
-    return await reply(request, conv, history[-1], job, name, stored, "regenerate", notices)
+    return await reply(request, conv, history[-1], job, name, stored, "regenerate", notices,
+                       replaces=mid)
 
 
 @router.post("/messages/{mid}/edit")

@@ -9,10 +9,9 @@ Three signals, from the chat store's conversation trees (jielong.serve.store):
 - regenerate: a reply the user asked to regenerate is a weak 👎, weight REGENERATE_WEIGHT
   (0.5). People also regenerate to see another wording, or out of curiosity, so it is half a
   vote, not a whole one; the agreement report below measures how often such a reply was
-  also rated 👎, which is the figure to revisit the weight by. The store does not record
-  which reply a regeneration replaced (edited_from is for edits only): it is taken to be
-  the model's reply made just before it to the same message — the one on screen unless the
-  user had paged back with ‹ ›.
+  also rated 👎, which is the figure to revisit the weight by. The web chat records the reply
+  a regeneration replaces (its `edited_from`); in a store written before it did, it is
+  taken to be the model's reply made just before it to the same message.
 - edit: an assistant reply the user rewrote is a correction: the newest edit is a 👍 and
   the model's original a 👎, both weight EDIT_WEIGHT (1.0: the user wrote out what they
   wanted, as strong as a rating). An edit of an edit supersedes it (the earlier one gets
@@ -93,8 +92,10 @@ def _conversation_signals(c: dict, probs: dict[str, float], counts: dict[str, in
         for i, m in enumerate(group):
             if m["origin"] == "regenerate":
                 earlier = [r for r in group[:i] if r["origin"] != "edit"]
-                if earlier and model_written(earlier[-1]):
-                    out.append(Signal("regenerate", earlier[-1], False, REGENERATE_WEIGHT, c))
+                replaced = by_id.get(m["edited_from"]) if m["edited_from"] else \
+                    earlier[-1] if earlier else None  # a store written before it was recorded
+                if model_written(replaced):
+                    out.append(Signal("regenerate", replaced, False, REGENERATE_WEIGHT, c))
     superseded = {m["edited_from"] for m in messages if m["origin"] == "edit"}
     originals = set()
     for m in messages:

@@ -258,15 +258,17 @@ class Store:
                     sampling: dict | None = None) -> dict:
         """A new message under `parent_id` (None: a first message). A user message follows an
         assistant message (or starts the conversation); an assistant message answers a user
-        message. origin "edit" needs `edited_from`, a message of the same role and parent."""
+        message. origin "edit" needs `edited_from`, a message of the same role and parent; a
+        "regenerate" may name in it the reply it replaces (the web chat does)."""
         _check(role, ROLES, "role")
         _check(origin, ORIGINS, "origin")
         if finish_reason is not None:
             _check(finish_reason, FINISH_REASONS, "finish_reason")
         if not isinstance(content, str):
             raise UserError(f"content must be a string, not {type(content).__name__}")
-        if (origin == "edit") != (edited_from is not None):
-            raise UserError("edited_from is given with origin 'edit', and only then")
+        if origin == "edit" and edited_from is None or origin == "new" and edited_from is not None:
+            raise UserError("edited_from is the message an edit (origin 'edit', where it is "
+                            "needed) or a regeneration (origin 'regenerate') replaces")
         mid, now = new_id(), time.time()
         with self._tx(write=True) as db:
             conv = self._live(db, cid)
@@ -286,8 +288,8 @@ class Store:
                 old = self._message_row(db, edited_from)
                 if (old["conversation_id"], old["parent_id"], old["role"]) != \
                         (cid, parent_id, role):
-                    raise UserError(f"an edit is a sibling of the message it edits: same "
-                                    f"conversation, parent and role as {edited_from}")
+                    raise UserError(f"an edit or a regeneration is a sibling of the message it "
+                                    f"replaces: same conversation, parent and role as {edited_from}")
             db.execute("INSERT INTO messages (id, conversation_id, parent_id, role, content, "
                        "model, origin, edited_from, finish_reason, sampling, created) "
                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
