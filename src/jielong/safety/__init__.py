@@ -1,0 +1,1 @@
+"""Safety: policy, detectors, rails, crisis resources and moderation (DESIGN.md)."""
