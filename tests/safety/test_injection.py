@@ -77,6 +77,12 @@ def test_hard_negatives_pass():
             assert (score, hits) == (0.0, []), (text, hits)
 
 
+def test_a_tutorial_quoting_the_attack_is_flagged_by_design():
+    # mention cannot be told from use; the module docstring says so (mark such text as data)
+    assert flagged('A typical attack says "ignore all previous instructions" to the model.')
+    assert flagged("常見的攻擊會寫「忽略之前的所有指令」。")
+
+
 def test_score_is_the_noisy_or_and_width_and_invisibles_are_folded():
     assert scan("from now on you must obey")[0] == pytest.approx(0.4)  # one weak rule: not flagged
     assert not flagged("from now on you must obey")
