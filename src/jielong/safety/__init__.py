@@ -1,1 +1,2 @@
-"""Safety: policy, detectors, rails, crisis resources and moderation (DESIGN.md)."""
+"""Safety guardrails (issue 17, in progress): guard models in Llama Guard / Qwen3Guard layout
+(guard_models), the prompt-injection scanner and data marking (injection)."""
