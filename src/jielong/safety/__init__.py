@@ -1,0 +1,12 @@
+"""Safety: a policy, detectors, rails, crisis resources and moderation, in 繁體, 简体 and English.
+
+- policy.py: the categories (`CATEGORIES`), each with an action (allow, refuse with a message
+  per language, answer with resources, redact, flag only) and a score threshold;
+  default_policy.yaml is the documented default, `load_policy("off")` turns everything off.
+- lexicon.py: a transparent lexicon detector, the same term lists as prep's harmful-text
+  filter (prep/lexicon/*.txt, one source of truth) plus prep's PII finders for private data.
+- moderate.py: `moderate(text, policy)` in OpenAI's moderation shape and `jielong moderate`.
+
+A detector returns, per category it covers, (score in [0, 1], evidence); the policy combines
+detectors by taking the maximum score per category. Rails reduce risk; they are no guarantee.
+"""
