@@ -49,6 +49,7 @@ def _commands() -> dict:
     from jielong.prep.commands import clean as data_clean
     from jielong.prep.commands import quality_train
     from jielong.prep.commands import stats_cmd as data_stats
+    from jielong.safety.moderate import moderate_cmd
     from jielong.serve.command import serve
     from jielong.serve.feedback import export_cmd as feedback_export
     from jielong.tokenizer import tokenize_cmd, train_cmd
@@ -76,6 +77,7 @@ def _commands() -> dict:
                   "dpo": dpo, "kto": kto,
                   "rlhf": rlhf},
         "merge": merge_cmd,
+        "moderate": moderate_cmd,
         "score": score_cmd,
         "eval": {"run": eval_cmd, "compare": compare_cmd, "judge": judge_cmd, "arena": arena_cmd},
     }

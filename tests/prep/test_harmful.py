@@ -40,7 +40,8 @@ def test_harmful_lexicon_drops_planted_text_and_keeps_allow_listed_words():
 
 def test_lexicon_matching_details():
     lex = Lexicon.load()
-    assert set(lex.terms) == {"sexual", "violence", "hate", "self_harm"}
+    assert set(lex.terms) == {"sexual", "violence", "hate", "self_harm", "illegal", "minors"}
+    assert set(HarmfulFilter().lexicon.terms) == {"sexual", "violence", "hate", "self_harm"}
     # Terms are found in either script and named as written in the file.
     assert lex.hits("做爱")["sexual"] == {"做愛": 1}
     assert lex.hits("做愛")["sexual"] == {"做愛": 1}

@@ -171,7 +171,8 @@ class HarmfulFilter(BaseFilter):
     with the most hits names the reason. Every document with hits carries
     metadata["harmful"] = {category: [terms]}, so a person can audit what matched.
 
-    categories: which categories to apply (default: all files in the lexicon directory).
+    categories: which categories to apply (default: all files in `lexicon_dir`; for the
+        built-in lexicon, the four above — illegal.txt and minors.txt serve jielong.safety).
     classifier: a directory written by `jielong train classify` whose labels include one
         safe class ("safe", "ok", "clean", "benign", "0", …): documents whose probability of
         the other classes reaches `threshold` are dropped as "harmful_<label>" (the likeliest
@@ -187,6 +188,8 @@ class HarmfulFilter(BaseFilter):
                  lexicon_dir: str | None = None, max_len: int = 512, batch_size: int = 16,
                  exclusion_writer=None):
         super().__init__(exclusion_writer, batch_size=batch_size if classifier else 1)
+        if categories is None and lexicon_dir is None:
+            categories = list(CATEGORIES)  # illegal.txt, minors.txt: for the serving guardrails
         self.lexicon = Lexicon.load(lexicon_dir, categories)
         if not 0 < threshold <= 1:
             raise UserError(f"threshold={threshold} must be in (0, 1]")

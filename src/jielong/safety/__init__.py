@@ -1,2 +1,16 @@
-"""Safety guardrails (issue 17, in progress): guard models in Llama Guard / Qwen3Guard layout
-(guard_models), the prompt-injection scanner and data marking (injection)."""
+"""Safety: a policy, detectors, rails, crisis resources and moderation, in 繁體, 简体 and English.
+
+- policy.py: the categories (`CATEGORIES`), each with an action (allow, refuse with a message
+  per language, answer with resources, redact, flag only) and a score threshold;
+  default_policy.yaml is the documented default, `load_policy("off")` turns everything off.
+- lexicon.py: a transparent lexicon detector, the same term lists as prep's harmful-text
+  filter (prep/lexicon/*.txt, one source of truth) plus prep's PII finders for private data.
+- injection.py: prompt-injection rules ("ignore previous instructions" and kin, 繁/简/en) and
+  `mark_data`, which wraps retrieved documents and tool results as data, not instructions.
+- guard_models.py: any guard model in Llama Guard or Qwen3Guard layout, its verdict parsed
+  into these categories.
+- moderate.py: `moderate(text, policy)` in OpenAI's moderation shape and `jielong moderate`.
+
+A detector returns, per category it covers, (score in [0, 1], evidence); the policy combines
+detectors by taking the maximum score per category. Rails reduce risk; they are no guarantee.
+"""

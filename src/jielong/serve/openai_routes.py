@@ -7,6 +7,9 @@
   stream_options.include_usage;
 - POST /v1/completions: a text prompt (or several, or token ids), the same options, echo;
 - POST /v1/embeddings: unit-length mean-pooled final hidden states, as floats or base64;
+- POST /v1/moderations: jielong.safety.moderate under the default policy, in OpenAI's shape
+  (results of flagged, categories, category_scores: jielong's categories, also under
+  OpenAI's names where it has one, "self-harm", "sexual/minors", "illicit"; and evidence);
 - GET /v1/models, /v1/models/{id}.
 
 Sampling settings a request leaves out come from the model's generation_config.json
@@ -28,14 +31,25 @@ from fastapi import APIRouter, Depends, Request
 from jielong.errors import UserError
 from jielong.infer.engine import TokenLogprob
 from jielong.infer.sampling import MAX_TOP_LOGPROBS
+from jielong.safety.moderate import moderate
 from jielong.serve.body import read_body
 from jielong.serve.errors import ApiError, engine_failed
 from jielong.serve.guard import authorize
-from jielong.serve.schemas import ChatRequest, CompletionRequest, EmbeddingRequest
+from jielong.serve.schemas import (
+    ChatRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    ModerationRequest,
+)
 from jielong.serve.served import Served, served
 from jielong.serve.streaming import Batch, collect, openai_stream
 
 MAX_EMBED_INPUTS = 2048
+MAX_MODERATION_INPUTS = 2048
+MODERATION_MODEL = "jielong-lexicon"
+# OpenAI's names for the categories that have one (hate, violence, sexual are the same), so
+# a client that reads `result.categories.self_harm` (the "self-harm" key) gets ours.
+OPENAI_NAMES = {"self_harm": "self-harm", "minors": "sexual/minors", "illegal": "illicit"}
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(authorize)])
 
@@ -330,3 +344,23 @@ async def embeddings(request: Request):
             "data": [{"object": "embedding", "index": i, "embedding": encode(v)}
                      for i, v in enumerate(vectors)],
             "usage": {"prompt_tokens": n, "total_tokens": n}}
+
+
+# ----------------------------------------------------------------------------- moderations
+
+
+@router.post("/moderations")
+async def moderations(request: Request):
+    body: ModerationRequest = await read_body(request, ModerationRequest)
+    texts = [body.input] if isinstance(body.input, str) else body.input
+    if not texts:
+        raise ApiError(400, "input: give at least one text", param="input")
+    if len(texts) > MAX_MODERATION_INPUTS:
+        raise ApiError(400, f"input: {len(texts)} inputs, more than {MAX_MODERATION_INPUTS} in "
+                            "one request", param="input")
+    results = await asyncio.to_thread(lambda: [moderate(t) for t in texts])
+    for r in results:
+        for key in ("categories", "category_scores"):
+            r[key].update({OPENAI_NAMES[c]: v for c, v in list(r[key].items()) if c in OPENAI_NAMES})
+    return {"id": f"modr-{uuid.uuid4().hex}", "model": body.model or MODERATION_MODEL,
+            "results": results}

@@ -98,6 +98,11 @@ class EmbeddingRequest(Body):
     dimensions: int | None = None
 
 
+class ModerationRequest(Body):
+    model: str | None = None
+    input: str | list[str]
+
+
 # ----------------------------------------------------------------------------- the web chat's /api
 
 
