@@ -10,6 +10,9 @@
 - guard_models.py: any guard model in Llama Guard or Qwen3Guard layout, its verdict parsed
   into these categories.
 - moderate.py: `moderate(text, policy)` in OpenAI's moderation shape and `jielong moderate`.
+- resources.py + crisis_resources.yaml: crisis lines by region (Taiwan, mainland China, Hong
+  Kong, an international fallback), each with its source and the date it was checked, chosen
+  by locale or the message's script; a caring reply and a card with them.
 
 A detector returns, per category it covers, (score in [0, 1], evidence); the policy combines
 detectors by taking the maximum score per category. Rails reduce risk; they are no guarantee.
