@@ -49,6 +49,7 @@ def _commands() -> dict:
     from jielong.prep.commands import clean as data_clean
     from jielong.prep.commands import quality_train
     from jielong.prep.commands import stats_cmd as data_stats
+    from jielong.safety.guard_data import guard
     from jielong.safety.moderate import moderate_cmd
     from jielong.serve.command import serve
     from jielong.serve.feedback import export_cmd as feedback_export
@@ -75,7 +76,7 @@ def _commands() -> dict:
         "export": {"gguf": gguf_cmd},
         "train": {"sft": sft, "classify": classify, "distill": distill, "reward": reward,
                   "dpo": dpo, "kto": kto,
-                  "rlhf": rlhf},
+                  "rlhf": rlhf, "guard": guard},
         "merge": merge_cmd,
         "moderate": moderate_cmd,
         "score": score_cmd,

@@ -9,6 +9,8 @@
   `mark_data`, which wraps retrieved documents and tool results as data, not instructions.
 - guard_models.py: any guard model in Llama Guard or Qwen3Guard layout, its verdict parsed
   into these categories.
+- guard_data.py + guard_classifier.py: `jielong train guard` (COLD + a written 繁/简/en set with
+  hard negatives, trained by jielong's classification stage) and its detector.
 - moderate.py: `moderate(text, policy)` in OpenAI's moderation shape and `jielong moderate`.
 - resources.py + crisis_resources.yaml: crisis lines by region (Taiwan, mainland China, Hong
   Kong, an international fallback), each with its source and the date it was checked, chosen
