@@ -26,10 +26,9 @@ import typing
 from collections.abc import Callable
 from pathlib import Path
 
-import yaml
-
 from jielong import __version__
 from jielong.errors import UserError
+from jielong.files import read_yaml
 
 
 def _commands() -> dict:
@@ -194,14 +193,7 @@ def _version() -> str:
 def _apply_config(args: argparse.Namespace, argv: list[str]) -> None:
     """Values from --config fill the options not given on the command line."""
     path: Path = args.config
-    if not path.exists():
-        raise UserError(f"{path}: recipe not found")
-    try:
-        recipe = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise UserError(f"{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    recipe = read_yaml(path, "recipe not found") or {}
     if not isinstance(recipe, dict):
         raise UserError(f"{path}: a recipe must be a mapping of option: value")
     flat: dict = {}

@@ -20,9 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from jielong.errors import UserError
+from jielong.files import read_yaml
 
 CATEGORIES = ("self_harm", "violence", "sexual", "minors", "hate", "illegal", "private_data",
               "injection")
@@ -74,14 +73,7 @@ def load_policy(spec: str | Path = "default") -> Policy:
     if str(spec) == "off":
         return off_policy()
     path = DEFAULT_POLICY if str(spec) == "default" else Path(spec)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{path}: safety policy not found; pass a YAML file, 'default' or 'off'") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise UserError(f"{where}: not valid YAML: {getattr(e, 'problem', None) or e}") from None
+    data = read_yaml(path, "safety policy not found; pass a YAML file, 'default' or 'off'")
     return parse_policy(data, str(path))
 
 

@@ -21,9 +21,8 @@ from __future__ import annotations
 import datetime
 from pathlib import Path
 
-import yaml
-
 from jielong.errors import UserError
+from jielong.files import read_yaml
 from jielong.prep.language import detect_lang, han_script
 
 RESOURCES = Path(__file__).parent / "crisis_resources.yaml"
@@ -68,14 +67,7 @@ def load_resources(path: str | Path = RESOURCES) -> dict[str, dict[str, list[dic
     """{region: {"lines": [entry, ...], "emergency": [entry, ...]}} from the YAML file, every
     entry checked; a mistake raises a one-line UserError naming the file and key."""
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{path}: crisis resources not found; see jielong/safety/crisis_resources.yaml") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise UserError(f"{where}: not valid YAML: {getattr(e, 'problem', None) or e}") from None
+    data = read_yaml(path, "crisis resources not found; see jielong/safety/crisis_resources.yaml")
     if not isinstance(data, dict) or not isinstance(data.get("regions"), dict):
         raise UserError(f"{path}: expected a mapping with a 'regions' mapping (TW, CN, HK, INTL)")
     regions = data["regions"]
