@@ -39,6 +39,14 @@ def init_distributed(device: torch.device) -> tuple[int, int]:
     return (dist.get_rank(), world) if world > 1 else (0, 1)
 
 
+def finish_distributed() -> None:
+    """Wait for every rank, then close the process group (when torchrun started one): a rank
+    that leaves early while another still works can abort in gloo's threads at exit."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 @contextmanager
 def main_process_first():
     """Rank 0 runs the block first (e.g. tokenizing the corpus), then the others, who find

@@ -61,7 +61,7 @@ from jielong.eval.loglikelihood import (
 )
 from jielong.files import write_json, write_text
 from jielong.hub import open_model, stop_ids
-from jielong.runtime import init_distributed, is_main_process, pick_device
+from jielong.runtime import finish_distributed, init_distributed, is_main_process, pick_device
 
 
 def encode_task(tok, task: Task, shots: int, limit: int | None) -> list[tuple]:
@@ -296,7 +296,8 @@ def eval_cmd(
                                        "seconds": round(time.time() - start, 2)}
     bar.close()
     if not is_main_process():
-        return results  # rank 0 scores the text, runs the generation tasks, writes the files
+        finish_distributed()  # rank 0 scores the text, runs the generation tasks, writes the files
+        return results
     if text:
         r = heldout_text(net, tok, text, field=field, stride=stride, device=next(net.parameters()).device)
         results["text"] = {"files": [str(t) for t in text], "documents": r.documents,
@@ -325,4 +326,5 @@ def eval_cmd(
     for name, t in results.get("generate", {}).items():
         print(f"{name}: {headline(t)}  ({t['n']} questions, {t['prompt']} prompts, {t['seconds']:.1f} s)")
     print(f"results: {out_dir / 'results.json'}  report: {out_dir / 'report.md'}")
+    finish_distributed()
     return results
