@@ -145,3 +145,23 @@ ZH_AI_OTHER = ("近年來，人工智慧的發展速度令人驚訝。許多科�
                "並且降低人力成本。不過，使用者在體驗這些新產品時，也發現系統偶爾會給出錯誤甚至虛構的答案。"
                "一位大學教授表示，判斷資訊真偽的能力比以往更加重要，讀者應該查證來源，而不是全盤接受機器的說法。"
                "另一方面，藝術家與作家擔心自己的作品被拿去訓練模型卻沒有得到授權或報酬，相關的著作權爭議仍在法院審理中。")
+
+
+@contextmanager
+def one_thread_tiny_model(tmp_path: Path):
+    """A freshly saved test-preset model (its tokenizer trained on 60 tiny documents) in
+    tmp_path/base, with torch on one thread inside the block: for a training command run on
+    it in-process."""
+    from jielong.checkpoint import save_model
+    from jielong.config import preset
+    from jielong.model import Transformer
+    from jielong.tokenizer import train_tokenizer
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        tok = train_tokenizer(tiny_corpus(60), vocab_size=300)
+        torch.manual_seed(0)
+        yield save_model(tmp_path / "base", Transformer(preset("test", vocab_size=tok.vocab_size)), tok)
+    finally:
+        torch.set_num_threads(before)

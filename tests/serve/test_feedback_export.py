@@ -6,19 +6,14 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
-from conftest import bot, tiny_corpus, user
+from conftest import bot, one_thread_tiny_model, user
 
-from jielong.checkpoint import save_model
 from jielong.cli import run
-from jielong.config import preset
 from jielong.data.formats import read_conversations
 from jielong.data.preferences import read_pairs, read_ratings
 from jielong.errors import UserError
-from jielong.model import Transformer
 from jielong.serve.feedback import export
 from jielong.serve.store import Store
-from jielong.tokenizer import train_tokenizer
 
 SYSTEM = {"role": "system", "content": "You are a helpful assistant."}
 Q1, Q1_EDITED = "What is the capital of France?", "What's the capital of France? One word."
@@ -125,14 +120,8 @@ def test_the_training_readers_take_the_rows(db, tmp_path):
 
 
 def test_train_dpo_runs_on_the_export(db, tmp_path, capsys, monkeypatch):
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
     monkeypatch.chdir(tmp_path)
-    try:
-        tok = train_tokenizer(tiny_corpus(60), vocab_size=300)
-        torch.manual_seed(0)
-        base = save_model(tmp_path / "base", Transformer(preset("test", vocab_size=tok.vocab_size)),
-                          tok)
+    with one_thread_tiny_model(tmp_path) as base:
         run(["feedback", "export", "--db", str(db), "--format", "dpo", "--out", "prefs.jsonl"])
         assert capsys.readouterr().out.strip() == (
             f"exported 3 DPO pairs (2 from 👍/👎 siblings, 1 from edits) from 2 conversations "
@@ -140,8 +129,6 @@ def test_train_dpo_runs_on_the_export(db, tmp_path, capsys, monkeypatch):
         out = run(["train", "dpo", "prefs.jsonl", "--model", str(base), "--out", "run",
                    "--steps", "2", "--batch_size", "2", "--max_len", "64", "--val_fraction", "0",
                    "--eval_every", "2", "--save_every", "2"])
-    finally:
-        torch.set_num_threads(before)
     assert "done: 2 steps" in capsys.readouterr().out
     assert out is not None and (tmp_path / "run" / "model" / "model.safetensors").exists()
 

@@ -7,20 +7,15 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
-from conftest import bot, tiny_corpus, user
+from conftest import bot, one_thread_tiny_model, user
 
-from jielong.checkpoint import save_model
 from jielong.cli import main, run
-from jielong.config import preset
 from jielong.data.preferences import read_ratings
 from jielong.errors import UserError
-from jielong.model import Transformer
 from jielong.serve.complaints import complaint_probability
 from jielong.serve.feedback import export
 from jielong.serve.implicit import signals, weighted_rows
 from jielong.serve.store import Store
-from jielong.tokenizer import train_tokenizer
 
 SYSTEM = {"role": "system", "content": "你是助手。"}
 QA, QB, QB_EDITED, QC, QD = ("台灣最高的山是哪座？", "中国的首都是哪里？", "中国的首都是哪座城市？",
@@ -230,22 +225,14 @@ def test_cli_errors_are_one_line(db, tmp_path, capsys):
 
 
 def test_train_kto_runs_on_both_files(db, tmp_path, capsys, monkeypatch):
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
     monkeypatch.chdir(tmp_path)
-    try:
-        tok = train_tokenizer(tiny_corpus(60), vocab_size=300)
-        torch.manual_seed(0)
-        base = save_model(tmp_path / "base", Transformer(preset("test", vocab_size=tok.vocab_size)),
-                          tok)
+    with one_thread_tiny_model(tmp_path) as base:
         run(["feedback", "export", "--db", str(db), "--format", "kto", "--out", "kto.jsonl",
              "--implicit"])
         capsys.readouterr()
         run(["train", "kto", "kto.jsonl", "kto-implicit.jsonl", "--model", str(base), "--out",
              "run", "--steps", "2", "--batch_size", "4", "--max_len", "128", "--val_fraction",
              "0", "--eval_every", "2", "--save_every", "2"])
-    finally:
-        torch.set_num_threads(before)
     out = capsys.readouterr().out
     w_up = 3 + 1.0  # the ratings' 👍, and the edit "4"
     w_down = 2 + sum(r["weight"] for r in rows_expected() if not r["label"])
