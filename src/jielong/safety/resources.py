@@ -24,6 +24,7 @@ from pathlib import Path
 from jielong.errors import UserError
 from jielong.files import read_yaml
 from jielong.prep.language import detect_lang, han_script
+from jielong.safety.moderate import cached_policy
 
 RESOURCES = Path(__file__).parent / "crisis_resources.yaml"
 REGIONS = ("TW", "CN", "HK", "INTL")
@@ -36,25 +37,18 @@ HOURS = {"24/7": {"zh-hant": "24 小時", "zh-hans": "24 小时", "en": "24/7"},
 TEXT = {
     "zh-hant": {
         "title": "你不是一個人",
-        "open": "聽到你這麼難受，我很在意。你不是一個人，這些感受是可以說出來、可以被幫助的。"
-                "現在就找人談談好嗎？下面的專線有受過訓練的人願意聽你說：",
         "danger": "如果你現在有立即的危險，請撥打 {numbers}，或請身邊的人陪你。",
         "close": "你願意的話，也可以繼續跟我說說發生了什麼事。",
         "or": " 或 ",
     },
     "zh-hans": {
         "title": "你不是一个人",
-        "open": "听到你这么难受，我很在意。你不是一个人，这些感受是可以说出来、可以被帮助的。"
-                "现在就找人谈谈好吗？下面的热线有受过训练的人愿意听你说：",
         "danger": "如果你现在有立即的危险，请拨打 {numbers}，或请身边的人陪着你。",
         "close": "你愿意的话，也可以继续跟我说说发生了什么事。",
         "or": " 或 ",
     },
     "en": {
         "title": "You are not alone",
-        "open": "I'm really sorry you're feeling this way, and I'm glad you said something. You are "
-                "not alone, and help is available. Please reach out to someone now; these lines "
-                "have trained people who want to listen:",
         "danger": "If you are in immediate danger, call {numbers} now, or ask someone near you "
                   "to stay with you.",
         "close": "If you'd like, you can also keep talking to me about what's going on.",
@@ -182,16 +176,21 @@ def resources_card(text: str, locale: str | None = None, resources: dict | None 
             "emergency": [{"name": e[key], "number": e["number"]} for e in data[region]["emergency"]]}
 
 
-def crisis_reply(text: str, locale: str | None = None, resources: dict | None = None) -> str:
-    """A caring reply in the user's script with the region's lines and emergency numbers."""
+def crisis_reply(text: str, locale: str | None = None, resources: dict | None = None,
+                 opening: str | None = None) -> str:
+    """A caring reply in the user's script with the region's lines and emergency numbers,
+    opened by `opening` (default: the default policy's self_harm message in that language,
+    default_policy.yaml, so a team changes the words in one place)."""
     card = resources_card(text, locale, resources)
     words = TEXT[card["language"]]
+    if opening is None:
+        opening = cached_policy("default").message("self_harm", card["language"])
     rows = []
     for ln in card["lines"]:
         reach = ln["number"] or ln["url"]
         hours = f" ({ln['hours']})" if ln["hours"] else ""
         rows.append(f"- {ln['name']}: {reach}{hours}")
-    parts = [words["open"], *rows]
+    parts = [opening, *rows]
     if card["emergency"]:
         numbers = words["or"].join(e["number"] for e in card["emergency"])
         parts.append(words["danger"].format(numbers=numbers))
