@@ -14,7 +14,7 @@ import threading
 import pytest
 
 from jielong.errors import UserError
-from jielong.serve.store import NotFound, Store
+from jielong.serve.store import SCHEMA_VERSION, NotFound, Store
 
 
 @pytest.fixture
@@ -205,12 +205,13 @@ def test_a_version_1_file_upgrades_in_place_and_keeps_everything(tmp_path):
         a = s.add_message(c["id"], q["id"], "assistant", "4", model="m", finish_reason="stop")
         s.rate(a["id"], 1, reasons=["correct"], comment="好")
         before = s.dump()
-    with sqlite3.connect(path) as db:  # what version 1 wrote: no arena tables
+    with sqlite3.connect(path) as db:  # what version 1 wrote: no arena or safety tables
+        db.execute("DROP TABLE safety_events")
         db.execute("DROP TABLE votes")
         db.execute("DROP TABLE battles")
         db.execute("PRAGMA user_version = 1")
     with Store(path, create=False) as s:  # e.g. `jielong feedback export` on an old file
-        assert s._db.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert s._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
         assert s.dump() == before and s.ratings(a["id"])[0]["comment"] == "好"
         assert s.integrity() == "ok"
         bt, *_ = battle(s, c["id"])  # a new root question in the old conversation
@@ -222,6 +223,7 @@ def test_a_version_1_file_upgrades_in_place_and_keeps_everything(tmp_path):
     with Store(broken) as s:
         s.create_conversation(title="kept")
     with sqlite3.connect(broken) as db:
+        db.execute("DROP TABLE safety_events")
         db.execute("DROP TABLE votes")
         db.execute("DROP TABLE battles")
         db.execute("CREATE TABLE votes (x)")  # the upgrade makes battles, then fails on votes

@@ -43,9 +43,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from jielong.errors import UserError
 from jielong.prep.pii import redact as redact_pii
+from jielong.safety.guard_classifier import ClassifierDetector
+from jielong.safety.guard_models import GuardModel
 from jielong.safety.moderate import default_detectors, moderate
-from jielong.safety.policy import Policy
+from jielong.safety.policy import Policy, load_policy
 from jielong.safety.resources import crisis_reply, language_for, region_for, resources_card
 
 RAILS = ("input", "output")
@@ -141,6 +144,27 @@ class Rails:
     def stream(self, about: str = "") -> StreamRail:
         """The output rail for one reply to the user's message `about`."""
         return StreamRail(self, about)
+
+
+LOCALE = re.compile(r"[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})*")
+
+
+def build_rails(safety: str = "default", locale: str | None = None,
+                guard_model: str | None = None, guard_classifier: str | None = None,
+                device: str = "cpu") -> Rails:
+    """The rails `jielong serve` runs: the policy `safety` (a YAML file, "default", "off"),
+    the crisis lines' `locale`, and the model detectors: a guard model directory (Llama Guard
+    or Qwen3Guard layout) and/or a classifier from `jielong train guard`."""
+    policy = load_policy(safety)
+    if locale is not None and not LOCALE.fullmatch(locale):
+        raise UserError(f"--locale {locale!r}: not a locale; give a BCP 47 tag such as zh-TW, "
+                        "zh-HK, zh-CN or en-US")
+    models = []
+    if guard_model:
+        models.append(GuardModel.load(guard_model, device=device))
+    if guard_classifier:
+        models.append(ClassifierDetector(guard_classifier))
+    return Rails(policy, model_detectors=models, locale=locale)
 
 
 def redact_text(text: str, category: str, evidence: list[str]) -> str:

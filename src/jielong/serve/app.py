@@ -9,6 +9,8 @@ What answers what:
 - /api/* and the chat page at / (with a store): jielong.serve.chat_routes, and the arena's
   /api/arena (two models answer one question; the user votes): jielong.serve.arena_routes;
 - GET /health, GET /metrics (Prometheus text): jielong.serve.metrics;
+- the safety rails on chat and completions, /v1 and the web chat alike:
+  jielong.serve.safety_rails;
 - in front of them all, jielong.serve.guard.Guard (Host allowlist, cross-site writes, JSON
   bodies, a 500 that keeps the connection) and, outermost, metrics.CountRequests.
 
@@ -32,6 +34,8 @@ from fastapi.staticfiles import StaticFiles
 
 from jielong.errors import UserError
 from jielong.infer.engine import Engine
+from jielong.safety.policy import load_policy
+from jielong.safety.rails import Rails
 from jielong.serve import arena_routes, chat_routes, metrics, openai_routes
 from jielong.serve.errors import add_error_handlers
 from jielong.serve.guard import LOOPBACK, Guard
@@ -43,13 +47,16 @@ from jielong.serve.store import Store
 def create_app(engine: Engine, tok, model_name: str, generation_config: dict | None = None, *,
                system_prompt: str | None = None, api_keys=(), max_body_bytes: int = 1_000_000,
                max_messages: int = 256, max_message_chars: int = 100_000,
-               store: Store | None = None, allowed_hosts=LOOPBACK) -> FastAPI:
+               store: Store | None = None, allowed_hosts=LOOPBACK,
+               rails: Rails | None = None) -> FastAPI:
     """The FastAPI app serving `engine` (already started) as `model_name`; its LoRA adapters
     are served under their own names. `api_keys`: when any, every /v1 request must send
     `Authorization: Bearer KEY` with one of them. `store` (a jielong.serve.store.Store): also
     serve the web chat's /api routes (jielong.serve.chat_routes), kept in it.
     `allowed_hosts`: the names a request's Host header may give (loopback by default; "*":
-    any, "*.example.com": its subdomains too); see jielong.serve.guard.Guard."""
+    any, "*.example.com": its subdomains too); see jielong.serve.guard.Guard. `rails`: the
+    safety rails (jielong.safety.rails.Rails; default: the default policy's, as `jielong
+    serve` has them unless --safety off)."""
     if any(not k for k in api_keys):
         raise UserError("an API key must not be empty")
     counts = Metrics(engine)
@@ -58,7 +65,8 @@ def create_app(engine: Engine, tok, model_name: str, generation_config: dict | N
     app.state.served = Served(engine, tok, model_name, counts,
                               generation_config=dict(generation_config or {}),
                               system_prompt=system_prompt, max_messages=max_messages,
-                              max_message_chars=max_message_chars)
+                              max_message_chars=max_message_chars,
+                              rails=rails if rails is not None else Rails(load_policy("default")))
     app.state.metrics, app.state.engine = counts, engine
     app.state.api_keys = [k.encode() for k in api_keys if k]
     app.state.max_body_bytes = max_body_bytes

@@ -24,6 +24,7 @@ from jielong.hub import open_model, stop_ids
 from jielong.infer.chat import need_demo
 from jielong.infer.engine import Engine
 from jielong.runtime import pick_device
+from jielong.safety.rails import build_rails
 from jielong.serve.hosts import LOOPBACK, host_name
 from jielong.serve.store import Store
 
@@ -43,6 +44,10 @@ def serve(
     dtype: str = "auto",
     max_body_bytes: int = 1_000_000,
     db: str | None = None,
+    safety: str = "default",
+    locale: str | None = None,
+    guard_model: str | None = None,
+    guard_classifier: str | None = None,
     log_level: str = "info",
 ) -> None:
     """Serve a model over an OpenAI-compatible HTTP API (chat, completions, embeddings).
@@ -74,6 +79,13 @@ def serve(
         db: SQLite file keeping the web chat's conversations and feedback (default:
             feedback.db beside a local --model's folder, else runs/serve/feedback.db);
             `jielong feedback export` turns it into training data.
+        safety: The safety policy of the rails on every reply (input and output): "default"
+            (jielong/safety/default_policy.yaml), "off", or your copy of it (YAML).
+        locale: The users' locale (zh-TW, zh-HK, zh-CN, en-US, ...) for the crisis lines a
+            self-harm message is answered with (default: told from each message's script).
+        guard_model: A guard model directory (Llama Guard or Qwen3Guard layout) the input
+            rail also asks.
+        guard_classifier: A classifier from `jielong train guard` the input rail also asks.
         log_level: Server log level: critical, error, warning, info, debug.
     """
     try:  # lazy: the serving extra
@@ -89,6 +101,7 @@ def serve(
     hosts = allowed_host_names(host, allowed_hosts)
     if not 0 < port < 65536:
         raise UserError(f"--port {port}: must be between 1 and 65535")
+    rails = build_rails(safety, locale, guard_model, guard_classifier, pick_device(device))
     sock = _bind(host, port)  # before loading the model: a busy port fails in a second
     try:
         store = open_store(db, model)
@@ -105,13 +118,16 @@ def serve(
         raise
     served = name or model
     app = create_app(engine, tok, served, gen, system_prompt=system_prompt, api_keys=keys,
-                     max_body_bytes=max_body_bytes, store=store, allowed_hosts=hosts)
+                     max_body_bytes=max_body_bytes, store=store, allowed_hosts=hosts,
+                     rails=rails)
     where = f"[{host}]" if ":" in host else host
     extra = f" + adapters {', '.join(engine.adapters)}" if engine.adapters else ""
     print(f"serving {served}{extra} at http://{where}:{port}/v1 · {slots} slots × "
           f"{engine.context} tokens · API key {'required' if keys else 'not required'}",
           file=sys.stderr)
     print(f"chats and feedback kept in {store.file}", file=sys.stderr)
+    print(f"safety policy: {rails.policy.source}" + (f", locale {locale}" if locale else "") +
+          ("" if rails.enabled else " (rails off)"), file=sys.stderr)
     if not keys and host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: listening on {host} without an API key: anyone who can reach this "
               "port can use the model; set JIELONG_API_KEY or --api_key", file=sys.stderr)

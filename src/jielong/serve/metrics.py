@@ -1,7 +1,9 @@
 """Prometheus metrics of the server: the engine's own counts read at each scrape (requests
 waiting and running, slots, tokens, steps), HTTP requests by route and status
 (`CountRequests`, ASGI middleware), and per request the time to first token, decode speed and
-latency (`Metrics.finished`). Served at GET /metrics, beside the liveness check GET /health.
+latency (`Metrics.finished`), and every safety rail decision by rail, category and action
+with the time each check took (`Metrics.safety`). Served at GET /metrics, beside the liveness
+check GET /health.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from jielong.infer.engine import Engine
 from jielong.infer.engine import Request as EngineRequest
 
 ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models",
-          "/health", "/metrics")
+          "/v1/moderations", "/health", "/metrics")
 
 
 class EngineCollector:
@@ -66,6 +68,21 @@ class Metrics:
                                  "From a request's arrival in the engine to its last token",
                                  registry=self.registry,
                                  buckets=(.05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120, 300))
+
+        self.safety_decisions = Counter(
+            "jielong_safety_decisions", "Safety rail decisions by rail, category and action",
+            ["rail", "category", "action"], registry=self.registry)
+        self.safety_seconds = Histogram(
+            "jielong_safety_check_seconds", "Time of one safety rail check (a whole input, or "
+            "one growing reply's delta)", ["rail"], registry=self.registry,
+            buckets=(.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, 1))
+
+    def safety(self, decisions, rail: str | None = None, seconds: float | None = None) -> None:
+        """Count `decisions` (jielong.safety.rails.Decision) and the check's time on `rail`."""
+        for d in decisions:
+            self.safety_decisions.labels(d.rail, d.category, d.action).inc()
+        if rail is not None and seconds is not None:
+            self.safety_seconds.labels(rail).observe(seconds)
 
     def finished(self, r: EngineRequest) -> None:
         if r.first_token_at is not None:

@@ -7,7 +7,8 @@
   stream_options.include_usage;
 - POST /v1/completions: a text prompt (or several, or token ids), the same options, echo;
 - POST /v1/embeddings: unit-length mean-pooled final hidden states, as floats or base64;
-- POST /v1/moderations: jielong.safety.moderate under the default policy, in OpenAI's shape
+- POST /v1/moderations: jielong.safety.moderate under the server's policy and detectors (the
+  default policy when the server runs with --safety off), in OpenAI's shape
   (results of flagged, categories, category_scores: jielong's categories, also under
   OpenAI's names where it has one, "self-harm", "sexual/minors", "illicit"; and evidence);
 - GET /v1/models, /v1/models/{id}.
@@ -16,6 +17,13 @@ Sampling settings a request leaves out come from the model's generation_config.j
 (jielong.serve.served.Served.sampling); replies stop at the model's end-of-turn tokens (the
 engine's stop ids). Every route needs the API key when the server has one
 (jielong.serve.guard.authorize).
+
+The safety rails (jielong.serve.safety_rails) guard chat and text completions: the input
+rail reads the newest user message (or the prompt), and a message it blocks is answered by
+the policy (a refusal, or a caring reply with crisis lines) with finish_reason
+"content_filter" and no generation; the output rail checks every choice as it grows and
+stops it the same way. The decisions come back in a `safety` field beside `choices` (and on
+the last chunk of a stream), and are kept in the store.
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ from jielong.safety.moderate import moderate
 from jielong.serve.body import read_body
 from jielong.serve.errors import ApiError, engine_failed
 from jielong.serve.guard import authorize
+from jielong.serve.safety_rails import OutputRail, check_input, record, v1_recorder
 from jielong.serve.schemas import (
     ChatRequest,
     CompletionRequest,
@@ -42,7 +51,7 @@ from jielong.serve.schemas import (
     ModerationRequest,
 )
 from jielong.serve.served import Served, served
-from jielong.serve.streaming import Batch, collect, openai_stream
+from jielong.serve.streaming import Batch, collect, event_stream, openai_stream, sse
 
 MAX_EMBED_INPUTS = 2048
 MAX_MODERATION_INPUTS = 2048
@@ -84,6 +93,91 @@ def text_logprobs(s: Served, lps: list[TokenLogprob], offset: int) -> dict:
         offset += len(txt)
     return {"tokens": tokens, "token_logprobs": values, "top_logprobs": tops,
             "text_offset": offsets}
+
+
+# ----------------------------------------------------------------------------- safety
+
+
+def plain_stream(chunks) -> object:
+    """OpenAI's stream of `chunks` with no engine work behind it, ending in [DONE]."""
+    async def body():
+        async for c in chunks:
+            yield sse(c)
+        yield "data: [DONE]\n\n"
+    return event_stream(body())
+
+
+def store_of(request: Request):
+    """The server's store (the web chat's), where rail decisions are kept; None without."""
+    return getattr(request.app.state, "store", None)
+
+
+def output_rail(request: Request, s: Served, about: str, n: int) -> OutputRail | None:
+    if not s.rails.enabled:
+        return None
+    return OutputRail(s.rails, s.metrics, about, n, v1_recorder(store_of(request)))
+
+
+def output_decisions(batch: Batch, i: int | None = None) -> list[dict]:
+    """The output rail's decisions (of choice `i`, or all) as the response reports them."""
+    if batch.rail is None:
+        return []
+    streams = batch.rail.streams if i is None else [batch.rail.streams[i]]
+    return [d.to_dict() for st in streams for d in st.decisions]
+
+
+def blocked_chat(body: ChatRequest, verdict, rid: str, now: int, name: str, prompt: int):
+    """The answer to a chat request the input rail blocked: the policy's reply for every
+    choice, finish_reason content_filter, nothing generated."""
+    reply, safety = verdict.blocked.reply or "", [d.to_dict() for d in verdict.decisions]
+    if not body.stream:
+        return {"id": rid, "object": "chat.completion", "created": now, "model": name,
+                "system_fingerprint": None,
+                "choices": [{"index": i, "message": {"role": "assistant", "content": reply},
+                             "logprobs": None, "finish_reason": "content_filter"}
+                            for i in range(body.n)],
+                "usage": usage(prompt, 0), "safety": safety}
+    with_usage = bool(body.stream_options and body.stream_options.include_usage)
+
+    def chunk(choices: list[dict], **extra) -> dict:
+        return {"id": rid, "object": "chat.completion.chunk", "created": now, "model": name,
+                "system_fingerprint": None, "choices": choices,
+                **({"usage": None} if with_usage else {}), **extra}
+
+    async def chunks():
+        for i in range(body.n):
+            yield chunk([{"index": i, "delta": {"role": "assistant", "content": ""},
+                          "logprobs": None, "finish_reason": None}])
+            yield chunk([{"index": i, "delta": {"content": reply}, "logprobs": None,
+                          "finish_reason": None}])
+            yield chunk([{"index": i, "delta": {}, "logprobs": None,
+                          "finish_reason": "content_filter"}], safety=safety)
+        if with_usage:
+            yield {**chunk([]), "usage": usage(prompt, 0)}
+
+    return plain_stream(chunks())
+
+
+def blocked_completion(body: CompletionRequest, verdict, rid: str, now: int, name: str,
+                       choices: int, prompt: int):
+    """A text completion the input rail blocked, answered as blocked_chat answers a chat."""
+    reply, safety = verdict.blocked.reply or "", [d.to_dict() for d in verdict.decisions]
+    rows = [{"index": i, "text": reply, "logprobs": None, "finish_reason": "content_filter"}
+            for i in range(choices)]
+    if not body.stream:
+        return {"id": rid, "object": "text_completion", "created": now, "model": name,
+                "system_fingerprint": None, "choices": rows, "usage": usage(prompt, 0),
+                "safety": safety}
+
+    async def chunks():
+        for row in rows:
+            yield {"id": rid, "object": "text_completion", "created": now, "model": name,
+                   "system_fingerprint": None, "choices": [row], "safety": safety}
+        if body.stream_options and body.stream_options.include_usage:
+            yield {"id": rid, "object": "text_completion", "created": now, "model": name,
+                   "choices": [], "usage": usage(prompt, 0)}
+
+    return plain_stream(chunks())
 
 
 # ----------------------------------------------------------------------------- models
@@ -156,7 +250,14 @@ async def chat_completions(request: Request):
     if body.response_format and body.response_format.get("type", "text") != "text":
         raise ApiError(400, "only response_format {\"type\": \"text\"} is supported",
                        param="response_format")
-    prompt = s.chat_prompt(chat_messages(s, body), "messages")
+    messages = chat_messages(s, body)
+    users = [i for i, m in enumerate(messages) if m["role"] == "user"]
+    about = messages[users[-1]]["content"] if users else ""
+    verdict = await check_input(s.rails, s.metrics, about)
+    await record(store_of(request), verdict.decisions, verdict.text, "v1")
+    if users:
+        messages[users[-1]]["content"] = verdict.text
+    prompt = s.chat_prompt(messages, "messages")
     if body.top_logprobs is not None and not body.logprobs:
         raise ApiError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
     k = (body.top_logprobs or 0) if body.logprobs else None
@@ -169,8 +270,12 @@ async def chat_completions(request: Request):
     max_name = "max_tokens" if body.max_completion_tokens is None else "max_completion_tokens"
     s.fit(prompt, params, "conversation", "messages", adapter, max_name,
           {"logprobs": "top_logprobs", "max_tokens": max_name})
-    batch = Batch(s.engine, s.jobs([prompt], params, adapter, body.n), s.metrics)
     rid, now, name = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), body.model or s.model_name
+    if verdict.blocked:
+        return blocked_chat(body, verdict, rid, now, name, len(prompt))
+    jobs = s.jobs([prompt], params, adapter, body.n)
+    batch = Batch(s.engine, jobs, s.metrics, output_rail(request, s, about, len(jobs)))
+    safety = [d.to_dict() for d in verdict.decisions]
 
     if not body.stream:
         out = await collect(request, batch)
@@ -181,7 +286,8 @@ async def chat_completions(request: Request):
                              "logprobs": {"content": chat_logprobs(s, o["logprobs"])}
                              if k is not None else None,
                              "finish_reason": o["finish"]} for i, o in enumerate(out)],
-                "usage": usage(len(prompt), sum(o["tokens"] for o in out))}
+                "usage": usage(len(prompt), sum(o["tokens"] for o in out)),
+                "safety": safety + output_decisions(batch)}
 
     with_usage = bool(body.stream_options and body.stream_options.include_usage)
 
@@ -205,8 +311,11 @@ async def chat_completions(request: Request):
                               "logprobs": {"content": lps} if lps else None,
                               "finish_reason": None}])
             if e.finish_reason:
-                yield chunk([{"index": i, "delta": {}, "logprobs": None,
-                              "finish_reason": e.finish_reason}])
+                c = chunk([{"index": i, "delta": {}, "logprobs": None,
+                            "finish_reason": e.finish_reason}])
+                if e.finish_reason == "content_filter":
+                    c["safety"] = output_decisions(batch, i)
+                yield c
         if with_usage:
             c = chunk([])
             c["usage"] = usage(len(prompt), sum(len(r.output) for r in batch.reqs))
@@ -247,8 +356,16 @@ async def completions(request: Request):
     for prompt in prompts:
         s.fit(prompt, params, "prompt", "prompt", adapter)
     n = body.n
-    batch = Batch(s.engine, s.jobs(prompts, params, adapter, n), s.metrics)
     rid, now, name = f"cmpl-{uuid.uuid4().hex}", int(time.time()), body.model or s.model_name
+    verdicts = [await check_input(s.rails, s.metrics, t) for t in texts]
+    for v in verdicts:
+        await record(store_of(request), v.decisions, v.text, "v1")
+    blocked = next((v for v in verdicts if v.blocked), None)
+    if blocked:  # a text prompt is one document: a blocked one answers the whole request
+        return blocked_completion(body, blocked, rid, now, name, len(prompts) * n,
+                                  sum(len(q) for q in prompts))
+    jobs = s.jobs(prompts, params, adapter, n)
+    batch = Batch(s.engine, jobs, s.metrics, output_rail(request, s, texts[0], len(jobs)))
     prefix = [texts[i // n] if body.echo else "" for i in range(len(batch.reqs))]
 
     if not body.stream:
@@ -259,7 +376,9 @@ async def completions(request: Request):
                              "logprobs": text_logprobs(s, o["logprobs"], len(prefix[i]))
                              if body.logprobs is not None else None,
                              "finish_reason": o["finish"]} for i, o in enumerate(out)],
-                "usage": usage(sum(len(q) for q in prompts), sum(o["tokens"] for o in out))}
+                "usage": usage(sum(len(q) for q in prompts), sum(o["tokens"] for o in out)),
+                "safety": [d.to_dict() for v in verdicts for d in v.decisions] +
+                output_decisions(batch)}
 
     with_usage = bool(body.stream_options and body.stream_options.include_usage)
     offsets = [len(x) for x in prefix]
@@ -358,7 +477,10 @@ async def moderations(request: Request):
     if len(texts) > MAX_MODERATION_INPUTS:
         raise ApiError(400, f"input: {len(texts)} inputs, more than {MAX_MODERATION_INPUTS} in "
                             "one request", param="input")
-    results = await asyncio.to_thread(lambda: [moderate(t) for t in texts])
+    rails = served(request).rails  # the server's policy and detectors; the default when off
+    policy, dets = (rails.policy, rails.detectors + rails.model_detectors) if rails.enabled \
+        else (None, None)
+    results = await asyncio.to_thread(lambda: [moderate(t, policy, dets) for t in texts])
     for r in results:
         for key in ("categories", "category_scores"):
             r[key].update({OPENAI_NAMES[c]: v for c, v in list(r[key].items()) if c in OPENAI_NAMES})

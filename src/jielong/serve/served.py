@@ -11,7 +11,9 @@ and errors:
   the model's authors meant it to be sampled;
 - `fit(prompt, params, …)`: a prompt that does not fit the context is a 400
   context_length_exceeded, and whatever else the engine refuses a 400 naming the field;
-- `chat_prompt(messages, param)`: a conversation rendered with the model's chat template.
+- `chat_prompt(messages, param)`: a conversation rendered with the model's chat template;
+- `rails`: the safety policy's rails (jielong.safety.rails, applied by
+  jielong.serve.safety_rails).
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from fastapi import Request
 from jielong.errors import UserError
 from jielong.infer.engine import Engine
 from jielong.infer.sampling import SamplingParams
+from jielong.safety.policy import off_policy
+from jielong.safety.rails import Rails
 from jielong.serve.errors import ApiError, user_error
 from jielong.serve.metrics import Metrics
 from jielong.serve.schemas import MAX_CHOICES, SamplingBody
@@ -41,6 +45,7 @@ class Served:
     system_prompt: str | None = None  # for conversations that bring none
     max_messages: int = 256  # of one /v1/chat/completions request
     max_message_chars: int = 100_000
+    rails: Rails = field(default_factory=lambda: Rails(off_policy()))  # jielong.safety.rails
     created: int = field(default_factory=lambda: int(time.time()))
 
     def __post_init__(self):

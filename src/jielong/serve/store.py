@@ -25,9 +25,15 @@ battle names the question and its answers A (shown on the left) and B; its votes
 so changing one's mind replaces the vote and keeps the history. `arena_votes()` gives every
 battle's current vote in the fixed format `jielong eval arena` writes to votes.jsonl.
 
+Safety (jielong.safety.rails): every decision of a rail (which rail, category, action, score,
+evidence, the crisis card, and the text it read) is a row of safety_events, tied to the web
+chat's message it was about (the user message for the input rail, the reply for the output
+rail) or, for the /v1 API, to none; a message comes with its decisions ("safety"), so a
+team can review false positives, and `jielong feedback export` can leave flagged turns out.
+
 Schema versions (PRAGMA user_version): 1 conversations, messages, ratings; 2 adds battles and
-votes. Opening an older file upgrades it in place, in one transaction (all or nothing), and
-touches none of its rows.
+votes; 3 adds safety_events and finish_reason "content_filter". Opening an older file
+upgrades it in place, in one transaction (all or nothing), and touches none of its rows.
 """
 
 from __future__ import annotations
@@ -43,10 +49,13 @@ from pathlib import Path
 
 from jielong.errors import UserError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 ROLES = ("user", "assistant")
 ORIGINS = ("new", "regenerate", "edit")
-FINISH_REASONS = ("stop", "length", "stopped", "error")
+FINISH_REASONS = ("stop", "length", "stopped", "error", "content_filter")
+SOURCES = ("chat", "v1")
+RAILS = ("input", "output")
+SAFETY_ACTIONS = ("refuse", "resources", "redact", "flag")  # where a safety decision was made: the web chat, the /v1 API
 CONVERSATION_FIELDS = ("title", "system_prompt", "settings")
 TITLE_CHARS = 48  # an untitled conversation is named after the start of its first message
 WINNERS = ("a", "b", "tie", "both_bad")
@@ -103,6 +112,44 @@ _MIGRATIONS[2] = [
     "CREATE INDEX votes_by_battle ON votes (battle_id, id)",
 ]
 
+# Version 3: finish_reason "content_filter" (a reply a safety rail stopped or replaced) and
+# every safety rail decision. SQLite cannot change a CHECK in place, so messages is rebuilt
+# as its documentation's "other kinds of table schema changes" do it (a new table, the rows
+# copied, the old one dropped, the new one renamed), with foreign keys off (see _migrate).
+_MIGRATIONS[3] = [
+    """CREATE TABLE messages_v3 (
+        id TEXT PRIMARY KEY,
+        conversation_id TEXT NOT NULL REFERENCES conversations(id),
+        parent_id TEXT REFERENCES messages(id),
+        role TEXT NOT NULL CHECK (role IN ('user', 'assistant')),
+        content TEXT NOT NULL,
+        model TEXT,
+        origin TEXT NOT NULL DEFAULT 'new' CHECK (origin IN ('new', 'regenerate', 'edit')),
+        edited_from TEXT REFERENCES messages(id),
+        finish_reason TEXT CHECK (finish_reason IN ('stop', 'length', 'stopped', 'error',
+                                                    'content_filter')),
+        sampling TEXT,
+        created REAL NOT NULL)""",
+    "INSERT INTO messages_v3 SELECT id, conversation_id, parent_id, role, content, model, origin, "
+    "edited_from, finish_reason, sampling, created FROM messages ORDER BY rowid",
+    "DROP TABLE messages",
+    "ALTER TABLE messages_v3 RENAME TO messages",
+    "CREATE INDEX messages_by_parent ON messages (conversation_id, parent_id)",
+    """CREATE TABLE safety_events (
+        id INTEGER PRIMARY KEY,
+        message_id TEXT REFERENCES messages(id),
+        source TEXT NOT NULL CHECK (source IN ('chat', 'v1')),
+        rail TEXT NOT NULL CHECK (rail IN ('input', 'output')),
+        category TEXT NOT NULL,
+        action TEXT NOT NULL CHECK (action IN ('refuse', 'resources', 'redact', 'flag')),
+        score REAL NOT NULL,
+        evidence TEXT NOT NULL DEFAULT '[]',
+        card TEXT,
+        text TEXT NOT NULL,
+        created REAL NOT NULL)""",
+    "CREATE INDEX safety_by_message ON safety_events (message_id, id)",
+]
+
 # A message with its current rating (the latest row of ratings for it).
 _MESSAGES = """
     SELECT m.*, r.value AS r_value, r.reasons AS r_reasons, r.comment AS r_comment,
@@ -155,6 +202,15 @@ class Store:
         with self._tx() as db:  # a file already set up needs no write lock (export, a reader)
             if db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
                 return
+        # Rebuilding a table others refer to needs foreign keys off, and that pragma only
+        # takes effect outside a transaction; every reference is checked before the commit.
+        self._db.execute("PRAGMA foreign_keys=OFF")
+        try:
+            self._upgrade()
+        finally:
+            self._db.execute("PRAGMA foreign_keys=ON")
+
+    def _upgrade(self) -> None:
         with self._tx(write=True) as db:
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
@@ -172,6 +228,10 @@ class Store:
             for v in range(version + 1, SCHEMA_VERSION + 1):  # rolled back as one on an error
                 for statement in _MIGRATIONS[v]:
                     db.execute(statement)
+            broken = db.execute("PRAGMA foreign_key_check").fetchone()
+            if broken:
+                raise UserError(f"{self.file}: a row of {broken[0]} refers to a missing row of "
+                                f"{broken[2]}; the file is damaged (upgrade not applied)")
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def close(self) -> None:
@@ -454,6 +514,46 @@ class Store:
                             "time": r["voted"]})
         return out
 
+    # ------------------------------------------------------------------ safety
+
+    def add_safety(self, decisions: list[dict], text: str, source: str,
+                   message_id: str | None = None) -> list[dict]:
+        """Record a rail's `decisions` (each {rail, category, action, score, evidence, card?},
+        as jielong.safety.rails.Decision.to_dict gives them) about `text`, the text the rail
+        read, made by `source` ("chat" or "v1"), about the message `message_id` (or none)."""
+        _check(source, SOURCES, "source")
+        for d in decisions:
+            _check(d["rail"], RAILS, "rail")
+            _check(d["action"], SAFETY_ACTIONS, "action")
+        now = time.time()
+        with self._tx(write=True) as db:
+            if message_id is not None:
+                self._message_row(db, message_id, live=False)
+            ids = [db.execute(
+                "INSERT INTO safety_events (message_id, source, rail, category, action, score, "
+                "evidence, card, text, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (message_id, source, d["rail"], d["category"], d["action"], float(d["score"]),
+                 _dumps(d.get("evidence") or []),
+                 None if d.get("card") is None else _dumps(d["card"]), text, now)).lastrowid
+                for d in decisions]
+            rows = [db.execute("SELECT * FROM safety_events WHERE id = ?", (i,)).fetchone()
+                    for i in ids]
+            return [_safety_dict(r, text=True) for r in rows]
+
+    def safety_events(self, source: str | None = None, category: str | None = None,
+                      limit: int | None = None) -> list[dict]:
+        """The recorded decisions, newest first, each with the text it read (for review)."""
+        where, args = [], []
+        for col, value in (("source", source), ("category", category)):
+            if value is not None:
+                where.append(f"{col} = ?")
+                args.append(value)
+        sql = "SELECT * FROM safety_events" + (" WHERE " + " AND ".join(where) if where else "")
+        sql += " ORDER BY id DESC" + (" LIMIT ?" if limit is not None else "")
+        with self._tx() as db:
+            rows = db.execute(sql, (*args, *([limit] if limit is not None else []))).fetchall()
+        return [_safety_dict(r, text=True) for r in rows]
+
     # ------------------------------------------------------------------ export
 
     def dump(self, include_deleted: bool = True) -> list[dict]:
@@ -496,7 +596,10 @@ class Store:
         if messages:
             rows = db.execute(f"{_MESSAGES} WHERE m.conversation_id = ? ORDER BY m.rowid",
                               (cid,)).fetchall()
-            out["messages"] = [_message_dict(r) for r in rows]
+            events = db.execute("SELECT e.* FROM safety_events e JOIN messages m ON "
+                                "m.id = e.message_id WHERE m.conversation_id = ? ORDER BY e.id",
+                                (cid,)).fetchall()
+            out["messages"] = _with_safety([_message_dict(r) for r in rows], events)
         return out
 
     def _message_row(self, db: sqlite3.Connection, mid: str, live: bool = True) -> sqlite3.Row:
@@ -512,7 +615,7 @@ class Store:
             "SELECT m.parent_id, up.depth + 1 FROM messages m JOIN up ON m.id = up.id "
             "WHERE m.parent_id IS NOT NULL) "
             f"{_MESSAGES} JOIN up ON up.id = m.id ORDER BY up.depth DESC", (mid,)).fetchall()
-        return [_message_dict(r) for r in rows]
+        return [self._message(db, r["id"]) for r in rows]
 
     def _battle(self, db: sqlite3.Connection, bid: str, live: bool = True) -> dict:
         row = db.execute("SELECT b.*, c.deleted, a.model AS model_a, bb.model AS model_b "
@@ -531,7 +634,10 @@ class Store:
                 "vote": dict(vote) if vote else None}
 
     def _message(self, db: sqlite3.Connection, mid: str) -> dict:
-        return _message_dict(db.execute(f"{_MESSAGES} WHERE m.id = ?", (mid,)).fetchone())
+        events = db.execute("SELECT * FROM safety_events WHERE message_id = ? ORDER BY id",
+                            (mid,)).fetchall()
+        return _with_safety([_message_dict(db.execute(f"{_MESSAGES} WHERE m.id = ?",
+                                                      (mid,)).fetchone())], events)[0]
 
 
 def sealed_battle(b: dict) -> dict:
@@ -562,6 +668,26 @@ def _message_dict(r: sqlite3.Row) -> dict:
             "finish_reason": r["finish_reason"],
             "sampling": None if r["sampling"] is None else json.loads(r["sampling"]),
             "created": r["created"], "rating": rating}
+
+
+def _safety_dict(r: sqlite3.Row, text: bool = False) -> dict:
+    out = {"id": r["id"], "message_id": r["message_id"], "source": r["source"],
+           "rail": r["rail"], "category": r["category"], "action": r["action"],
+           "score": r["score"], "evidence": json.loads(r["evidence"]),
+           "card": None if r["card"] is None else json.loads(r["card"]), "created": r["created"]}
+    if text:
+        out["text"] = r["text"]
+    return out
+
+
+def _with_safety(messages: list[dict], events: list[sqlite3.Row]) -> list[dict]:
+    """`messages`, each with the list of its safety decisions ("safety", oldest first)."""
+    by_message: dict[str, list[dict]] = {}
+    for e in events:
+        by_message.setdefault(e["message_id"], []).append(_safety_dict(e))
+    for m in messages:
+        m["safety"] = by_message.get(m["id"], [])
+    return messages
 
 
 def _a(role: str) -> str:

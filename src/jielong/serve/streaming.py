@@ -26,11 +26,13 @@ from jielong.serve.metrics import Metrics
 
 class Batch:
     """Requests submitted together (n choices, several prompts); their events, in the order
-    the engine made them, as (choice index, Event) on the event loop."""
+    the engine made them, as (choice index, Event) on the event loop. With an output `rail`
+    (jielong.serve.safety_rails.OutputRail) each event's text is what the rail lets through."""
 
     def __init__(self, engine: Engine, jobs: list[tuple[list[int], SamplingParams, str | None]],
-                 metrics: Metrics):
+                 metrics: Metrics, rail=None):
         self.loop = asyncio.get_running_loop()
+        self.rail = rail
         self.queue: asyncio.Queue[Event] = asyncio.Queue()
         self.metrics = metrics
         self.reqs: list[EngineRequest] = []
@@ -60,7 +62,12 @@ class Batch:
             if e.finish_reason:
                 left -= 1
                 self.metrics.finished(e.request)
-            yield self.index[e.request.id], e
+            i = self.index[e.request.id]
+            if self.rail is not None:
+                e = await self.rail.apply(i, e)
+                if e is None:  # the rail ended this choice already
+                    continue
+            yield i, e
 
 
 async def watch_disconnect(request: Request, batch: Batch) -> None:
