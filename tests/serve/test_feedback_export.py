@@ -159,3 +159,34 @@ def test_cli_summaries_and_errors(db, tmp_path, capsys):
         with pytest.raises(UserError, match=f"nothing to export as {fmt}"):
             export(empty, fmt, tmp_path / "e.jsonl")
     assert not (tmp_path / "e.jsonl").exists()
+
+
+def test_turns_a_safety_rail_flagged_are_left_out_unless_kept(db, tmp_path, capsys):
+    """Conversation A's second turn: its 👍 reply "Berlin." is flagged by the output rail; a
+    new conversation's question was answered by the input rail (crisis lines, rated 👍) and
+    a rated reply follows it. Dropped: the flagged messages and all after them."""
+    with Store(db) as s:
+        conv = s.conversation(s.list_conversations()[0]["id"])
+        berlin = next(m for m in conv["messages"] if m["content"] == "Berlin.")
+        s.add_safety([{"rail": "output", "category": "hate", "action": "flag", "score": 0.6,
+                       "evidence": ["x"]}], "Berlin.", "chat", berlin["id"])
+        c = s.create_conversation()["id"]
+        q = s.add_message(c, None, "user", "我想自殺")["id"]
+        a = s.add_message(c, q, "assistant", "聽到你這麼難受…… 1925", model="m",
+                          finish_reason="content_filter")["id"]
+        s.add_safety([{"rail": "input", "category": "self_harm", "action": "resources",
+                       "score": 0.6, "evidence": ["想自殺"]}], "我想自殺", "chat", q)
+        s.rate(a, 1)
+        q2 = s.add_message(c, a, "user", "謝謝")["id"]
+        s.rate(s.add_message(c, q2, "assistant", "不客氣", model="m")["id"], 1)
+    out = tmp_path / "sft.jsonl"
+    counts = export(db, "sft", out)
+    assert lines(out) == [SFT[0], SFT[2]] and counts["flagged"] == 5
+    kept = export(db, "sft", out, flagged="keep")
+    assert kept["flagged"] == 0 and len(lines(out)) == 5
+    assert lines(out)[1]["messages"][-1] == bot("Berlin.")
+    run(["feedback", "export", "--db", str(db), "--format", "kto", "--out", str(out)])
+    assert "left out 5 messages a safety rail flagged" in capsys.readouterr().out
+    assert all(r["completion"] != [bot("Berlin.")] for r in lines(out))
+    with pytest.raises(UserError, match="--flagged maybe: use drop"):
+        export(db, "sft", out, flagged="maybe")

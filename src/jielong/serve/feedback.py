@@ -28,6 +28,12 @@ Messages are OpenAI-style {"role", "content"} lists (TRL's conversational format
 come in a fixed order (conversations oldest first, messages in the order they were made),
 so exporting the same database twice gives the same file. Replies with no text (stopped
 before the first token) are left out.
+
+Turns a safety rail flagged are left out too (`--flagged drop`, the default): a message with
+any rail decision in the store (refused, answered with crisis lines, redacted or flagged
+only) or a reply the rail stopped (finish_reason content_filter), and every message after it
+on its branch, so no prompt carries it. `--flagged keep` exports them (e.g. to review them,
+or to tune on the rails' own replies on purpose).
 """
 
 from __future__ import annotations
@@ -117,13 +123,28 @@ def _conversation_rows(c: dict, fmt: str, counts: dict[str, int]) -> list[dict]:
     return out
 
 
+def leave_out_flagged(conversations: list[dict]) -> tuple[list[dict], int]:
+    """(`conversations` without the messages a safety rail flagged and those after them on
+    their branches, how many messages were left out)."""
+    out, dropped = [], 0
+    for c in conversations:
+        bad: set[str] = set()
+        for m in c["messages"]:  # in the order they were made: a parent before its children
+            if m.get("safety") or m["finish_reason"] == "content_filter" or m["parent_id"] in bad:
+                bad.add(m["id"])
+        dropped += len(bad)
+        out.append({**c, "messages": [m for m in c["messages"] if m["id"] not in bad]})
+    return out, dropped
+
+
 def export(db: str | Path, fmt: str, out: str | Path, include_deleted: bool = True,
-           implicit_out: str | Path | None = None) -> dict:
+           implicit_out: str | Path | None = None, flagged: str = "drop") -> dict:
     """Write the feedback in the database `db` as `fmt` (dpo, kto or sft) rows to the JSONL
     file `out` (atomically); the counts (rows, conversations, and by kind). With
     `implicit_out` (kto only), also the implicit feedback's weighted KTO rows there and the
     agreement report beside it (jielong.serve.implicit); then either file may be left out
-    when it would be empty, and the counts hold "implicit" and "agreement"."""
+    when it would be empty, and the counts hold "implicit" and "agreement". `flagged`:
+    "drop" leaves out what a safety rail flagged (counted in "flagged"), "keep" keeps it."""
     out = Path(out)
     for path, flag in ((out, "--out"), (implicit_out, "--implicit_out")):
         if path is not None and Path(path).suffix.lower() != ".jsonl":
@@ -131,6 +152,9 @@ def export(db: str | Path, fmt: str, out: str | Path, include_deleted: bool = Tr
                             "the training commands read")
     if fmt not in FORMATS:
         raise UserError(f"--format {fmt}: use one of {', '.join(FORMATS)}")
+    if flagged not in ("drop", "keep"):
+        raise UserError(f"--flagged {flagged}: use drop (leave out what a safety rail "
+                        "flagged) or keep")
     if implicit_out is not None:
         implicit_out = Path(implicit_out)
         if fmt != "kto":
@@ -141,7 +165,11 @@ def export(db: str | Path, fmt: str, out: str | Path, include_deleted: bool = Tr
                             "are kept apart from the explicit ratings: give another file")
     with Store(db, create=False) as store:
         conversations = store.dump(include_deleted)
+    left_out = 0
+    if flagged == "drop":
+        conversations, left_out = leave_out_flagged(conversations)
     found, counts = rows(conversations, fmt)
+    counts["flagged"] = left_out
     if implicit_out is None:
         if not found:
             need = {"dpo": "a 👍 and a 👎 reply to the same message, or an edited reply",
@@ -189,7 +217,7 @@ def write_rows(path: Path, found: list[dict]) -> None:
 
 def export_cmd(db: str = "runs/serve/feedback.db", format: Literal["dpo", "kto", "sft"] = "dpo",
                out: str | None = None, include_deleted: bool = True, implicit: bool = False,
-               implicit_out: str | None = None) -> dict:
+               implicit_out: str | None = None, flagged: Literal["drop", "keep"] = "drop") -> dict:
     """Export the web chat's feedback as training data: DPO pairs, KTO ratings or SFT chats.
 
     dpo: a 👍 reply against a 👎 reply to the same message, and an edited reply against the
@@ -205,13 +233,14 @@ def export_cmd(db: str = "runs/serve/feedback.db", format: Literal["dpo", "kto",
         include_deleted: Also export conversations deleted in the chat.
         implicit: Also write the implicit feedback (regenerated, edited, complained-about replies) as weighted KTO rows, with --format kto.
         implicit_out: Its JSONL file (default: <out>-implicit.jsonl; giving one implies --implicit); the agreement report goes beside it (.agreement.json, .agreement.md).
+        flagged: drop: leave out turns a safety rail flagged (and what follows them on their branch); keep: export them too.
     """
     target = Path(out) if out else Path(db).with_name(f"{format}.jsonl")
     weak_target = None
     if implicit or implicit_out:
         weak_target = Path(implicit_out) if implicit_out else \
             target.with_name(f"{target.with_suffix('').name}-implicit.jsonl")
-    counts = export(db, format, target, include_deleted, weak_target)
+    counts = export(db, format, target, include_deleted, weak_target, flagged)
     n = counts["rows"]
     if format == "dpo":
         what = (f"{n} DPO pairs ({counts['siblings']} from 👍/👎 siblings, {counts['edits']} "
@@ -222,6 +251,9 @@ def export_cmd(db: str = "runs/serve/feedback.db", format: Literal["dpo", "kto",
         what = f"{n} SFT conversations (👍 replies)"
     where = target if n else "nowhere (no rated replies)"
     print(f"exported {what} from {counts['conversations']} conversations of {db} to {where}")
+    if counts["flagged"]:
+        print(f"left out {counts['flagged']} messages a safety rail flagged (and those after "
+              "them); --flagged keep exports them")
     if weak_target is not None:
         k = counts["implicit"]
         where = weak_target if k["rows"] else "nowhere (no signals on unrated replies)"
