@@ -13,9 +13,10 @@ Run as:
    recall, F1, false-positive rate; Llama Guard 3 8B MODEL_CARD.md, PurpleLlama): a text is
    positive for a category when its label names it, predicted positive when `moderate` flags
    the category under the default policy; FPR is over every text not of the category, and
-   "FPR hard" over the safe texts alone. Detectors: the defaults (lexicon + injection rules);
-   with `--guard DIR` also a `jielong train guard` classifier alone and both combined (max per
-   category, as `moderate` combines them).
+   "FPR hard" over the safe texts alone; "stopped": the category's texts that some blocking
+   category (refuse, resources) stops, whichever it is (a minors text refused as sexual).
+   Detectors: the defaults (lexicon + injection rules); with `--guard DIR` also a `jielong
+   train guard` classifier alone and both combined (max per category, as `moderate` does).
 2. COLD (Deng et al. 2022, thu-coai/COLDataset): the lexicon's hate category as the offensive
    detector, on dev (and `--cold_test`, the split the paper reports), offensive = label 1.
 3. Self-harm rows: does `Rails(locale=...).check(text).blocked.card["region"]` name the region
@@ -46,7 +47,7 @@ from jielong.safety.guard_data import binary_f1, read_cold
 from jielong.safety.lexicon import LexiconDetector
 from jielong.safety.moderate import default_detectors, moderate
 from jielong.safety.policy import CATEGORIES, load_policy
-from jielong.safety.rails import Rails
+from jielong.safety.rails import BLOCKING, Rails
 from jielong.safety.resources import resources_card
 
 HELDOUT = Path(__file__).parent / "safety_texts" / "heldout.tsv"
@@ -107,14 +108,17 @@ def pct(xs: list[float], q: float) -> float:
     return s[max(0, math.ceil(q * len(s)) - 1)]
 
 
-def print_categories(name: str, rows: list[dict], flags: list[set]) -> None:
+def print_categories(name: str, rows: list[dict], flags: list[set], policy) -> None:
     table = category_table(rows, flags)
+    stops = [any(policy.rules[c].action in BLOCKING for c in f) for f in flags]
     print(f"\n{name}: per category ({len(rows)} texts, {sum(not r['labels'] for r in rows)} safe)\n")
-    print("| category | n | precision | recall | F1 | FPR | FPR hard |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| category | n | precision | recall | F1 | FPR | FPR hard | stopped |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for c, m in table.items():
+        stopped = [x for r, x in zip(rows, stops, strict=True) if c in r["labels"]]
+        shown = f"{sum(stopped) / len(stopped):.2f}" if policy.rules[c].action in BLOCKING else "-"
         print(f"| {c} | {m['n']} | {m['precision']:.2f} | {m['recall']:.2f} | {m['f1']:.2f} | "
-              f"{m['fpr']:.3f} | {m['fpr_hard']:.3f} |")
+              f"{m['fpr']:.3f} | {m['fpr_hard']:.3f} | {shown} |")
     print("\n| script | unsafe texts | any category flagged (recall) | safe texts | flagged (FPR) |")
     print("| --- | ---: | ---: | ---: | ---: |")
     for s in (*SCRIPTS, "all"):
@@ -269,12 +273,12 @@ def main() -> None:
     rows = read_heldout(Path(args.heldout))
 
     print("\n## 1. Held-out set")
-    print_categories("lexicon + injection rules (defaults)", rows, flagged(rows, policy, default_detectors()))
+    print_categories("lexicon + injection rules (defaults)", rows, flagged(rows, policy, default_detectors()), policy)
     clf = ()
     if args.guard:
         clf = (ClassifierDetector(args.guard),)
-        print_categories(f"classifier {args.guard} alone", rows, flagged(rows, policy, clf))
-        print_categories("defaults + classifier", rows, flagged(rows, policy, default_detectors() + clf))
+        print_categories(f"classifier {args.guard} alone", rows, flagged(rows, policy, clf), policy)
+        print_categories("defaults + classifier", rows, flagged(rows, policy, default_detectors() + clf), policy)
 
     print("\n## 2. COLD, lexicon hate = offensive")
     for name, path in (("dev", Path(args.cold) / "dev.csv" if args.cold else None),
