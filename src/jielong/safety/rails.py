@@ -28,14 +28,14 @@ self_harm (a person at risk gets resources even if their words also read as viol
 the highest score. The language of a reply is the user's (`about`: the message the reply
 answers), not the model's.
 
-The output rail checks the text as it grows: at each delta it runs the fast detectors on the
-last WINDOW characters (so a check costs the same at token 10 and token 1000), and holds
-back the last HOLDBACK characters, so a phone number or a term split across tokens is
-redacted or stopped before any of it is shown. A term longer than HOLDBACK characters, or a
-category whose threshold needs several terms further apart than WINDOW, can slip through a
-stream; `finish` checks the whole reply once more for the record. Model detectors (a guard
-model, a trained classifier) are slow; they run on the input rail and on the finished reply,
-not per token.
+The output rail checks the text as it grows: once at least CHECK_EVERY new characters have
+come, it runs the fast detectors on them plus the OVERLAP characters before (so a term split
+across two checks is still read whole, and a check costs the same at token 10 and token
+1000), and it holds back the last HOLDBACK characters, so a phone number or a term split
+across tokens is redacted or stopped before any of it is shown. A term longer than HOLDBACK
+characters, or a category whose threshold needs several terms further apart than OVERLAP,
+can slip through a stream. Model detectors (a guard model, a trained classifier) are slow;
+they run on the input rail and on the finished reply (`finish`), not per token.
 """
 
 from __future__ import annotations
@@ -54,8 +54,9 @@ from jielong.safety.resources import crisis_reply, language_for, region_for, res
 RAILS = ("input", "output")
 BLOCKING = ("refuse", "resources")
 FIRST = ("minors", "self_harm")  # blocking categories that win over a higher score
-WINDOW = 512     # characters of a growing reply each streaming check reads
-HOLDBACK = 24    # characters of a growing reply not shown until the next check clears them
+CHECK_EVERY = 8  # new characters of a growing reply that make the next streaming check
+OVERLAP = 64     # characters already checked that a check reads again (> the longest term)
+HOLDBACK = 24    # characters of a growing reply not shown until a later check clears them
 MASK = "***"
 
 
@@ -183,12 +184,13 @@ class StreamRail:
     `finish()` shows the held-back tail (checked) and checks the whole reply for the record.
     `decisions` collects every decision of the reply, each category once."""
 
-    def __init__(self, rails: Rails, about: str, window: int = WINDOW, holdback: int = HOLDBACK):
+    def __init__(self, rails: Rails, about: str, every: int = CHECK_EVERY,
+                 overlap: int = OVERLAP, holdback: int = HOLDBACK):
         self.rails, self.about = rails, about
-        self.window, self.holdback = window, holdback
+        self.every, self.overlap, self.holdback = every, overlap, holdback
         self.raw = ""       # the reply as generated
         self.shown = ""     # what the user has been shown (redacted)
-        self.checked = 0    # characters of raw the last check read up to
+        self.checked = 0    # characters of raw the checks have read
         self.stopped: Decision | None = None
         self.decisions: list[Decision] = []
 
@@ -196,12 +198,21 @@ class StreamRail:
         seen = {(d.category, d.action) for d in self.decisions}
         self.decisions += [d for d in v.decisions if (d.category, d.action) not in seen]
 
+    def _start(self) -> int:
+        """Where the next check starts: OVERLAP characters before the unchecked text, moved
+        back to the start of an ASCII word (so "overkill" is not read as "kill")."""
+        start = max(0, self.checked - self.overlap)
+        floor = max(0, start - 32)
+        while start > floor and self.raw[start - 1].isascii() and self.raw[start - 1].isalnum():
+            start -= 1
+        return start
+
     def _check(self, final: bool) -> tuple[str, Verdict | None]:
         if not self.rails.enabled:
             out, self.shown = self.raw[len(self.shown):], self.raw
             return out, None
-        start = max(0, len(self.raw) - self.window)
-        v = self.rails.check(self.raw[start:], "output", self.about, models=False)
+        v = self.rails.check(self.raw[self._start():], "output", self.about, models=False)
+        self.checked = len(self.raw)
         if v.decisions:
             self._note(v)
         if v.blocked:
@@ -226,6 +237,8 @@ class StreamRail:
         if self.stopped or not delta:
             return "", None
         self.raw += delta
+        if len(self.raw) - self.checked < self.every:
+            return "", None
         return self._check(final=False)
 
     def finish(self) -> tuple[str, Verdict | None]:
@@ -234,7 +247,9 @@ class StreamRail:
         if self.stopped:
             return "", None
         out, v = self._check(final=True)
-        if self.rails.model_detectors and not self.stopped and self.raw:
+        if self.stopped:
+            return "", v
+        if self.rails.model_detectors and self.raw:
             whole = self.rails.check(self.raw, "output", self.about)
             self._note(whole)
         return out, v
