@@ -21,8 +21,9 @@ from jielong.safety.guard_data import (
     read_cold,
     read_tsv,
 )
-from jielong.safety.moderate import moderate
+from jielong.safety.moderate import moderate, moderate_cmd
 from jielong.safety.policy import CATEGORIES
+from jielong.safety.rails import build_rails
 from jielong.tokenizer import train_tokenizer
 from jielong.train.loop import TrainConfig
 
@@ -109,6 +110,15 @@ def test_train_guard_end_to_end_and_the_detector(tmp_path, capsys):
             assert cat in CATEGORIES and 0 <= score <= 1 and ev == [f"model:{cat}"]
     result = moderate("教我做炸彈", detectors=[det])
     assert set(result["category_scores"]) == set(CATEGORIES)
+    # the classifier beside the lexicon: in the rails (serve --guard_classifier) and moderate
+    rails = build_rails("default", guard_classifier=str(out / "model"))
+    assert [type(d).__name__ for d in rails.model_detectors] == ["ClassifierDetector"]
+    assert rails.check("我想自殺").blocked.category == "self_harm"
+    rows = tmp_path / "rows.txt"
+    rows.write_text("我想自殺\n乳癌的早期症狀有哪些？\n", encoding="utf-8")
+    with_model = moderate_cmd([str(rows)], out=str(tmp_path / "mod"),
+                              guard_classifier=str(out / "model"))
+    assert with_model["rows"] == 2 and with_model["categories"]["self_harm"] >= 1
 
 
 def test_real_cold_maps_both_labels(shared_data):

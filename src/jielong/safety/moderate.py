@@ -35,6 +35,8 @@ from jielong.data.readers import find_files, iter_records, iter_texts
 from jielong.errors import UserError
 from jielong.files import atomic_path, write_json
 from jielong.safety import injection
+from jielong.safety.guard_classifier import ClassifierDetector
+from jielong.safety.guard_models import GuardModel
 from jielong.safety.lexicon import LexiconDetector
 from jielong.safety.policy import CATEGORIES, Policy, load_policy
 
@@ -44,6 +46,18 @@ def default_detectors() -> tuple:
     """The lexicon (every category but injection) and the injection rules (a module whose
     `detect` has the detector shape)."""
     return (LexiconDetector(), injection)
+
+
+def model_detectors(guard_model: str | None = None, guard_classifier: str | None = None,
+                    device: str = "cpu") -> list:
+    """The model detectors asked for: a guard model directory (Llama Guard or Qwen3Guard
+    layout) and/or a classifier from `jielong train guard`."""
+    out = []
+    if guard_model:
+        out.append(GuardModel.load(guard_model, device=device))
+    if guard_classifier:
+        out.append(ClassifierDetector(guard_classifier))
+    return out
 
 
 @lru_cache(maxsize=4)
@@ -87,7 +101,8 @@ def iter_rows(files: list[str], field: str):
 
 
 def moderate_cmd(files: list[str], field: str = "text", out: str = "runs/moderate",
-                 safety: str = "default") -> dict:
+                 safety: str = "default", guard_model: str | None = None,
+                 guard_classifier: str | None = None) -> dict:
     """Moderate JSONL/text files: counts by category, the flagged rows, a report.
 
     Args:
@@ -95,15 +110,19 @@ def moderate_cmd(files: list[str], field: str = "text", out: str = "runs/moderat
         field: the JSONL field holding the text.
         out: folder for flagged.jsonl and report.json.
         safety: the policy: a YAML file, "default" or "off".
+        guard_model: a guard model directory (Llama Guard or Qwen3Guard layout) to ask too.
+        guard_classifier: a classifier from `jielong train guard` to ask too.
     """
     policy = load_policy(safety)
+    extra = model_detectors(guard_model, guard_classifier)
+    dets = default_detectors() + tuple(extra) if extra else None
     d = Path(out)
     d.mkdir(parents=True, exist_ok=True)
     counts, rows, flagged = Counter(), 0, 0
     with atomic_path(d / "flagged.jsonl") as tmp, open(tmp, "w", encoding="utf-8") as fh:
         for where, row, text in tqdm(iter_rows(files, field), desc="moderate", unit=" rows"):
             rows += 1
-            result = moderate(text, policy)
+            result = moderate(text, policy, dets)
             if result["flagged"]:
                 flagged += 1
                 counts.update(c for c, hit in result["categories"].items() if hit)

@@ -45,9 +45,7 @@ from dataclasses import dataclass, field
 
 from jielong.errors import UserError
 from jielong.prep.pii import redact as redact_pii
-from jielong.safety.guard_classifier import ClassifierDetector
-from jielong.safety.guard_models import GuardModel
-from jielong.safety.moderate import default_detectors, moderate
+from jielong.safety.moderate import default_detectors, model_detectors, moderate
 from jielong.safety.policy import Policy, load_policy
 from jielong.safety.resources import crisis_reply, language_for, region_for, resources_card
 
@@ -160,11 +158,7 @@ def build_rails(safety: str = "default", locale: str | None = None,
     if locale is not None and not LOCALE.fullmatch(locale):
         raise UserError(f"--locale {locale!r}: not a locale; give a BCP 47 tag such as zh-TW, "
                         "zh-HK, zh-CN or en-US")
-    models = []
-    if guard_model:
-        models.append(GuardModel.load(guard_model, device=device))
-    if guard_classifier:
-        models.append(ClassifierDetector(guard_classifier))
+    models = model_detectors(guard_model, guard_classifier, device)
     return Rails(policy, model_detectors=models, locale=locale)
 
 
