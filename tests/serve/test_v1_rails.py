@@ -148,3 +148,15 @@ def test_the_output_rail_stops_a_planted_continuation_mid_stream(server, default
     assert ('jielong_safety_decisions_total{action="refuse",category="violence",rail="output"}'
             in metrics)
     assert "jielong_safety_check_seconds_count" in metrics
+
+
+def test_a_store_that_fails_never_fails_the_reply(server, default_rails, monkeypatch):
+    _, _, client, store = server
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(store, "add_safety", broken)
+    r = client.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "我想自杀"}], **GREEDY)
+    assert r.choices[0].finish_reason == "content_filter" and "12356" in r.choices[0].message.content

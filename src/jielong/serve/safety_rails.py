@@ -49,11 +49,16 @@ async def check_input(rails: Rails, metrics: Metrics, text: str) -> Verdict:
 
 async def record(store: Store | None, decisions: list[Decision], text: str, source: str,
                  message_id: str | None = None) -> None:
-    """Keep `decisions` about `text` in the store (when the server has one)."""
+    """Keep `decisions` about `text` in the store (when the server has one). A store that
+    fails (a full disk) is logged, never the user's error: the reply goes on, and the
+    decisions are counted in /metrics all the same."""
     if store is None or not decisions:
         return
-    await run_in_threadpool(store.add_safety, [d.to_dict() for d in decisions], text, source,
-                            message_id)
+    try:
+        await run_in_threadpool(store.add_safety, [d.to_dict() for d in decisions], text,
+                                source, message_id)
+    except Exception as err:  # noqa: BLE001 - see the docstring
+        log.warning("safety decisions not stored (counted in /metrics): %s", err)
 
 
 def blocked_text(shown: str, reply: str) -> str:
@@ -101,8 +106,5 @@ class OutputRail:
 def v1_recorder(store: Store | None):
     """An `on_end` for /v1: the decisions kept with the reply's text, source "v1"."""
     async def on_end(i: int, decisions: list[Decision], text: str) -> None:
-        try:
-            await record(store, decisions, text, "v1")
-        except Exception as err:  # noqa: BLE001 - a full disk must not cut the reply
-            log.warning("safety decisions not stored (counted in /metrics): %s", err)
+        await record(store, decisions, text, "v1")
     return on_end
