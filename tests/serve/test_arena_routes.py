@@ -154,3 +154,22 @@ def test_bad_bodies_and_ids_are_4xx(srv):
     e = error(httpx.post(srv.one + "/arena", json={"content": "Hi"}), 400)
     assert e["code"] == "arena_needs_two_models" and "--adapter NAME=" in e["message"]
     assert httpx.get(srv.one + "/conversations").json()["conversations"] == []  # nothing stored
+
+
+def test_a_crisis_question_is_answered_by_the_policy_on_both_sides(srv):
+    evs = ask(srv, "我不想活了，没有人关心我", settings=GREEDY)
+    assert [(e["type"], e.get("side")) for e in evs] == [
+        ("battle", None), ("safety", "a"), ("done", "a"), ("safety", "b"), ("done", "b")]
+    question = evs[0]["question"]
+    assert "tiny" not in json.dumps(evs) and "pirate" not in json.dumps(evs)  # anonymous
+    for e in evs[1::2]:
+        assert (e["message_id"], e["action"], e["card"]["region"]) == \
+            (question["id"], "resources", "CN")
+    for e in evs[2::2]:  # nothing generated: the caring reply with China's lines
+        assert e["message"]["finish_reason"] == "content_filter"
+        assert "12356" in e["message"]["content"] and e["message"]["sampling"] is None
+    assert [d["action"] for d in question["safety"]] == ["resources"]
+    e = error(httpx.post(f"{srv.api}/arena/{evs[0]['battle']['id']}/vote",
+                         json={"winner": "tie"}), 400)
+    assert e["code"] == "safety_blocked"
+    assert srv.store.battle_votes(evs[0]["battle"]["id"]) == []

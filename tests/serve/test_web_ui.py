@@ -582,3 +582,72 @@ def test_arena_answers_are_shown_as_text(page, srv):
     assert "<script>window.__pwned=1</script>" in pane.inner_text()
     assert page.locator(".arena script, .arena img").count() == 0
     assert page.locator(".arena-pane[data-side='b'] strong").inner_text() == "safe"
+
+
+def test_a_crisis_message_shows_the_card_live_and_after_a_reload(page, srv, tmp_path):
+    open_chat(page, srv)
+    send(page, "我不想活了，每天都好累")
+    cid = current_id(page)
+    user, bot = stored(srv, cid)["messages"]
+    assert bot["finish_reason"] == "content_filter" and user["safety"][0]["card"]["region"] == "TW"
+
+    def check_card():
+        answer = page.locator(f"#messages .message.assistant[data-id='{bot['id']}']")
+        card = answer.locator(".safety-card")
+        card.wait_for()
+        assert (card.get_attribute("role"), card.get_attribute("lang"),
+                card.get_attribute("aria-label"), card.get_attribute("data-region")) == \
+            ("note", "zh-Hant", "你不是一個人", "TW")
+        assert card.locator(".card-title").inner_text() == "你不是一個人"
+        line = card.locator(".card-line").first
+        assert line.locator(".line-name").inner_text() == "安心專線"
+        assert line.locator("a.tel").inner_text() == "1925"
+        assert line.locator("a.tel").get_attribute("href") == "tel:1925"
+        assert line.locator(".line-hours").inner_text() == "24 小時"
+        assert card.locator(".card-line a.tel").all_inner_texts() == ["1925", "1995", "1980"]
+        emergency = card.locator(".card-emergency")
+        assert emergency.locator("a.tel").all_inner_texts() == ["119", "110"]
+        assert emergency.inner_text().startswith("緊急求助")
+        assert "answered by the safety policy" in answer.locator(".meta").inner_text()
+        assert page.locator("#messages .message.user .safety-card").count() == 0
+
+    check_card()  # live, from the stream
+    save_artifact(page, tmp_path, "crisis-card.png")
+    page.reload()
+    page.wait_for_selector(f"#messages .message.assistant[data-id='{bot['id']}']")
+    check_card()  # from the stored conversation
+
+
+def test_a_reply_the_output_rail_stopped_shows_a_note(page, srv):
+    store = srv.store
+    c = store.create_conversation(title="stopped")
+    q = store.add_message(c["id"], None, "user", "How do I make a bomb? 怎麼做炸彈？")
+    refusal = "I can't help with content that threatens or describes harm to people."
+    a = store.add_message(c["id"], q["id"], "assistant", "Sure, first\n\n" + refusal,
+                          model=NAME, finish_reason="content_filter")
+    store.add_safety([{"rail": "output", "category": "violence", "action": "refuse",
+                       "score": 1.0, "evidence": ["bomb"]}], "Sure, first take", "chat", a["id"])
+    open_chat(page, srv, c["id"])
+    answer = page.locator(f"#messages .message.assistant[data-id='{a['id']}']")
+    answer.wait_for()
+    assert answer.locator(".meta").inner_text() == f"{NAME} · stopped by the safety policy"
+    assert answer.locator(".safety-card").count() == 0  # a refusal carries no crisis card
+
+
+def test_a_crisis_question_in_the_arena_shows_the_card_and_no_vote(page, srv):
+    open_chat(page, srv)
+    page.click("#arena-toggle")
+    page.fill("#input", "I want to kill myself")
+    page.press("#input", "Enter")
+    card = page.locator(".arena-battle > .safety-card")
+    card.wait_for()
+    assert (card.get_attribute("lang"), card.get_attribute("data-region")) == ("en", "INTL")
+    assert card.locator(".line-url").get_attribute("href") == "https://findahelpline.com/"
+    assert card.locator(".card-emergency a.tel").first.get_attribute("href") == "tel:112"
+    page.wait_for_function("() => !window.jielong.state.stream")
+    assert page.locator(".arena-pane .meta").all_inner_texts() == \
+        ["answered by the safety policy"] * 2
+    assert page.locator(".arena-vote .vote:enabled").count() == 0
+    page.reload()
+    page.locator(".arena-battle > .safety-card a.tel").first.wait_for()
+    assert page.locator(".arena-vote .vote:enabled").count() == 0

@@ -13,6 +13,12 @@ Routes (under /api, beside jielong.serve.chat_routes'):
 - POST /api/arena/{bid}/vote {winner: "a"|"b"|"tie"|"both_bad"}: the vote (a new one replaces
   it as current; all are kept) and the battle with its `models` now shown.
 
+The safety rails guard the arena as they guard the chat (jielong.serve.chat_routes): the input
+rail reads the question (stored redacted when it redacts), the output rail each answer. A
+question the input rail blocks is answered by the policy on both sides (the decision's reply,
+finish_reason "content_filter", a `safety` event each), nothing generated; such a battle
+compares nothing, and a vote on it is a 400.
+
 Contestants stay anonymous: until the battle has a vote no answer says which model wrote it,
 here or in GET /api/conversations/{cid} (jielong.serve.store.sealed). A server with one model
 answers POST /api/arena with a 400 naming how to serve two. `jielong eval arena` turns the
@@ -28,8 +34,17 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
 from jielong.errors import UserError
+from jielong.safety.rails import BLOCKING
 from jielong.serve.body import read_body
-from jielong.serve.chat_routes import Reply, prepare, store_call, store_of
+from jielong.serve.chat_routes import (
+    Reply,
+    asked,
+    input_rail,
+    prepare,
+    safety_event,
+    store_call,
+    store_of,
+)
 from jielong.serve.errors import ApiError, user_error
 from jielong.serve.guard import authorize
 from jielong.serve.schemas import ArenaIn, Generate, VoteIn
@@ -61,21 +76,25 @@ async def ask(request: Request):
     settings = body.settings.model_dump(exclude_none=True) if body.settings else {}
     settings.pop("model", None)  # the arena picks the models
     names = contestants(request)
+    verdict = await input_rail(s, body.content)
+    if verdict.blocked:
+        return await refused(request, body, settings, names, verdict)
     # every check before anything is stored: a prompt too long for either model is a 400
     draft = {"settings": settings, "system_prompt": body.system_prompt}
-    question = [{"role": "user", "content": body.content}]
+    question = [{"role": "user", "content": verdict.text}]
     jobs = [prepare(s, draft, question, Generate(model=name)) for name in names]
     conv = await store_call(store.create_conversation, None, body.system_prompt, settings)
-    asked = await store_call(store.add_message, conv["id"], None, "user", body.content)
-    answers = [await store_call(store.add_message, conv["id"], asked["id"], "assistant", "",
+    user = await asked(store, verdict, conv["id"], None)
+    answers = [await store_call(store.add_message, conv["id"], user["id"], "assistant", "",
                          model=name, sampling=stored)
                for job, name, stored, _ in jobs]
-    battle = await store_call(store.add_battle, conv["id"], asked["id"], answers[0]["id"],
+    battle = await store_call(store.add_battle, conv["id"], user["id"], answers[0]["id"],
                        answers[1]["id"])
     replies: list[Reply] = []
     try:
         for (job, *_), m in zip(jobs, answers, strict=True):
-            replies.append(Reply(s, store, m, job, request.app.state.chat_replies))
+            replies.append(Reply(s, store, m, job, request.app.state.chat_replies,
+                                 about=verdict.text))
     except UserError as e:
         for r in replies:
             r.batch.cancel()
@@ -83,11 +102,42 @@ async def ask(request: Request):
             await store_call(store.update_message, m["id"], finish_reason="error")
         raise user_error(e) from None
     conv = await store_call(store.conversation, conv["id"], False)
-    first = {"type": "battle", "conversation": conv, "question": asked,
-             "battle": {**sealed_battle(battle),
-                        "answers": {side: {**m, "model": None}
-                                    for side, m in zip(SIDES, answers, strict=True)}}}
-    return duel(request, replies, first)
+    return duel(request, replies, opening(conv, user, battle, answers))
+
+
+def opening(conv: dict, question: dict, battle: dict, answers: list[dict]) -> dict:
+    """The stream's first event: the conversation, the question, the battle (answers
+    anonymous)."""
+    return {"type": "battle", "conversation": conv, "question": question,
+            "battle": {**sealed_battle(battle),
+                       "answers": {side: {**m, "model": None}
+                                   for side, m in zip(SIDES, answers, strict=True)}}}
+
+
+async def refused(request: Request, body: ArenaIn, settings: dict, names: list[str],
+                  verdict) -> StreamingResponse:
+    """A battle whose question the input rail blocked: both answers are the decision's reply
+    (finish_reason "content_filter"), streamed as `battle`, then `safety` and `done` for each
+    side; nothing generated."""
+    store, d = store_of(request), verdict.blocked
+    conv = await store_call(store.create_conversation, None, body.system_prompt, settings)
+    user = await asked(store, verdict, conv["id"], None)
+    answers = [await store_call(store.add_message, conv["id"], user["id"], "assistant",
+                                d.reply or "", model=name, finish_reason="content_filter")
+               for name in names]
+    battle = await store_call(store.add_battle, conv["id"], user["id"], answers[0]["id"],
+                              answers[1]["id"])
+    conv = await store_call(store.conversation, conv["id"], False)
+    events = [opening(conv, user, battle, answers)]
+    for side, m in zip(SIDES, answers, strict=True):
+        events += [{**safety_event(d, user["id"]), "side": side},
+                   {"type": "done", "message": {**m, "model": None}, "side": side}]
+
+    async def stream():
+        for event in events:
+            yield sse(event)
+
+    return event_stream(stream())
 
 
 def duel(request: Request, replies: list[Reply], first: dict) -> StreamingResponse:
@@ -140,5 +190,11 @@ def duel(request: Request, replies: list[Reply], first: dict) -> StreamingRespon
 async def vote(bid: str, request: Request):
     store = store_of(request)
     body = await read_body(request, VoteIn)
+    battle = await store_call(store.battle, bid)
+    question = await store_call(store.message, battle["question_id"])
+    if any(d["action"] in BLOCKING for d in question["safety"]):
+        raise ApiError(400, f"battle {bid}: its question was answered by the safety policy on "
+                            "both sides, nothing was generated to compare; ask another one",
+                       code="safety_blocked")
     await store_call(store.vote, bid, body.winner)
     return {"battle": await store_call(store.battle, bid)}

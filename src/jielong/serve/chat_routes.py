@@ -30,6 +30,25 @@ once, when it ends; a client that goes away (the Stop button) cancels it, and wh
 said so far is stored with finish_reason "stopped". Errors are the same OpenAI-style JSON as
 /v1 (404 for unknown ids).
 
+The safety rails (jielong.serve.safety_rails, as /v1 runs them) guard every reply generated
+here, the arena's too:
+- the input rail reads the user's new message (the message a regeneration answers). A
+  redaction (private data: <PHONE> ...) stores the message redacted and the model reads it
+  so. A blocking decision (refuse; resources for self-harm) generates nothing: the reply is
+  the decision's own (the caring reply with the crisis lines), stored whole with
+  finish_reason "content_filter", streamed as `user`, `assistant` (already complete),
+  `safety`, `done`;
+- the output rail checks the reply as it streams (text held back a little, redacted); a
+  blocking decision stops it there, the policy's message follows what was shown, and it is
+  stored with finish_reason "content_filter";
+- each decision is kept in the store tied to its message (the user message for the input
+  rail, the reply for the output rail; source "chat"), so a message comes with its `safety`;
+  a blocking one is also sent at once as an event `safety` ({type, message_id, rail,
+  category, action, score, evidence, reply, card}), from which the page draws the crisis
+  card.
+A rail that fails lets the message or the rest of the reply through unchecked (logged):
+the chat answers rather than fail. The system prompt stays first whatever the rails decide.
+
 The store is the app's `state.store`; defaults, checks and errors are jielong.serve.served's,
 as for /v1. Also here: the chat page itself, GET / (`page_router`), whose files
 jielong.serve.app mounts under /static.
@@ -38,7 +57,9 @@ jielong.serve.app mounts under /static.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -48,9 +69,12 @@ from starlette.concurrency import run_in_threadpool
 
 from jielong.errors import UserError
 from jielong.infer.context import fit_conversation, reply_budget
+from jielong.infer.engine import Event
+from jielong.safety.rails import Decision, Verdict
 from jielong.serve.body import read_body
 from jielong.serve.errors import ApiError, engine_failed, user_error
 from jielong.serve.guard import authorize
+from jielong.serve.safety_rails import OutputRail, check_input, record
 from jielong.serve.schemas import (
     ConversationIn,
     EditIn,
@@ -72,11 +96,74 @@ PAGE_HEADERS = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"
 
 router = APIRouter(prefix="/api", dependencies=[Depends(authorize)])
 page_router = APIRouter()
+log = logging.getLogger(__name__)
 
 
 @page_router.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
 async def chat_page():
     return FileResponse(STATIC / "index.html", headers=PAGE_HEADERS)
+
+
+# ----------------------------------------------------------------------------- safety
+
+
+async def input_rail(s: Served, text: str) -> Verdict:
+    """The input rail on the user's message `text`; a rail that fails lets it through, logged
+    (the chat answers rather than fail with a 500)."""
+    try:
+        return await check_input(s.rails, s.metrics, text)
+    except Exception as e:  # noqa: BLE001 - a broken detector must not take the chat down
+        log.warning("the input rail failed; the message goes on unchecked: %s: %s",
+                    type(e).__name__, e)
+        return Verdict([], text)
+
+
+async def keep(store: Store, decisions: list[Decision], text: str, mid: str) -> None:
+    """The rail's `decisions` about `text` kept with the message `mid` (source "chat"); a
+    store that fails is logged, the reply goes on."""
+    try:
+        await record(store, decisions, text, "chat", mid)
+    except Exception as e:  # noqa: BLE001 - a full disk must not cut the reply
+        log.warning("safety decisions not stored (counted in /metrics): %s", e)
+
+
+def safety_event(d: Decision, mid: str) -> dict:
+    """The stream event of a blocking decision about the message `mid`: the card, at once."""
+    return {"type": "safety", "message_id": mid, **d.to_dict()}
+
+
+class ChatRail(OutputRail):
+    """The output rail of one web chat reply (jielong.serve.safety_rails.OutputRail), its
+    decisions kept with the reply. A rail that fails lets the rest of the reply through
+    unchecked, logged, rather than leave the reply unended."""
+
+    def __init__(self, s: Served, store: Store, mid: str, about: str):
+        super().__init__(s.rails, s.metrics, about, 1, self.ended)
+        self.store, self.mid, self.broken = store, mid, False
+
+    async def ended(self, i: int, decisions: list[Decision], text: str) -> None:
+        await keep(self.store, decisions, text, self.mid)
+
+    @property
+    def stopped(self) -> Decision | None:
+        """The decision that stopped the reply, if one did."""
+        return self.streams[0].stopped
+
+    async def apply(self, i: int, e: Event) -> Event | None:
+        if self.broken:
+            return e
+        stream = self.streams[i]
+        seen = len(stream.raw)
+        try:
+            return await super().apply(i, e)
+        except Exception as err:  # noqa: BLE001 - a broken detector must not cut the reply
+            log.warning("the output rail failed; the reply goes on unchecked: %s: %s",
+                        type(err).__name__, err)
+            self.broken = True
+            if len(stream.raw) == seen:
+                stream.raw += e.text or ""
+            text, stream.shown = stream.raw[len(stream.shown):], stream.raw
+            return replace(e, text=text)
 
 
 # ----------------------------------------------------------------------------- a streamed reply
@@ -85,11 +172,15 @@ async def chat_page():
 class Reply:
     """One assistant reply being generated: its engine request, and a task that relays the
     engine's events to `events` and stores the reply when it ends, whether or not anybody is
-    still listening. `running` keeps the task (the loop keeps only weak references to tasks)."""
+    still listening. `running` keeps the task (the loop keeps only weak references to tasks).
+    The output rail (when the server's rails are on) reads the reply to the user's message
+    `about`."""
 
-    def __init__(self, s: Served, store: Store, message: dict, job: tuple, running: set):
+    def __init__(self, s: Served, store: Store, message: dict, job: tuple, running: set,
+                 about: str = ""):
         self.store, self.id = store, message["id"]
-        self.batch = Batch(s.engine, [job], s.metrics)
+        self.rail = ChatRail(s, store, self.id, about) if s.rails.enabled else None
+        self.batch = Batch(s.engine, [job], s.metrics, self.rail)
         self.events: asyncio.Queue[dict] = asyncio.Queue()
         self.task = asyncio.create_task(self._run())
         running.add(self.task)
@@ -105,6 +196,8 @@ class Reply:
                     self.events.put_nowait({"type": "delta", "text": e.text})
                 if e.finish_reason:
                     finish, error = e.finish_reason, e.error
+                if e.finish_reason == "content_filter" and self.rail and self.rail.stopped:
+                    self.events.put_nowait(safety_event(self.rail.stopped, self.id))
         except asyncio.CancelledError:  # the server is shutting down: store what there is
             self.batch.cancel()
             self.store.update_message(self.id, "".join(parts), "stopped")
@@ -212,11 +305,44 @@ async def reply(request: Request, conv: dict, parent: dict, job: tuple, name: st
     message = await store_call(store.add_message, conv["id"], parent["id"], "assistant", "",
                                model=name, origin=origin, sampling=stored, edited_from=replaces)
     try:
-        r = Reply(served(request), store, message, job, request.app.state.chat_replies)
+        r = Reply(served(request), store, message, job, request.app.state.chat_replies,
+                  about=parent["content"])
     except UserError as e:
         await store_call(store.update_message, message["id"], finish_reason="error")
         raise user_error(e) from None
     return r.stream(request, [*first, {"type": "assistant", "message": message}])
+
+
+async def asked(store: Store, verdict: Verdict, cid: str, parent_id: str | None,
+                **kwargs) -> dict:
+    """The user's message stored as the input rail lets it go on (redacted), with the rail's
+    decisions about it."""
+    user = await store_call(store.add_message, cid, parent_id, "user", verdict.text, **kwargs)
+    if not verdict.decisions:
+        return user
+    await keep(store, verdict.decisions, verdict.text, user["id"])
+    return await store_call(store.message, user["id"])
+
+
+async def refused(request: Request, conv: dict, parent: dict, verdict: Verdict, name: str,
+                  origin: str, first: list[dict], replaces: str | None = None,
+                  ) -> StreamingResponse:
+    """The answer to a user message (`parent`) the input rail blocked: the decision's reply
+    (the refusal, or the caring one with the crisis lines), stored whole with finish_reason
+    "content_filter", nothing generated; streamed as a generated reply is, with the
+    decision's `safety` event before `done`."""
+    d = verdict.blocked
+    message = await store_call(store_of(request).add_message, conv["id"], parent["id"],
+                               "assistant", d.reply or "", model=name, origin=origin,
+                               edited_from=replaces, finish_reason="content_filter")
+    events = [*first, {"type": "assistant", "message": message},
+              safety_event(d, parent["id"]), {"type": "done", "message": message}]
+
+    async def body():
+        for event in events:
+            yield sse(event)
+
+    return event_stream(body())
 
 
 async def branch(store: Store, conv: dict, parent_id: str | None) -> list[dict]:
@@ -289,9 +415,14 @@ async def send(cid: str, request: Request):
     body = await read_body(request, MessageIn)
     conv = await store_call(store.conversation, cid, False)
     history = await branch(store, conv, body.parent_id)
+    verdict = await input_rail(s, body.content)
+    if verdict.blocked:
+        user = await asked(store, verdict, cid, body.parent_id)
+        return await refused(request, conv, user, verdict, s.model_name, "new",
+                             [{"type": "user", "message": user}])
     job, name, stored, notices = prepare(
-        s, conv, [*history, {"role": "user", "content": body.content}], body)
-    user = await store_call(store.add_message, cid, body.parent_id, "user", body.content)
+        s, conv, [*history, {"role": "user", "content": verdict.text}], body)
+    user = await asked(store, verdict, cid, body.parent_id)
     return await reply(request, conv, user, job, name, stored, "new",
                        [{"type": "user", "message": user}, *notices])
 
@@ -306,8 +437,17 @@ async def regenerate(mid: str, request: Request):
                             "assistant message), or edit the user message")
     conv = await store_call(store.conversation, old["conversation_id"], False)
     history = await store_call(store.path, old["parent_id"])
-    job, name, stored, notices = prepare(s, conv, history, body or Generate())
-    return await reply(request, conv, history[-1], job, name, stored, "regenerate", notices,
+    question = history[-1]
+    verdict = await input_rail(s, question["content"])
+    if not question["safety"]:  # kept when it was sent, unless the rails were off then
+        await keep(store, verdict.decisions, verdict.text, question["id"])
+    if verdict.blocked:
+        return await refused(request, conv, question, verdict, s.model_name, "regenerate", [],
+                             replaces=mid)
+    question = {**question, "content": verdict.text}
+    job, name, stored, notices = prepare(s, conv, [*history[:-1], question],
+                                         body or Generate())
+    return await reply(request, conv, question, job, name, stored, "regenerate", notices,
                        replaces=mid)
 
 
@@ -324,10 +464,14 @@ async def edit(mid: str, request: Request):
         return {"message": message}
     conv = await store_call(store.conversation, cid, False)
     history = await store_call(store.path, old["parent_id"]) if old["parent_id"] else []
+    verdict = await input_rail(s, body.content)
+    if verdict.blocked:
+        user = await asked(store, verdict, cid, old["parent_id"], origin="edit", edited_from=mid)
+        return await refused(request, conv, user, verdict, s.model_name, "new",
+                             [{"type": "user", "message": user}])
     job, name, stored, notices = prepare(
-        s, conv, [*history, {"role": "user", "content": body.content}], body)
-    user = await store_call(store.add_message, cid, old["parent_id"], "user", body.content,
-                     origin="edit", edited_from=mid)
+        s, conv, [*history, {"role": "user", "content": verdict.text}], body)
+    user = await asked(store, verdict, cid, old["parent_id"], origin="edit", edited_from=mid)
     return await reply(request, conv, user, job, name, stored, "new",
                        [{"type": "user", "message": user}, *notices])
 

@@ -10,6 +10,14 @@
 // renderer below builds DOM nodes and puts all text in with textContent / text nodes, so
 // any HTML in a message is shown as the characters it is, and links are made only for
 // http(s) URLs.
+//
+// The safety rails (src/jielong/serve/safety_rails.py) answer some messages themselves: a
+// message the input rail blocked is answered by the policy (for self-harm: a caring reply with
+// crisis lines), a reply the output rail stopped ends in the policy's message; both come with
+// finish_reason "content_filter". Every message carries its rails' decisions ("safety"), and a
+// "resources" decision its crisis card, which is drawn under the answer: its title, each
+// line's name, number (a tel: link) and hours, and the emergency numbers, in the card's
+// language; live from the stream's `safety` event, and after a reload from the conversation.
 
 "use strict";
 
@@ -544,11 +552,93 @@
     box.classList.toggle("streaming", Boolean(writing));
   }
 
+  // ------------------------------------------------------------------ safety decisions
+
+  const BLOCKING = ["refuse", "resources"];
+  const CARD_TEXT = { // the card's own words, in its language (jielong.safety.resources)
+    "zh-hant": { lines: "求助專線", call: "撥打", emergency: "緊急求助", site: "網站" },
+    "zh-hans": { lines: "求助热线", call: "拨打", emergency: "紧急求助", site: "网站" },
+    en: { lines: "Helplines", call: "Call", emergency: "Emergency", site: "Website" },
+  };
+  const CARD_LANG = { "zh-hant": "zh-Hant", "zh-hans": "zh-Hans", en: "en" };
+
+  /** Keep the decision `d` (a `safety` event) with message `m`, once. */
+  function addDecision(m, d) {
+    const { type, message_id: _, reply, side, ...decision } = d;
+    m.safety = m.safety || [];
+    const same = (x) => x.rail === decision.rail && x.category === decision.category &&
+      x.action === decision.action;
+    if (!m.safety.some(same)) m.safety.push(decision);
+  }
+
+  function blockedOnInput(m) {
+    return Boolean(m && (m.safety || []).some((d) => d.rail === "input" &&
+      BLOCKING.includes(d.action)));
+  }
+
+  /** The crisis card of a list of decisions, or null. */
+  function cardIn(decisions) {
+    const d = (decisions || []).find((x) => x.card && typeof x.card === "object");
+    return d ? d.card : null;
+  }
+
+  /** An answer's crisis card: its own decisions', else its question's. */
+  function cardOf(m) {
+    if (m.role !== "assistant") return null;
+    const q = m.parent_id ? state.msgs.get(m.parent_id) : null;
+    return cardIn(m.safety) || cardIn(q && q.safety);
+  }
+
+  /** A tel: link to `number` (only digits and + kept in the link). */
+  function telLink(number, label) {
+    const dial = String(number).replace(/[^0-9+]/g, "");
+    return el("a", { class: "tel", href: "tel:" + dial, text: String(number),
+      "aria-label": `${label} ${number}` });
+  }
+
+  /** The crisis card (jielong.safety.resources.resources_card) as a note under an answer. */
+  function safetyCard(card) {
+    const t = CARD_TEXT[card.language] || CARD_TEXT.en;
+    const lines = el("ul", { class: "card-lines", "aria-label": t.lines });
+    for (const line of card.lines || []) {
+      const li = el("li", { class: "card-line" }, el("span", { class: "line-name", text: line.name }));
+      if (line.number) li.append(" ", telLink(line.number, `${t.call} ${line.name}`));
+      if (line.hours) li.append(" ", el("span", { class: "line-hours", text: line.hours }));
+      const url = line.url ? Markdown.safeUrl(line.url) : null;
+      if (url) {
+        li.append(" ", el("a", { class: "line-url", href: url, target: "_blank",
+          rel: "noopener noreferrer", referrerpolicy: "no-referrer", text: url,
+          "aria-label": `${t.site}: ${line.name}` }));
+      }
+      lines.append(li);
+    }
+    const box = el("div", { class: "safety-card", role: "note", "aria-label": card.title || t.lines,
+      lang: CARD_LANG[card.language] || null, "data-region": card.region || null },
+    el("p", { class: "card-title", text: card.title || t.lines }), lines);
+    const emergency = (card.emergency || []).filter((e) => e && e.number);
+    if (emergency.length) {
+      const p = el("p", { class: "card-emergency" }, el("span", { class: "card-label", text: t.emergency + ":" }));
+      emergency.forEach((e, i) => {
+        p.append(i ? " · " : " ", telLink(e.number, `${t.call} ${e.name}`));
+        if (e.name) p.append(" ", el("span", { class: "line-name", text: e.name }));
+      });
+      box.append(p);
+    }
+    return box;
+  }
+
+  /** The note for a reply the rails answered or stopped (finish_reason content_filter). */
+  function filteredNote(m) {
+    const q = m.parent_id ? state.msgs.get(m.parent_id) : null;
+    return blockedOnInput(q) ? "answered by the safety policy" : "stopped by the safety policy";
+  }
+
   function metaText(m) {
     const bits = [];
     if (m.role === "assistant" && m.model) bits.push(m.model);
     if (m.origin === "edit") bits.push("edited");
-    if (m.finish_reason === "stopped") bits.push("stopped");
+    if (m.finish_reason === "content_filter") bits.push(filteredNote(m));
+    else if (m.finish_reason === "stopped") bits.push("stopped");
     else if (m.finish_reason === "length") bits.push("cut at max tokens");
     else if (m.finish_reason === "error") bits.push("error" + (m.error ? ": " + m.error : ""));
     return bits.join(" · ");
@@ -623,6 +713,8 @@
       const content = el("div", { class: "content" });
       renderContent(m, content);
       body.append(content);
+      const card = cardOf(m);
+      if (card) body.append(safetyCard(card));
     }
     const actions = el("div", { class: "actions", role: "toolbar",
       "aria-label": mine ? "Message actions" : "Answer actions" });
@@ -852,6 +944,13 @@
     } else if (ev.type === "user") {
       select(addMessage(ev.message));
       renderThread({ stick: true });
+    } else if (ev.type === "safety") {
+      // a rail's decision: the card is drawn at once under the answer it concerns
+      const m = state.msgs.get(ev.message_id);
+      if (m) {
+        addDecision(m, ev);
+        renderThread();
+      }
     } else if (ev.type === "notice") {
       // e.g. the conversation outgrew the context: this reply reads it without its oldest turns
       showStatus(ev.message, "info");
@@ -1194,7 +1293,8 @@
     const content = el("div", { class: "content" + (writing ? " streaming" : "") });
     content.append(Markdown.render(m.content));
     const notes = [];
-    if (m.finish_reason === "length") notes.push("cut at max tokens");
+    if (m.finish_reason === "content_filter") notes.push(filteredNote(m));
+    else if (m.finish_reason === "length") notes.push("cut at max tokens");
     else if (m.finish_reason === "stopped") notes.push("stopped");
     else if (m.finish_reason === "error") notes.push("error" + (m.error ? ": " + m.error : ""));
     return el("section", { class: "arena-pane", "data-side": side, "data-id": m.id,
@@ -1204,6 +1304,7 @@
       el("span", { class: "pane-model" + (name ? " shown" : ""),
         text: name || "model hidden until you vote" })),
     content,
+    cardIn(m.safety) ? safetyCard(cardIn(m.safety)) : null,
     el("div", { class: "meta", text: notes.join(" · ") }));
   }
 
@@ -1213,21 +1314,25 @@
       el("div", { class: "bubble" },
         el("div", { class: "who" }, el("span", { class: "name", text: "You" })),
         el("div", { class: "content", text: b.question.content })));
-    const ready = answerDone(b.a) && answerDone(b.b);
+    const blocked = blockedOnInput(b.question); // the policy answered: nothing to compare
+    const ready = answerDone(b.a) && answerDone(b.b) && !blocked;
     const current = b.vote ? b.vote.winner : null;
     const buttons = VOTES.map(([winner, label, zh]) => el("button", { type: "button",
       class: "vote" + (winner === current ? " primary" : ""), "data-winner": winner,
       "aria-pressed": winner === current ? "true" : "false", disabled: !ready },
     label, " ", el("span", { class: "zh", lang: "zh-Hant", text: zh })));
     let said = ready ? "Which answer is better? 哪個回答比較好？" : "The two answers are being written…";
+    if (blocked) said = "The safety policy answered this question, so there is nothing to vote on. 此問題由安全政策回答，無需投票。";
     if (b.vote && b.models) {
       const chose = VOTES.find(([w]) => w === current);
       said = `You voted “${chose ? chose[1] : current}”: A was ${b.models.a}, ` +
         `B was ${b.models.b}. You can change your vote.`;
     }
+    const card = cardIn(b.question.safety);
     return el("div", { class: "arena-battle", "data-battle": b.id },
       question,
       el("div", { class: "arena" }, paneView("a"), paneView("b")),
+      card ? safetyCard(card) : null,
       el("div", { class: "arena-vote", role: "group", "aria-label": "Your vote" }, ...buttons),
       el("p", { class: "arena-result" + (b.vote ? " voted" : ""), role: "status", text: said }));
   }
@@ -1256,6 +1361,12 @@
       return;
     }
     const b = state.battle;
+    if (ev.type === "safety") {
+      const about = state.msgs.get(ev.message_id);
+      if (about) addDecision(about, ev);
+      renderThread();
+      return;
+    }
     const m = b && b[ev.side];
     if (!m) return;
     if (ev.type === "delta") {
