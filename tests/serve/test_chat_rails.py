@@ -63,7 +63,7 @@ def srv(tmp_path_factory):
                                  rails=Rails(policy, [Broken()]))}
     with serving(apps["default"]) as url, serving(apps["planted"]) as planted_url, \
             serving(apps["broken"]) as broken_url:
-        yield SimpleNamespace(engine=engine, tok=tok, store=store, policy=policy,
+        yield SimpleNamespace(engine=engine, tok=tok, store=store, policy=policy, apps=apps,
                               planted=planted, api=url + "/api",
                               planted_api=planted_url + "/api", broken_api=broken_url + "/api")
     engine.close()
@@ -192,12 +192,15 @@ def test_a_hard_negative_is_answered_by_the_model(srv):
     ("我的电话是 0912345678", "我的电话是 <PHONE>"),
     ("Call me at 0912 345 678 please", "Call me at <PHONE> please"),
 ])
-def test_a_phone_number_is_stored_and_read_redacted(srv, said, kept):
+def test_a_phone_number_is_stored_and_read_redacted(srv, said, kept, monkeypatch):
+    served = srv.apps["default"].state.served
+    read, render = [], served.chat_prompt
+    monkeypatch.setattr(served, "chat_prompt", lambda m, p: (read.append(m), render(m, p))[1])
     cid, evs = send(srv.api, said)
     assert evs[0]["message"]["content"] == kept
     done = evs[-1]["message"]
     assert done["finish_reason"] in ("stop", "length")
-    assert done["content"] == greedy(srv, kept)  # the model read the redacted message
+    assert read[-1][-1] == {"role": "user", "content": kept}  # the model read it redacted
     q, _ = stored(srv.api, cid)
     assert q["content"] == kept and "345" not in json.dumps(q, ensure_ascii=False)
     assert [(d["category"], d["action"]) for d in q["safety"]] == [("private_data", "redact")]
@@ -208,3 +211,6 @@ def test_a_failing_rail_lets_the_chat_answer(srv):
     done = evs[-1]
     assert done["type"] == "done" and done["message"]["finish_reason"] in ("stop", "length")
     assert done["message"]["content"] == greedy(srv, ASK)
+    metrics = httpx.get(srv.broken_api.removesuffix("/api") + "/metrics").text
+    assert 'jielong_safety_errors_total{rail="input"} 1.0' in metrics
+    assert 'jielong_safety_errors_total{rail="output"} 1.0' in metrics

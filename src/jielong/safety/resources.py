@@ -190,9 +190,10 @@ def crisis_reply(text: str, locale: str | None = None, resources: dict | None = 
         reach = ln["number"] or ln["url"]
         hours = f" ({ln['hours']})" if ln["hours"] else ""
         rows.append(f"- {ln['name']}: {reach}{hours}")
-    parts = [opening, *rows]
+    after = []
     if card["emergency"]:
         numbers = words["or"].join(e["number"] for e in card["emergency"])
-        parts.append(words["danger"].format(numbers=numbers))
-    parts.append(words["close"])
-    return "\n".join(parts)
+        after.append(words["danger"].format(numbers=numbers))
+    after.append(words["close"])
+    # a blank line after the list, so Markdown does not read what follows as its last item
+    return "\n".join([opening, *rows]) + "\n\n" + "\n".join(after)

@@ -57,9 +57,7 @@ jielong.serve.app mounts under /static.
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +67,6 @@ from starlette.concurrency import run_in_threadpool
 
 from jielong.errors import UserError
 from jielong.infer.context import fit_conversation, reply_budget
-from jielong.infer.engine import Event
 from jielong.safety.rails import Decision, Verdict
 from jielong.serve.body import read_body
 from jielong.serve.errors import ApiError, engine_failed, user_error
@@ -96,7 +93,6 @@ PAGE_HEADERS = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"
 
 router = APIRouter(prefix="/api", dependencies=[Depends(authorize)])
 page_router = APIRouter()
-log = logging.getLogger(__name__)
 
 
 @page_router.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
@@ -108,23 +104,15 @@ async def chat_page():
 
 
 async def input_rail(s: Served, text: str) -> Verdict:
-    """The input rail on the user's message `text`; a rail that fails lets it through, logged
-    (the chat answers rather than fail with a 500)."""
-    try:
-        return await check_input(s.rails, s.metrics, text)
-    except Exception as e:  # noqa: BLE001 - a broken detector must not take the chat down
-        log.warning("the input rail failed; the message goes on unchecked: %s: %s",
-                    type(e).__name__, e)
-        return Verdict([], text)
+    """The input rail on the user's message `text` (a rail that fails lets it through,
+    logged and counted: jielong.serve.safety_rails.check_input)."""
+    return await check_input(s.rails, s.metrics, text)
 
 
 async def keep(store: Store, decisions: list[Decision], text: str, mid: str) -> None:
     """The rail's `decisions` about `text` kept with the message `mid` (source "chat"); a
-    store that fails is logged, the reply goes on."""
-    try:
-        await record(store, decisions, text, "chat", mid)
-    except Exception as e:  # noqa: BLE001 - a full disk must not cut the reply
-        log.warning("safety decisions not stored (counted in /metrics): %s", e)
+    store that fails is logged, the reply goes on (jielong.serve.safety_rails.record)."""
+    await record(store, decisions, text, "chat", mid)
 
 
 def safety_event(d: Decision, mid: str) -> dict:
@@ -134,36 +122,14 @@ def safety_event(d: Decision, mid: str) -> dict:
 
 class ChatRail(OutputRail):
     """The output rail of one web chat reply (jielong.serve.safety_rails.OutputRail), its
-    decisions kept with the reply. A rail that fails lets the rest of the reply through
-    unchecked, logged, rather than leave the reply unended."""
+    decisions kept with the reply."""
 
     def __init__(self, s: Served, store: Store, mid: str, about: str):
         super().__init__(s.rails, s.metrics, about, 1, self.ended)
-        self.store, self.mid, self.broken = store, mid, False
+        self.store, self.mid = store, mid
 
     async def ended(self, i: int, decisions: list[Decision], text: str) -> None:
         await keep(self.store, decisions, text, self.mid)
-
-    @property
-    def stopped(self) -> Decision | None:
-        """The decision that stopped the reply, if one did."""
-        return self.streams[0].stopped
-
-    async def apply(self, i: int, e: Event) -> Event | None:
-        if self.broken:
-            return e
-        stream = self.streams[i]
-        seen = len(stream.raw)
-        try:
-            return await super().apply(i, e)
-        except Exception as err:  # noqa: BLE001 - a broken detector must not cut the reply
-            log.warning("the output rail failed; the reply goes on unchecked: %s: %s",
-                        type(err).__name__, err)
-            self.broken = True
-            if len(stream.raw) == seen:
-                stream.raw += e.text or ""
-            text, stream.shown = stream.raw[len(stream.shown):], stream.raw
-            return replace(e, text=text)
 
 
 # ----------------------------------------------------------------------------- a streamed reply
@@ -196,8 +162,8 @@ class Reply:
                     self.events.put_nowait({"type": "delta", "text": e.text})
                 if e.finish_reason:
                     finish, error = e.finish_reason, e.error
-                if e.finish_reason == "content_filter" and self.rail and self.rail.stopped:
-                    self.events.put_nowait(safety_event(self.rail.stopped, self.id))
+                if e.finish_reason == "content_filter" and self.rail and self.rail.stopped():
+                    self.events.put_nowait(safety_event(self.rail.stopped(), self.id))
         except asyncio.CancelledError:  # the server is shutting down: store what there is
             self.batch.cancel()
             self.store.update_message(self.id, "".join(parts), "stopped")

@@ -76,6 +76,9 @@ class Metrics:
             "jielong_safety_check_seconds", "Time of one safety rail check (a whole input, or "
             "one growing reply's delta)", ["rail"], registry=self.registry,
             buckets=(.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, 1))
+        self.safety_errors = Counter(
+            "jielong_safety_errors", "Safety rail checks that failed (the text went on "
+            "unchecked)", ["rail"], registry=self.registry)
 
     def safety(self, decisions, rail: str | None = None, seconds: float | None = None) -> None:
         """Count `decisions` (jielong.safety.rails.Decision) and the check's time on `rail`."""

@@ -35,14 +35,22 @@ log = logging.getLogger(__name__)
 
 
 async def check_input(rails: Rails, metrics: Metrics, text: str) -> Verdict:
-    """The input rail on `text`, off the event loop when a model detector is in it."""
+    """The input rail on `text`, off the event loop when a model detector is in it. A rail
+    that fails (a broken detector) lets the message through: logged and counted
+    (jielong_safety_errors_total), so the chat answers rather than fail."""
     if not rails.enabled:
         return Verdict([], text)
     t0 = time.perf_counter()
-    if rails.model_detectors:
-        v = await run_in_threadpool(rails.check, text)
-    else:
-        v = rails.check(text)
+    try:
+        if rails.model_detectors:
+            v = await run_in_threadpool(rails.check, text)
+        else:
+            v = rails.check(text)
+    except Exception as err:  # noqa: BLE001 - see the docstring
+        log.warning("the input rail failed; the message goes on unchecked: %s: %s",
+                    type(err).__name__, err)
+        metrics.safety_errors.labels("input").inc()
+        return Verdict([], text)
     metrics.safety(v.decisions, "input", time.perf_counter() - t0)
     return v
 
@@ -75,6 +83,45 @@ class OutputRail:
         self.metrics, self.on_end = metrics, on_end
         self.streams = [rails.stream(about) for _ in range(n)]
         self.done: set[int] = set()
+        self.broken: set[int] = set()  # choices whose rail failed: the rest goes unchecked
+
+    def stopped(self, i: int = 0) -> Decision | None:
+        """The decision that stopped choice `i`, if one did."""
+        return self.streams[i].stopped
+
+    def check(self, i: int, delta: str) -> tuple[str, Verdict | None]:
+        """The rail's feed of `delta`; a rail that fails lets the rest through, logged and
+        counted (jielong_safety_errors_total), rather than leave the reply unended."""
+        rail = self.streams[i]
+        if i not in self.broken:
+            seen = len(rail.raw)
+            try:
+                return rail.feed(delta) if delta else ("", None)
+            except Exception as err:  # noqa: BLE001 - see the docstring
+                log.warning("the output rail failed; the reply goes on unchecked: %s: %s",
+                            type(err).__name__, err)
+                self.metrics.safety_errors.labels("output").inc()
+                self.broken.add(i)
+                if len(rail.raw) == seen:
+                    rail.raw += delta
+        else:
+            rail.raw += delta
+        out, rail.shown = rail.raw[len(rail.shown):], rail.raw
+        return out, None
+
+    def finish(self, i: int) -> str:
+        """The held-back tail of choice `i`, checked (unchecked once its rail failed)."""
+        rail = self.streams[i]
+        if i not in self.broken:
+            try:
+                return rail.finish()[0]
+            except Exception as err:  # noqa: BLE001 - as in check
+                log.warning("the output rail failed; the reply goes on unchecked: %s: %s",
+                            type(err).__name__, err)
+                self.metrics.safety_errors.labels("output").inc()
+                self.broken.add(i)
+        out, rail.shown = rail.raw[len(rail.shown):], rail.raw
+        return out
 
     async def apply(self, i: int, e: Event) -> Event | None:
         """The event `e` of choice `i` as the client may see it (None: drop it, the choice
@@ -83,15 +130,14 @@ class OutputRail:
             return None
         rail = self.streams[i]
         t0 = time.perf_counter()
-        text, v = rail.feed(e.text) if e.text else ("", None)
+        text, v = self.check(i, e.text)
         if v is not None and v.blocked:
             e.request.cancel()
             shown = rail.shown
             e = replace(e, text=text + blocked_text(shown, v.blocked.reply or ""),
                         finish_reason="content_filter")
         elif e.finish_reason and e.finish_reason != "error":
-            tail, _ = rail.finish()
-            e = replace(e, text=text + tail)
+            e = replace(e, text=text + self.finish(i))
         else:
             e = replace(e, text=text)
         self.metrics.safety([], "output", time.perf_counter() - t0)
