@@ -26,6 +26,9 @@ bge-m3: XLM-R):
   [CLS] is the token its pretraining reads the whole text through). sentence-transformers
   itself would mean-pool a bare model; pass `pooling="mean"` for that. `pooling=` and
   `normalize=` override whatever the folder says.
+`embed` then does what sentence-transformers' encode does: strip each text (lower-case it
+with do_lower_case), cut it to max_seq_length tokens, batch texts of like length, pool in
+float32; the vectors come back on the CPU in the texts' order.
 
     from jielong.encoder import Encoder
     enc = Encoder.load("models/bge-small-zh-v1.5")
