@@ -53,6 +53,14 @@ def test_lexicon_matching_details():
     assert Lexicon({"sexual": ["口交"]}, []).hits("出口交易") == {"sexual": {"口交": 1}}
     assert Lexicon({"sexual": ["口交"]}, ["出口交"]).hits("出口交易") == {}
     assert lex.hits("出口交易；口交")["sexual"] == {"口交": 1}
+    # "…" is a short gap inside one sentence, in either script and in English; the evidence
+    # names the term as written.
+    gap = Lexicon({"self_harm": ["安眠藥…吞", "overdose on…pills"]}, [])
+    assert gap.hits("我把安眠药都存起来了，打算今晚全部吞下去") == {"self_harm": {"安眠藥…吞": 1}}
+    assert gap.hits("安眠藥放在桌上。晚餐後吞了一顆維他命") == {}  # another sentence
+    assert gap.hits("I plan to overdose on my sleeping pills") == {"self_harm": {"overdose on…pills": 1}}
+    assert gap.hits("overdose on the many different kinds of pills") == {}  # more than GAP_WORDS
+    assert lex.find("我想跳樓")[0][:2] == ("self_harm", "想跳樓")
     # Full-width Latin letters are folded (NFKC) before matching.
     assert lex.hits("ＰＯＲＮ")["sexual"] == {"porn*": 1}
     # Only the selected categories.

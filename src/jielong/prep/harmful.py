@@ -7,7 +7,9 @@ trained by `jielong train classify`, and the `HarmfulFilter` step that drops by 
 
 A term matches as a whole word in English (a hyphen or space inside it matches any run of
 them, a final * any ending) and as a substring in Chinese, in Traditional and Simplified
-alike; a hit inside an allow-listed phrase ("breast cancer", "殺死細菌") does not count.
+alike; "…" inside a term stands for a short gap in one sentence ("安眠藥…吞" finds 把安眠藥都存起來了，
+打算今晚全部吞下去: up to GAP_CHARS characters in Chinese, GAP_WORDS words in English); a hit
+inside an allow-listed phrase ("breast cancer", "殺死細菌") does not count.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import re
 import unicodedata
 from bisect import bisect_left
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +31,9 @@ from jielong.prep.language import HAN, converter
 
 LEXICON_DIR = Path(__file__).parent / "lexicon"
 CATEGORIES = ("sexual", "violence", "hate", "self_harm")
+GAP = "…"  # in a term: a short gap inside one sentence
+GAP_CHARS = 12  # Chinese: at most this many characters, none of them 。！？； or a newline
+GAP_WORDS = 4  # English: at most this many words, no . ! ? ; or newline between
 SAFE_LABELS = frozenset({"safe", "ok", "clean", "benign", "harmless", "neutral", "none", "ham",
                          "negative", "not_harmful", "non_harmful", "0"})
 
@@ -58,14 +63,19 @@ def _key(s: str) -> str:
 def _term_pattern(term: str) -> str:
     """A regex for one term: Chinese (any Han character) as a literal substring; otherwise
     whole words, where a space or hyphen matches any run of them (or none: "blow job",
-    "blow-job", "blowjob") and a final * any word ending."""
+    "blow-job", "blowjob") and a final * any word ending. "…" joins parts with a short gap
+    inside one sentence (GAP_CHARS characters in a Chinese term, GAP_WORDS words otherwise)."""
     folded = _fold(term)
+    if _fold(GAP) in folded:  # NFKC writes "…" as "..."
+        gap = (rf"[^。!?;\n]{{0,{GAP_CHARS}}}?" if HAN.search(folded)
+               else rf"(?:[^a-z0-9.!?;\n]+[a-z0-9']+){{0,{GAP_WORDS}}}?[^a-z0-9.!?;\n]*")
+        return gap.join(_term_pattern(p) for p in folded.split(_fold(GAP)) if p.strip())
     if HAN.search(folded):
         return re.escape(folded)
     stem, wild = (folded[:-1], True) if folded.endswith("*") else (folded, False)
     parts = [re.escape(p) for p in re.split(r"[\s\-]+", stem) if p]
     body = r"[\s\-]*".join(parts) + (r"[a-z0-9]*" if wild else "")
-    return r"(?<![a-z0-9])" + body + r"(?![a-z0-9])"
+    return _WORD_START + body + r"(?![a-z0-9])"
 
 
 def _variants(term: str) -> set[str]:
@@ -75,9 +85,40 @@ def _variants(term: str) -> set[str]:
     return {term} | {converter(c).convert(term) for c in ("t2s", "s2t", "s2tw")}
 
 
-def _alternation(terms: Iterable[str]) -> re.Pattern | None:
-    pats = sorted({_term_pattern(v) for t in terms for v in _variants(t)}, key=len, reverse=True)
-    return re.compile("|".join(pats)) if pats else None
+_WORD_START = r"(?<![a-z0-9])"
+_WORD_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789")
+
+
+class _Alternation:
+    """The terms' patterns as two regexes, so that each opens with a literal character and
+    Python's re skips, by the set of first characters, the places no term can start: one for
+    the Chinese terms, one for the others with their leading word-start check done here (a
+    look-behind in front would make re try every term at every place: 3-5x slower)."""
+
+    def __init__(self, terms: Iterable[str]):
+        pats = sorted({_term_pattern(v) for t in terms for v in _variants(t)}, key=len, reverse=True)
+        words = [p.removeprefix(_WORD_START) for p in pats if p.startswith(_WORD_START)]
+        han = [p for p in pats if not p.startswith(_WORD_START)]
+        self.han = re.compile("|".join(han)) if han else None
+        self.words = re.compile("|".join(words)) if words else None
+
+    def finditer(self, folded: str) -> Iterator[re.Match]:
+        if self.han is not None:
+            yield from self.han.finditer(folded)
+        if self.words is not None:
+            pos = 0
+            while m := self.words.search(folded, pos):
+                start = m.start()
+                if start and folded[start - 1] in _WORD_CHARS:
+                    pos = start + 1  # inside a word: look again from the next character
+                    continue
+                yield m
+                pos = max(m.end(), start + 1)
+
+
+def _alternation(terms: Iterable[str]) -> _Alternation | None:
+    alt = _Alternation(terms)
+    return alt if alt.han is not None or alt.words is not None else None
 
 
 @dataclass
@@ -85,8 +126,8 @@ class Lexicon:
     """Harmful-term lists by category and an allow-list (see lexicon/*.txt).
 
     Matching runs on NFKC-folded, lower-cased text: English terms as whole words, Chinese
-    terms as substrings in either script. A hit that overlaps an allow-list phrase ("breast
-    cancer", "出口交易", "殺死細菌") is not a hit.
+    terms as substrings in either script, "…" as a short gap inside one sentence. A hit that
+    overlaps an allow-list phrase ("breast cancer", "出口交易", "殺死細菌") is not a hit.
     """
 
     terms: dict[str, list[str]]
@@ -99,10 +140,12 @@ class Lexicon:
         for c, ts in self.terms.items():
             exact = self._exact[c] = {}
             for t in ts:
-                for v in sorted(_variants(t)) if not t.endswith("*") else ():
+                for v in sorted(_variants(t)) if not t.endswith("*") and GAP not in t else ():
                     exact.setdefault(_key(v), t)
-        self._prefix = {c: [(_key(t[:-1]), t) for t in ts if t.endswith("*")]
+        self._prefix = {c: [(_key(t[:-1]), t) for t in ts if t.endswith("*") and GAP not in t]
                         for c, ts in self.terms.items()}
+        self._gapped = {c: [(re.compile(_term_pattern(v)), t) for t in ts if GAP in t
+                            for v in sorted(_variants(t))] for c, ts in self.terms.items()}
 
     @classmethod
     def load(cls, directory: str | Path | None = None, categories: Sequence[str] | None = None) -> Lexicon:
@@ -128,28 +171,42 @@ class Lexicon:
         for prefix, term in self._prefix[cat]:
             if k.startswith(prefix):
                 return term
+        for pattern, term in self._gapped[cat]:
+            if pattern.fullmatch(matched):
+                return term
         return matched
+
+    def find(self, text: str) -> list[tuple[str, str, int, int]]:
+        """(category, term as written in the lexicon, start, end) of every hit, the offsets in
+        the NFKC-folded, lower-cased text (the same length as `text` for most Chinese and
+        English)."""
+        folded = _fold(text)
+        masks: list[tuple[int, int]] = []
+        for a, b in sorted((m.start(), m.end()) for m in self._allow.finditer(folded)) if self._allow else ():
+            if masks and a < masks[-1][1]:
+                masks[-1] = (masks[-1][0], max(b, masks[-1][1]))  # merge overlapping spans
+            else:
+                masks.append((a, b))
+        starts = [s for s, _ in masks]
+        out = []
+        for cat, pattern in self._patterns.items():
+            if pattern is None:
+                continue
+            for m in sorted(pattern.finditer(folded), key=lambda m: m.start()):
+                # Allow-list spans (merged) don't overlap one another, so of those starting
+                # before the hit ends, the last reaches furthest.
+                i = bisect_left(starts, m.end())
+                if i and masks[i - 1][1] > m.start():
+                    continue  # overlaps an allow-listed phrase
+                out.append((cat, self._canonical(cat, m.group()), m.start(), m.end()))
+        return out
 
     def hits(self, text: str) -> dict[str, Counter]:
         """{category: Counter(term -> occurrences)} for the categories with any hit; terms
         are named as written in the lexicon file."""
-        folded = _fold(text)
-        masks = [(m.start(), m.end()) for m in self._allow.finditer(folded)] if self._allow else []
-        starts = [s for s, _ in masks]
-        out = {}
-        for cat, pattern in self._patterns.items():
-            if pattern is None:
-                continue
-            found = Counter()
-            for m in pattern.finditer(folded):
-                # Allow-list spans don't overlap one another, so of those starting before the
-                # hit ends, the last reaches furthest.
-                i = bisect_left(starts, m.end())
-                if i and masks[i - 1][1] > m.start():
-                    continue  # overlaps an allow-listed phrase
-                found[self._canonical(cat, m.group())] += 1
-            if found:
-                out[cat] = found
+        out: dict[str, Counter] = {}
+        for cat, term, _, _ in self.find(text):
+            out.setdefault(cat, Counter())[term] += 1
         return out
 
 

@@ -11,9 +11,10 @@ The rules are regular expressions over the text folded as `fold` does it: NFKC (
 ＡＢＣ and ｜ to ASCII), invisible format characters dropped, case folded, Traditional turned
 into Simplified with OpenCC's t2s (the converter `jielong.prep.language` caches), so one
 Simplified pattern covers both scripts. Five families: overriding instructions, role-play
-jailbreaks (DAN, "developer mode", 沒有限制的AI), asking for the system prompt, fake role tags
-and delimiters inside data (<|im_start|>, [INST], "### system:", </document>), and orders aimed
-at the agent or its tools (send the user's data to a URL). A text's score is the noisy-or of
+jailbreaks (DAN, "developer mode", 沒有限制的AI, 進入開發者模式 + 解除限制), asking for the system
+prompt, fake role tags, headers and delimiters inside data (<|im_start|>, [INST], "### system:",
+【系統】, 以下是新的系統訊息, </document>), and orders aimed at the agent or its tools (send —
+发到, 寄到 — the user's data to a URL or an address). A text's score is the noisy-or of
 the weights of the rules it matches, 1 - prod(1 - w): one strong rule (0.8-0.9) flags it at
 THRESHOLD 0.5; weak ones (0.3-0.4: "from now on you must", a bare "system:" line) flag only
 together.
@@ -82,14 +83,14 @@ _EN_NOUN = (r"(?:instructions?|prompts?|rules?|directions?|directives?|guideline
             r"context|constraints?|guardrails?|restrictions?|polic(?:y|ies)|programming|orders)")
 _EN_QUAL = r"(?:previous|prior|above|earlier|preceding|foregoing|original|initial|all|your|system|developer|these|those)"
 _ZH_QUAL = r"(?:之前|以前|先前|此前|上面|上方|以上|上述|前面|前述|原来|原先|原有|原本|所有|全部|一切|你的|系统|开发者|刚才|早先)"
-_ZH_NOUN = r"(?:指示|指令|规则|要求|提示词?|设定|限制|约束|命令|规定|指引|准则|守则|政策|系统提示)"
+_ZH_NOUN = r"(?:指示|指令|规则|规范|要求|提示词?|设定|限制|约束|命令|规定|指引|准则|守则|政策|系统提示)"
 _ZH_SENT = r"[^。！？!?\n]"  # inside one sentence
 _LINK = r"(?:https?://|www\.|[\w.+-]+@[\w-]+\.[a-z]{2,})"
 _EN_PRIVATE = (r"(?:the user'?s?|users'?|their|this user'?s|conversation|chat history|passwords?|"
                r"credentials?|api[ _-]?keys?|tokens?|cookies?|secrets?|personal (?:data|information|details)|"
                r"private (?:data|information)|contacts?)")
 _ZH_PRIVATE = r"(?:用户|使用者|对话|聊天记录|密码|密钥|令牌|个人信息|个人资料|隐私|账号|账户|cookie|api ?key)"
-_ZH_SEND = r"(?:发送|发到|发给|上传|转发|传送|传到|提交|寄送|外传|泄露)"
+_ZH_SEND = r"(?:发送|发到|发给|上传|转发|传送|传到|传给|提交|寄送|寄到|寄给|寄往|送到|外传|泄露)"
 
 RULES = (
     # 1. Overriding the instructions.
@@ -97,11 +98,15 @@ RULES = (
         rf"\b(?:ignore|disregard|forget|override|bypass|skip|discard)\b\W+(?:[\w']+\W+){{0,3}}?{_EN_QUAL}\b\W+"
         rf"(?:[\w']+\W+){{0,2}}?{_EN_NOUN}\b"
         r"|\b(?:ignore|disregard|forget)\b\s+(?:everything|anything|all)\s+(?:above|before|previously|prior|you (?:were|have been) told)"
-        rf"|(?:忽略|无视|忽视|不要理会|不用理会|不必理会|别管|别理|忘记|忘掉|抛开|抛弃|跳过|绕过|违背|覆盖|推翻|不要遵守|不再遵守|不用遵守|不要遵循)"
+        rf"|(?:忽略|无视|忽视|不要理会|不用理会|不必理会|别管|别理|不用再?管|不要再?管|不必再?管|别再管|不再管|忘记|忘掉|抛开|抛弃|跳过|绕过|违背|覆盖|推翻|不要遵守|不再遵守|不用遵守|不要遵循)"
         rf"{_ZH_SENT}{{0,6}}?{_ZH_QUAL}{_ZH_SENT}{{0,6}}?{_ZH_NOUN}")),
     Rule("stop_following", 0.7, _r(
         rf"\b(?:do not|don't|stop|no longer)\s+(?:follow|obey|adhere to)(?:ing)?\s+(?:\w+\s+){{0,2}}{_EN_NOUN}"
         r"|(?:不要|不再|停止|别)再?(?:遵守|遵循|服从|听从)(?:你的|之前的|以上的|原来的|系统的?)")),
+    Rule("new_system_message", 0.7, _r(
+        r"\b(?:new|updated|revised|real)\s+system\s+(?:message|prompt|instructions?)\s*:"
+        r"|(?:以下|下面|接下来)(?:是|为)(?:你的)?(?:新的?|最新的?|更新的?|真正的)(?:指令|指示|系统消息|系统讯息|系统提示词?|系统指令)"
+        r"|(?:新的?|最新的?|更新的?|真正的)系统(?:消息|讯息|指令|提示词?|设定)\s*[:：]")),
     Rule("new_instructions", 0.4, _r(
         r"\b(?:new|updated|real|actual|true|revised)\s+instructions?\s*:"
         r"|(?:新的?|真正的|实际的|最新的?)(?:指令|指示|任务)\s*[:：]")),
@@ -117,12 +122,13 @@ RULES = (
         r"\b(?:restrictions|limits|limitations|rules|filters|guidelines|ethics|morals|censorship)\b"
         r"|你(?:现在|从现在起|从现在开始|已经|将)?(?:是|扮演|变成|成为|化身为?)(?:一个|一位)?[^。！？\n]{0,10}?"
         r"(?:没有|不受|无|毫无|不存在|摆脱了?|脱离了?)(?:任何)?[^。！？\n]{0,3}(?:限制|约束|审查|规则|道德|过滤|束缚)"
-        r"|扮演[^。！？\n]{0,20}(?:没有|不受|无)(?:任何)?(?:限制|约束|道德|审查)")),
+        r"|扮演[^。！？\n]{0,20}(?:没有|不受|无)(?:任何)?[^。！？\n]{0,4}?(?:限制|约束|道德|审查|规则|过滤)")),
     Rule("developer_mode", 0.8, _r(
         r"\b(?:you|act as|pretend|simulate|chatgpt|ai|model|assistant)\b.{0,40}\bdeveloper mode\b.{0,80}"
         r"\b(?:no|without|ignore|ignores|uncensored|unfiltered|any content|polic(?:y|ies)|restrictions?|filters?)\b"
         r"|\bdeveloper mode (?:enabled|output)\b"
-        r"|开发者模式[^。！？\n]{0,20}(?:不受[^。！？\n]{0,4}限制|没有(?:任何)?(?:限制|审查|过滤)|无(?:限制|审查|过滤)|忽略|任何内容|不再遵守)"
+        r"|开发者模式[^。！？\n]{0,20}(?:不受[^。！？\n]{0,4}限制|没有(?:任何)?(?:限制|审查|过滤)|无(?:限制|审查|过滤)|忽略|任何内容|不再遵守"
+        r"|(?:解除|取消|关闭|移除|去除|去掉|突破|绕过)[^。！？\n]{0,6}?(?:限制|审查|过滤|规则|约束))"
         r"|你(?:现在|已经?|将)[^。！？\n]{0,6}(?:处于|进入|是|切换到)[^。！？\n]{0,4}开发者模式")),
     # 3. Asking for the system prompt.
     Rule("prompt_leak", 0.8, _r(
@@ -139,6 +145,8 @@ RULES = (
         r"<\|\s*(?:im_start|im_end|im_sep|system|user|assistant|endoftext|begin_of_text|end_of_text|"
         r"start_header_id|end_header_id|eot_id|eom_id)\s*\|>|\[/?inst\]|<</?sys>>|<\s*/?\s*(?:start_of_turn|end_of_turn)\s*>")),
     Rule("role_header", 0.6, _r(r"^[ \t]*(?:#{1,6}|\*\*|\[)[ \t]*(?:system|assistant|developer|系统|助手)[ \t]*(?:\*\*|\])?[ \t]*[:：]")),
+    Rule("bracket_header", 0.6, _r(
+        r"[【〖〔［]\s*(?:system|admin|administrator|developer|系统|系统消息|系统指令|系统提示|管理员|开发者)\s*[】〗〕］]")),
     Rule("bare_role_line", 0.3, _r(r"^[ \t]*(?:system|assistant)[ \t]*[:：]")),
     Rule("fake_delimiter", 0.6, _r(
         r"</\s*(?:document|documents|context|data|tool_result|tool_output|tool|search_results?|retrieved|untrusted|"
