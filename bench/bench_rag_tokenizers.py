@@ -36,7 +36,7 @@ def squad(path: Path) -> tuple[list[str], list[tuple[str, int]]]:
 def ranks(bm25: Sparse, queries: list[list[str]], gold: list[int]) -> np.ndarray:
     """1-based rank of each gold paragraph (ties broken against it; 0 score = not found)."""
     out = []
-    for q, g in zip(queries, gold):
+    for q, g in zip(queries, gold, strict=True):
         s = bm25.scores(q)
         out.append(int((s >= s[g]).sum()) if s[g] > 0 else 10**9)
     return np.array(out)

@@ -30,6 +30,7 @@ within a factor of 1.3 of BPE for English words. `HFCounter` counts with a real 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import re
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
@@ -157,7 +158,7 @@ def pack(text: str, spans: list[tuple[int, int, bool]], size: int, overlap: int,
             pieces.append((s, e, para, n))
             continue
         cuts = [s] + [s + c for c in counter.cuts(text[s:e], size)] + [e]
-        for i, (a, b) in enumerate(zip(cuts, cuts[1:])):
+        for i, (a, b) in enumerate(itertools.pairwise(cuts)):
             for ts, te, _ in _trimmed(text, a, b, False):
                 pieces.append((ts, te, para and i == 0, counter.count(text[ts:te])))
     para_tokens = _paragraph_tokens(pieces)

@@ -175,7 +175,7 @@ def embed_missing(embedder, chunks: list[Chunk], vectors: list, report: BuildRep
         got = np.asarray(embedder.embed([chunks[i].indexed_text() for i in rows]), dtype=np.float32)
         if got.shape != (len(rows), embedder.dim):
             raise ValueError(f"embedder {embedder.name} gave shape {got.shape}, not ({len(rows)}, {embedder.dim})")
-        for i, v in zip(rows, got):
+        for i, v in zip(rows, got, strict=True):
             vectors[i] = v
     report.embedded = len(todo)
     return np.stack(vectors).astype(np.float32) if vectors else np.zeros((0, embedder.dim), np.float32)

@@ -89,7 +89,7 @@ def tokenize(text: str, kind: str = "jieba", search_mode: bool = True) -> list[s
         else:
             out.append(other.lower())
     if english:  # stemmed together: one call into the C stemmer
-        for i, s in zip(english, stemmer().stemWords([out[i] for i in english])):
+        for i, s in zip(english, stemmer().stemWords([out[i] for i in english]), strict=True):
             out[i] = s
     return out
 

@@ -4,6 +4,7 @@ heading paths, PDF pages, exact offsets, and bad files skipped with their reason
 from __future__ import annotations
 
 import io
+import itertools
 import json
 from pathlib import Path
 
@@ -42,10 +43,10 @@ def test_chunks_are_runs_of_whole_sentences_with_overlap(sentences, sep):
         assert c.start in bounds and c.end in bounds, c.text  # starts and ends at a sentence edge
         assert counter.count(c.text) <= 12
     assert chunks[0].start == 0 and chunks[-1].end == len(text)
-    for a, b in zip(chunks, chunks[1:]):  # consecutive chunks overlap by whole sentences, or touch
+    for a, b in itertools.pairwise(chunks):  # consecutive chunks overlap by whole sentences, or touch
         assert a.start < b.start <= a.end + len(sep)
         assert counter.count(text[b.start:a.end]) <= 5
-    assert any(b.start < a.end for a, b in zip(chunks, chunks[1:]))  # the overlap happens
+    assert any(b.start < a.end for a, b in itertools.pairwise(chunks))  # the overlap happens
 
 
 def test_english_abbreviations_do_not_end_a_sentence():
