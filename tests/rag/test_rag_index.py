@@ -19,6 +19,7 @@ from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processor
 from jielong import cli
 from jielong.encoder import Encoder, EncoderConfig
 from jielong.errors import UserError
+from jielong.rag import index as index_module
 from jielong.rag.index import Index, build_index, read_chunks
 from jielong.rag.sparse import Sparse, tokenize
 
@@ -53,7 +54,7 @@ def write_docs(d: Path, docs: dict[str, str]) -> None:
         (d / name).write_text(text, encoding="utf-8")
 
 
-def test_incremental_rebuild_reads_and_embeds_only_what_changed(tmp_path):
+def test_incremental_rebuild_reads_and_embeds_only_what_changed(tmp_path, monkeypatch):
     docs, out = tmp_path / "docs", tmp_path / "index"
     write_docs(docs, DOCS)
     emb = FakeEmbedder()
@@ -65,6 +66,8 @@ def test_incremental_rebuild_reads_and_embeds_only_what_changed(tmp_path):
     assert vectors.shape == (len(first), 64)
     np.testing.assert_allclose(vectors, emb.embed([c.indexed_text() for c in first]), atol=1e-6)
 
+    tokenized = []
+    monkeypatch.setattr(index_module, "tokenize", lambda text, *a: tokenized.append(text) or tokenize(text, *a))
     emb.texts = 0  # change one file, delete one, add one
     (docs / "en.txt").write_text("The Louvre is a museum in Paris. It holds the Mona Lisa.", encoding="utf-8")
     (docs / "hant.txt").unlink()
@@ -77,6 +80,11 @@ def test_incremental_rebuild_reads_and_embeds_only_what_changed(tmp_path):
     new_vectors = load_file(str(out / "vectors.safetensors"))["vectors"]
     kept = [c for c in second if c.source.endswith("hans.md")]
     assert emb.texts == r.embedded == len(second) - len(kept)  # only new chunks were embedded
+    assert len(tokenized) == len(second) - len(kept)  # and tokenized for BM25
+    monkeypatch.undo()
+    build_index([docs], tmp_path / "fresh", chunk_tokens=16, overlap=4)  # BM25 as if built anew
+    for q in ("长城 八达岭", "Paris museum", "西湖"):
+        np.testing.assert_allclose(Index.load(out).bm25_scores(q), Index.load(tmp_path / "fresh").bm25_scores(q))
     old_row = {c.id: i for i, c in enumerate(first)}
     for i, c in enumerate(second):
         if c.source.endswith("hans.md"):  # the very same chunk and vector, not recomputed

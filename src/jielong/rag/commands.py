@@ -20,7 +20,6 @@ model is refused.
 from __future__ import annotations
 
 import sys
-import textwrap
 from pathlib import Path
 from typing import Literal
 
@@ -102,6 +101,5 @@ def format_hit(h: Hit, color: bool = False) -> str:
     if c.heading:
         where.append(paint("33", c.heading))
     head = f"{paint('1', f'[{h.rank}]')} {'  '.join(where)}  {paint('2', f'{h.method} {h.score:.4g}')}"
-    body = " ".join(c.text.split())
-    body = textwrap.shorten(body, 400, placeholder=" …") if " " in body else body[:400]
-    return head + "\n" + textwrap.indent(textwrap.fill(body, 100) if " " in body else body, "    ")
+    body = " ".join(c.text.split())  # one line; the terminal wraps it (CJK is two columns wide)
+    return f"{head}\n    {body[:300] + ' …' if len(body) > 300 else body}"

@@ -17,7 +17,8 @@ again hashes every file (SHA-256 of its bytes); an unchanged file keeps its chun
 vectors, a changed or new one is read and chunked again and only its chunks are embedded, a
 file no longer found is removed. Changing the chunk size, the overlap or the JSONL field
 re-chunks everything, a different embedder re-embeds everything. BM25 is rebuilt from all
-chunks each time (seconds for 100k chunks). The new folder is written beside the old and
+chunks each time, from their words kept beside it (bm25/tokens.safetensors: token ids into
+bm25s's vocabulary), so only new chunks go through jieba. The new folder is written beside the old and
 swapped in whole, so a killed build leaves the old index.
 
 Search: BM25 over `sparse.tokenize` tokens; dense as exact cosine (a matrix product of
@@ -94,10 +95,12 @@ def build_index(paths: list[str | Path], out: str | Path, embedder=None,
     progress = sys.stderr.isatty() if progress is None else progress
     chunking = {"chunk_tokens": chunk_tokens, "overlap": overlap, "field": field,
                 "counter": getattr(counter, "name", "simple")}
-    old = read_old(out, chunking, embedder)
+    tok_config = {"kind": tokenizer, "search_mode": True}
+    old = read_old(out, embedder, tok_config)
     report = BuildReport()
     chunks: list[Chunk] = []
     vectors: list[np.ndarray | None] = []  # per chunk: kept from the old index, or None = to embed
+    tokens: list[list[str] | None] = []    # the same for BM25 tokens: None = to tokenize
     files: dict[str, dict] = {}
     for path in tqdm(find_files(paths), desc="reading", unit=" files", disable=not progress):
         key = str(path)
@@ -111,6 +114,7 @@ def build_index(paths: list[str | Path], out: str | Path, embedder=None,
             rows = [old["row"][i] for i in kept["chunks"]]
             chunks += [old["chunks"][r] for r in rows]
             vectors += [old["vectors"][r] if old["vectors"] is not None else None for r in rows]
+            tokens += [old["tokens"](r) for r in rows]
             files[key] = kept
             report.unchanged.append(key)
             continue
@@ -122,6 +126,7 @@ def build_index(paths: list[str | Path], out: str | Path, embedder=None,
         new = [c for d in docs for c in chunk_document(d, chunk_tokens, overlap, counter)]
         chunks += new
         vectors += [None] * len(new)
+        tokens += [None] * len(new)
         files[key] = {"hash": digest, "chunks": [c.id for c in new]}
         report.indexed.append(key)
     report.removed = sorted(set(old["files"]) - set(files))
@@ -130,26 +135,30 @@ def build_index(paths: list[str | Path], out: str | Path, embedder=None,
         raise UserError(f"nothing to index under {' '.join(map(str, paths))} ({why})")
     matrix = embed_missing(embedder, chunks, vectors, report, progress)
     report.chunks = len(chunks)
-    sparse = Sparse.build([tokenize(c.indexed_text(), tokenizer) for c in
-                           tqdm(chunks, desc="BM25", unit=" chunks", disable=not progress)])
+    for i in tqdm([i for i, t in enumerate(tokens) if t is None], desc="BM25 words", unit=" chunks",
+                  disable=not progress):
+        tokens[i] = tokenize(chunks[i].indexed_text(), tokenizer)
+    sparse = Sparse.build(tokens)
     manifest = {"version": VERSION, "embedder": getattr(embedder, "name", None),
                 "dim": None if matrix is None else int(matrix.shape[1]), "chunking": chunking,
-                "tokenizer": {"kind": tokenizer, "search_mode": True}, "files": files}
+                "tokenizer": tok_config, "files": files}
     with atomic_dir(out) as tmp:
         with open(tmp / "chunks.jsonl", "w", encoding="utf-8") as f:
             for c in chunks:
                 f.write(json.dumps(c.to_dict(), ensure_ascii=False) + "\n")
         sparse.save(tmp / "bm25")
+        sparse.save_tokens(tmp / "bm25" / "tokens.safetensors", tokens)
         if matrix is not None:
             save_file({"vectors": matrix}, str(tmp / "vectors.safetensors"))
         write_json(tmp / "manifest.json", manifest)
     return report
 
 
-def read_old(out: Path, chunking: dict, embedder) -> dict:
-    """What an earlier build in `out` left: files, chunks by id, and vectors when they were
-    made by the same embedder."""
-    empty = {"files": {}, "chunks": [], "row": {}, "vectors": None, "chunking": None}
+def read_old(out: Path, embedder, tok_config: dict) -> dict:
+    """What an earlier build in `out` left: files, chunks by id, vectors when they were made
+    by the same embedder, BM25 tokens (a function of the row) when by the same tokenizer."""
+    empty = {"files": {}, "chunks": [], "row": {}, "vectors": None, "chunking": None,
+             "tokens": lambda row: None}
     if not (out / "manifest.json").is_file():
         if out.exists() and any(out.iterdir()):
             raise UserError(f"{out}: a folder that is not a jielong index; choose an empty or new --out")
@@ -160,8 +169,11 @@ def read_old(out: Path, chunking: dict, embedder) -> dict:
     if embedder is not None and manifest.get("embedder") == embedder.name \
             and (out / "vectors.safetensors").is_file():
         vectors = load_file(str(out / "vectors.safetensors"))["vectors"]
+    tokens = empty["tokens"]
+    if manifest.get("tokenizer") == tok_config and (out / "bm25" / "tokens.safetensors").is_file():
+        tokens = Sparse.load(out / "bm25").read_tokens(out / "bm25" / "tokens.safetensors")
     return {"files": manifest["files"], "chunks": chunks, "row": {c.id: i for i, c in enumerate(chunks)},
-            "vectors": vectors, "chunking": manifest.get("chunking")}
+            "vectors": vectors, "chunking": manifest.get("chunking"), "tokens": tokens}
 
 
 def embed_missing(embedder, chunks: list[Chunk], vectors: list, report: BuildReport,

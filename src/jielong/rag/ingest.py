@@ -22,6 +22,7 @@ A file that cannot be read raises `Skipped(reason)`; so does one with no text at
 from __future__ import annotations
 
 import json
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,6 +128,9 @@ def markdown_sections(text: str) -> list[Section]:
 
 
 def read_pdf(path: Path) -> Document:
+    # pypdf logs what it repairs ("EOF marker not found", …) as warnings; a file it cannot
+    # read is one skipped line with the reason, and one it repaired needs no words
+    logging.getLogger("pypdf").setLevel(logging.ERROR)
     try:
         reader = pypdf.PdfReader(path)
         if reader.is_encrypted and not reader.decrypt(""):

@@ -34,12 +34,14 @@ from __future__ import annotations
 import functools
 import logging
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import bm25s
 import jieba
 import numpy as np
 import Stemmer
+from safetensors.numpy import load_file, save_file
 
 from jielong.errors import UserError
 from jielong.prep.language import converter
@@ -120,6 +122,23 @@ class Sparse:
 
     def save(self, path: Path) -> None:
         self.bm25.save(str(path), allow_pickle=False, show_progress=False)
+
+    def save_tokens(self, path: Path, docs: list[list[str]]) -> None:
+        """Each document's tokens as ids into the vocabulary, so a rebuild need not tokenize
+        unchanged documents again: {"ids": flat int32, "offsets": int64 [n + 1]}."""
+        vocab = self.bm25.vocab_dict
+        ids = np.fromiter((vocab[t] for doc in docs for t in doc), dtype=np.int32)
+        offsets = np.cumsum([0] + [len(doc) for doc in docs], dtype=np.int64)
+        save_file({"ids": ids, "offsets": offsets}, str(path))
+
+    def read_tokens(self, path: Path) -> Callable[[int], list[str]]:
+        """row -> that document's tokens, from `save_tokens`' file."""
+        words = np.empty(len(self.bm25.vocab_dict), dtype=object)
+        for t, i in self.bm25.vocab_dict.items():
+            words[i] = t
+        data = load_file(str(path))
+        ids, offsets = data["ids"], data["offsets"]
+        return lambda row: words[ids[offsets[row]:offsets[row + 1]]].tolist()
 
     @classmethod
     def load(cls, path: Path) -> Sparse:
