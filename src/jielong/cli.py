@@ -48,6 +48,7 @@ def _commands() -> dict:
     from jielong.prep.commands import clean as data_clean
     from jielong.prep.commands import quality_train
     from jielong.prep.commands import stats_cmd as data_stats
+    from jielong.rag.commands import ask_cmd as rag_ask
     from jielong.rag.commands import index_cmd as rag_index
     from jielong.rag.commands import search_cmd as rag_search
     from jielong.safety.guard_data import guard
@@ -81,7 +82,7 @@ def _commands() -> dict:
         "merge": merge_cmd,
         "moderate": moderate_cmd,
         "score": score_cmd,
-        "rag": {"index": rag_index, "search": rag_search},
+        "rag": {"index": rag_index, "search": rag_search, "ask": rag_ask},
         "eval": {"run": eval_cmd, "compare": compare_cmd, "judge": judge_cmd, "arena": arena_cmd},
     }
 

@@ -1,9 +1,11 @@
-"""`jielong rag index` and `jielong rag search`: build an index of your documents, and look
-into it (retrieval alone, to see what a question would be answered from).
+"""`jielong rag index`, `jielong rag search` and `jielong rag ask`: build an index of your
+documents, look into it (retrieval alone, to see what a question would be answered from),
+and answer from it with citations.
 
 Run as:
     jielong rag index docs/ notes.md --out runs/index
     jielong rag search "退貨要幾天" --index runs/index --k 5
+    jielong rag ask "退貨要幾天？" --index runs/index --model runs/demo/assistant
 
 `rag index` reads txt, Markdown, HTML, PDF, JSONL (--field) and SQuAD-style JSON
 (jielong.rag.ingest), cuts them into chunks of --chunk_tokens with --overlap (chunk.py),
@@ -15,19 +17,38 @@ read is skipped and listed with its reason; the rest are indexed.
 --embedder is a Hugging Face BERT / XLM-R folder (jielong.encoder); its pooling is the one its
 sentence-transformers files declare, and the index remembers it: a query embedded by another
 model is refused.
+
+`rag ask` retrieves, keeps the passages that cover enough of the question (or answers "I
+don't know" without asking the model), and asks the model with the passages as numbered,
+quoted data (jielong.rag.answer); it prints the answer and the sources its [n] markers cite.
 """
 
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
 from jielong.encoder import Encoder
+from jielong.errors import UserError
+from jielong.hub import open_model, stop_ids
+from jielong.infer.chat import need_demo
+from jielong.infer.generate import generate_text
+from jielong.infer.sampling import SamplingParams
+from jielong.rag.answer import (
+    MIN_COVERAGE,
+    citations_of,
+    decline_text,
+    rag_messages,
+    retrieve,
+    where,
+)
 from jielong.rag.chunk import OVERLAP, SIZE
 from jielong.rag.index import Hit, Index, build_index
+from jielong.runtime import pick_device
 from jielong.tokenizer import use_color
 
 
@@ -92,6 +113,30 @@ def search_cmd(query: str, index: str = "runs/rag-index", k: int = 5,
     return hits
 
 
+def fit_passages(tok, question: str, hits: list[Hit], system: str | None,
+                 room: int) -> tuple[list[Hit], str]:
+    """(the passages that fit, the rendered prompt): the best-ranked passages whose prompt
+    is at most `room` tokens; when even the best one alone is too long, its text is cut."""
+    def render(given: list[Hit]) -> str:
+        return tok.render_chat(rag_messages(question, given, system), add_generation_prompt=True)[0]
+
+    for n in range(len(hits), 0, -1):
+        text = render(hits[:n])
+        if len(tok.encode(text)) <= room:
+            return hits[:n], text
+    best, lo, hi = hits[0], 0, len(hits[0].chunk.text)
+    while lo < hi:  # the longest start of the best passage that fits
+        mid = (lo + hi + 1) // 2
+        cut = replace(best, chunk=replace(best.chunk, text=best.chunk.text[:mid]))
+        lo, hi = (mid, hi) if len(tok.encode(render([cut]))) <= room else (lo, mid - 1)
+    if lo == 0:
+        raise UserError(f"the question and the answer's --max_new_tokens do not leave room for "
+                        f"any passage in the model's context ({room} tokens for the prompt); "
+                        "lower --max_new_tokens or use a model with a longer context")
+    cut = replace(best, chunk=replace(best.chunk, text=best.chunk.text[:lo]))
+    return [cut], render([cut])
+
+
 def format_hit(h: Hit, color: bool = False) -> str:
     c = h.chunk
     paint = (lambda code, s: f"\033[{code}m{s}\033[0m") if color else (lambda code, s: s)
@@ -103,3 +148,46 @@ def format_hit(h: Hit, color: bool = False) -> str:
     head = f"{paint('1', f'[{h.rank}]')} {'  '.join(where)}  {paint('2', f'{h.method} {h.score:.4g}')}"
     body = " ".join(c.text.split())  # one line; the terminal wraps it (CJK is two columns wide)
     return f"{head}\n    {body[:300] + ' …' if len(body) > 300 else body}"
+
+
+def ask_cmd(question: str, index: str = "runs/rag-index", model: str = "runs/demo/assistant",
+            k: int = 4, method: Literal["bm25", "dense", "hybrid"] = "bm25",
+            min_coverage: float = MIN_COVERAGE, embedder: str | None = None,
+            system_prompt: str | None = None, max_new_tokens: int = 256,
+            device: str = "auto") -> dict:
+    """Answer a question from an index of your documents, citing the passages used.
+
+    Args:
+        question: the question
+        index: the index folder (`jielong rag index … --out INDEX`)
+        model: the chat model that answers (a model folder or a hub id)
+        k: passages retrieved
+        method: bm25, dense (needs --embedder) or hybrid
+        min_coverage: the share of the question's words a passage must have to count as
+            relevant (0-1); with none relevant the answer is "I don't know"
+        embedder: the encoder folder the index was built with (for dense and hybrid)
+        system_prompt: a system message to put first
+        max_new_tokens: most tokens of the answer
+        device: auto, cpu, cuda, mps
+    """
+    idx = Index.load(index, embedder=EncoderEmbedder(embedder) if embedder else None)
+    hits = retrieve(idx, question, k, method, min_coverage)
+    if not hits:
+        answer = decline_text(question)
+        print(answer)
+        return {"answer": answer, "citations": [], "declined": True, "passages": []}
+    need_demo(model)
+    net, tok, gen = open_model(model, device=pick_device(device))
+    hits, text = fit_passages(tok, question, hits, system_prompt,
+                              net.config.max_position_embeddings - max_new_tokens)
+    answer = generate_text(net, tok, [text], SamplingParams(max_tokens=max_new_tokens, temperature=0),
+                           stop_ids=stop_ids(tok, gen, net.config.eos_token_id))[0].strip()
+    cited = citations_of(answer, hits)
+    print(answer)
+    color = use_color(sys.stdout)
+    print("\nsources:" if cited else "\nsources given (none cited):")
+    for n, h in enumerate(hits, 1):
+        if not cited or any(c["n"] == n for c in cited):
+            print(f"  [{n}] {where(h)}" + (f"  {h.score:.3g}" if color else ""))
+    return {"answer": answer, "citations": cited, "declined": False,
+            "passages": [h.chunk.id for h in hits]}
