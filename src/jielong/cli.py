@@ -51,6 +51,7 @@ def _commands() -> dict:
     from jielong.rag.commands import ask_cmd as rag_ask
     from jielong.rag.commands import index_cmd as rag_index
     from jielong.rag.commands import search_cmd as rag_search
+    from jielong.rag.evaluate import eval_cmd as rag_eval
     from jielong.safety.guard_data import guard
     from jielong.safety.moderate import moderate_cmd
     from jielong.serve.command import serve
@@ -82,7 +83,7 @@ def _commands() -> dict:
         "merge": merge_cmd,
         "moderate": moderate_cmd,
         "score": score_cmd,
-        "rag": {"index": rag_index, "search": rag_search, "ask": rag_ask},
+        "rag": {"index": rag_index, "search": rag_search, "ask": rag_ask, "eval": rag_eval},
         "eval": {"run": eval_cmd, "compare": compare_cmd, "judge": judge_cmd, "arena": arena_cmd},
     }
 

@@ -125,16 +125,20 @@ def fit_passages(tok, question: str, hits: list[Hit], system: str | None,
         if len(tok.encode(text)) <= room:
             return hits[:n], text
     best, lo, hi = hits[0], 0, len(hits[0].chunk.text)
+    fitted = None  # (passage, prompt) as measured: a new render has new random data tags
     while lo < hi:  # the longest start of the best passage that fits
         mid = (lo + hi + 1) // 2
         cut = replace(best, chunk=replace(best.chunk, text=best.chunk.text[:mid]))
-        lo, hi = (mid, hi) if len(tok.encode(render([cut]))) <= room else (lo, mid - 1)
-    if lo == 0:
+        text = render([cut])
+        if len(tok.encode(text)) <= room:
+            lo, fitted = mid, ([cut], text)
+        else:
+            hi = mid - 1
+    if fitted is None:
         raise UserError(f"the question and the answer's --max_new_tokens do not leave room for "
                         f"any passage in the model's context ({room} tokens for the prompt); "
                         "lower --max_new_tokens or use a model with a longer context")
-    cut = replace(best, chunk=replace(best.chunk, text=best.chunk.text[:lo]))
-    return [cut], render([cut])
+    return fitted
 
 
 def format_hit(h: Hit, color: bool = False) -> str:
