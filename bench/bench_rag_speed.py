@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import re
 import resource
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -55,9 +56,20 @@ def chunks(sentences: list[str], n: int, per: int = 6, seed: int = 0) -> list[st
     return out
 
 
-def rss_mb() -> float:
+LOAD = """
+import os, sys
+from jielong.rag.index import Index
+def rss():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+before = rss(); idx = Index.load(sys.argv[1]); print(rss() - before)
+"""
+
+
+def loaded_mb(index: Path) -> float:
+    """Resident memory an index takes once loaded, in a fresh process (after the imports)."""
+    out = subprocess.run([sys.executable, "-c", LOAD, str(index)], capture_output=True, text=True, check=True)
+    return float(out.stdout.split()[-1])
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -86,9 +98,8 @@ def main() -> None:
             report = build_index([src], tmp / "index", chunk_tokens=512, overlap=0, progress=False)
             took = time.perf_counter() - t0
             disk = sum(f.stat().st_size for f in (tmp / "index").rglob("*") if f.is_file()) / 2**20
-            before = rss_mb()
+            loaded = loaded_mb(tmp / "index")
             idx = Index.load(tmp / "index")
-            loaded = rss_mb() - before
             idx.search(queries[0], 5)  # warm
             ours = []
             for q in queries:

@@ -31,6 +31,9 @@ greedy generation continuously batched (`jielong.eval.generation.generate_replie
 reply's first line, citation markers taken out, is scored by EM and F1 as CMRC 2018's
 script computes them (`jielong.eval.metrics`); a declined question scores 0. Declined: by
 the gate, or by the model (its reply says it does not know, `jielong.eval.qa.is_refusal`).
+A question whose prompt leaves no room for any passage in the model's context is counted
+(`no_room`) and scored 0. A small model's context may not hold a whole paragraph: index the
+set in smaller chunks (`jielong rag index SET.json --chunk_tokens 64`) and pass --index.
 
 Faithfulness (with --model): a lexical check, not an entailment (NLI) judge. An answer's
 claim is the gold answer when the reply contains it (then the key span is known), else the
