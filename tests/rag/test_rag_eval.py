@@ -18,6 +18,7 @@ from jielong.checkpoint import save_model
 from jielong.config import preset
 from jielong.errors import UserError
 from jielong.model import Transformer
+from jielong.rag import evaluate
 from jielong.rag.chunk import Chunk
 from jielong.rag.evaluate import (
     doc_key,
@@ -96,7 +97,7 @@ def write_set(path: Path, articles) -> Path:
     return path
 
 
-def test_rag_eval_command_on_a_tiny_set_in_three_scripts(tmp_path, capsys):
+def test_rag_eval_command_on_a_tiny_set_in_three_scripts(tmp_path, capsys, monkeypatch):
     data = write_set(tmp_path / "mixed.json", SETS["mixed.json"])
     other = write_set(tmp_path / "other.json", SETS["other.json"])
     got = cli.run(["rag", "eval", str(data), "--out", str(tmp_path / "out")])["retrieval"]
@@ -132,6 +133,19 @@ def test_rag_eval_command_on_a_tiny_set_in_three_scripts(tmp_path, capsys):
     assert [r["id"] for r in rows] == ["q1", "q2", "q3"]
     assert all(r["declined"] or ("reply" in r and "faithful" in r) for r in rows)
     assert out["decline_rate"] == pytest.approx(sum(r["declined"] for r in rows) / 3 + out["declined_by_model"])
+
+    # planted replies: two faithful citations, one that cites a passage without its claim, one "I don't know"
+    def planted(net, tok, prompts, *args):
+        said = {"台北101位於哪一區": "信義區 [1]", "长城绵延多少公里": "它有三千公里长 [1]",
+                "长城最有名的段落": "八达岭 [1]"}
+        return [next((r for q, r in said.items() if q in tok.decode(p)), "我不知道。") for p in prompts], {}
+
+    monkeypatch.setattr(evaluate, "generate_replies", planted)
+    out = cli.run(["rag", "eval", str(data), "--model", str(roomy), "--limit", "4", "--answer_k", "1",
+                   "--index", str(tmp_path / "out" / "index")])["answers"]
+    assert out["declined_by_gate"] == 0 and out["declined_by_model"] == 0.25 and out["em"] == 50.0
+    assert out["answers_citing"] == 0.75 and out["citations_faithful"] == pytest.approx(2 / 3)
+    assert out["cited_answers_unsupported"] == pytest.approx(1 / 3)
 
 
 def test_recall_on_the_first_100_drcd_paragraphs(shared_data, tmp_path):

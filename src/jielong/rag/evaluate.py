@@ -63,7 +63,7 @@ import json
 import math
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -319,7 +319,8 @@ def eval_cmd(dataset: str, index: str | None = None, model: str | None = None, k
         tokenizer: BM25 words of the index built here: jieba, bigram or whitespace
         embedder: an encoder folder (Hugging Face BERT / XLM-R, `jielong train embed`) for
             dense and hybrid
-        convert: convert the questions with OpenCC first: s2t (简→繁) or t2s (繁→简)
+        convert: convert the questions with OpenCC first (for every part): s2t (简→繁) or
+            t2s (繁→简)
         limit: answer only the first N questions (retrieval scores all)
         calibrate: another SQuAD-style set whose questions are unanswerable here: report
             the decline threshold's trade-off and pick one
@@ -359,6 +360,8 @@ def eval_cmd(dataset: str, index: str | None = None, model: str | None = None, k
               + "  ".join(f"{name} {v:.3f}" for name, v in r.items() if "@" in name or name == "mrr"))
         if out:
             write_json(Path(out) / "retrieval.json", r)
+        if convert:  # the answers and the calibration ask the converted questions too
+            questions = [replace(q, text=converter(convert).convert(q.text)) for q in questions]
         if model:
             summary, rows = evaluate_answers(idx, questions[:limit], model, method, answer_k, min_coverage,
                                              max_new_tokens, device)
