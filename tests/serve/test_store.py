@@ -211,7 +211,7 @@ def test_a_version_1_file_upgrades_in_place_and_keeps_everything(tmp_path):
         db.execute("DROP TABLE battles")
         db.execute("PRAGMA user_version = 1")
     with Store(path, create=False) as s:  # e.g. `jielong feedback export` on an old file
-        assert s._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        assert s._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
         assert s.dump() == before and s.ratings(a["id"])[0]["comment"] == "好"
         assert s.integrity() == "ok"
         bt, *_ = battle(s, c["id"])  # a new root question in the old conversation

@@ -26,26 +26,18 @@ quoted data (jielong.rag.answer); it prints the answer and the sources its [n] m
 from __future__ import annotations
 
 import sys
-from dataclasses import replace
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
 from jielong.encoder import Encoder
-from jielong.errors import UserError
 from jielong.hub import open_model, stop_ids
 from jielong.infer.chat import need_demo
 from jielong.infer.generate import generate_text
 from jielong.infer.sampling import SamplingParams
-from jielong.rag.answer import (
-    MIN_COVERAGE,
-    citations_of,
-    decline_text,
-    rag_messages,
-    retrieve,
-    where,
-)
+from jielong.rag import answer as rag_answer
+from jielong.rag.answer import MIN_COVERAGE, citations_of, decline_text, retrieve, where
 from jielong.rag.chunk import OVERLAP, SIZE
 from jielong.rag.index import Hit, Index, build_index
 from jielong.runtime import pick_device
@@ -115,26 +107,14 @@ def search_cmd(query: str, index: str = "runs/rag-index", k: int = 5,
 
 def fit_passages(tok, question: str, hits: list[Hit], system: str | None,
                  room: int) -> tuple[list[Hit], str]:
-    """(the passages that fit, the rendered prompt): the best-ranked passages whose prompt
-    is at most `room` tokens; when even the best one alone is too long, its text is cut."""
-    def render(given: list[Hit]) -> str:
-        return tok.render_chat(rag_messages(question, given, system), add_generation_prompt=True)[0]
+    """(the passages that fit, the rendered prompt): jielong.rag.answer.fit_passages,
+    measured in the chat template's tokens."""
+    def render(messages: list[dict]) -> str:
+        return tok.render_chat(messages, add_generation_prompt=True)[0]
 
-    for n in range(len(hits), 0, -1):
-        text = render(hits[:n])
-        if len(tok.encode(text)) <= room:
-            return hits[:n], text
-    best, lo, hi = hits[0], 0, len(hits[0].chunk.text)
-    while lo < hi:  # the longest start of the best passage that fits
-        mid = (lo + hi + 1) // 2
-        cut = replace(best, chunk=replace(best.chunk, text=best.chunk.text[:mid]))
-        lo, hi = (mid, hi) if len(tok.encode(render([cut]))) <= room else (lo, mid - 1)
-    if lo == 0:
-        raise UserError(f"the question and the answer's --max_new_tokens do not leave room for "
-                        f"any passage in the model's context ({room} tokens for the prompt); "
-                        "lower --max_new_tokens or use a model with a longer context")
-    cut = replace(best, chunk=replace(best.chunk, text=best.chunk.text[:lo]))
-    return [cut], render([cut])
+    hits, messages = rag_answer.fit_passages(lambda m: len(tok.encode(render(m))), question,
+                                             hits, room, system)
+    return hits, render(messages)
 
 
 def format_hit(h: Hit, color: bool = False) -> str:
