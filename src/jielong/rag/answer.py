@@ -148,17 +148,21 @@ def fit_passages(measure: Callable[[list[dict]], int], question: str, hits: list
     if not hits:
         return [], build([])
     best, lo, hi = hits[0], 0, len(hits[0].chunk.text)
-    while lo < hi:  # the longest start of the best passage that fits
+    fitted = None  # the conversation measured for `lo` (rendered once: mark_data's
+    while lo < hi:  # boundary tags are random); the longest start of the best passage that fits
         mid = (lo + hi + 1) // 2
         cut = replace(best, chunk=replace(best.chunk, text=best.chunk.text[:mid]))
-        lo, hi = (mid, hi) if measure(build([cut])) <= room else (lo, mid - 1)
-    if lo == 0:
+        messages = build([cut])
+        if measure(messages) <= room:
+            lo, fitted = mid, ([cut], messages)
+        else:
+            hi = mid - 1
+    if fitted is None:
         raise UserError(f"the question and the answer's length do not leave room for any "
                         f"passage in the model's context ({room} tokens for the prompt); ask "
                         "for a shorter answer (--max_new_tokens, max_tokens) or use a model "
                         "with a longer context")
-    cut = replace(best, chunk=replace(best.chunk, text=best.chunk.text[:lo]))
-    return [cut], build([cut])
+    return fitted
 
 
 def citations_of(reply: str, hits: list[Hit]) -> list[dict]:

@@ -967,7 +967,8 @@
       const done = await res.json();
       await loadLibrary(name);
       saveSettingsSoon();
-      showStatus(`${done.file}: ${done.chunks} passages indexed in “${name}”.`, "info");
+      showStatus(`${done.file}: ${done.chunks} ${done.chunks === 1 ? "passage" : "passages"} ` +
+        `indexed in “${name}”.`, "info");
     } catch (e) {
       showStatus("The upload failed: " + e.message);
     }
