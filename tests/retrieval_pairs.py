@@ -19,14 +19,14 @@ def toy_pairs(n: int = 16) -> list[dict]:
     """3n query/passage lines: n 繁, n 简, n English passages with two questions each."""
     rows = []
     for i in range(n):
-        name = SURNAMES[i % len(SURNAMES)] + GIVEN[(i * 3) % len(GIVEN)]
+        name = SURNAMES[i % len(SURNAMES)] + GIVEN[(i + i // len(SURNAMES)) % len(GIVEN)]  # distinct for i < 128
         city, pet = CITIES[i % 4], ANIMALS[(i // 4) % 4]
         p = f"{name}住在{city}，養了一隻{pet}。"
         rows += [{"query": f"{name}住在哪裡？", "passage": p}, {"query": f"{name}養了什麼？", "passage": p}]
         name_s = name.translate(str.maketrans("陳黃張劉楊許鄭謝郭華", "陈黄张刘杨许郑谢郭华")) + "儿"
         p = f"{name_s}住在{CITIES_HANS[i % 4]}，养了一只{pet}。"
         rows += [{"query": f"{name_s}住在哪里？", "passage": p}, {"query": f"{name_s}养了什么？", "passage": p}]
-        en = EN_NAMES[i % len(EN_NAMES)]
+        en = EN_NAMES[i % len(EN_NAMES)] + ("" if i < len(EN_NAMES) else "abcdefg"[i // len(EN_NAMES) - 1])
         p = f"{en} lives in {EN_PLACES[i % 4]} and keeps a {EN_PETS[(i // 4) % 4]}."
         rows += [{"query": f"where does {en} live?", "passage": p}, {"query": f"what does {en} keep?", "passage": p}]
     return rows

@@ -16,8 +16,8 @@ SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
 def wordpiece(texts: list[str]) -> Tokenizer:
-    words = sorted({w for t in texts for w in pre_tokenizers.BertPreTokenizer().pre_tokenize_str(t.lower())
-                    for w in [w[0]]})
+    split = pre_tokenizers.BertPreTokenizer().pre_tokenize_str
+    words = sorted({w for t in texts for w, _ in split(t.lower())})
     chars = sorted({c for t in texts for c in t.lower() if not c.isspace()})
     vocab = list(dict.fromkeys(SPECIALS + words + chars + [f"##{c}" for c in chars]))
     tok = Backend(models.WordPiece({t: i for i, t in enumerate(vocab)}, unk_token="[UNK]"))
@@ -38,7 +38,7 @@ def make_bert_dir(path: Path, texts: list[str], pooling: str = "cls", seed: int 
     torch.manual_seed(seed)
     enc = Encoder(cfg, pooler=True)
     with torch.no_grad():  # BERT's init scale, not nn.Embedding's N(0, 1)
-        for name, p in enc.named_parameters():
+        for p in enc.parameters():
             if p.dim() > 1:
                 p.normal_(0, 0.02)
     enc.tokenizer, enc.pooling, enc.normalize, enc.max_length = tok, pooling, True, 128

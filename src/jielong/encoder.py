@@ -321,16 +321,17 @@ class Encoder(nn.Module):
 
 
     def save(self, path: str | Path, extra: dict[str, torch.Tensor] | None = None,
-             config: dict | None = None) -> Path:
+             config: dict | None = None, prefix: str = "") -> Path:
         """Write a folder that `Encoder.load` and transformers' `BertModel` /
         `XLMRobertaModel` (and sentence-transformers) read back: config.json,
         model.safetensors (transformers' names, no prefix), the tokenizer, and
         sentence-transformers' modules.json + 1_Pooling/config.json (+ Normalize) declaring
-        this encoder's pooling. `extra` tensors (a task head) and `config` keys are added;
-        written atomically."""
+        this encoder's pooling. `extra` tensors (a task head) and `config` keys are added,
+        and `prefix` ("bert." / "roberta.") goes before the encoder's own names, as a task
+        model (…ForSequenceClassification) saves them; written atomically."""
         cfg = self.config
         arch = {"bert": "BertModel", "xlm-roberta": "XLMRobertaModel"}[cfg.model_type]
-        state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in self.state_dict().items()}
+        state = {prefix + k: v.detach().to("cpu", torch.float32).contiguous() for k, v in self.state_dict().items()}
         state.update({k: v.detach().to("cpu", torch.float32).contiguous() for k, v in (extra or {}).items()})
         modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
                    {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]

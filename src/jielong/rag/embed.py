@@ -16,8 +16,10 @@ numpy (n, dim)`, L2-normalised, so an inner product is the cosine. Two kinds:
 differently: bge's Chinese models want "为这个句子生成表示以用于检索相关文章：" before a
 short query that looks for passages, and nothing before the passages (the bge-*-zh-v1.5
 model cards' "query instruction for retrieval"; English: "Represent this sentence for
-searching relevant passages: "). `query_prefix=` sets it; it becomes part of `name`, and
-`embed_queries(embedder, texts)` applies it (plain `embed` for an embedder without one).
+searching relevant passages: "). `query_prefix=` sets it (default: the one the folder's
+config_sentence_transformers.json declares under "prompts", as `jielong train embed
+--query_prefix` saves it); it becomes part of `name`, and `embed_queries(embedder, texts)`
+applies it (plain `embed` for an embedder without one).
 
     from jielong.rag.embed import embed_queries, load_embedder
     emb = load_embedder("models/bge-small-zh-v1.5", query_prefix=BGE_ZH_QUERY)
@@ -64,12 +66,24 @@ def with_prefix(name: str, query_prefix: str) -> str:
     return name + (f":query={query_prefix}" if query_prefix else "")
 
 
+def saved_query_prefix(d: Path) -> str:
+    """The query instruction a folder declares in config_sentence_transformers.json's
+    "prompts" (sentence-transformers 3's place for it; `jielong train embed` writes it)."""
+    f = d / "config_sentence_transformers.json"
+    try:
+        prompts = json.loads(f.read_text(encoding="utf-8")).get("prompts") if f.is_file() else None
+    except (json.JSONDecodeError, AttributeError):
+        raise UserError(f"{f}: not a JSON object; fix or delete it") from None
+    return str((prompts or {}).get("query") or "")
+
+
 class EncoderEmbedder:
     """A bidirectional encoder's pooled, normalised vectors."""
 
-    def __init__(self, path: str | Path, pooling: str | None = None, query_prefix: str = "",
+    def __init__(self, path: str | Path, pooling: str | None = None, query_prefix: str | None = None,
                  device: str = "cpu", batch_size: int = 32, max_length: int | None = None):
         d = Path(path)
+        query_prefix = saved_query_prefix(d) if query_prefix is None else query_prefix
         self.encoder = Encoder.load(d, device=device, pooling=pooling, normalize=True)
         self.dim = self.encoder.config.hidden_size
         self.query_prefix, self.batch_size, self.max_length = query_prefix, batch_size, max_length
@@ -88,9 +102,10 @@ class EncoderEmbedder:
 class DecoderEmbedder:
     """A causal LM's mean-pooled final hidden states (`jielong.model.mean_pooled`)."""
 
-    def __init__(self, path: str | Path, query_prefix: str = "", device: str = "cpu",
+    def __init__(self, path: str | Path, query_prefix: str | None = None, device: str = "cpu",
                  batch_size: int = 16, max_length: int | None = None):
         d = Path(path)
+        query_prefix = saved_query_prefix(d) if query_prefix is None else query_prefix
         self.model = load_model(d, device=device).eval()
         self.tokenizer = Tokenizer.from_dir(d)
         cfg = self.model.config
@@ -129,10 +144,11 @@ def embed_queries(embedder, texts: list[str]) -> np.ndarray:
     return fn(list(texts)) if fn is not None else embedder.embed(list(texts))
 
 
-def load_embedder(path: str | Path, query_prefix: str = "", pooling: str | None = None,
+def load_embedder(path: str | Path, query_prefix: str | None = None, pooling: str | None = None,
                   device: str = "cpu") -> EncoderEmbedder | DecoderEmbedder:
     """The embedder for a model folder: an encoder for model_type bert / xlm-roberta, a
-    decoder for llama / mistral / qwen2 / qwen3."""
+    decoder for llama / mistral / qwen2 / qwen3. query_prefix None: the folder's own
+    (`saved_query_prefix`), "" none."""
     d = Path(path)
     try:
         model_type = json.loads((d / "config.json").read_text(encoding="utf-8")).get("model_type")

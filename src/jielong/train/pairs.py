@@ -123,7 +123,9 @@ def same_passage(idx: list[int]) -> torch.Tensor:
 def recall_at(scores: np.ndarray, gold: list[int], ks: tuple[int, ...] = (1, 5)) -> dict[str, float]:
     """recall@k and MRR of a (queries, passages) score matrix; gold[i]: query i's passage."""
     g = np.asarray(gold)
-    rank = (scores > scores[np.arange(len(g)), g][:, None]).sum(1)  # 0 = first; ties count for it
+    # 0 = first; a tie counts against the gold passage (a model that scores all alike ranks
+    # it last, not first)
+    rank = (scores >= scores[np.arange(len(g)), g][:, None]).sum(1) - 1
     out = {f"recall@{k}": float((rank < k).mean()) for k in ks}
     out["mrr"] = float((1.0 / (rank + 1)).mean())
     return out
