@@ -131,7 +131,7 @@ class RerankStage:
 
 def train_rerank(
     data: str,
-    model: str,
+    model: str = "runs/embed/model",
     out: str = "runs/rerank",
     val_fraction: float = 0.1,
     query_field: str = "query",
