@@ -40,7 +40,7 @@ import psutil
 from usearch.index import Index as UsearchIndex
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-M, EF_BUILD = 16, 128
+M, EF_BUILD = 16, 128  # --m changes M
 
 
 def random_vectors(n: int, dim: int, seed: int) -> np.ndarray:
@@ -166,7 +166,7 @@ def measure(lib, x: np.ndarray, q: np.ndarray, exact: np.ndarray, k: int) -> dic
         ids = lib.search(row[None], k)
         times.append(time.perf_counter() - t)
         found.append(np.asarray(ids).reshape(-1)[:k])
-    recall = np.mean([len(set(f.tolist()) & set(e.tolist())) / k for f, e in zip(found, exact)])
+    recall = np.mean([len(set(f.tolist()) & set(e.tolist())) / k for f, e in zip(found, exact, strict=True)])
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "index")
         lib.save(path)
@@ -195,11 +195,14 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=384)
     ap.add_argument("--queries", type=int, default=500)
     ap.add_argument("--ef", type=int, default=64)
+    ap.add_argument("--m", type=int, default=16, help="graph degree (connectivity) of every HNSW")
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--libs", default="faiss-hnsw,faiss-ivf,usearch,hnswlib")
     ap.add_argument("--data", type=Path, default=DATA, help="the shared data folder (text vectors)")
     ap.add_argument("--json", help="also write the rows here")
     a = ap.parse_args()
+    global M
+    M = a.m
     faiss.omp_set_num_threads(1)
     print(f"# {platform.machine()}, {os.cpu_count()} cores; faiss {faiss.__version__}, hnswlib "
           f"{getattr(hnswlib, '__version__', '0.8')}, usearch (ef {a.ef}, M {M}, ef_construction {EF_BUILD}, "
