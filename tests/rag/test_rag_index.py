@@ -243,7 +243,7 @@ def test_cli_with_an_encoder_folder(tmp_path, capsys):
                                                    "type": "sentence_transformers.models.Pooling"}]))
     (enc / "1_Pooling").mkdir()
     (enc / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_mean_tokens": True}))
-    with pytest.raises(UserError, match="'encoder:tinybert:cls', the query with 'encoder:tinybert:mean'"):
+    with pytest.raises(UserError, match="'encoder:tinybert:cls:[0-9a-f]{8}', the query with 'encoder:tinybert:mean:"):
         cli.run(["rag", "search", "x", "--index", str(out), "--method", "hybrid", "--embedder", str(enc)])
 
 
