@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from jielong.rag.commands import EncoderEmbedder
+from jielong.rag.embed import load_embedder
 from jielong.rag.evaluate import (
     PARAGRAPH_TOKENS,
     calibrate_gate,
@@ -45,7 +45,7 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=200)
     ap.add_argument("--embedder", default=None)
     args = ap.parse_args()
-    emb = EncoderEmbedder(args.embedder) if args.embedder else None
+    emb = load_embedder(args.embedder) if args.embedder else None
     tmp = Path(tempfile.mkdtemp(prefix="bench-rag-eval-"))
     print("| set / method | R@1 | R@5 | R@20 | MRR | nDCG@20 | query ms |\n" + "| --- " * 7 + "|")
     for name, other_script in SETS.items():

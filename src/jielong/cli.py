@@ -60,8 +60,10 @@ def _commands() -> dict:
     from jielong.train.classify import classify
     from jielong.train.distill import distill
     from jielong.train.dpo import dpo
+    from jielong.train.embed import train_embed
     from jielong.train.kto import kto
     from jielong.train.pretrain import pretrain
+    from jielong.train.rerank import train_rerank
     from jielong.train.reward import reward
     from jielong.train.rlhf import rlhf
     from jielong.train.sft import sft
@@ -79,7 +81,7 @@ def _commands() -> dict:
         "export": {"gguf": gguf_cmd},
         "train": {"sft": sft, "classify": classify, "distill": distill, "reward": reward,
                   "dpo": dpo, "kto": kto,
-                  "rlhf": rlhf, "guard": guard},
+                  "rlhf": rlhf, "guard": guard, "embed": train_embed, "rerank": train_rerank},
         "merge": merge_cmd,
         "moderate": moderate_cmd,
         "score": score_cmd,

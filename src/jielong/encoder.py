@@ -42,16 +42,18 @@ is tests/test_encoder.py.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
 from torch import nn
 from tqdm import tqdm
 
 from jielong.checkpoint import NoInit, read_safetensors, weight_files
 from jielong.errors import UserError, json_problem
+from jielong.files import atomic_dir, write_json
 from jielong.tokenizer import Tokenizer
 
 MODEL_TYPES = {"bert": "bert.", "xlm-roberta": "roberta."}  # model_type -> task models' prefix
@@ -316,6 +318,44 @@ class Encoder(nn.Module):
         if normalize is not None:
             model.normalize = normalize
         return model.eval()
+
+
+    def save(self, path: str | Path, extra: dict[str, torch.Tensor] | None = None,
+             config: dict | None = None, prefix: str = "") -> Path:
+        """Write a folder that `Encoder.load` and transformers' `BertModel` /
+        `XLMRobertaModel` (and sentence-transformers) read back: config.json,
+        model.safetensors (transformers' names, no prefix), the tokenizer, and
+        sentence-transformers' modules.json + 1_Pooling/config.json (+ Normalize) declaring
+        this encoder's pooling. `extra` tensors (a task head) and `config` keys are added,
+        and `prefix` ("bert." / "roberta.") goes before the encoder's own names, as a task
+        model (…ForSequenceClassification) saves them; written atomically."""
+        cfg = self.config
+        arch = {"bert": "BertModel", "xlm-roberta": "XLMRobertaModel"}[cfg.model_type]
+        state = {prefix + k: v.detach().to("cpu", torch.float32).contiguous() for k, v in self.state_dict().items()}
+        state.update({k: v.detach().to("cpu", torch.float32).contiguous() for k, v in (extra or {}).items()})
+        modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+                   {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+        if self.normalize:
+            modules.append({"idx": 2, "name": "2", "path": "2_Normalize",
+                            "type": "sentence_transformers.models.Normalize"})
+        keys = {"cls": "cls_token", "mean": "mean_tokens", "max": "max_tokens", "lasttoken": "lasttoken"}
+        with atomic_dir(path) as d:
+            write_json(d / "config.json", {**asdict(cfg), "torch_dtype": "float32",
+                                           "architectures": [arch], **(config or {})})
+            save_file(state, d / "model.safetensors", metadata={"format": "pt"})
+            if self.tokenizer is not None:  # without the truncation `embed` set on it
+                self.tokenizer.backend.no_truncation()
+                self.tokenizer.backend.no_padding()
+                self.tokenizer.save(d)
+            write_json(d / "modules.json", modules)
+            (d / "1_Pooling").mkdir()
+            write_json(d / "1_Pooling" / "config.json", {"word_embedding_dimension": cfg.hidden_size} | {
+                f"pooling_mode_{key}": mode == self.pooling for mode, key in keys.items()})
+            write_json(d / "sentence_bert_config.json", {"max_seq_length": self.max_length,
+                                                         "do_lower_case": self.lower_case})
+            if self.normalize:
+                (d / "2_Normalize").mkdir()
+        return Path(path)
 
 
 def read_pooling(d: Path, pooling: str | None = None) -> tuple[str, bool, int | None, bool]:

@@ -270,3 +270,15 @@ class Transformer(nn.Module):
         if cache is not None:
             cache.pos += T
         return self.model.norm(x)
+
+
+def mean_pooled(model: Transformer, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """(B, hidden) float32 text embeddings from a decoder: the final hidden states averaged
+    over each row's `lengths` real tokens, L2-normalised. input_ids is right-padded (any pad
+    id: causal attention keeps the padding out of the real tokens' states). What
+    /v1/embeddings returns and `jielong.rag.embed.DecoderEmbedder` and `jielong train embed`
+    use; differentiable (no inference mode here)."""
+    h = model(input_ids, hidden_only=True).float()
+    real = (torch.arange(h.shape[1], device=h.device) < lengths.to(h.device)[:, None]).float()
+    v = (h * real[..., None]).sum(1) / real.sum(1, keepdim=True).clamp(min=1)
+    return F.normalize(v, dim=-1)

@@ -44,7 +44,7 @@ def test_relevance_gate_and_declining_in_the_questions_language(tmp_path):
     hits = retrieve(idx, "臺北101在哪一區？", k=3)  # 繁 variant 臺 folded like the rest
     assert hits and hits[0].chunk.source.endswith("hant.txt")
     assert coverage(idx, "臺北101在哪一區？", hits[0]) >= 0.5
-    assert retrieve(idx, "长城绵延多长？", k=3)[0].chunk.source.endswith("hans.txt")  # 简
+    assert retrieve(idx, "长城有多长？", k=3)[0].chunk.source.endswith("hans.txt")  # 简
     assert retrieve(idx, "When was the Eiffel Tower built?", k=3)[0].chunk.source.endswith("en.txt")
     # words the documents do not have: nothing relevant, so "I don't know"
     assert retrieve(idx, "量子電腦的原理是什麼？", k=3) == []
@@ -56,7 +56,7 @@ def test_relevance_gate_and_declining_in_the_questions_language(tmp_path):
 
 def test_the_prompt_keeps_the_system_prompt_first_and_documents_as_data(tmp_path):
     idx = index(tmp_path)
-    hits = retrieve(idx, "退貨政策是幾天？", k=2)
+    hits = retrieve(idx, "退貨要幾天？", k=2)
     assert hits[0].chunk.source.endswith("attack.txt")
     messages = rag_messages("退貨要幾天？", hits, system="你是客服助理。",
                             history=[{"role": "user", "content": "你好"},

@@ -232,7 +232,8 @@ def test_cli_with_an_encoder_folder(tmp_path, capsys):
     write_docs(docs, {k: v for k, v in DOCS.items() if k != "bad.pdf"})
     enc = tiny_encoder_folder(tmp_path / "tinybert")
     cli.run(["rag", "index", str(docs), "--out", str(out), "--embedder", str(enc)])
-    assert json.loads((out / "manifest.json").read_text())["embedder"] == "encoder:tinybert:cls"
+    name = json.loads((out / "manifest.json").read_text())["embedder"]
+    assert name.startswith("encoder:tinybert:cls:")  # + a fingerprint of the weights
     chunks = read_chunks(out)
     target = next(c for c in chunks if c.source.endswith("en.txt"))
     hits = cli.run(["rag", "search", target.indexed_text(), "--index", str(out), "--method", "dense",
@@ -242,5 +243,25 @@ def test_cli_with_an_encoder_folder(tmp_path, capsys):
                                                    "type": "sentence_transformers.models.Pooling"}]))
     (enc / "1_Pooling").mkdir()
     (enc / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_mean_tokens": True}))
-    with pytest.raises(UserError, match="'encoder:tinybert:cls', the query with 'encoder:tinybert:mean'"):
+    with pytest.raises(UserError, match="'encoder:tinybert:cls:[0-9a-f]{8}', the query with 'encoder:tinybert:mean:"):
         cli.run(["rag", "search", "x", "--index", str(out), "--method", "hybrid", "--embedder", str(enc)])
+
+
+def test_a_large_index_searches_through_its_hnsw_graph(tmp_path):
+    docs = tmp_path / "many"
+    docs.mkdir()
+    for i in range(40):
+        (docs / f"d{i:02d}.txt").write_text(f"第{i}號文件講的是編號{i * 7}的零件。Part {i} fits model {i * 3}.",
+                                             encoding="utf-8")
+    emb = FakeEmbedder()
+    build_index([docs], tmp_path / "big", embedder=emb, ann_limit=10)
+    assert (tmp_path / "big" / "vectors.faiss").is_file()
+    big = Index.load(tmp_path / "big", embedder=emb)
+    assert big.ann is not None and len(big.ann) == len(big.chunks)
+    exact = Index(big.path, big.manifest, big.chunks, big.sparse, big.vectors, emb)
+    for q in ("第12號文件", "Part 31 fits model 93"):
+        via_graph, direct = big.search(q, 5, "dense"), exact.search(q, 5, "dense")
+        assert via_graph[0].chunk.id == direct[0].chunk.id  # (equal scores may come in any order)
+        assert [round(h.score, 5) for h in via_graph] == [round(h.score, 5) for h in direct]
+    build_index([docs], tmp_path / "small", embedder=emb)  # under the limit: exact only
+    assert not (tmp_path / "small" / "vectors.faiss").exists()

@@ -14,6 +14,7 @@ import threading
 import pytest
 
 from jielong.errors import UserError
+from jielong.serve import store as store_module
 from jielong.serve.store import SCHEMA_VERSION, NotFound, Store
 
 
@@ -211,7 +212,7 @@ def test_a_version_1_file_upgrades_in_place_and_keeps_everything(tmp_path):
         db.execute("DROP TABLE battles")
         db.execute("PRAGMA user_version = 1")
     with Store(path, create=False) as s:  # e.g. `jielong feedback export` on an old file
-        assert s._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        assert s._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
         assert s.dump() == before and s.ratings(a["id"])[0]["comment"] == "好"
         assert s.integrity() == "ok"
         bt, *_ = battle(s, c["id"])  # a new root question in the old conversation
@@ -312,3 +313,30 @@ def test_a_writer_killed_mid_write_loses_nothing_it_acknowledged(tmp_path):
     assert set(acknowledged) <= stored
     with sqlite3.connect(path) as db:  # and SQLite's own view of the file agrees
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_a_version_3_file_upgrades_to_4_and_keeps_its_rows(tmp_path):
+    path = tmp_path / "v3.db"
+    with sqlite3.connect(path) as db:  # the file jielong wrote at schema version 3
+        for v in (1, 2, 3):
+            for statement in store_module._MIGRATIONS[v]:
+                db.execute(statement)
+        db.execute("INSERT INTO conversations (id, title, created, updated) VALUES ('c', 't', 1, 1)")
+        db.execute("INSERT INTO messages (id, conversation_id, role, content, created) "
+                   "VALUES ('q', 'c', 'user', '退貨要幾天？', 1)")
+        db.execute("INSERT INTO messages (id, conversation_id, parent_id, role, content, "
+                   "finish_reason, created) VALUES ('a', 'c', 'q', 'assistant', '七天', "
+                   "'content_filter', 2)")
+        db.execute("INSERT INTO ratings (message_id, value, created) VALUES ('a', -1, 3)")
+        db.execute("PRAGMA user_version = 3")
+    with Store(path, create=False) as s:
+        assert s._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+        q, a = s.path("a")
+        assert (q["content"], a["content"], a["finish_reason"], a["rating"]["value"], a["rag"]) == \
+            ("退貨要幾天？", "七天", "content_filter", -1, None)
+        rag = {"collection": "docs", "sources": [{"n": 1, "source": "退貨.md"}], "citations": []}
+        b = s.add_message("c", "q", "assistant", "", model="m", origin="regenerate", rag=rag)
+        assert s.update_message(b["id"], "七天 [1]", "stop",
+                                {**rag, "citations": rag["sources"]})["rag"]["citations"] == \
+            [{"n": 1, "source": "退貨.md"}]
+        assert s.integrity() == "ok"

@@ -34,6 +34,7 @@ if CHROMIUM is None:
 from jielong.hub import open_model, stop_ids  # noqa: E402
 from jielong.infer.engine import Engine  # noqa: E402
 from jielong.serve.app import create_app  # noqa: E402
+from jielong.serve.documents import Library  # noqa: E402
 from jielong.serve.store import Store  # noqa: E402
 
 NAME = "tiny"
@@ -71,9 +72,10 @@ def srv(tmp_path_factory):
     model, tok, gen = open_model(model_dir, adapters=[f"pirate={adapter}"])
     engine = Engine(model, tok, stop_ids(tok, gen, model.config.eos_token_id), slots=4).start()
     store = Store(root / "feedback.db")
-    app = create_app(engine, tok, NAME, gen, store=store)
+    library = Library(uploads=root / "uploads")  # no --rag: replies retrieve only when asked
+    app = create_app(engine, tok, NAME, gen, store=store, library=library)
     with serving(app) as url:
-        yield SimpleNamespace(url=url, engine=engine, store=store)
+        yield SimpleNamespace(url=url, engine=engine, store=store, root=root)
     engine.close()
 
 
@@ -651,3 +653,70 @@ def test_a_crisis_question_in_the_arena_shows_the_card_and_no_vote(page, srv):
     page.reload()
     page.locator(".arena-battle > .safety-card a.tel").first.wait_for()
     assert page.locator(".arena-vote .vote:enabled").count() == 0
+
+
+SOURCES = [{"n": 1, "id": "a1:0", "source": "policy/退貨.md", "page": None, "heading": "退貨政策",
+            "score": 3.2, "quote": "本店商品在收到後七天內可以退貨，請保留發票。" * 6},
+           {"n": 2, "id": "b2:0", "source": "manual.pdf", "page": 3, "heading": None,
+            "score": 1.1, "quote": "Orders ship within two business days."}]
+
+
+def test_source_cards_under_a_reply_and_markers_link_to_them(page, srv):
+    store = srv.store
+    c = store.create_conversation(title="sources")
+    q = store.add_message(c["id"], None, "user", "退貨要幾天？")
+    a = store.add_message(c["id"], q["id"], "assistant", "收到後七天內可以退貨 [1]。另見 [9]。",
+                          model=NAME, finish_reason="stop",
+                          rag={"collection": "docs", "sources": SOURCES, "citations": SOURCES[:1]})
+    open_chat(page, srv, c["id"])
+    answer = page.locator(f"#messages .message.assistant[data-id='{a['id']}']")
+    cards = answer.locator(".source-card")
+    cards.first.wait_for()
+    assert cards.count() == 2
+    assert answer.locator(".sources-title").inner_text() == "Sources · 出處"
+    one, two = cards.nth(0), cards.nth(1)
+    assert one.locator(".source-file").inner_text() == "退貨.md"  # the file's name
+    assert one.locator(".source-where").inner_text() == "退貨政策"
+    assert two.locator(".source-where").inner_text() == "p. 3"
+    assert "cited" in one.get_attribute("class") and "cited" not in two.get_attribute("class")
+    assert one.get_attribute("aria-expanded") == "false"
+    clamped = one.bounding_box()["height"]
+    two.click()  # a click opens the quote, another closes it
+    assert two.get_attribute("aria-expanded") == "true"
+    two.click()
+    assert two.get_attribute("aria-expanded") == "false"
+    # [1] is a link to its card, [9] names no passage and stays text
+    assert answer.locator(".content button.cite").all_inner_texts() == ["[1]"]
+    assert "另見 [9]" in answer.locator(".content").inner_text()
+    answer.locator(".content button.cite").click()
+    assert one.get_attribute("aria-expanded") == "true"
+    assert one.bounding_box()["height"] > clamped  # the whole quote shows
+    assert page.evaluate("() => document.activeElement.dataset.n") == "1"
+
+
+def test_upload_a_document_then_the_answer_shows_its_source(page, srv):
+    open_chat(page, srv)
+    docs = page.locator("#documents")
+    assert docs.is_visible() and page.locator("#collection").input_value() == ""
+    text = "# 會員\n\n金卡會員每年可以免費升等兩次。\n"
+    page.set_input_files("#upload-file", files=[{"name": "../會員.md", "mimeType": "text/markdown",
+                                                 "buffer": text.encode()}])
+    status = page.locator("#status")
+    page.wait_for_function("() => document.querySelector('#status').textContent"
+                           ".includes('indexed')")
+    assert "會員.md: 1 passage indexed in “mine”" in status.inner_text()
+    assert page.locator("#collection").input_value() == "mine"
+    assert (srv.root / "uploads" / "mine" / "files" / "會員.md").is_file()
+    send(page, "金卡会员每年可以免费升等几次？", max_tokens="3")  # 简 finds the 繁 document
+    card = page.locator("#messages .message.assistant .source-card")
+    card.first.wait_for()
+    assert card.locator(".source-file").inner_text() == "會員.md"
+    conv = stored(srv, current_id(page))
+    assert conv["settings"]["rag"] == "mine"
+    assert conv["messages"][-1]["rag"]["sources"][0]["source"] == "會員.md"
+    # a type the server does not read: one clear line, nothing kept
+    page.set_input_files("#upload-file", files=[{"name": "x.exe", "mimeType": "application/x-msdownload",
+                                                 "buffer": b"MZ"}])
+    page.wait_for_function("() => document.querySelector('#status').textContent"
+                           ".includes('upload failed')")
+    assert "not a document type the server reads" in status.inner_text()

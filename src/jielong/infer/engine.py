@@ -44,12 +44,11 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from jielong.errors import UserError
 from jielong.infer.sampling import SamplingParams, sample
 from jielong.lora import adapter_names, set_adapter
-from jielong.model import Transformer
+from jielong.model import Transformer, mean_pooled
 
 
 @dataclass
@@ -290,8 +289,8 @@ class Engine:
                 self._use(adapter)
                 out = []
                 for p in prompts:
-                    h = self.model(torch.tensor([p], device=self.device), hidden_only=True)[0]
-                    out.append(F.normalize(h.float().mean(0), dim=0).tolist())
+                    lengths = torch.tensor([len(p)], device=self.device)
+                    out.append(mean_pooled(self.model, torch.tensor([p], device=self.device), lengths)[0].tolist())
                 fut.set_result(out)
             except Exception as e:
                 fut.set_exception(e)

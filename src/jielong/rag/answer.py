@@ -11,8 +11,8 @@ question. Coverage is the share of the question's content words (the BM25 tokeni
 jieba words folded to Simplified, stemmed English words, stop words and Chinese question
 words out) that the passage also has: unlike a BM25 score, whose scale grows with the question's length and the words'
 rarity, it lies in [0, 1] for every question and script, so one threshold can be calibrated
-(`jielong rag eval` reports the trade-off; MIN_COVERAGE is its pick on DRCD, see
-bench/RESULTS.md). With no passage left, the answer is a plain "I don't know" in the
+(`jielong rag eval --calibrate` reports the trade-off: on DRCD dev 0.6 balances best, but a
+two-word chat question then needs both words, so MIN_COVERAGE stays 0.5; bench/RESULTS.md). With no passage left, the answer is a plain "I don't know" in the
 question's language, and no model is asked.
 
 The prompt keeps the system prompt first (the caller's, untouched), then one user message:
@@ -25,19 +25,29 @@ data between random boundary tags, role tags inside escaped — so a document th
 A citation is a marker [n] in the reply that names a passage given: each becomes {"n",
 "id", "source", "page", "heading", "score", "quote"} (quote: the passage's first 200
 characters); markers outside 1..k are dropped, not invented.
+
+Fitting (`fit_passages`): the passages go into the model's context best first; the prompt
+with all k is measured, then with k - 1, ..., and when even the best passage alone is too
+long its start is kept (a binary search over its length). The `measure` is the caller's
+(the CLI counts the chat template's tokens; the server's web chat counts what is left once
+the oldest turns are dropped), so the same rule serves `jielong rag ask` and `jielong serve
+--rag`.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from dataclasses import replace
 
+from jielong.errors import UserError
 from jielong.prep.language import converter
 from jielong.rag.index import Hit, Index
 from jielong.rag.sparse import tokenize
 from jielong.safety.injection import mark_data
 from jielong.safety.resources import script_of
 
-MIN_COVERAGE = 0.6  # calibrated on DRCD dev: `jielong rag eval --calibrate`, bench/RESULTS.md
+MIN_COVERAGE = 0.5
 # Function and question words (Simplified: the tokenizer folds 繁 to 简 first) that say
 # nothing about what a passage must contain.
 ZH_STOP = frozenset("的 了 是 在 有 和 与 及 或 吗 呢 吧 啊 呀 哪 哪里 哪儿 哪个 哪些 什么 啥 谁 几 多少 "
@@ -119,6 +129,40 @@ def rag_messages(question: str, hits: list[Hit], system: str | None = None,
     user = f"{w['instruction']}\n\n{mark_data(sources, 'documents')}\n\n{w['question']}: {question}"
     return ([{"role": "system", "content": system}] if system else []) + list(history or []) + \
         [{"role": "user", "content": user}]
+
+
+def fit_passages(measure: Callable[[list[dict]], int], question: str, hits: list[Hit],
+                 room: int, system: str | None = None,
+                 history: list[dict] | None = None) -> tuple[list[Hit], list[dict]]:
+    """(the passages that fit, the conversation rag_messages makes of them): the
+    best-ranked passages whose conversation measures at most `room` tokens (`measure`:
+    messages -> tokens of the prompt); when even the best one alone is too long, its text is
+    cut. A UserError when not one character of it fits."""
+    def build(given: list[Hit]) -> list[dict]:
+        return rag_messages(question, given, system, history)
+
+    for n in range(len(hits), 0, -1):
+        messages = build(hits[:n])
+        if measure(messages) <= room:
+            return hits[:n], messages
+    if not hits:
+        return [], build([])
+    best, lo, hi = hits[0], 0, len(hits[0].chunk.text)
+    fitted = None  # the conversation measured for `lo` (rendered once: mark_data's
+    while lo < hi:  # boundary tags are random); the longest start of the best passage that fits
+        mid = (lo + hi + 1) // 2
+        cut = replace(best, chunk=replace(best.chunk, text=best.chunk.text[:mid]))
+        messages = build([cut])
+        if measure(messages) <= room:
+            lo, fitted = mid, ([cut], messages)
+        else:
+            hi = mid - 1
+    if fitted is None:
+        raise UserError(f"the question and the answer's length do not leave room for any "
+                        f"passage in the model's context ({room} tokens for the prompt); ask "
+                        "for a shorter answer (--max_new_tokens, max_tokens) or use a model "
+                        "with a longer context")
+    return fitted
 
 
 def citations_of(reply: str, hits: list[Hit]) -> list[dict]:

@@ -14,9 +14,10 @@ over the same PATHs after editing: only the changed files are read again. A file
 read is skipped and listed with its reason; the rest are indexed.
 
 `rag search` prints the ranked passages with their source file, page, heading and score.
---embedder is a Hugging Face BERT / XLM-R folder (jielong.encoder); its pooling is the one its
-sentence-transformers files declare, and the index remembers it: a query embedded by another
-model is refused.
+--embedder is a Hugging Face BERT / XLM-R folder (jielong.encoder; its pooling is the one its
+sentence-transformers files declare), one `jielong train embed` wrote, or a causal LM (its
+mean-pooled states): jielong.rag.embed.load_embedder. The index remembers it: a query
+embedded by another model is refused.
 
 `rag ask` retrieves, keeps the passages that cover enough of the question (or answers "I
 don't know" without asking the model), and asks the model with the passages as numbered,
@@ -26,43 +27,19 @@ quoted data (jielong.rag.answer); it prints the answer and the sources its [n] m
 from __future__ import annotations
 
 import sys
-from dataclasses import replace
-from pathlib import Path
 from typing import Literal
 
-import numpy as np
-
-from jielong.encoder import Encoder
-from jielong.errors import UserError
 from jielong.hub import open_model, stop_ids
 from jielong.infer.chat import need_demo
 from jielong.infer.generate import generate_text
 from jielong.infer.sampling import SamplingParams
-from jielong.rag.answer import (
-    MIN_COVERAGE,
-    citations_of,
-    decline_text,
-    rag_messages,
-    retrieve,
-    where,
-)
+from jielong.rag import answer as rag_answer
+from jielong.rag.answer import MIN_COVERAGE, citations_of, decline_text, retrieve, where
 from jielong.rag.chunk import OVERLAP, SIZE
+from jielong.rag.embed import load_embedder
 from jielong.rag.index import Hit, Index, build_index
 from jielong.runtime import pick_device
 from jielong.tokenizer import use_color
-
-
-class EncoderEmbedder:
-    """A jielong.encoder.Encoder folder as an embedder: name "encoder:DIR_NAME:POOLING",
-    vectors L2-normalised (whatever the folder says, so that dot product is cosine)."""
-
-    def __init__(self, path: str | Path):
-        self.encoder = Encoder.load(path, normalize=True)
-        self.name = f"encoder:{Path(path).resolve().name}:{self.encoder.pooling}"
-        self.dim = self.encoder.config.hidden_size
-
-    def embed(self, texts: list[str]) -> np.ndarray:
-        return self.encoder.embed(texts).numpy().astype(np.float32)
 
 
 def index_cmd(paths: list[str], out: str = "runs/rag-index", chunk_tokens: int = SIZE, overlap: int = OVERLAP,
@@ -81,7 +58,7 @@ def index_cmd(paths: list[str], out: str = "runs/rag-index", chunk_tokens: int =
             pairs), whitespace (str.split: the common bug, Chinese scores 0)
         embedder: an encoder folder (Hugging Face BERT / XLM-R) for dense vectors
     """
-    emb = EncoderEmbedder(embedder) if embedder else None
+    emb = load_embedder(embedder) if embedder else None
     report = build_index(paths, out, embedder=emb, chunk_tokens=chunk_tokens, overlap=overlap,
                          field=field, tokenizer=tokenizer)
     print(f"{len(report.indexed)} files indexed, {len(report.unchanged)} unchanged, "
@@ -103,7 +80,7 @@ def search_cmd(query: str, index: str = "runs/rag-index", k: int = 5,
         method: bm25, dense (needs --embedder) or hybrid (reciprocal rank fusion of the two)
         embedder: the encoder folder the index was built with (for dense and hybrid)
     """
-    idx = Index.load(index, embedder=EncoderEmbedder(embedder) if embedder else None)
+    idx = Index.load(index, embedder=load_embedder(embedder) if embedder else None)
     hits = idx.search(query, k=k, method=method)
     if not hits:
         print("no passage shares a word with the query")
@@ -115,30 +92,14 @@ def search_cmd(query: str, index: str = "runs/rag-index", k: int = 5,
 
 def fit_passages(tok, question: str, hits: list[Hit], system: str | None,
                  room: int) -> tuple[list[Hit], str]:
-    """(the passages that fit, the rendered prompt): the best-ranked passages whose prompt
-    is at most `room` tokens; when even the best one alone is too long, its text is cut."""
-    def render(given: list[Hit]) -> str:
-        return tok.render_chat(rag_messages(question, given, system), add_generation_prompt=True)[0]
+    """(the passages that fit, the rendered prompt): jielong.rag.answer.fit_passages,
+    measured in the chat template's tokens."""
+    def render(messages: list[dict]) -> str:
+        return tok.render_chat(messages, add_generation_prompt=True)[0]
 
-    for n in range(len(hits), 0, -1):
-        text = render(hits[:n])
-        if len(tok.encode(text)) <= room:
-            return hits[:n], text
-    best, lo, hi = hits[0], 0, len(hits[0].chunk.text)
-    fitted = None  # (passage, prompt) as measured: a new render has new random data tags
-    while lo < hi:  # the longest start of the best passage that fits
-        mid = (lo + hi + 1) // 2
-        cut = replace(best, chunk=replace(best.chunk, text=best.chunk.text[:mid]))
-        text = render([cut])
-        if len(tok.encode(text)) <= room:
-            lo, fitted = mid, ([cut], text)
-        else:
-            hi = mid - 1
-    if fitted is None:
-        raise UserError(f"the question and the answer's --max_new_tokens do not leave room for "
-                        f"any passage in the model's context ({room} tokens for the prompt); "
-                        "lower --max_new_tokens or use a model with a longer context")
-    return fitted
+    hits, messages = rag_answer.fit_passages(lambda m: len(tok.encode(render(m))), question,
+                                             hits, room, system)
+    return hits, render(messages)
 
 
 def format_hit(h: Hit, color: bool = False) -> str:
@@ -174,7 +135,7 @@ def ask_cmd(question: str, index: str = "runs/rag-index", model: str = "runs/dem
         max_new_tokens: most tokens of the answer
         device: auto, cpu, cuda, mps
     """
-    idx = Index.load(index, embedder=EncoderEmbedder(embedder) if embedder else None)
+    idx = Index.load(index, embedder=load_embedder(embedder) if embedder else None)
     hits = retrieve(idx, question, k, method, min_coverage)
     if not hits:
         answer = decline_text(question)

@@ -87,7 +87,8 @@ from jielong.rag.answer import (
     language,
     retrieve,
 )
-from jielong.rag.commands import EncoderEmbedder, fit_passages
+from jielong.rag.commands import fit_passages
+from jielong.rag.embed import load_embedder
 from jielong.rag.index import Hit, Index, build_index
 from jielong.runtime import pick_device
 
@@ -317,7 +318,7 @@ def eval_cmd(dataset: str, index: str | None = None, model: str | None = None, k
         k: the cut-off of nDCG@k (recall is reported at 1, 5, 20 and k)
         method: bm25, dense (needs --embedder) or hybrid (reciprocal rank fusion)
         tokenizer: BM25 words of the index built here: jieba, bigram or whitespace
-        embedder: an encoder folder (Hugging Face BERT / XLM-R, `jielong train embed`) for
+        embedder: an embedder folder (BERT / XLM-R, one `jielong train embed` wrote, or a causal LM) for
             dense and hybrid
         convert: convert the questions with OpenCC first (for every part): s2t (简→繁) or
             t2s (繁→简)
@@ -337,7 +338,7 @@ def eval_cmd(dataset: str, index: str | None = None, model: str | None = None, k
         raise UserError(f"--limit {limit}: need at least 1 question")
     questions = read_set(dataset)
     other = read_set(calibrate) if calibrate else None
-    emb = EncoderEmbedder(embedder) if embedder else None
+    emb = load_embedder(embedder) if embedder else None
     if out:
         Path(out).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="jielong-rag-eval-") as tmp:

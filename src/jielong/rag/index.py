@@ -22,7 +22,8 @@ bm25s's vocabulary), so only new chunks go through jieba. The new folder is writ
 swapped in whole, so a killed build leaves the old index.
 
 Search: BM25 over `sparse.tokenize` tokens; dense as exact cosine (a matrix product of
-L2-normalised vectors); hybrid as reciprocal rank fusion of the two lists, score Σ 1/(60 +
+L2-normalised vectors), or over EXACT_LIMIT vectors through a faiss HNSW graph kept beside them
+(vectors.faiss, rebuilt with the vectors; jielong.rag.ann, chosen by bench/bench_ann.py); hybrid as reciprocal rank fusion of the two lists, score Σ 1/(60 +
 rank) (Cormack, Clarke & Büttcher 2009, k = 60), over the top max(50, 4k) of each.
 
 An embedder is any object with `name` (model + pooling; stored in the manifest so a query
@@ -44,7 +45,9 @@ from tqdm import tqdm
 
 from jielong.errors import UserError
 from jielong.files import atomic_dir, write_json
+from jielong.rag.ann import EXACT_LIMIT, AnnIndex
 from jielong.rag.chunk import OVERLAP, SIZE, Chunk, chunk_document
+from jielong.rag.embed import embed_queries
 from jielong.rag.ingest import Skipped, find_files, read_file
 from jielong.rag.sparse import KINDS, Sparse, tokenize
 
@@ -81,9 +84,11 @@ def file_hash(path: Path) -> str:
 
 def build_index(paths: list[str | Path], out: str | Path, embedder=None,
                 chunk_tokens: int = SIZE, overlap: int = OVERLAP, field: str = "text",
-                tokenizer: str = "jieba", counter=None, progress: bool | None = None) -> BuildReport:
+                tokenizer: str = "jieba", counter=None, progress: bool | None = None,
+                ann_limit: int = EXACT_LIMIT) -> BuildReport:
     """Index the files under `paths` into the folder `out`, reusing what an earlier build
-    there already did (see the module docstring). Returns what happened to each file."""
+    there already did (see the module docstring). Returns what happened to each file. Over
+    `ann_limit` vectors, dense search also gets an HNSW graph (jielong.rag.ann)."""
     if tokenizer not in KINDS:
         raise UserError(f"--tokenizer {tokenizer!r}: choose one of {', '.join(KINDS)}")
     if chunk_tokens < 1 or not 0 <= overlap < chunk_tokens:
@@ -150,6 +155,8 @@ def build_index(paths: list[str | Path], out: str | Path, embedder=None,
         sparse.save_tokens(tmp / "bm25" / "tokens.safetensors", tokens)
         if matrix is not None:
             save_file({"vectors": matrix}, str(tmp / "vectors.safetensors"))
+            if len(matrix) > ann_limit:  # a large collection: an HNSW graph beside the vectors
+                AnnIndex.build(matrix).save(tmp / "vectors.faiss")
         write_json(tmp / "manifest.json", manifest)
     return report
 
@@ -217,9 +224,9 @@ class Index:
     """A built index, loaded for search."""
 
     def __init__(self, path: Path, manifest: dict, chunks: list[Chunk], sparse: Sparse,
-                 vectors: np.ndarray | None, embedder=None):
+                 vectors: np.ndarray | None, embedder=None, ann: AnnIndex | None = None):
         self.path, self.manifest, self.chunks = path, manifest, chunks
-        self.sparse, self.vectors, self.embedder = sparse, vectors, embedder
+        self.sparse, self.vectors, self.embedder, self.ann = sparse, vectors, embedder, ann
         self.row_of = {c.id: i for i, c in enumerate(chunks)}
 
     @classmethod
@@ -229,7 +236,8 @@ class Index:
         vectors = None
         if (d / "vectors.safetensors").is_file():
             vectors = load_file(str(d / "vectors.safetensors"))["vectors"]
-        return cls(d, manifest, read_chunks(d), Sparse.load(d / "bm25"), vectors, embedder)
+        ann = AnnIndex.load(d / "vectors.faiss") if (d / "vectors.faiss").is_file() else None
+        return cls(d, manifest, read_chunks(d), Sparse.load(d / "bm25"), vectors, embedder, ann)
 
     def search(self, query: str, k: int = 5, method: str = "bm25") -> list[Hit]:
         """The k best chunks for `query`, best first (BM25: only chunks sharing a token)."""
@@ -238,11 +246,10 @@ class Index:
         if method == "bm25":
             return self.top(self.bm25_scores(query), k, "bm25")
         if method == "dense":
-            return self.top(self.dense_scores(query), k, "dense")
+            return self.dense_top(query, k)
         n = max(50, 4 * k)
         fused: dict[int, float] = {}
-        for hits in (self.top(self.bm25_scores(query), n, "bm25"),
-                     self.top(self.dense_scores(query), n, "dense")):
+        for hits in (self.top(self.bm25_scores(query), n, "bm25"), self.dense_top(query, n)):
             for h in hits:
                 row = self.row_of[h.chunk.id]
                 fused[row] = fused.get(row, 0.0) + 1.0 / (RRF_K + h.rank)
@@ -253,7 +260,18 @@ class Index:
         tok = self.manifest.get("tokenizer", {})
         return self.sparse.scores(tokenize(query, tok.get("kind", "jieba"), tok.get("search_mode", True)))
 
+    def dense_top(self, query: str, k: int) -> list[Hit]:
+        """The k nearest chunks: exact, or through the HNSW graph of a large index."""
+        if self.ann is None:
+            return self.top(self.dense_scores(query), k, "dense")
+        scores, ids = self.ann.search(self.query_vector(query)[None], min(k, len(self.chunks)))
+        return [Hit(self.chunks[i], float(sc), r + 1, "dense")
+                for r, (sc, i) in enumerate(zip(scores[0], ids[0], strict=True)) if i >= 0]
+
     def dense_scores(self, query: str) -> np.ndarray:
+        return self.vectors @ self.query_vector(query)
+
+    def query_vector(self, query: str) -> np.ndarray:
         name = self.manifest.get("embedder")
         if self.vectors is None or name is None:
             raise UserError(f"{self.path}: this index has no vectors (built without an embedder); "
@@ -263,8 +281,7 @@ class Index:
         if self.embedder.name != name:
             raise UserError(f"{self.path}: the index was embedded with {name!r}, the query with "
                             f"{self.embedder.name!r}; use the same embedder or build the index again with it")
-        q = np.asarray(self.embedder.embed([query]), dtype=np.float32)[0]
-        return self.vectors @ q
+        return np.asarray(embed_queries(self.embedder, [query]), dtype=np.float32)[0]
 
     def top(self, scores: np.ndarray, k: int, method: str) -> list[Hit]:
         k = min(k, len(scores))

@@ -8,6 +8,9 @@ What answers what:
 - /v1/* (chat and text completions, embeddings, models): jielong.serve.openai_routes;
 - /api/* and the chat page at / (with a store): jielong.serve.chat_routes, and the arena's
   /api/arena (two models answer one question; the user votes): jielong.serve.arena_routes;
+  the document collections, /api/collections (list, upload): jielong.serve.documents;
+- retrieval before generation from the user's documents (with a `library`, `jielong serve
+  --rag`), on /v1/chat/completions and the web chat: jielong.serve.documents;
 - GET /health, GET /metrics (Prometheus text): jielong.serve.metrics;
 - the safety rails on chat and completions, /v1 and the web chat alike:
   jielong.serve.safety_rails;
@@ -23,8 +26,8 @@ is not an allowed name; 403 for a state-changing request from another site. A us
 is never a 500. Bodies are read by jielong.serve.body alone.
 
 The app's state: `served` (jielong.serve.served.Served: engine, tokenizer, names, defaults),
-`metrics`, `engine`, `api_keys`, `max_body_bytes`, and with a store `store` and `chat_replies`
-(the web chat's replies being generated).
+`metrics`, `engine`, `api_keys`, `max_body_bytes`, `library` (the document collections, or
+None), and with a store `store` and `chat_replies` (the web chat's replies being generated).
 """
 
 from __future__ import annotations
@@ -36,7 +39,8 @@ from jielong.errors import UserError
 from jielong.infer.engine import Engine
 from jielong.safety.policy import load_policy
 from jielong.safety.rails import Rails
-from jielong.serve import arena_routes, chat_routes, metrics, openai_routes
+from jielong.serve import arena_routes, chat_routes, documents, metrics, openai_routes
+from jielong.serve.documents import Library
 from jielong.serve.errors import add_error_handlers
 from jielong.serve.guard import LOOPBACK, Guard
 from jielong.serve.metrics import CountRequests, Metrics
@@ -48,7 +52,7 @@ def create_app(engine: Engine, tok, model_name: str, generation_config: dict | N
                system_prompt: str | None = None, api_keys=(), max_body_bytes: int = 1_000_000,
                max_messages: int = 256, max_message_chars: int = 100_000,
                store: Store | None = None, allowed_hosts=LOOPBACK,
-               rails: Rails | None = None) -> FastAPI:
+               rails: Rails | None = None, library: Library | None = None) -> FastAPI:
     """The FastAPI app serving `engine` (already started) as `model_name`; its LoRA adapters
     are served under their own names. `api_keys`: when any, every /v1 request must send
     `Authorization: Bearer KEY` with one of them. `store` (a jielong.serve.store.Store): also
@@ -56,7 +60,8 @@ def create_app(engine: Engine, tok, model_name: str, generation_config: dict | N
     `allowed_hosts`: the names a request's Host header may give (loopback by default; "*":
     any, "*.example.com": its subdomains too); see jielong.serve.guard.Guard. `rails`: the
     safety rails (jielong.safety.rails.Rails; default: the default policy's, as `jielong
-    serve` has them unless --safety off)."""
+    serve` has them unless --safety off). `library`: the document collections
+    (jielong.serve.documents.Library) answers are retrieved from, and uploaded into."""
     if any(not k for k in api_keys):
         raise UserError("an API key must not be empty")
     counts = Metrics(engine)
@@ -70,6 +75,7 @@ def create_app(engine: Engine, tok, model_name: str, generation_config: dict | N
     app.state.metrics, app.state.engine = counts, engine
     app.state.api_keys = [k.encode() for k in api_keys if k]
     app.state.max_body_bytes = max_body_bytes
+    app.state.library = library
     app.add_middleware(Guard, allowed_hosts=list(allowed_hosts))
     app.add_middleware(CountRequests, metrics=counts)  # outermost: counts what Guard refuses
     add_error_handlers(app)
@@ -78,6 +84,7 @@ def create_app(engine: Engine, tok, model_name: str, generation_config: dict | N
         app.state.store, app.state.chat_replies = store, set()
         app.include_router(chat_routes.router)
         app.include_router(arena_routes.router)
+        app.include_router(documents.router)
     app.include_router(metrics.router)
     app.include_router(openai_routes.router)
     if store is not None:  # the web chat's page: GET / and its files under /static

@@ -87,7 +87,7 @@ async def ask(request: Request):
     user = await asked(store, verdict, conv["id"], None)
     answers = [await store_call(store.add_message, conv["id"], user["id"], "assistant", "",
                          model=name, sampling=stored)
-               for job, name, stored, _ in jobs]
+               for job, name, stored, *_ in jobs]
     battle = await store_call(store.add_battle, conv["id"], user["id"], answers[0]["id"],
                        answers[1]["id"])
     replies: list[Reply] = []

@@ -1,5 +1,6 @@
 """The one path by which the server reads a request body: every POST/PUT/PATCH body of /v1 and
-/api comes through `read_body(request, Schema)` and nowhere else.
+/api comes through `read_body(request, Schema)` and nowhere else, but an uploaded document's
+bytes (`read_raw`, the size limit alone: jielong.serve.documents).
 
 It checks, in order: the size limit (413), UTF-8, JSON without NaN/Infinity, at most MAX_DEPTH
 levels deep, no integer of thousands of digits, no lone surrogates in any string (text the
@@ -82,11 +83,10 @@ def _check_text(s: str) -> None:
                        code="invalid_json")
 
 
-async def read_body(request: Request, schema: type[BaseModel], optional: bool = False):
-    """The request's JSON body as `schema`; with `optional`, None for an empty body. The limit
-    is the app's `state.max_body_bytes`."""
-    limit = request.app.state.max_body_bytes
-    too_big = ApiError(413, f"the request body is larger than {limit} bytes",
+async def read_raw(request: Request, limit: int, what: str = "request body") -> bytes:
+    """The request's body as bytes, at most `limit` of them (413 otherwise, told before
+    reading when Content-Length says so)."""
+    too_big = ApiError(413, f"the {what} is larger than {limit} bytes",
                        code="request_too_large")
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > limit:
@@ -99,11 +99,18 @@ async def read_body(request: Request, schema: type[BaseModel], optional: bool = 
                 raise too_big
     except ClientDisconnect:
         raise ApiError(400, "the client went away before sending the whole body") from None
+    return bytes(body)
+
+
+async def read_body(request: Request, schema: type[BaseModel], optional: bool = False):
+    """The request's JSON body as `schema`; with `optional`, None for an empty body. The limit
+    is the app's `state.max_body_bytes`."""
+    body = await read_raw(request, request.app.state.max_body_bytes)
     if not body.strip():
         if optional:
             return None
         raise ApiError(400, "the request body is empty; send a JSON object")
-    obj = parse_json(bytes(body))
+    obj = parse_json(body)
     if not isinstance(obj, dict):
         raise ApiError(400, f"the request body must be a JSON object, not "
                             f"{type(obj).__name__}", code="invalid_json")

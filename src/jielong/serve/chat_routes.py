@@ -15,6 +15,16 @@ Routes:
 - POST /api/messages/{mid}/rating {value: 1|-1|0, reasons?, comment?}: 👍, 👎 or cleared;
 - GET /api/info: the served model and adapters, sampling defaults, suggested reasons.
 
+The user's documents (`jielong serve --rag`, jielong.serve.documents): the settings' "rag"
+names the collection a reply is answered from (false: none; unset: the server's default).
+The question (the user message, as the input rail lets it through) retrieves passages, which
+go into the prompt as numbered, quoted data; the branch's oldest turns are dropped before
+any passage is (fit_passages over fit_conversation). The reply is stored with them, as its
+`rag` {"collection", "sources", "citations"}: the sources with the empty reply at the start
+(so the `assistant` event has them), the citations (its [n] markers) when it ends. With no
+relevant passage the reply is the decline text, finish_reason "stop", nothing generated
+(streamed as `user`, `assistant`, `done`). The arena does not retrieve.
+
 A conversation comes with its arena battles ("battles", jielong.serve.arena_routes), whose
 answers show no model's name until the battle has a vote.
 
@@ -67,8 +77,11 @@ from starlette.concurrency import run_in_threadpool
 
 from jielong.errors import UserError
 from jielong.infer.context import fit_conversation, reply_budget
+from jielong.rag.answer import decline_text
+from jielong.rag.index import Hit
 from jielong.safety.rails import Decision, Verdict
 from jielong.serve.body import read_body
+from jielong.serve.documents import Collection, fit, ground, library_of
 from jielong.serve.errors import ApiError, engine_failed, user_error
 from jielong.serve.guard import authorize
 from jielong.serve.safety_rails import OutputRail, check_input, record
@@ -143,8 +156,8 @@ class Reply:
     `about`."""
 
     def __init__(self, s: Served, store: Store, message: dict, job: tuple, running: set,
-                 about: str = ""):
-        self.store, self.id = store, message["id"]
+                 about: str = "", docs: Callable[[str], dict] | None = None):
+        self.store, self.id, self.docs = store, message["id"], docs
         self.rail = ChatRail(s, store, self.id, about) if s.rails.enabled else None
         self.batch = Batch(s.engine, [job], s.metrics, self.rail)
         self.events: asyncio.Queue[dict] = asyncio.Queue()
@@ -169,9 +182,10 @@ class Reply:
             self.store.update_message(self.id, "".join(parts), "stopped")
             raise
         reason = "stopped" if finish == "cancelled" else finish
+        text = "".join(parts)
         try:
-            message = await run_in_threadpool(self.store.update_message, self.id,
-                                              "".join(parts), reason)
+            message = await run_in_threadpool(self.store.update_message, self.id, text, reason,
+                                              self.docs(text) if self.docs else None)
         except Exception as e:  # noqa: BLE001 - told to the client, not raised into the loop
             self.events.put_nowait({"type": "error", "error": ApiError(
                 500, f"the reply could not be stored: {type(e).__name__}: {e}",
@@ -223,15 +237,28 @@ def defaults(s: Served) -> dict:
             "max_tokens": reply_budget(s.engine.context)}
 
 
-def prepare(s: Served, conv: dict, history: list[dict],
-            body: Generate) -> tuple[tuple, str, dict, list[dict]]:
-    """((prompt ids, sampling params, adapter), model name, sampling as stored, events to
-    send first) for a reply to `history` (the branch's messages, ending with a user
-    message). A branch longer than the context is read without its oldest turns
-    (jielong.infer.context.fit_conversation), and a `notice` event says so."""
-    context = s.engine.context
+def model_name(s: Served, conv: dict, body: Generate) -> str:
+    """The served model (or adapter) a reply is asked of (404 for one not served)."""
+    name = body.model or settings_of(conv, body).get("model") or s.model_name
+    s.adapter_for(name)
+    return name
+
+
+def settings_of(conv: dict, body: Generate) -> dict:
+    """The request's settings over the conversation's."""
     given = body.settings.model_dump(exclude_none=True) if body.settings else {}
-    settings = {**{k: v for k, v in conv["settings"].items() if v is not None}, **given}
+    return {**{k: v for k, v in conv["settings"].items() if v is not None}, **given}
+
+
+def prepare(s: Served, conv: dict, history: list[dict], body: Generate,
+            hits: list[Hit] | None = None) -> tuple[tuple, str, dict, list[dict], list[Hit]]:
+    """((prompt ids, sampling params, adapter), model name, sampling as stored, events to
+    send first, the passages given) for a reply to `history` (the branch's messages, ending
+    with a user message), answered from the passages `hits` when any. A branch longer than
+    the context is read without its oldest turns (jielong.infer.context.fit_conversation),
+    and a `notice` event says so."""
+    context = s.engine.context
+    settings = settings_of(conv, body)
     name = body.model or settings.get("model") or s.model_name
     adapter = s.adapter_for(name)
     messages = [{"role": m["role"], "content": m["content"]} for m in history]
@@ -240,8 +267,15 @@ def prepare(s: Served, conv: dict, history: list[dict],
         messages.insert(0, {"role": "system", "content": system})
     max_tokens = settings.get("max_tokens")
     reserve = max_tokens if isinstance(max_tokens, int) else reply_budget(context)
-    messages, prompt, dropped = fit_conversation(
-        messages, lambda m: s.chat_prompt(m, "content"), context, reserve)
+
+    def encode(m: list[dict]) -> list[int]:
+        return s.chat_prompt(m, "content")
+
+    if hits:  # old turns go before passages do: measured once they are dropped
+        hits, messages = fit(lambda m: len(fit_conversation(m, encode, context, reserve)[1]),
+                             history[-1]["content"], hits, messages[:-1], context - reserve,
+                             "content")
+    messages, prompt, dropped = fit_conversation(messages, encode, context, reserve)
     if max_tokens is None:  # the default, or less when the message alone leaves less room
         max_tokens = max(1, min(reserve, context - len(prompt)))
     try:
@@ -259,20 +293,31 @@ def prepare(s: Served, conv: dict, history: list[dict],
                         "message": f"The conversation outgrew the model's {context}-"
                                    f"token context: this reply reads it without its "
                                    f"{dropped} oldest messages{kept}."})
-    return (prompt, params, adapter), name, stored, notices
+    return (prompt, params, adapter), name, stored, notices, hits or []
 
 
 async def reply(request: Request, conv: dict, parent: dict, job: tuple, name: str,
-                stored: dict, origin: str, first: list[dict],
-                replaces: str | None = None) -> StreamingResponse:
+                stored: dict, origin: str, first: list[dict], replaces: str | None = None,
+                collection: Collection | None = None, hits: list[Hit] | None = None,
+                ) -> StreamingResponse:
     """Store an empty assistant reply under the user message `parent` (a regeneration
-    names the reply it `replaces`), generate it and stream it after the events `first`."""
-    store = store_of(request)
+    names the reply it `replaces`), generate it and stream it after the events `first`;
+    with a `collection`, answered from its passages `hits`, kept with the reply."""
+    store, docs = store_of(request), None
+    if collection is not None:
+        lib = library_of(request)
+        sources = lib.sources(collection, hits or [])
+
+        def docs(text: str) -> dict:
+            return {"collection": collection.name, "sources": sources,
+                    "citations": lib.cite(collection, text, hits or [])}
+
     message = await store_call(store.add_message, conv["id"], parent["id"], "assistant", "",
-                               model=name, origin=origin, sampling=stored, edited_from=replaces)
+                               model=name, origin=origin, sampling=stored, edited_from=replaces,
+                               rag=docs("") if docs else None)
     try:
         r = Reply(served(request), store, message, job, request.app.state.chat_replies,
-                  about=parent["content"])
+                  about=parent["content"], docs=docs)
     except UserError as e:
         await store_call(store.update_message, message["id"], finish_reason="error")
         raise user_error(e) from None
@@ -309,6 +354,33 @@ async def refused(request: Request, conv: dict, parent: dict, verdict: Verdict, 
             yield sse(event)
 
     return event_stream(body())
+
+
+async def declined(request: Request, conv: dict, parent: dict, collection: Collection,
+                   name: str, origin: str, first: list[dict], replaces: str | None = None,
+                   ) -> StreamingResponse:
+    """The answer to a user message (`parent`) nothing in `collection` is relevant to: the
+    decline text in its language, finish_reason "stop", nothing generated."""
+    message = await store_call(store_of(request).add_message, conv["id"], parent["id"],
+                               "assistant", decline_text(parent["content"]), model=name,
+                               origin=origin, edited_from=replaces, finish_reason="stop",
+                               rag={"collection": collection.name, "sources": [],
+                                    "citations": []})
+    events = [*first, {"type": "assistant", "message": message},
+              {"type": "done", "message": message}]
+
+    async def body():
+        for event in events:
+            yield sse(event)
+
+    return event_stream(body())
+
+
+async def grounded(request: Request, conv: dict, body: Generate,
+                   question: str) -> tuple[Collection | None, list[Hit]]:
+    """The collection the settings pick and its passages relevant to `question`."""
+    return await ground(request, settings_of(conv, body).get("rag"), question, None,
+                        "settings.rag")
 
 
 async def branch(store: Store, conv: dict, parent_id: str | None) -> list[dict]:
@@ -386,11 +458,17 @@ async def send(cid: str, request: Request):
         user = await asked(store, verdict, cid, body.parent_id)
         return await refused(request, conv, user, verdict, s.model_name, "new",
                              [{"type": "user", "message": user}])
-    job, name, stored, notices = prepare(
-        s, conv, [*history, {"role": "user", "content": verdict.text}], body)
+    collection, hits = await grounded(request, conv, body, verdict.text)
+    if collection is not None and not hits:
+        user = await asked(store, verdict, cid, body.parent_id)
+        return await declined(request, conv, user, collection, model_name(s, conv, body), "new",
+                              [{"type": "user", "message": user}])
+    job, name, stored, notices, hits = prepare(
+        s, conv, [*history, {"role": "user", "content": verdict.text}], body, hits)
     user = await asked(store, verdict, cid, body.parent_id)
     return await reply(request, conv, user, job, name, stored, "new",
-                       [{"type": "user", "message": user}, *notices])
+                       [{"type": "user", "message": user}, *notices],
+                       collection=collection, hits=hits)
 
 
 @router.post("/messages/{mid}/regenerate")
@@ -411,10 +489,14 @@ async def regenerate(mid: str, request: Request):
         return await refused(request, conv, question, verdict, s.model_name, "regenerate", [],
                              replaces=mid)
     question = {**question, "content": verdict.text}
-    job, name, stored, notices = prepare(s, conv, [*history[:-1], question],
-                                         body or Generate())
+    body = body or Generate()
+    collection, hits = await grounded(request, conv, body, verdict.text)
+    if collection is not None and not hits:
+        return await declined(request, conv, question, collection, model_name(s, conv, body),
+                              "regenerate", [], replaces=mid)
+    job, name, stored, notices, hits = prepare(s, conv, [*history[:-1], question], body, hits)
     return await reply(request, conv, question, job, name, stored, "regenerate", notices,
-                       replaces=mid)
+                       replaces=mid, collection=collection, hits=hits)
 
 
 @router.post("/messages/{mid}/edit")
@@ -435,11 +517,17 @@ async def edit(mid: str, request: Request):
         user = await asked(store, verdict, cid, old["parent_id"], origin="edit", edited_from=mid)
         return await refused(request, conv, user, verdict, s.model_name, "new",
                              [{"type": "user", "message": user}])
-    job, name, stored, notices = prepare(
-        s, conv, [*history, {"role": "user", "content": verdict.text}], body)
+    collection, hits = await grounded(request, conv, body, verdict.text)
+    if collection is not None and not hits:
+        user = await asked(store, verdict, cid, old["parent_id"], origin="edit", edited_from=mid)
+        return await declined(request, conv, user, collection, model_name(s, conv, body), "new",
+                              [{"type": "user", "message": user}])
+    job, name, stored, notices, hits = prepare(
+        s, conv, [*history, {"role": "user", "content": verdict.text}], body, hits)
     user = await asked(store, verdict, cid, old["parent_id"], origin="edit", edited_from=mid)
     return await reply(request, conv, user, job, name, stored, "new",
-                       [{"type": "user", "message": user}, *notices])
+                       [{"type": "user", "message": user}, *notices],
+                       collection=collection, hits=hits)
 
 
 @router.post("/messages/{mid}/rating")

@@ -7,6 +7,11 @@ Run as:
 For example (runs/demo/model: what `jielong demo` trains):
     jielong serve --model runs/demo/model
     jielong serve --model Qwen/Qwen2.5-0.5B-Instruct --adapter zh=runs/zh/adapter --port 8000
+    jielong serve --model runs/demo/assistant --rag docs=runs/index --rag faq=runs/faq-index
+
+With --rag, every chat reply (/v1 and the web chat) is answered from the documents of an
+index (`jielong rag index`), with citations (jielong.serve.documents); the web chat's users
+can upload documents into collections of their own (kept under --uploads).
 
 Kept apart from app.py so that `jielong --help` works without the serving extra installed:
 the app (fastapi, uvicorn, prometheus-client) is imported only when the server starts.
@@ -48,6 +53,9 @@ def serve(
     locale: str | None = None,
     guard_model: str | None = None,
     guard_classifier: str | None = None,
+    rag: list[str] | None = None,
+    uploads: str | None = None,
+    max_upload_bytes: int = 20_000_000,
     log_level: str = "info",
 ) -> None:
     """Serve a model over an OpenAI-compatible HTTP API (chat, completions, embeddings).
@@ -86,12 +94,19 @@ def serve(
         guard_model: A guard model directory (Llama Guard or Qwen3Guard layout) the input
             rail also asks.
         guard_classifier: A classifier from `jielong train guard` the input rail also asks.
+        rag: Answer from your documents: an index folder (`jielong rag index DOCS --out
+            INDEX`), or several as NAME=INDEX; a request picks one with "rag":
+            {"collection": NAME} ("rag": false for none); the default is the first.
+        uploads: The folder where the web chat keeps the documents users upload into their
+            own collections (default: uploads/ beside --db; "off": no uploads).
+        max_upload_bytes: Largest document a user may upload.
         log_level: Server log level: critical, error, warning, info, debug.
     """
     try:  # lazy: the serving extra
         import uvicorn
 
         from jielong.serve.app import create_app  # lazy: needs the serving extra (fastapi)
+        from jielong.serve.documents import Library, parse_rag  # lazy: the serving extra
     except ImportError as e:
         raise UserError(f"jielong serve needs the serving extra ({e.name} is missing): "
                         "pip install 'jielong[serve]'") from None
@@ -102,6 +117,8 @@ def serve(
     if not 0 < port < 65536:
         raise UserError(f"--port {port}: must be between 1 and 65535")
     rails = build_rails(safety, locale, guard_model, guard_classifier, pick_device(device))
+    folder = uploads_folder(uploads, db, model, max_upload_bytes)
+    library = Library(parse_rag(rag), folder, max_upload_bytes)
     sock = _bind(host, port)  # before loading the model: a busy port fails in a second
     try:
         store = open_store(db, model)
@@ -119,13 +136,18 @@ def serve(
     served = name or model
     app = create_app(engine, tok, served, gen, system_prompt=system_prompt, api_keys=keys,
                      max_body_bytes=max_body_bytes, store=store, allowed_hosts=hosts,
-                     rails=rails)
+                     rails=rails, library=library)
     where = f"[{host}]" if ":" in host else host
     extra = f" + adapters {', '.join(engine.adapters)}" if engine.adapters else ""
     print(f"serving {served}{extra} at http://{where}:{port}/v1 · {slots} slots × "
           f"{engine.context} tokens · API key {'required' if keys else 'not required'}",
           file=sys.stderr)
     print(f"chats and feedback kept in {store.file}", file=sys.stderr)
+    if library is not None:
+        names = ", ".join(library.collections) or "none yet"
+        print(f"documents: {names}" + (f" (default {library.default})" if library.default else "")
+              + (f"; uploads kept in {library.uploads}" if library.uploads else ""),
+              file=sys.stderr)
     print(f"safety policy: {rails.policy.source}" + (f", locale {locale}" if locale else "") +
           ("" if rails.enabled else " (rails off)"), file=sys.stderr)
     if not keys and host not in ("127.0.0.1", "localhost", "::1"):
@@ -177,14 +199,32 @@ def allowed_host_names(host: str, extra: list[str] | None) -> list[str]:
     return out
 
 
-def open_store(db: str | None, model: str) -> Store:
-    """The chat store: --db, or feedback.db beside a local model's folder (a hub id: under
-    runs/serve/)."""
+def db_path(db: str | None, model: str) -> str:
+    """--db, or feedback.db beside a local model's folder (a hub id: under runs/serve/)."""
     if db is None:
         where = Path(model)
         db = str(where.resolve().parent / "feedback.db") if where.is_dir() \
             else "runs/serve/feedback.db"
-    return Store(db)
+    return db
+
+
+def open_store(db: str | None, model: str) -> Store:
+    """The chat store (db_path)."""
+    return Store(db_path(db, model))
+
+
+def uploads_folder(uploads: str | None, db: str | None, model: str,
+                   max_upload_bytes: int) -> Path | None:
+    """Where uploaded documents are kept: --uploads, by default uploads/ beside the chat
+    store; None for "off"."""
+    if max_upload_bytes < 1:
+        raise UserError(f"--max_upload_bytes {max_upload_bytes}: must be at least 1")
+    if uploads is not None and uploads.lower() == "off":
+        return None
+    folder = Path(uploads) if uploads else Path(db_path(db, model)).parent / "uploads"
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"--uploads {folder}: is a file; give a folder (or off)")
+    return folder
 
 
 def _bind(host: str, port: int) -> socket.socket:

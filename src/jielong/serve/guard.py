@@ -4,7 +4,10 @@ key check (`authorize`) on /v1 and /api.
 `Guard` answers only requests whose Host header names an allowed host (a page on another name
 that DNS-rebinds to 127.0.0.1 is refused: 400 invalid_host), turns away state-changing requests
 from another site (Origin, Sec-Fetch-Site: 403), takes bodies on /v1 and /api only as JSON (415
-otherwise: a page may POST text/plain or a form to any address without asking, but not JSON),
+otherwise: a page may POST text/plain or a form to any address without asking, but not JSON)
+— an uploaded document (POST /api/collections/NAME/documents) only as
+application/octet-stream, which a page on another site cannot send without a CORS preflight
+either —
 and answers an unexpected exception with a 500 in OpenAI's shape without dropping the
 connection.
 """
@@ -23,6 +26,7 @@ from jielong.serve.errors import ApiError
 from jielong.serve.hosts import LOOPBACK, host_matches, host_name
 
 log = logging.getLogger("uvicorn.error")
+UPLOAD = re.compile(r"^/api/collections/[^/]+/documents$")  # jielong.serve.documents
 
 
 async def authorize(request: Request) -> None:
@@ -88,8 +92,20 @@ class Guard:
                 return cross
         path = scope["path"]
         if scope["method"] in ("POST", "PUT", "PATCH") and path.startswith(("/v1/", "/api/")):
+            if UPLOAD.match(path):
+                return self._upload_type(headers)
             return self._content_type(headers)
         return None
+
+    @staticmethod
+    def _upload_type(headers: dict[str, str]) -> ApiError | None:
+        given = headers.get("content-type", "")
+        if given.partition(";")[0].strip().lower() == "application/octet-stream":
+            return None
+        return ApiError(415, f"Content-Type {given!r} is not accepted for a document: send the "
+                             "file's bytes as the body with `Content-Type: "
+                             "application/octet-stream` and its name in ?filename=",
+                        param="content-type", code="unsupported_media_type")
 
     @staticmethod
     def _content_type(headers: dict[str, str]) -> ApiError | None:

@@ -24,6 +24,19 @@ the policy (a refusal, or a caring reply with crisis lines) with finish_reason
 "content_filter" and no generation; the output rail checks every choice as it grows and
 stops it the same way. The decisions come back in a `safety` field beside `choices` (and on
 the last chunk of a stream), and are kept in the store.
+
+The user's documents (`jielong serve --rag`, jielong.serve.documents): after the input rail
+lets the newest user message through, it is the question; the passages retrieved for it go
+into that message as numbered, quoted data (jielong.rag.answer.rag_messages: the request's
+system message stays first, the earlier turns stay as they were), as many as fit the
+context with room for the reply (max_tokens, else a quarter of the context). With none
+relevant the reply is the decline text ("I don't know: ..."), finish_reason "stop", nothing
+generated. A request picks the collection with `"rag": {"collection": NAME, "k": 4}`, or
+turns retrieval off with `"rag": false` (the `openai` client: extra_body). The reply's
+message then has `sources` (every passage given: {n, id, source, page, heading, score,
+quote}) and `citations` (those its [n] markers name); the response has both beside
+`choices` too (choice 0's), and a stream has them on each choice's last chunk (the one with
+its finish_reason). OpenAI's clients keep fields they do not know (`.model_extra`).
 """
 
 from __future__ import annotations
@@ -37,10 +50,13 @@ import numpy as np
 from fastapi import APIRouter, Depends, Request
 
 from jielong.errors import UserError
+from jielong.infer.context import reply_budget
 from jielong.infer.engine import TokenLogprob
 from jielong.infer.sampling import MAX_TOP_LOGPROBS
+from jielong.rag.answer import decline_text
 from jielong.safety.moderate import moderate
 from jielong.serve.body import read_body
+from jielong.serve.documents import fit, ground, library_of
 from jielong.serve.errors import ApiError, engine_failed
 from jielong.serve.guard import authorize
 from jielong.serve.safety_rails import OutputRail, check_input, record, v1_recorder
@@ -49,6 +65,7 @@ from jielong.serve.schemas import (
     CompletionRequest,
     EmbeddingRequest,
     ModerationRequest,
+    RagOptions,
 )
 from jielong.serve.served import Served, served
 from jielong.serve.streaming import Batch, collect, event_stream, openai_stream, sse
@@ -129,20 +146,28 @@ def output_decisions(batch: Batch, i: int | None = None) -> list[dict]:
 def blocked_chat(body: ChatRequest, verdict, rid: str, now: int, name: str, prompt: int):
     """The answer to a chat request the input rail blocked: the policy's reply for every
     choice, finish_reason content_filter, nothing generated."""
-    reply, safety = verdict.blocked.reply or "", [d.to_dict() for d in verdict.decisions]
+    return canned_chat(body, verdict.blocked.reply or "", "content_filter", rid, now, name,
+                       prompt, {"safety": [d.to_dict() for d in verdict.decisions]})
+
+
+def canned_chat(body: ChatRequest, reply: str, finish: str, rid: str, now: int, name: str,
+                prompt: int, extra: dict, message: dict | None = None):
+    """A chat answer nothing was generated for: `reply` for every choice, with `finish`;
+    `extra` beside `choices` (and on each choice's last chunk), `message` in each message."""
     if not body.stream:
         return {"id": rid, "object": "chat.completion", "created": now, "model": name,
                 "system_fingerprint": None,
-                "choices": [{"index": i, "message": {"role": "assistant", "content": reply},
-                             "logprobs": None, "finish_reason": "content_filter"}
+                "choices": [{"index": i, "message": {"role": "assistant", "content": reply,
+                                                     **(message or {})},
+                             "logprobs": None, "finish_reason": finish}
                             for i in range(body.n)],
-                "usage": usage(prompt, 0), "safety": safety}
+                "usage": usage(prompt, 0), **extra}
     with_usage = bool(body.stream_options and body.stream_options.include_usage)
 
-    def chunk(choices: list[dict], **extra) -> dict:
+    def chunk(choices: list[dict], **more) -> dict:
         return {"id": rid, "object": "chat.completion.chunk", "created": now, "model": name,
                 "system_fingerprint": None, "choices": choices,
-                **({"usage": None} if with_usage else {}), **extra}
+                **({"usage": None} if with_usage else {}), **more}
 
     async def chunks():
         for i in range(body.n):
@@ -151,7 +176,7 @@ def blocked_chat(body: ChatRequest, verdict, rid: str, now: int, name: str, prom
             yield chunk([{"index": i, "delta": {"content": reply}, "logprobs": None,
                           "finish_reason": None}])
             yield chunk([{"index": i, "delta": {}, "logprobs": None,
-                          "finish_reason": "content_filter"}], safety=safety)
+                          "finish_reason": finish}], **extra)
         if with_usage:
             yield {**chunk([]), "usage": usage(prompt, 0)}
 
@@ -257,6 +282,19 @@ async def chat_completions(request: Request):
     await record(store_of(request), verdict.decisions, verdict.text, "v1")
     if users:
         messages[users[-1]]["content"] = verdict.text
+    max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None \
+        else body.max_tokens
+    collection, hits = None, []
+    if users and not verdict.blocked:  # the rail first, then retrieval
+        opt = body.rag if isinstance(body.rag, RagOptions) else None
+        collection, hits = await ground(request, opt.collection if opt else body.rag,
+                                        verdict.text, opt.k if opt else None, "rag")
+    if hits:
+        last = users[-1]
+        reserve = max_tokens if max_tokens is not None else reply_budget(s.engine.context)
+        hits, grounded = fit(lambda m: len(s.chat_prompt(m, "messages")), verdict.text, hits,
+                             messages[:last], s.engine.context - reserve, "messages")
+        messages = grounded + messages[last + 1:]
     prompt = s.chat_prompt(messages, "messages")
     if body.top_logprobs is not None and not body.logprobs:
         raise ApiError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
@@ -264,8 +302,6 @@ async def chat_completions(request: Request):
     if k is not None and not 0 <= k <= MAX_TOP_LOGPROBS:
         raise ApiError(400, f"top_logprobs={k} must be in [0, {MAX_TOP_LOGPROBS}]",
                        param="top_logprobs")
-    max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None \
-        else body.max_tokens
     params = s.sampling(body, max_tokens, k)
     max_name = "max_tokens" if body.max_completion_tokens is None else "max_completion_tokens"
     s.fit(prompt, params, "conversation", "messages", adapter, max_name,
@@ -273,21 +309,35 @@ async def chat_completions(request: Request):
     rid, now, name = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), body.model or s.model_name
     if verdict.blocked:
         return blocked_chat(body, verdict, rid, now, name, len(prompt))
+    safety = [d.to_dict() for d in verdict.decisions]
+    lib = library_of(request)
+    sources = lib.sources(collection, hits) if collection else []
+
+    def documents(text: str) -> dict:
+        """What a choice's message carries of the documents: nothing without retrieval."""
+        if collection is None:
+            return {}
+        return {"citations": lib.cite(collection, text, hits), "sources": sources}
+
+    if collection is not None and not hits:  # nothing relevant: "I don't know", no model
+        return canned_chat(body, decline_text(verdict.text), "stop", rid, now, name,
+                           len(prompt), {"safety": safety, **documents("")}, documents(""))
     jobs = s.jobs([prompt], params, adapter, body.n)
     batch = Batch(s.engine, jobs, s.metrics, output_rail(request, s, about, len(jobs)))
-    safety = [d.to_dict() for d in verdict.decisions]
 
     if not body.stream:
         out = await collect(request, batch)
         return {"id": rid, "object": "chat.completion", "created": now, "model": name,
                 "system_fingerprint": None,
                 "choices": [{"index": i,
-                             "message": {"role": "assistant", "content": o["text"]},
+                             "message": {"role": "assistant", "content": o["text"],
+                                         **documents(o["text"])},
                              "logprobs": {"content": chat_logprobs(s, o["logprobs"])}
                              if k is not None else None,
                              "finish_reason": o["finish"]} for i, o in enumerate(out)],
                 "usage": usage(len(prompt), sum(o["tokens"] for o in out)),
-                "safety": safety + output_decisions(batch)}
+                "safety": safety + output_decisions(batch),
+                **(documents(out[0]["text"]) if out else {})}
 
     with_usage = bool(body.stream_options and body.stream_options.include_usage)
 
@@ -299,12 +349,14 @@ async def chat_completions(request: Request):
         return c
 
     async def chunks():
+        texts = [""] * len(batch.reqs)
         for i in range(len(batch.reqs)):
             yield chunk([{"index": i, "delta": {"role": "assistant", "content": ""},
                           "logprobs": None, "finish_reason": None}])
         async for i, e in batch.events():
             if e.finish_reason == "error":
                 raise engine_failed(e.error)
+            texts[i] += e.text
             lps = chat_logprobs(s, e.logprobs) if k is not None and e.logprobs else None
             if e.text or lps:
                 yield chunk([{"index": i, "delta": {"content": e.text},
@@ -315,6 +367,7 @@ async def chat_completions(request: Request):
                             "finish_reason": e.finish_reason}])
                 if e.finish_reason == "content_filter":
                     c["safety"] = output_decisions(batch, i)
+                c.update(documents(texts[i]))
                 yield c
         if with_usage:
             c = chunk([])

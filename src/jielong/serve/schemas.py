@@ -74,8 +74,17 @@ class Message(Body):
     name: str | None = None
 
 
+class RagOptions(Body):
+    """jielong's extension of a chat request: which document collection to answer from
+    (None: the server's default) and how many passages (jielong.serve.documents)."""
+
+    collection: str | None = None
+    k: int | None = None
+
+
 class ChatRequest(SamplingBody):
     messages: list[Message] = Field(min_length=1)
+    rag: bool | RagOptions | None = None  # false: no retrieval; None or true: the default
     max_completion_tokens: int | None = None
     logprobs: bool = False
     top_logprobs: int | None = None
@@ -114,6 +123,7 @@ class Settings(BaseModel):
     top_p: float | None = None
     max_tokens: int | None = None
     model: str | None = None
+    rag: str | bool | None = None  # the document collection (false: none; unset: the default)
 
 
 class ConversationIn(Body):

@@ -31,8 +31,13 @@ chat's message it was about (the user message for the input rail, the reply for 
 rail) or, for the /v1 API, to none; a message comes with its decisions ("safety"), so a
 team can review false positives, and `jielong feedback export` can leave flagged turns out.
 
+Documents (`jielong serve --rag`): a reply answered from the user's documents keeps them with
+it, as the message's `rag`: {"collection", "sources" (the passages the model was given),
+"citations" (those its [n] markers name)}, each passage {n, id, source, page, heading, score,
+quote} (jielong.rag.answer.citation); None for a reply without retrieval.
+
 Schema versions (PRAGMA user_version): 1 conversations, messages, ratings; 2 adds battles and
-votes; 3 adds safety_events and finish_reason "content_filter". Opening an older file
+votes; 3 adds safety_events and finish_reason "content_filter"; 4 adds messages.rag. Opening an older file
 upgrades it in place, in one transaction (all or nothing), and touches none of its rows.
 """
 
@@ -49,7 +54,7 @@ from pathlib import Path
 
 from jielong.errors import UserError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 ROLES = ("user", "assistant")
 ORIGINS = ("new", "regenerate", "edit")
 FINISH_REASONS = ("stop", "length", "stopped", "error", "content_filter")
@@ -149,6 +154,10 @@ _MIGRATIONS[3] = [
         created REAL NOT NULL)""",
     "CREATE INDEX safety_by_message ON safety_events (message_id, id)",
 ]
+
+# Version 4: the documents a reply was answered from (JSON, see the module docstring); a
+# column added at the end, so every row keeps its values and reads NULL (no retrieval).
+_MIGRATIONS[4] = ["ALTER TABLE messages ADD COLUMN rag TEXT"]
 
 # A message with its current rating (the latest row of ratings for it).
 _MESSAGES = """
@@ -315,11 +324,12 @@ class Store:
     def add_message(self, cid: str, parent_id: str | None, role: str, content: str, *,
                     model: str | None = None, origin: str = "new",
                     edited_from: str | None = None, finish_reason: str | None = None,
-                    sampling: dict | None = None) -> dict:
+                    sampling: dict | None = None, rag: dict | None = None) -> dict:
         """A new message under `parent_id` (None: a first message). A user message follows an
         assistant message (or starts the conversation); an assistant message answers a user
         message. origin "edit" needs `edited_from`, a message of the same role and parent; a
-        "regenerate" may name in it the reply it replaces (the web chat does)."""
+        "regenerate" may name in it the reply it replaces (the web chat does). `rag`: the
+        documents an assistant message is answered from (see the module docstring)."""
         _check(role, ROLES, "role")
         _check(origin, ORIGINS, "origin")
         if finish_reason is not None:
@@ -351,10 +361,11 @@ class Store:
                     raise UserError(f"an edit or a regeneration is a sibling of the message it "
                                     f"replaces: same conversation, parent and role as {edited_from}")
             db.execute("INSERT INTO messages (id, conversation_id, parent_id, role, content, "
-                       "model, origin, edited_from, finish_reason, sampling, created) "
-                       "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       "model, origin, edited_from, finish_reason, sampling, rag, created) "
+                       "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                        (mid, cid, parent_id, role, content, model, origin, edited_from,
-                        finish_reason, None if sampling is None else _dumps(sampling), now))
+                        finish_reason, None if sampling is None else _dumps(sampling),
+                        None if rag is None else _dumps(rag), now))
             title = conv["title"]
             if not title and role == "user" and content.strip():
                 title = _title(content)
@@ -363,8 +374,9 @@ class Store:
             return self._message(db, mid)
 
     def update_message(self, mid: str, content: str | None = None,
-                       finish_reason: str | None = None) -> dict:
-        """Set a message's content and/or finish_reason (a streamed reply, once at its end)."""
+                       finish_reason: str | None = None, rag: dict | None = None) -> dict:
+        """Set a message's content, finish_reason and/or rag (a streamed reply, once at its
+        end)."""
         if finish_reason is not None:
             _check(finish_reason, FINISH_REASONS, "finish_reason")
         with self._tx(write=True) as db:
@@ -374,6 +386,8 @@ class Store:
             if finish_reason is not None:
                 db.execute("UPDATE messages SET finish_reason = ? WHERE id = ?",
                            (finish_reason, mid))
+            if rag is not None:
+                db.execute("UPDATE messages SET rag = ? WHERE id = ?", (_dumps(rag), mid))
             return self._message(db, mid)
 
     def message(self, mid: str) -> dict:
@@ -667,6 +681,7 @@ def _message_dict(r: sqlite3.Row) -> dict:
             "origin": r["origin"], "edited_from": r["edited_from"],
             "finish_reason": r["finish_reason"],
             "sampling": None if r["sampling"] is None else json.loads(r["sampling"]),
+            "rag": None if r["rag"] is None else json.loads(r["rag"]),
             "created": r["created"], "rating": rating}
 
 

@@ -440,6 +440,8 @@
     opening: null, // id of the conversation being fetched
     arenaMode: false, // the composer asks the arena (two anonymous models) instead
     battle: null, // the open arena battle: {id, question, a, b (messages), vote, models}
+    library: null, // GET /api/collections: {collections, default, uploads, max_upload_bytes, types}
+    open: new Set(), // source cards opened: "messageId:n"
   };
 
   const ui = {
@@ -462,6 +464,11 @@
     serverInfo: $("#server-info"),
     arenaToggle: $("#arena-toggle"),
     arenaHint: $("#arena-hint"),
+    docs: $("#documents"),
+    collection: $("#collection"),
+    uploadButton: $("#upload-button"),
+    uploadFile: $("#upload-file"),
+    uploadHint: $("#upload-hint"),
   };
   const PLACEHOLDER = ui.input.placeholder;
 
@@ -546,8 +553,10 @@
 
   function renderContent(m, box) {
     box.replaceChildren();
-    if (m.role === "assistant") box.append(Markdown.render(m.content));
-    else box.textContent = m.content;
+    if (m.role === "assistant") {
+      box.append(Markdown.render(m.content));
+      linkMarkers(m, box);
+    } else box.textContent = m.content;
     const writing = state.stream && state.stream.id === m.id;
     box.classList.toggle("streaming", Boolean(writing));
   }
@@ -633,6 +642,83 @@
     return blockedOnInput(q) ? "answered by the safety policy" : "stopped by the safety policy";
   }
 
+  // ------------------------------------------------------------------ the documents' sources
+
+  /** The passages a reply was given (`m.rag.sources`, numbered as in its prompt). */
+  function sourcesOf(m) {
+    return (m.rag && Array.isArray(m.rag.sources)) ? m.rag.sources : [];
+  }
+
+  function fileName(path) {
+    return String(path || "").split(/[\\/]/).pop() || String(path || "");
+  }
+
+  /** Each [n] in the reply's text that names a passage given becomes a button to its card. */
+  function linkMarkers(m, box) {
+    const have = new Set(sourcesOf(m).map((x) => x.n));
+    if (!have.size) return;
+    const walker = document.createTreeWalker(box, NodeFilter.SHOW_TEXT, {
+      acceptNode: (n) => n.parentElement.closest("code, pre, a, button") ?
+        NodeFilter.FILTER_REJECT : NodeFilter.FILTER_ACCEPT,
+    });
+    const nodes = [];
+    while (walker.nextNode()) nodes.push(walker.currentNode);
+    for (const node of nodes) {
+      const parts = node.nodeValue.split(/(\[\d{1,3}\])/);
+      if (parts.length < 2) continue;
+      const out = parts.map((part) => {
+        const hit = /^\[(\d{1,3})\]$/.exec(part);
+        const n = hit ? Number(hit[1]) : 0;
+        if (!have.has(n)) return document.createTextNode(part);
+        return el("button", { type: "button", class: "cite", "data-n": String(n),
+          "aria-label": `Source ${n}`, text: `[${n}]` });
+      });
+      node.replaceWith(...out);
+    }
+  }
+
+  /** The cards of a reply's sources: file, page, heading and the quote (click: all of it). */
+  function sourcesView(m) {
+    const sources = sourcesOf(m);
+    if (!m.rag) return null;
+    if (!sources.length) {
+      return el("p", { class: "sources-none", text: `Nothing in “${m.rag.collection}” was ` +
+        "about this, so no model was asked. 文件中沒有相關內容。" });
+    }
+    const cited = new Set((m.rag.citations || []).map((c) => c.n));
+    const list = el("ol", { class: "sources", "aria-label": `Sources from ${m.rag.collection}` });
+    for (const x of sources) {
+      const key = `${m.id}:${x.n}`;
+      const open = state.open.has(key);
+      const where = [x.page ? `p. ${x.page}` : null, x.heading || null].filter(Boolean);
+      list.append(el("li", {},
+        el("button", { type: "button", class: "source-card" + (cited.has(x.n) ? " cited" : "") +
+            (open ? " open" : ""), "data-n": String(x.n), "aria-expanded": open ? "true" : "false",
+          title: x.source },
+        el("span", { class: "source-n", text: `[${x.n}]` }),
+        el("span", { class: "source-file", text: fileName(x.source) }),
+        where.length ? el("span", { class: "source-where", text: where.join(" · ") }) : null,
+        el("span", { class: "source-quote", text: x.quote || "" }))));
+    }
+    return el("div", { class: "sources-box" },
+      el("p", { class: "sources-title", text: cited.size ? "Sources · 出處" :
+        "Sources given (none cited) · 提供的資料" }), list);
+  }
+
+  function toggleSource(m, n, open) {
+    const key = `${m.id}:${n}`;
+    const now = open === undefined ? !state.open.has(key) : open;
+    if (now) state.open.add(key);
+    else state.open.delete(key);
+    const card = ui.messages.querySelector(
+      `.message[data-id="${CSS.escape(m.id)}"] .source-card[data-n="${n}"]`);
+    if (card) {
+      card.classList.toggle("open", now);
+      card.setAttribute("aria-expanded", now ? "true" : "false");
+    }
+    return card;
+  }
+
   function metaText(m) {
     const bits = [];
     if (m.role === "assistant" && m.model) bits.push(m.model);
@@ -715,6 +801,8 @@
       body.append(content);
       const card = cardOf(m);
       if (card) body.append(safetyCard(card));
+      const sources = m.role === "assistant" ? sourcesView(m) : null;
+      if (sources) body.append(sources);
     }
     const actions = el("div", { class: "actions", role: "toolbar",
       "aria-label": mine ? "Message actions" : "Answer actions" });
@@ -809,6 +897,10 @@
     const n = parseInt(ui.maxTokens.value, 10);
     if (Number.isFinite(n) && n > 0) s.max_tokens = n;
     if (ui.model.value) s.model = ui.model.value;
+    if (!ui.docs.hidden) { // the collection, when it is not the server's default
+      const pick = ui.collection.value;
+      if (pick !== (state.library.default || "")) s.rag = pick || false;
+    }
     return s;
   }
 
@@ -824,6 +916,62 @@
     const models = [...ui.model.options].map((o) => o.value);
     const model = s.model && models.includes(s.model) ? s.model : state.info && state.info.model;
     if (model) ui.model.value = model;
+    if (state.library) {
+      const names = [...ui.collection.options].map((o) => o.value);
+      ui.collection.value = s.rag === false ? "" :
+        (typeof s.rag === "string" && names.includes(s.rag) ? s.rag : state.library.default || "");
+    }
+  }
+
+  // ------------------------------------------------------------------ documents
+
+  function showLibrary(pick) {
+    const lib = state.library;
+    const now = pick !== undefined ? pick : ui.collection.value;
+    ui.docs.hidden = !lib || (!lib.collections.length && !lib.uploads);
+    if (ui.docs.hidden) return;
+    ui.collection.replaceChildren(el("option", { value: "", text: "No documents" }),
+      ...lib.collections.map((c) => el("option", { value: c.name,
+        text: `${c.name} (${c.documents} ${c.documents === 1 ? "file" : "files"})` })));
+    const names = lib.collections.map((c) => c.name);
+    ui.collection.value = names.includes(now) || now === "" ? now : (lib.default || "");
+    ui.uploadButton.hidden = !lib.uploads;
+    ui.uploadHint.textContent = lib.uploads ? `Upload ${lib.types.join(", ")} into ` +
+      "your own collection; answers then cite it." : "";
+  }
+
+  async function loadLibrary(pick) {
+    try {
+      state.library = await api("GET", "/api/collections");
+    } catch (_) {
+      state.library = null;
+    }
+    showLibrary(pick);
+  }
+
+  /** Upload a file into the chosen collection when it is the user's, else into "mine". */
+  async function upload(file) {
+    const lib = state.library;
+    const chosen = lib.collections.find((c) => c.name === ui.collection.value);
+    const name = chosen && chosen.writable ? chosen.name : "mine";
+    if (file.size > lib.max_upload_bytes) {
+      showStatus(`${file.name} is larger than this server takes (${lib.max_upload_bytes} bytes).`);
+      return;
+    }
+    showStatus(`Indexing ${file.name}…`, "info");
+    try {
+      const res = await call(`/api/collections/${encodeURIComponent(name)}/documents?filename=` +
+        encodeURIComponent(file.name), { method: "POST", body: file,
+        headers: { "Content-Type": "application/octet-stream", Accept: "application/json" } });
+      if (!res.ok) throw await errorOf(res);
+      const done = await res.json();
+      await loadLibrary(name);
+      saveSettingsSoon();
+      showStatus(`${done.file}: ${done.chunks} ${done.chunks === 1 ? "passage" : "passages"} ` +
+        `indexed in “${name}”.`, "info");
+    } catch (e) {
+      showStatus("The upload failed: " + e.message);
+    }
   }
 
   let saveTimer = 0;
@@ -1202,6 +1350,18 @@
     const m = node && state.msgs.get(node.dataset.id);
     if (!m) return;
     const is = (c) => button.classList.contains(c);
+    if (is("source-card")) {
+      toggleSource(m, button.dataset.n);
+      return;
+    }
+    if (is("cite")) {
+      const card = toggleSource(m, button.dataset.n, true);
+      if (card) {
+        card.scrollIntoView({ block: "nearest" });
+        card.focus();
+      }
+      return;
+    }
     if (is("prev")) switchSibling(m, -1);
     else if (is("next")) switchSibling(m, 1);
     else if (is("edit")) {
@@ -1540,7 +1700,14 @@
     ui.input.focus();
   });
 
-  for (const field of [ui.system, ui.temperature, ui.maxTokens, ui.model]) {
+  ui.uploadButton.addEventListener("click", () => ui.uploadFile.click());
+  ui.uploadFile.addEventListener("change", async () => {
+    const file = ui.uploadFile.files[0];
+    ui.uploadFile.value = "";
+    if (file) await upload(file);
+  });
+
+  for (const field of [ui.system, ui.temperature, ui.maxTokens, ui.model, ui.collection]) {
     field.addEventListener("change", saveSettingsSoon);
   }
 
@@ -1591,6 +1758,7 @@
       "side. Vote for the better answer, then see who wrote which. 投票後揭曉模型。" :
       "The arena needs two models, and this server serves one. Serve a LoRA adapter beside " +
       "it: jielong serve --model DIR --adapter NAME=DIR";
+    await loadLibrary();
     showSettings(null);
     await refreshList();
     const id = decodeURIComponent(location.hash.replace(/^#/, ""));
