@@ -123,7 +123,12 @@ def test_citations_map_the_replys_markers_streamed_and_not(server, planted):
     text = "".join(c.choices[0].delta.content or "" for c in parts if c.choices)
     assert text == "七天內可以退貨 [1]，見 [7]。"
     last = next(c for c in parts if c.choices and c.choices[0].finish_reason)
-    assert last.model_extra["citations"] == [cite] and last.model_extra["sources"][0] == cite
+    # (a passage cut to fit the context may end a character earlier or later from one request
+    # to the next: its quoted-data boundary tag is random, and so is its length in tokens)
+    def same(c: dict) -> dict:
+        return {k: v for k, v in c.items() if k != "quote"}
+    assert [same(c) for c in last.model_extra["citations"]] == [same(cite)]
+    assert same(last.model_extra["sources"][0]) == same(cite)
     assert all("citations" not in c.model_extra for c in parts if c is not last)
 
 
