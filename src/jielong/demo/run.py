@@ -7,7 +7,8 @@ Run as:
 1. writes a synthetic corpus about a small fictional world (people, towns, pets, jobs) in
    Traditional Chinese, Simplified Chinese and English, plus arithmetic (demo/world.py);
 2. trains a byte-level BPE tokenizer on it (Chinese one character per token: see
-   world.py's han_char_pieces for why);
+   world.py's han_char_pieces for why), and on the words stage 16 teaches, as a real
+   tokenizer knows them;
 3. measures an untrained model, pretrains it, and measures it again: validation loss against
    the unigram baseline, and held-out facts (sentences never seen in training whose facts
    were stated in other words or languages) picked by likelihood among their alternatives;
@@ -23,6 +24,9 @@ Run as:
    with bootstrap intervals of each difference;
 15. shows overfitting: a small model on too little data, with and without early stopping,
    and on the whole corpus, in one plot;
+16. the guardrail (demo/guardrail.py): a short safety SFT of the assistant on caring replies
+   with the crisis lines of the user's region (and normal answers to look-alikes), measured
+   on held-out messages before and after, without and with the rails;
 then writes RUN/report.md with the loss curve, the numbers and samples of every stage.
 """
 
@@ -45,6 +49,7 @@ from jielong.demo.align import align_report, align_stages
 from jielong.demo.chat import chat_examples
 from jielong.demo.evaluate import evaluate_stages, evaluation_report
 from jielong.demo.finetune import Clock, bold, stage_steps
+from jielong.demo.guardrail import guardrail_report, guardrail_stage, tokenizer_texts
 from jielong.demo.tasks import qa_conversations, world_for
 from jielong.demo.world import build_corpus, demo_prompts, han_char_pieces
 from jielong.eval.choice import choice_accuracy
@@ -133,7 +138,7 @@ def demo(
     print(bold("2. tokenizer") + f" — byte-level BPE, up to {vocab_size} tokens")
     t0 = time.time()
     # Chinese one character per token: see han_char_pieces for what whole documents give
-    tok = train_tokenizer(han_char_pieces(corpus.train), vocab_size=vocab_size)
+    tok = train_tokenizer(han_char_pieces(corpus.train + tokenizer_texts()), vocab_size=vocab_size)
     tok.save(run / "tokenizer")
     by_lang: dict[str, list[str]] = {}
     for q in corpus.questions:
@@ -186,6 +191,9 @@ def demo(
         result["finetune"] = _finetune(run, model, tok, finetune_steps, device, resume, clock)
         result["evaluation"] = evaluate_stages(run, tok, corpus, finetune_steps, str(pick_device(device)),
                                                cmmlu, cmmlu_limit, clock)
+        result["guardrail"] = guardrail_stage(run, tok, stage_steps(finetune_steps, "guardrail"),
+                                              str(pick_device(device)), resume)
+        clock.lap("16. guardrail")
     result["seconds"] = round(time.time() - t_start, 1)
     result["cpu_seconds"] = round(sum(c for _, _, c in clock.laps), 1)
     result["stages"] = [{"stage": n, "seconds": w, "cpu_seconds": c} for n, w, c in clock.laps]
@@ -270,6 +278,8 @@ def _report(run: Path, r: dict, corpus, prompts: list[str]) -> None:
         lines += _chat_report(r["finetune"]["chat"], run)
     if "evaluation" in r:
         lines += evaluation_report(r["evaluation"])
+    if "guardrail" in r:
+        lines += guardrail_report(r["guardrail"])
     write_text(run / "report.md", "\n".join(lines))
 
 
