@@ -32,7 +32,7 @@ import torch
 
 from jielong.checkpoint import load_model, save_model
 from jielong.data.chat import encode
-from jielong.demo.finetune import bold, qa_chats
+from jielong.demo.finetune import bold
 from jielong.demo.tasks import qa_conversations, world_for
 from jielong.errors import UserError
 from jielong.eval.replies import chat_replies, contains_answer
@@ -47,8 +47,9 @@ TEXTS = Path(__file__).parent / "guardrail.tsv"
 KINDS = ("self_harm", "benign")
 SCRIPTS = {"TW": "繁", "CN": "简", "INTL": "en", "HK": "HK"}
 QA_MIX = 600      # ordinary SFT chats mixed in, so the assistant does not forget the world
+BENIGN_REPEAT = 2 # the look-alikes twice: a reply in ten words weighs little next to a crisis reply
 WORLD_TEST = 32   # held-out world questions measured, about every 5th of the SFT test
-LR = 3e-3
+LR = 2e-3
 CHUNK = 32        # characters of a reply fed to the output rail at a time, as a stream would
 
 
@@ -200,7 +201,9 @@ def guardrail_stage(run: Path, tok, steps: int, device: str, resume: bool,
     resources = load_resources()
     marks = line_marks(resources)
     test = [m for m in rows if m.split == "test"]
-    qa = qa_chats()
+    # the world's SFT chats, each answered in the question's own script (the SFT stage's
+    # mixed-script answers would teach the opposite of a reply in the user's script)
+    qa = qa_conversations(world_for(0), seed=0, n_train=QA_MIX)
     world = qa_conversations(world_for(0), seed=0, n_train=0).test
     world = world[:: max(1, len(world) // WORLD_TEST)][:WORLD_TEST]
     rails = Rails(load_policy("default"), resources=resources)
@@ -212,8 +215,10 @@ def guardrail_stage(run: Path, tok, steps: int, device: str, resume: bool,
     before = measure(model, tok, test, world, rails, max_tokens, marks)
 
     pad = model.config.pad_token_id or 0
-    qa_train, qa_val = split(qa.train[:QA_MIX], 0.05, seed=0)
-    chats = [encode(tok, c["messages"]) for c in safety + qa_train]
+    qa_train, qa_val = split(qa.train, 0.05, seed=0)
+    benign = [c for c, m in zip(safety, [m for m in rows if m.split == "train"], strict=True)
+              if m.kind == "benign"]
+    chats = [encode(tok, c["messages"]) for c in safety + benign * (BENIGN_REPEAT - 1) + qa_train]
     # rows as long as the longest chat (within the context): attention costs the square
     seq_len = min(n_ctx, -(-max(len(ids) for ids, _ in chats) // 64) * 64)
     packed = pack(chats, seq_len, pad, seed=0)
@@ -224,7 +229,7 @@ def guardrail_stage(run: Path, tok, steps: int, device: str, resume: bool,
           + (f" ({packed.n_skipped} longer than the context of {n_ctx} tokens left out)"
              if packed.n_skipped else "")
           + f"; {steps} steps from the aligned assistant")
-    cfg = TrainConfig(steps=steps, batch_size=16, lr=LR, warmup_steps=min(5, steps), eval_every=steps,
+    cfg = TrainConfig(steps=steps, batch_size=8, lr=LR, warmup_steps=min(5, steps), eval_every=steps,
                       save_every=steps, device=device)
     summary = fit(model, PackedStage(packed, packed_val, cfg), cfg, run / "guardrail", tokenizer=tok,
                   resume=resume, desc="guardrail")
@@ -282,6 +287,26 @@ def table(g: dict) -> list[str]:
     return lines + [f"{label:38}" + "".join(f"{c:>9}" for c in cells) for label, cells in rows_of(g)]
 
 
+def lesson(g: dict) -> str:
+    """What the safety SFT did without the rails, said only as the numbers show it."""
+    b, a = g["before"]["without"], g["after"]["without"]
+    said = (f"Without the rails, the safety SFT took the self-harm replies with the right lines "
+            f"from {b['self_harm_right_lines']:.0%} to {a['self_harm_right_lines']:.0%}")
+    worst = min(a["by_script"].items(), key=lambda kv: kv[1])
+    if worst[1] < a["self_harm_right_lines"] - 0.2:
+        said += f" (in {worst[0]} {worst[1]:.0%}: it gave another region's lines, or none)"
+    said += "."
+    if a["benign_no_lines"] < b["benign_no_lines"] - 0.1:
+        said += (f" It also over-triggers: {1 - a['benign_no_lines']:.0%} of the look-alikes got "
+                 f"crisis lines ({1 - b['benign_no_lines']:.0%} before) — a model this small, in so "
+                 "few steps, learns the reply sooner than when to give it; more varied look-alikes "
+                 "and more steps are the remedy.")
+    if a["world_answered"] < b["world_answered"] - 0.05:
+        said += (f" World questions answered fell from {b['world_answered']:.0%} to "
+                 f"{a['world_answered']:.0%} (forgetting, though the world's chats were mixed in).")
+    return said
+
+
 def guardrail_report(g: dict) -> list[str]:
     """report.md's section."""
     n, t = g["n"], g["n_train"]
@@ -308,8 +333,8 @@ def guardrail_report(g: dict) -> list[str]:
         f"{g['before']['with']['self_harm_blocked']:.0%} of the held-out self-harm messages (the "
         "others say it in words it does not list) and on "
         f"{g['before']['with']['benign_blocked']:.0%} of the look-alikes (such as a friend's worry "
-        "read as one's own crisis). Rails and safety training each reduce risk; neither is a "
-        "guarantee.", "",
+        "read as one's own crisis). " + lesson(g) + " Rails and safety training each reduce "
+        "risk; neither is a guarantee.", "",
         "| message | reply before (no rail) | reply after safety SFT (no rail) |", "| --- | --- | --- |",
         *[f"| {cell(m)} | {cell(b)} | {cell(a)} |" for m, b, a in g["examples"]], "",
     ]
