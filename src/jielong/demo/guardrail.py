@@ -89,15 +89,6 @@ def safety_chats(rows: list[Message], resources: dict | None = None) -> list[dic
             for m in rows if m.split == "train"]
 
 
-def tokenizer_texts(path: str | Path = TEXTS) -> list[str]:
-    """The train rows' messages and replies, for the demo's tokenizer (stage 2): a real
-    tokenizer knows the characters of a crisis reply; the world corpus alone has few of them,
-    and byte by byte a 1M-parameter model learns the reply far more slowly. The held-out
-    rows stay out."""
-    chats = safety_chats(load_texts(path))
-    return [m["content"] for c in chats for m in c["messages"]]
-
-
 def line_marks(resources: dict | None = None) -> dict[str, list[str]]:
     """{region: how each of its crisis lines is reached}: the number, else the address
     without its scheme (the international entry is a directory, findahelpline.com)."""

@@ -7,8 +7,7 @@ Run as:
 1. writes a synthetic corpus about a small fictional world (people, towns, pets, jobs) in
    Traditional Chinese, Simplified Chinese and English, plus arithmetic (demo/world.py);
 2. trains a byte-level BPE tokenizer on it (Chinese one character per token: see
-   world.py's han_char_pieces for why), and on the words stage 16 teaches, as a real
-   tokenizer knows them;
+   world.py's han_char_pieces for why);
 3. measures an untrained model, pretrains it, and measures it again: validation loss against
    the unigram baseline, and held-out facts (sentences never seen in training whose facts
    were stated in other words or languages) picked by likelihood among their alternatives;
@@ -49,7 +48,7 @@ from jielong.demo.align import align_report, align_stages
 from jielong.demo.chat import chat_examples
 from jielong.demo.evaluate import evaluate_stages, evaluation_report
 from jielong.demo.finetune import Clock, bold, stage_steps
-from jielong.demo.guardrail import guardrail_report, guardrail_stage, tokenizer_texts
+from jielong.demo.guardrail import guardrail_report, guardrail_stage
 from jielong.demo.tasks import qa_conversations, world_for
 from jielong.demo.world import build_corpus, demo_prompts, han_char_pieces
 from jielong.eval.choice import choice_accuracy
@@ -138,7 +137,7 @@ def demo(
     print(bold("2. tokenizer") + f" — byte-level BPE, up to {vocab_size} tokens")
     t0 = time.time()
     # Chinese one character per token: see han_char_pieces for what whole documents give
-    tok = train_tokenizer(han_char_pieces(corpus.train + tokenizer_texts()), vocab_size=vocab_size)
+    tok = train_tokenizer(han_char_pieces(corpus.train), vocab_size=vocab_size)
     tok.save(run / "tokenizer")
     by_lang: dict[str, list[str]] = {}
     for q in corpus.questions:
