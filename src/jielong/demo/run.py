@@ -23,6 +23,9 @@ Run as:
    with bootstrap intervals of each difference;
 15. shows overfitting: a small model on too little data, with and without early stopping,
    and on the whole corpus, in one plot;
+16. the guardrail (demo/guardrail.py): a short safety SFT of the assistant on caring replies
+   with the crisis lines of the user's region (and normal answers to look-alikes), measured
+   on held-out messages before and after, without and with the rails;
 then writes RUN/report.md with the loss curve, the numbers and samples of every stage.
 """
 
@@ -45,6 +48,7 @@ from jielong.demo.align import align_report, align_stages
 from jielong.demo.chat import chat_examples
 from jielong.demo.evaluate import evaluate_stages, evaluation_report
 from jielong.demo.finetune import Clock, bold, stage_steps
+from jielong.demo.guardrail import guardrail_report, guardrail_stage
 from jielong.demo.tasks import qa_conversations, world_for
 from jielong.demo.world import build_corpus, demo_prompts, han_char_pieces
 from jielong.eval.choice import choice_accuracy
@@ -186,6 +190,9 @@ def demo(
         result["finetune"] = _finetune(run, model, tok, finetune_steps, device, resume, clock)
         result["evaluation"] = evaluate_stages(run, tok, corpus, finetune_steps, str(pick_device(device)),
                                                cmmlu, cmmlu_limit, clock)
+        result["guardrail"] = guardrail_stage(run, tok, stage_steps(finetune_steps, "guardrail"),
+                                              str(pick_device(device)), resume)
+        clock.lap("16. guardrail")
     result["seconds"] = round(time.time() - t_start, 1)
     result["cpu_seconds"] = round(sum(c for _, _, c in clock.laps), 1)
     result["stages"] = [{"stage": n, "seconds": w, "cpu_seconds": c} for n, w, c in clock.laps]
@@ -270,6 +277,8 @@ def _report(run: Path, r: dict, corpus, prompts: list[str]) -> None:
         lines += _chat_report(r["finetune"]["chat"], run)
     if "evaluation" in r:
         lines += evaluation_report(r["evaluation"])
+    if "guardrail" in r:
+        lines += guardrail_report(r["guardrail"])
     write_text(run / "report.md", "\n".join(lines))
 
 
