@@ -26,6 +26,10 @@ Run as:
 16. the guardrail (demo/guardrail.py): a short safety SFT of the assistant on caring replies
    with the crisis lines of the user's region (and normal answers to look-alikes), measured
    on held-out messages before and after, without and with the rails;
+17. retrieval (demo/retrieval.py): documents about people and towns the model never saw,
+   indexed by jielong.rag; their facts asked closed-book and with the retrieved passage,
+   before and after a short SFT on RAG chats about the world (answered, confident wrong
+   answers, and "I don't know" for what no document says);
 then writes RUN/report.md with the loss curve, the numbers and samples of every stage.
 """
 
@@ -49,6 +53,7 @@ from jielong.demo.chat import chat_examples
 from jielong.demo.evaluate import evaluate_stages, evaluation_report
 from jielong.demo.finetune import Clock, bold, stage_steps
 from jielong.demo.guardrail import guardrail_report, guardrail_stage
+from jielong.demo.retrieval import retrieval_report, retrieval_stage
 from jielong.demo.tasks import qa_conversations, world_for
 from jielong.demo.world import build_corpus, demo_prompts, han_char_pieces
 from jielong.eval.choice import choice_accuracy
@@ -193,6 +198,9 @@ def demo(
         result["guardrail"] = guardrail_stage(run, tok, stage_steps(finetune_steps, "guardrail"),
                                               str(pick_device(device)), resume)
         clock.lap("16. guardrail")
+        result["retrieval"] = retrieval_stage(run, tok, stage_steps(finetune_steps, "retrieval"),
+                                              str(pick_device(device)), resume)
+        clock.lap("17. retrieval")
     result["seconds"] = round(time.time() - t_start, 1)
     result["cpu_seconds"] = round(sum(c for _, _, c in clock.laps), 1)
     result["stages"] = [{"stage": n, "seconds": w, "cpu_seconds": c} for n, w, c in clock.laps]
@@ -279,6 +287,8 @@ def _report(run: Path, r: dict, corpus, prompts: list[str]) -> None:
         lines += evaluation_report(r["evaluation"])
     if "guardrail" in r:
         lines += guardrail_report(r["guardrail"])
+    if "retrieval" in r:
+        lines += retrieval_report(r["retrieval"])
     write_text(run / "report.md", "\n".join(lines))
 
 
