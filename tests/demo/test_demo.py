@@ -41,7 +41,7 @@ def test_demo_runs_and_reports(tmp_path, capsys):
     assert "report:" in capsys.readouterr().out
     # How long each stage took, in the report and in results.json.
     stages = [t["stage"] for t in r["stages"]]
-    assert [s.split(".")[0] for s in stages] == [str(i) for i in (1, 2, 3, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16)]
+    assert [s.split(".")[0] for s in stages] == [str(i) for i in (1, 2, 3, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17)]
     assert all(t["seconds"] >= 0 and t["cpu_seconds"] >= 0 for t in r["stages"])
     assert "## Time" in report and "minutes in all" in report and "| 10. DPO |" in report
     # Every finetuning stage ran, saved what it made and reported its numbers.
@@ -95,6 +95,10 @@ def test_demo_runs_and_reports(tmp_path, capsys):
     assert set(g["before"]) == set(g["after"]) == {"without", "with"}
     assert g["after"]["with"]["self_harm_right_lines"] > 0  # the input rail's crisis replies
     assert "## Guardrail" in report and (run / "guardrail" / "model" / "model.safetensors").exists()
+    # Retrieval: the gate declines what no document covers, with documents only.
+    rv = r["retrieval"]
+    assert rv["after"]["rag"]["none_declined"] > 0 == rv["after"]["closed"]["declined"]
+    assert "## Retrieval" in report and (run / "retrieval" / "model" / "model.safetensors").exists()
     # Running again starts over cleanly instead of refusing or mixing runs; this time with the
     # demo preset and settings that `make demo` uses, for a few steps.
     r = cli(["demo", "--out", str(run), "--steps", "2", "--docs", "300", "--finetune_steps", "0"])

@@ -44,7 +44,7 @@ def test_new_people_and_places():
     facts = new_facts()
     assert len(facts) == 5 * len(NEW_PEOPLE) + len(NEW_TOWNS) and new_facts() == facts
     answerable, none = questions(facts)
-    assert len(answerable) == 3 * len(facts) and {q.lang for q in answerable} == set(LANGS)
+    assert len(answerable) == 2 * len(facts) and {q.lang for q in answerable} == set(LANGS)
     assert all(q.value and not q.value.startswith(" ") for q in answerable) and all(not q.value for q in none)
 
 
@@ -115,7 +115,7 @@ def test_stage_on_a_tiny_model(tmp_path):
     for when in ("before", "after"):
         assert r[when]["closed"]["none_declined"] == 0  # 4 tokens of a random model
         assert r[when]["rag"]["none_declined"] >= gated
-    assert r["n"]["answerable"] == 132 and r["steps"] == 2
+    assert r["n"]["answerable"] == 88 and r["steps"] == 2
     assert (run / "retrieval" / "model" / "model.safetensors").exists()
     json.dumps(r, ensure_ascii=False)
     report = "\n".join(retrieval_report(r))
@@ -126,4 +126,4 @@ def test_stage_on_a_tiny_model(tmp_path):
 def test_questions_in_each_language(lang):
     answerable, none = questions(new_facts())
     mine = [q for q in answerable if q.lang == lang]
-    assert len(mine) == 44 and sum(q.lang == lang for q in none) == len(none) // 3
+    assert len(mine) >= 29 and sum(q.lang == lang for q in none) == len(none) // 3
