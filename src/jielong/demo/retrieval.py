@@ -375,11 +375,33 @@ def table(r: dict) -> list[str]:
     return lines
 
 
+def lesson(r: dict) -> str:
+    """What the numbers say, and only that."""
+    a, b = r["after"], r["before"]
+    said = (f"Closed-book the model can only guess (the answers it got right are the chance of "
+            f"naming the right pet or colour): {_pct(a['closed']['confident_wrong'])} of its answers "
+            "about the new people were confidently wrong after the RAG SFT "
+            f"({_pct(b['closed']['confident_wrong'])} before). With the documents it answered "
+            f"{_pct(b['rag']['answered'])} before and {_pct(a['rag']['answered'])} after the SFT. "
+            f"The coverage gate declined {_pct(a['rag']['declined'])} of the answerable questions "
+            "(the document said it in other words: 職業 where the question asks 工作) and "
+            f"{_pct(a['rag']['none_declined'])} of those no document answers; the model itself "
+            "did not learn to decline.")
+    if (a["rag"]["answered"] or 0) < 0.5:
+        said += (" A 1M-parameter model pretrained on 128-token windows, finetuned for "
+                 f"{r['steps']} steps on ~450-token prompts, mostly learnt the answer's form, not to "
+                 "copy a new name from the passage; more steps, or a model pretrained on longer "
+                 "windows, are the remedy.")
+    if a["closed"]["world_answered"] < b["closed"]["world_answered"] - 0.05:
+        said += (f" World questions answered fell from {_pct(b['closed']['world_answered'])} to "
+                 f"{_pct(a['closed']['world_answered'])} (forgetting).")
+    return said
+
+
 def retrieval_report(r: dict) -> list[str]:
     """report.md's section."""
     n, t = r["n"], r["n_train"]
     cell = lambda s: s.replace("|", "\\|").replace("\n", " ")  # noqa: E731
-    a, b = r["after"], r["before"]
     return [
         "## Retrieval: answering from documents", "",
         f"{n['documents']} small documents (`retrieval/docs/`) describe {n['people']} people and "
@@ -390,8 +412,8 @@ def retrieval_report(r: dict) -> list[str]:
         "~340 of the model's 512 tokens), or \"I don't know\" without asking the model when no "
         f"passage covers the question. {n['none']} more ask what no document says (best friends, "
         "people nobody wrote about). The aligned assistant was then finetuned "
-        f"{r['steps']} steps (into `retrieval/model/`) on {t['rag']} RAG chats about the world's "
-        "own people (answer from the passage; decline when it does not say) and "
+        f"{r['steps']} steps (into `retrieval/model/`) on {t['rag']} RAG chats about made-up "
+        "people in the world's words (answer from the passage; decline when it does not say) and "
         f"{t['qa']} plain chats; the new facts were never trained on. A confident wrong answer "
         "names another value of the question's kind (another town, another animal) without the "
         "right one and without declining.", "",
@@ -399,11 +421,7 @@ def retrieval_report(r: dict) -> list[str]:
         "| --- | --- | --- | --- | --- |",
         *[f"| {label.strip() if not label.startswith('  ') else '&nbsp;&nbsp;' + label.strip()} | "
           + " | ".join(cells) + " |" for label, cells in rows_of(r)], "",
-        f"Closed-book the model can only guess: {_pct(a['closed']['confident_wrong'])} of its "
-        "answers about the new people are confidently wrong after the RAG SFT "
-        f"({_pct(b['closed']['confident_wrong'])} before). With the documents it answered "
-        f"{_pct(b['rag']['answered'])} before and {_pct(a['rag']['answered'])} after learning to "
-        "read a passage.", "",
+        lesson(r), "",
         "| question | closed-book (after) | with documents, before | with documents, after |",
         "| --- | --- | --- | --- |",
         *[f"| {cell(q)} | {cell(c)} | {cell(x)} | {cell(y)} |" for q, c, x, y in r["examples"]], "",

@@ -28,7 +28,7 @@ Run as:
    on held-out messages before and after, without and with the rails;
 17. retrieval (demo/retrieval.py): documents about people and towns the model never saw,
    indexed by jielong.rag; their facts asked closed-book and with the retrieved passage,
-   before and after a short SFT on RAG chats about the world (answered, confident wrong
+   before and after a short SFT on RAG chats (answered, confident wrong
    answers, and "I don't know" for what no document says);
 then writes RUN/report.md with the loss curve, the numbers and samples of every stage.
 """
