@@ -228,7 +228,9 @@ class NoInit(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def _dtype(dtype: str | torch.dtype, cfg: ModelConfig, device: torch.device) -> torch.dtype:
+def resolve_dtype(dtype: str | torch.dtype, cfg, device: torch.device) -> torch.dtype:
+    """The torch dtype for `dtype` (auto, float32, bfloat16, float16 or a torch dtype); auto
+    is the checkpoint's own (`cfg.torch_dtype`) on a GPU, float32 on a CPU."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype == "auto":  # the checkpoint's own dtype on a GPU; float32 on a CPU
@@ -247,7 +249,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu",
     d = check_model_dir(path)
     cfg = ModelConfig.load(d / "config.json")
     device = torch.device(device)
-    dtype = _dtype(dtype, cfg, device)
+    dtype = resolve_dtype(dtype, cfg, device)
     with torch.device("meta"), NoInit():
         model = Transformer(cfg)
     params = dict(model.named_parameters())
