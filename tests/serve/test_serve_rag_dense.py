@@ -87,7 +87,7 @@ def test_uploads_are_embedded_with_the_servers_embedder(tmp_path):
     again = Library(uploads=tmp_path / "up", embedder=emb)  # restarted with an embedder: embedded now
     c = again.collections["mine"]
     assert c.index.manifest["embedder"] == emb.name and c.index.vectors.shape[1] == emb.dim
-    again.add("mine", "more.txt", "Lunch is at noon on the roof.".encode())
+    again.add("mine", "more.txt", b"Lunch is at noon on the roof.")
     hits = again.search(c, "what time is lunch", 2)
     assert hits[0].method == "hybrid" and hits[0].chunk.source.endswith("more.txt")
     assert len(c.index.vectors) == len(c.index.chunks) == 2
