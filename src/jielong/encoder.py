@@ -51,7 +51,7 @@ from safetensors.torch import save_file
 from torch import nn
 from tqdm import tqdm
 
-from jielong.checkpoint import NoInit, read_safetensors, resolve_dtype, weight_files
+from jielong.checkpoint import NoInit, check_tensor, read_safetensors, resolve_dtype, weight_files
 from jielong.errors import UserError, json_problem
 from jielong.files import atomic_dir, write_json
 from jielong.tokenizer import Tokenizer
@@ -302,12 +302,7 @@ class Encoder(nn.Module):
             model = cls(cfg, pooler="pooler.dense.weight" in state)
         params = dict(model.named_parameters())
         for k, t in state.items():
-            if k not in params:
-                raise UserError(f"{d}: unexpected tensor {k!r} for a {cfg.model_type} encoder "
-                                "with this config.json")
-            if t.shape != params[k].shape:
-                raise UserError(f"{d}: tensor {k!r} has shape {tuple(t.shape)} but config.json "
-                                f"implies {tuple(params[k].shape)}")
+            check_tensor(d, k, t, params, f"{cfg.model_type} encoder")
         missing = sorted(set(params) - set(state))
         if missing:
             raise UserError(f"{d}: weights are missing {len(missing)} tensors, e.g. {missing[0]!r}")
