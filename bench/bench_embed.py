@@ -32,7 +32,7 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
-def char_bert(texts: list[str], out: Path, hidden: int, seed: int = 0) -> Path:
+def char_bert(texts: list[str], out: Path, hidden: int, seed: int = 0, layers: int = 2) -> Path:
     chars = sorted({c for t in texts for c in t.lower() if not c.isspace()})
     vocab = list(dict.fromkeys(SPECIALS + chars + [f"##{c}" for c in chars]))
     tok = Backend(models.WordPiece({t: i for i, t in enumerate(vocab)}, unk_token="[UNK]"))
@@ -42,7 +42,7 @@ def char_bert(texts: list[str], out: Path, hidden: int, seed: int = 0) -> Path:
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
     tok.decoder = decoders.WordPiece()
     tok.add_special_tokens(SPECIALS)
-    cfg = EncoderConfig(vocab_size=tok.get_vocab_size(), hidden_size=hidden, num_hidden_layers=2,
+    cfg = EncoderConfig(vocab_size=tok.get_vocab_size(), hidden_size=hidden, num_hidden_layers=layers,
                         num_attention_heads=4, intermediate_size=4 * hidden, max_position_embeddings=512)
     torch.manual_seed(seed)
     enc = Encoder(cfg)

@@ -228,7 +228,19 @@ class NoInit(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def _dtype(dtype: str | torch.dtype, cfg: ModelConfig, device: torch.device) -> torch.dtype:
+def check_tensor(where, name: str, tensor, params: dict, kind: str) -> None:
+    """A one-line UserError when the weights file's tensor `name` is not one of the model's
+    parameters `params` (a `kind` built from config.json), or has another shape."""
+    if name not in params:
+        raise UserError(f"{where}: unexpected tensor {name!r} for a {kind} with this config.json")
+    if tensor.shape != params[name].shape:
+        raise UserError(f"{where}: tensor {name!r} has shape {tuple(tensor.shape)} but config.json "
+                        f"implies {tuple(params[name].shape)}")
+
+
+def resolve_dtype(dtype: str | torch.dtype, cfg, device: torch.device) -> torch.dtype:
+    """The torch dtype for `dtype` (auto, float32, bfloat16, float16 or a torch dtype); auto
+    is the checkpoint's own (`cfg.torch_dtype`) on a GPU, float32 on a CPU."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype == "auto":  # the checkpoint's own dtype on a GPU; float32 on a CPU
@@ -247,7 +259,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu",
     d = check_model_dir(path)
     cfg = ModelConfig.load(d / "config.json")
     device = torch.device(device)
-    dtype = _dtype(dtype, cfg, device)
+    dtype = resolve_dtype(dtype, cfg, device)
     with torch.device("meta"), NoInit():
         model = Transformer(cfg)
     params = dict(model.named_parameters())
@@ -257,12 +269,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu",
         for k, t in tensors:
             if k.endswith("rotary_emb.inv_freq"):  # some old checkpoints saved this buffer
                 continue
-            if k not in params:
-                raise UserError(f"{f}: unexpected tensor {k!r} for a {cfg.model_type} model "
-                                "with this config.json")
-            if t.shape != params[k].shape:
-                raise UserError(f"{f}: tensor {k!r} has shape {tuple(t.shape)} but config.json "
-                                f"implies {tuple(params[k].shape)}")
+            check_tensor(f, k, t, params, f"{cfg.model_type} model")
             state[k] = torch.empty(t.shape, dtype=dtype, device=device)
             state[k].copy_(t)  # cast and move in one pass: no second copy on the CPU
             del t

@@ -51,7 +51,7 @@ from safetensors.torch import save_file
 from torch import nn
 from tqdm import tqdm
 
-from jielong.checkpoint import NoInit, read_safetensors, weight_files
+from jielong.checkpoint import NoInit, check_tensor, read_safetensors, resolve_dtype, weight_files
 from jielong.errors import UserError, json_problem
 from jielong.files import atomic_dir, write_json
 from jielong.tokenizer import Tokenizer
@@ -284,7 +284,7 @@ class Encoder(nn.Module):
                             "folder (config.json, model.safetensors, tokenizer.json)")
         cfg = EncoderConfig.load(d / "config.json")
         device = torch.device(device)
-        dtype = _dtype(dtype, cfg, device)
+        dtype = resolve_dtype(dtype, cfg, device)
         files = [f for f in weight_files(d) if f.suffix == ".safetensors"]
         if not files:
             raise UserError(f"{d}: no model.safetensors (or shards with an index); jielong never "
@@ -302,12 +302,7 @@ class Encoder(nn.Module):
             model = cls(cfg, pooler="pooler.dense.weight" in state)
         params = dict(model.named_parameters())
         for k, t in state.items():
-            if k not in params:
-                raise UserError(f"{d}: unexpected tensor {k!r} for a {cfg.model_type} encoder "
-                                "with this config.json")
-            if t.shape != params[k].shape:
-                raise UserError(f"{d}: tensor {k!r} has shape {tuple(t.shape)} but config.json "
-                                f"implies {tuple(params[k].shape)}")
+            check_tensor(d, k, t, params, f"{cfg.model_type} encoder")
         missing = sorted(set(params) - set(state))
         if missing:
             raise UserError(f"{d}: weights are missing {len(missing)} tensors, e.g. {missing[0]!r}")
@@ -401,14 +396,4 @@ def read_json(path: Path, needed_for: str = ""):
     except json.JSONDecodeError as e:
         raise UserError(f"{path}:{e.lineno}: not valid JSON ({json_problem(e)}); fix or "
                         "re-download the file") from None
-
-
-def _dtype(dtype: str | torch.dtype, cfg: EncoderConfig, device: torch.device) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype == "auto":  # the checkpoint's own dtype on a GPU; float32 on a CPU
-        dtype = cfg.torch_dtype if device.type == "cuda" else "float32"
-    if dtype not in ("float32", "bfloat16", "float16"):
-        raise UserError(f"dtype {dtype!r}: choose auto, float32, bfloat16 or float16")
-    return getattr(torch, dtype)
 

@@ -5,6 +5,7 @@ and answer from it with citations.
 Run as:
     jielong rag index docs/ notes.md --out runs/index
     jielong rag search "退貨要幾天" --index runs/index --k 5
+    jielong rag search "退貨要幾天" --index runs/index --reranker runs/rerank/model --rerank_n 20
     jielong rag ask "退貨要幾天？" --index runs/index --model runs/demo/assistant
 
 `rag index` reads txt, Markdown, HTML, PDF, JSONL (--field) and SQuAD-style JSON
@@ -17,7 +18,10 @@ read is skipped and listed with its reason; the rest are indexed.
 --embedder is a Hugging Face BERT / XLM-R folder (jielong.encoder; its pooling is the one its
 sentence-transformers files declare), one `jielong train embed` wrote, or a causal LM (its
 mean-pooled states): jielong.rag.embed.load_embedder. The index remembers it: a query
-embedded by another model is refused.
+embedded by another model is refused. --method hybrid fuses BM25's and the dense ranking by
+reciprocal rank fusion, the dense list weighted by --dense_weight (1: plain RRF). --reranker
+(a `jielong train rerank` folder or a bge-reranker one: jielong.rag.rerank) reads the top
+--rerank_n passages again with the query and reorders them (jielong.rag.index.Index.search).
 
 `rag ask` retrieves, keeps the passages that cover enough of the question (or answers "I
 don't know" without asking the model), and asks the model with the passages as numbered,
@@ -37,7 +41,8 @@ from jielong.rag import answer as rag_answer
 from jielong.rag.answer import MIN_COVERAGE, citations_of, decline_text, retrieve, where
 from jielong.rag.chunk import OVERLAP, SIZE
 from jielong.rag.embed import load_embedder
-from jielong.rag.index import Hit, Index, build_index
+from jielong.rag.index import RERANK_N, Hit, Index, build_index
+from jielong.rag.rerank import Reranker
 from jielong.runtime import pick_device
 from jielong.tokenizer import use_color
 
@@ -69,8 +74,17 @@ def index_cmd(paths: list[str], out: str = "runs/rag-index", chunk_tokens: int =
     return report
 
 
+def open_index(index: str, embedder: str | None = None, reranker: str | None = None,
+               rerank_n: int = RERANK_N, dense_weight: float = 1.0, device: str = "cpu") -> Index:
+    """The index folder loaded for search with the embedder and reranker folders given."""
+    return Index.load(index, embedder=load_embedder(embedder) if embedder else None,
+                      reranker=Reranker.load(reranker, device=device) if reranker else None,
+                      rerank_n=rerank_n, dense_weight=dense_weight)
+
+
 def search_cmd(query: str, index: str = "runs/rag-index", k: int = 5,
-               method: Literal["bm25", "dense", "hybrid"] = "bm25", embedder: str | None = None):
+               method: Literal["bm25", "dense", "hybrid"] = "bm25", embedder: str | None = None,
+               dense_weight: float = 1.0, reranker: str | None = None, rerank_n: int = RERANK_N):
     """The passages of an index that best match a query, with source, page, heading and score.
 
     Args:
@@ -79,8 +93,12 @@ def search_cmd(query: str, index: str = "runs/rag-index", k: int = 5,
         k: how many passages
         method: bm25, dense (needs --embedder) or hybrid (reciprocal rank fusion of the two)
         embedder: the encoder folder the index was built with (for dense and hybrid)
+        dense_weight: hybrid: the dense list's weight in the fusion, BM25's being 1 (1: plain RRF)
+        reranker: a cross-encoder reranker folder (`jielong train rerank`, bge-reranker):
+            reorders the first --rerank_n passages
+        rerank_n: passages the reranker reads again
     """
-    idx = Index.load(index, embedder=load_embedder(embedder) if embedder else None)
+    idx = open_index(index, embedder, reranker, rerank_n, dense_weight)
     hits = idx.search(query, k=k, method=method)
     if not hits:
         print("no passage shares a word with the query")
@@ -118,6 +136,7 @@ def format_hit(h: Hit, color: bool = False) -> str:
 def ask_cmd(question: str, index: str = "runs/rag-index", model: str = "runs/demo/assistant",
             k: int = 4, method: Literal["bm25", "dense", "hybrid"] = "bm25",
             min_coverage: float = MIN_COVERAGE, embedder: str | None = None,
+            dense_weight: float = 1.0, reranker: str | None = None, rerank_n: int = RERANK_N,
             system_prompt: str | None = None, max_new_tokens: int = 256,
             device: str = "auto") -> dict:
     """Answer a question from an index of your documents, citing the passages used.
@@ -131,11 +150,14 @@ def ask_cmd(question: str, index: str = "runs/rag-index", model: str = "runs/dem
         min_coverage: the share of the question's words a passage must have to count as
             relevant (0-1); with none relevant the answer is "I don't know"
         embedder: the encoder folder the index was built with (for dense and hybrid)
+        dense_weight: hybrid: the dense list's weight in the fusion, BM25's being 1 (1: plain RRF)
+        reranker: a cross-encoder reranker folder: reorders the first --rerank_n passages
+        rerank_n: passages the reranker reads again
         system_prompt: a system message to put first
         max_new_tokens: most tokens of the answer
         device: auto, cpu, cuda, mps
     """
-    idx = Index.load(index, embedder=load_embedder(embedder) if embedder else None)
+    idx = open_index(index, embedder, reranker, rerank_n, dense_weight)
     hits = retrieve(idx, question, k, method, min_coverage)
     if not hits:
         answer = decline_text(question)

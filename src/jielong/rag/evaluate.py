@@ -6,6 +6,8 @@ Run as:
     jielong rag eval ../shared/data/drcd-dev.json --out runs/rag-eval/drcd
     jielong rag eval ../shared/data/drcd-dev.json --convert t2s --out runs/rag-eval/drcd-hans
     jielong rag eval ../shared/data/drcd-dev.json --model runs/demo/assistant --limit 200 --out runs/rag-eval/drcd
+    jielong rag eval ../shared/data/drcd-dev.json --embedder runs/embed/model --method hybrid --dense_weight 0.3
+    jielong rag eval ../shared/data/drcd-dev.json --reranker runs/rerank/model --rerank_n 20
     jielong rag eval ../shared/data/drcd-dev.json --calibrate ../shared/data/cmrc2018-dev.json --out runs/rag-eval/cal
 
 Retrieval (always). A SQuAD-style set (DRCD, CMRC 2018) is its own benchmark: every
@@ -21,6 +23,8 @@ trec_eval defines them for one query and averaged over the questions:
 - MRR: the mean of 1 / rank of the first gold paragraph (0 when not in the top 100);
 - nDCG@k: DCG = Σ rel_i / log2(i + 1) over the first k, binary relevance, divided by the DCG
   of the ideal ranking (Järvelin & Kekäläinen 2002); one gold paragraph: 1 / log2(rank + 1).
+--dense_weight weights hybrid's dense list, --reranker reorders each method's top --rerank_n
+(jielong.rag.index.Index.search: the same retrieval as `rag search` and `rag ask`).
 --convert s2t / t2s converts the questions with OpenCC first: 简 questions against the 繁
 DRCD corpus measure the cross-script retrieval that the index's 繁→简 folding is for.
 
@@ -89,7 +93,8 @@ from jielong.rag.answer import (
 )
 from jielong.rag.commands import fit_passages
 from jielong.rag.embed import load_embedder
-from jielong.rag.index import Hit, Index, build_index
+from jielong.rag.index import RERANK_N, Hit, Index, build_index
+from jielong.rag.rerank import Reranker
 from jielong.runtime import pick_device
 
 KS = (1, 5, 20)
@@ -304,6 +309,7 @@ def calibrate_gate(idx: Index, questions: list[Question], other: list[Question],
 def eval_cmd(dataset: str, index: str | None = None, model: str | None = None, k: int = 20,
              method: Literal["bm25", "dense", "hybrid"] = "bm25",
              tokenizer: Literal["jieba", "bigram", "whitespace"] = "jieba", embedder: str | None = None,
+             dense_weight: float = 1.0, reranker: str | None = None, rerank_n: int = RERANK_N,
              convert: Literal["s2t", "t2s"] | None = None, limit: int | None = None,
              calibrate: str | None = None, answer_k: int = 4, min_coverage: float = MIN_COVERAGE,
              max_new_tokens: int = 64, out: str | None = None, device: str = "auto") -> dict:
@@ -320,6 +326,10 @@ def eval_cmd(dataset: str, index: str | None = None, model: str | None = None, k
         tokenizer: BM25 words of the index built here: jieba, bigram or whitespace
         embedder: an embedder folder (BERT / XLM-R, one `jielong train embed` wrote, or a causal LM) for
             dense and hybrid
+        dense_weight: hybrid: the dense list's weight in the fusion, BM25's being 1 (1: plain RRF)
+        reranker: a cross-encoder reranker folder (`jielong train rerank`): reorders the
+            first --rerank_n passages of the method
+        rerank_n: passages the reranker reads again
         convert: convert the questions with OpenCC first (for every part): s2t (简→繁) or
             t2s (繁→简)
         limit: answer only the first N questions (retrieval scores all)
@@ -347,16 +357,21 @@ def eval_cmd(dataset: str, index: str | None = None, model: str | None = None, k
             build_index([dataset], where, embedder=emb, chunk_tokens=PARAGRAPH_TOKENS, overlap=0,
                         tokenizer=tokenizer)
             index = str(where)
-        idx = Index.load(index, embedder=emb)
+        idx = Index.load(index, embedder=emb, reranker=Reranker.load(reranker) if reranker else None,
+                         rerank_n=rerank_n, dense_weight=dense_weight)
         if not any(isinstance(doc_key(c.source), tuple) and doc_key(c.source)[0] == Path(dataset).name
                    for c in idx.chunks):
             raise UserError(f"{index}: no passage of {Path(dataset).name} in this index; build it with "
                             f"`jielong rag index {dataset} --out {index}` or leave --index out")
         result = {"retrieval": {"set": str(dataset), "index": None if index.startswith(tmp) else index,
                                 "tokenizer": idx.manifest.get("tokenizer", {}).get("kind"),
+                                "dense_weight": dense_weight if method == "hybrid" else None,
+                                "reranker": reranker, "rerank_n": rerank_n if reranker else None,
                                 **evaluate_retrieval(idx, questions, method, k, convert)}}
         r = result["retrieval"]
         print(f"{Path(dataset).name}: {r['questions']} questions, {method}"
+              + (f" (dense weight {dense_weight:g})" if method == "hybrid" and dense_weight != 1 else "")
+              + (f", top {rerank_n} reranked" if reranker else "")
               + (f", questions {convert}" if convert else "") + "  "
               + "  ".join(f"{name} {v:.3f}" for name, v in r.items() if "@" in name or name == "mrr"))
         if out:

@@ -24,7 +24,16 @@ swapped in whole, so a killed build leaves the old index.
 Search: BM25 over `sparse.tokenize` tokens; dense as exact cosine (a matrix product of
 L2-normalised vectors), or over EXACT_LIMIT vectors through a faiss HNSW graph kept beside them
 (vectors.faiss, rebuilt with the vectors; jielong.rag.ann, chosen by bench/bench_ann.py); hybrid as reciprocal rank fusion of the two lists, score Σ 1/(60 +
-rank) (Cormack, Clarke & Büttcher 2009, k = 60), over the top max(50, 4k) of each.
+rank) (Cormack, Clarke & Büttcher 2009, k = 60), over the top max(50, 4k) of each; with a
+`dense_weight` w the dense list's terms are w / (60 + rank) (weighted RRF, as Elasticsearch's
+and Vespa's rank fusion weight their lists; w = 1 is plain RRF, w = 0 is BM25's order): a weak
+encoder's list can then add its evidence without outvoting BM25's (bench/RESULTS.md).
+
+Reranking (optional, `reranker=`: anything with `score(query, passages) -> [float]`, e.g.
+jielong.rag.rerank.Reranker): the method's top `rerank_n` chunks are read again by the
+cross-encoder, with the query, and reordered by its scores (ties keep the first stage's
+order); when k > rerank_n, the rest follow in the first stage's order. A reranked hit's
+method is "METHOD+rerank" and its score the reranker's (Nogueira & Cho 2019).
 
 An embedder is any object with `name` (model + pooling; stored in the manifest so a query
 embedded by another model is refused), `dim` and `embed(texts) -> float32 [n, dim]`,
@@ -36,7 +45,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +63,7 @@ from jielong.rag.sparse import KINDS, Sparse, tokenize
 VERSION = 1
 METHODS = ("bm25", "dense", "hybrid")
 RRF_K = 60
+RERANK_N = 20
 
 
 @dataclass
@@ -224,35 +234,57 @@ class Index:
     """A built index, loaded for search."""
 
     def __init__(self, path: Path, manifest: dict, chunks: list[Chunk], sparse: Sparse,
-                 vectors: np.ndarray | None, embedder=None, ann: AnnIndex | None = None):
+                 vectors: np.ndarray | None, embedder=None, ann: AnnIndex | None = None,
+                 reranker=None, rerank_n: int = RERANK_N, dense_weight: float = 1.0):
+        if rerank_n < 1:
+            raise UserError(f"--rerank_n {rerank_n}: rerank at least 1 passage (20 is usual)")
+        if not dense_weight >= 0:
+            raise UserError(f"--dense_weight {dense_weight}: need a weight ≥ 0 (1 is plain RRF)")
         self.path, self.manifest, self.chunks = path, manifest, chunks
         self.sparse, self.vectors, self.embedder, self.ann = sparse, vectors, embedder, ann
+        self.reranker, self.rerank_n, self.dense_weight = reranker, rerank_n, dense_weight
         self.row_of = {c.id: i for i, c in enumerate(chunks)}
 
     @classmethod
-    def load(cls, path: str | Path, embedder=None) -> Index:
+    def load(cls, path: str | Path, embedder=None, reranker=None, rerank_n: int = RERANK_N,
+             dense_weight: float = 1.0) -> Index:
+        """The index in `path`, searched with `embedder` (dense, hybrid), `reranker` (its top
+        `rerank_n` rescored) and hybrid's `dense_weight` (see the module docstring)."""
         d = Path(path)
         manifest = read_manifest(d)
         vectors = None
         if (d / "vectors.safetensors").is_file():
             vectors = load_file(str(d / "vectors.safetensors"))["vectors"]
         ann = AnnIndex.load(d / "vectors.faiss") if (d / "vectors.faiss").is_file() else None
-        return cls(d, manifest, read_chunks(d), Sparse.load(d / "bm25"), vectors, embedder, ann)
+        return cls(d, manifest, read_chunks(d), Sparse.load(d / "bm25"), vectors, embedder, ann,
+                   reranker, rerank_n, dense_weight)
 
     def search(self, query: str, k: int = 5, method: str = "bm25") -> list[Hit]:
-        """The k best chunks for `query`, best first (BM25: only chunks sharing a token)."""
+        """The k best chunks for `query`, best first (BM25: only chunks sharing a token),
+        the first stage's top `rerank_n` reordered by the reranker when there is one."""
         if method not in METHODS:
             raise UserError(f"--method {method!r}: choose one of {', '.join(METHODS)}")
+        if self.reranker is None:
+            return self.first_stage(query, k, method)
+        hits = self.first_stage(query, max(k, self.rerank_n), method)
+        head, tail = hits[:self.rerank_n], hits[self.rerank_n:]
+        scores = self.reranker.score(query, [h.chunk.indexed_text() for h in head]) if head else []
+        order = sorted(range(len(head)), key=lambda i: -scores[i])  # stable: ties keep the order
+        ranked = [Hit(head[i].chunk, float(scores[i]), 0, f"{method}+rerank") for i in order] + tail
+        return [replace(h, rank=r) for r, h in enumerate(ranked[:k], 1)]
+
+    def first_stage(self, query: str, k: int, method: str) -> list[Hit]:
         if method == "bm25":
             return self.top(self.bm25_scores(query), k, "bm25")
         if method == "dense":
             return self.dense_top(query, k)
         n = max(50, 4 * k)
         fused: dict[int, float] = {}
-        for hits in (self.top(self.bm25_scores(query), n, "bm25"), self.dense_top(query, n)):
+        for hits, w in ((self.top(self.bm25_scores(query), n, "bm25"), 1.0),
+                        (self.dense_top(query, n) if self.dense_weight else [], self.dense_weight)):
             for h in hits:
                 row = self.row_of[h.chunk.id]
-                fused[row] = fused.get(row, 0.0) + 1.0 / (RRF_K + h.rank)
+                fused[row] = fused.get(row, 0.0) + w / (RRF_K + h.rank)
         best = sorted(fused.items(), key=lambda kv: (-kv[1], kv[0]))[:k]
         return [Hit(self.chunks[r], s, i + 1, "hybrid") for i, (r, s) in enumerate(best)]
 

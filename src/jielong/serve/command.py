@@ -8,6 +8,7 @@ For example (runs/demo/model: what `jielong demo` trains):
     jielong serve --model runs/demo/model
     jielong serve --model Qwen/Qwen2.5-0.5B-Instruct --adapter zh=runs/zh/adapter --port 8000
     jielong serve --model runs/demo/assistant --rag docs=runs/index --rag faq=runs/faq-index
+    jielong serve --model runs/demo/assistant --rag runs/index --rag_embedder runs/embed/model --rag_method hybrid
 
 With --rag, every chat reply (/v1 and the web chat) is answered from the documents of an
 index (`jielong rag index`), with citations (jielong.serve.documents); the web chat's users
@@ -23,11 +24,13 @@ import os
 import socket
 import sys
 from pathlib import Path
+from typing import Literal
 
 from jielong.errors import UserError
 from jielong.hub import open_model, stop_ids
 from jielong.infer.chat import need_demo
 from jielong.infer.engine import Engine
+from jielong.rag.embed import load_embedder
 from jielong.runtime import pick_device
 from jielong.safety.rails import build_rails
 from jielong.serve.hosts import LOOPBACK, host_name
@@ -54,6 +57,9 @@ def serve(
     guard_model: str | None = None,
     guard_classifier: str | None = None,
     rag: list[str] | None = None,
+    rag_embedder: str | None = None,
+    rag_method: Literal["bm25", "dense", "hybrid"] | None = None,
+    rag_dense_weight: float = 1.0,
     uploads: str | None = None,
     max_upload_bytes: int = 20_000_000,
     log_level: str = "info",
@@ -97,6 +103,11 @@ def serve(
         rag: Answer from your documents: an index folder (`jielong rag index DOCS --out
             INDEX`), or several as NAME=INDEX; a request picks one with "rag":
             {"collection": NAME} ("rag": false for none); the default is the first.
+        rag_embedder: The encoder folder the --rag indexes were built with (`jielong rag
+            index --embedder DIR`), for dense and hybrid search; uploads are embedded with it.
+        rag_method: How the documents are searched: bm25, dense or hybrid (default: hybrid
+            with --rag_embedder, else bm25).
+        rag_dense_weight: Hybrid: the dense list's weight in the rank fusion, BM25's being 1.
         uploads: The folder where the web chat keeps the documents users upload into their
             own collections (default: uploads/ beside --db; "off": no uploads).
         max_upload_bytes: Largest document a user may upload.
@@ -118,7 +129,8 @@ def serve(
         raise UserError(f"--port {port}: must be between 1 and 65535")
     rails = build_rails(safety, locale, guard_model, guard_classifier, pick_device(device))
     folder = uploads_folder(uploads, db, model, max_upload_bytes)
-    library = Library(parse_rag(rag), folder, max_upload_bytes)
+    embedder = load_embedder(rag_embedder) if rag_embedder else None
+    library = Library(parse_rag(rag), folder, max_upload_bytes, embedder, rag_method, rag_dense_weight)
     sock = _bind(host, port)  # before loading the model: a busy port fails in a second
     try:
         store = open_store(db, model)

@@ -12,8 +12,15 @@ picks one by name (/v1: `"rag": {"collection": NAME, "k": 4}`, or `"rag": false`
 the web chat: its settings' "rag"); by default the first one given with --rag (none when
 there is none).
 
-Retrieval is jielong.rag.answer's: BM25 (the index's Chinese-aware words), then the coverage
-gate. The passages kept go into the prompt as numbered, quoted data (rag_messages), fitted to
+Retrieval is jielong.rag.answer's: BM25 (the index's Chinese-aware words), or with an
+embedder (`--rag_embedder`, jielong.rag.embed.load_embedder) dense or hybrid search
+(`--rag_method`, default hybrid when there is an embedder; hybrid's dense list weighted by
+`--rag_dense_weight`, jielong.rag.index), then the coverage gate. An index is searched with
+the embedder it was built with: at start-up a --rag index embedded by another model, or one
+without vectors while an embedder is given, or dense / hybrid without an embedder, is one
+clear line (UserError); an uploaded collection embedded otherwise (or not at all) is embedded
+again then (only its vectors: the index build is incremental), and uploads are embedded with
+the server's embedder. The passages kept go into the prompt as numbered, quoted data (rag_messages), fitted to
 the context (fit_passages); with none kept the reply is the decline text, and the model is
 not asked. What comes back with the reply: `sources` (every passage given, as
 jielong.rag.answer.citation makes them) and `citations` (those the reply's [n] markers name),
@@ -50,7 +57,7 @@ from starlette.concurrency import run_in_threadpool
 
 from jielong.errors import UserError
 from jielong.rag.answer import citation, citations_of, fit_passages, retrieve
-from jielong.rag.index import Hit, Index, build_index
+from jielong.rag.index import METHODS, Hit, Index, build_index
 from jielong.rag.ingest import SUFFIXES, Skipped, read_file
 from jielong.serve.body import read_raw
 from jielong.serve.errors import ApiError
@@ -114,14 +121,24 @@ def parse_rag(given: list[str] | None) -> dict[str, Path]:
 
 class Library:
     """The server's collections: `given` {name: index folder} (read only, loaded now: a
-    missing or broken index is a UserError at start) and, when `uploads` is a folder, the
-    users' own collections in it (those already there are found again)."""
+    missing or broken index, or one that does not fit the embedder, is a UserError at start)
+    and, when `uploads` is a folder, the users' own collections in it (those already there
+    are found again). `embedder` (None: BM25 only), `method` (bm25, dense or hybrid; default
+    hybrid with an embedder, else bm25) and `dense_weight` are how every collection is searched."""
 
     def __init__(self, given: dict[str, str | Path] | None = None,
-                 uploads: str | Path | None = None, max_upload_bytes: int = MAX_UPLOAD):
+                 uploads: str | Path | None = None, max_upload_bytes: int = MAX_UPLOAD,
+                 embedder=None, method: str | None = None, dense_weight: float = 1.0):
+        self.embedder, self.dense_weight = embedder, dense_weight
+        self.method = method or ("hybrid" if embedder is not None else "bm25")
+        if self.method not in METHODS:
+            raise UserError(f"--rag_method {self.method!r}: choose one of {', '.join(METHODS)}")
+        if self.method != "bm25" and embedder is None:
+            raise UserError(f"--rag_method {self.method} needs --rag_embedder (the encoder folder "
+                            "the --rag indexes were built with)")
         self.collections: dict[str, Collection] = {}
         for name, path in (given or {}).items():
-            self.collections[name] = Collection(name, Path(path), index=Index.load(path))
+            self.collections[name] = Collection(name, Path(path), index=self.open(path, f"--rag {name}={path}"))
         self.default = next(iter(self.collections), None)
         self.uploads = None if uploads is None else Path(uploads).resolve()
         self.max_upload_bytes = max_upload_bytes
@@ -131,7 +148,25 @@ class Library:
                 if d.is_dir() and NAME.match(d.name) and d.name not in self.collections:
                     c = self.uploaded(d.name)
                     if (c.index_dir / "manifest.json").is_file():
-                        c.index = Index.load(c.index_dir)
+                        if embedder is not None and Index.load(c.index_dir).manifest.get("embedder") != embedder.name:
+                            build_index([c.files], c.index_dir, embedder=embedder)  # vectors made again
+                        c.index = self.open(c.index_dir)
+
+    def open(self, path: str | Path, given: str | None = None) -> Index:
+        """The index in `path`, to be searched as this library searches; for a --rag one
+        (`given`: how it was named), a UserError when it does not fit the embedder."""
+        idx = Index.load(path, embedder=self.embedder, dense_weight=self.dense_weight)
+        built = idx.manifest.get("embedder")
+        if given and self.embedder is not None:
+            if built is None or idx.vectors is None:
+                raise UserError(f"{given}: this index has no vectors (built without an embedder), "
+                                f"so --rag_embedder cannot search it; build it again with `jielong rag "
+                                f"index DOCS --out {path} --embedder DIR`, or leave --rag_embedder out")
+            if built != self.embedder.name:
+                raise UserError(f"{given}: the index was embedded with {built!r}, --rag_embedder is "
+                                f"{self.embedder.name!r}; give the folder it was built with, or build "
+                                "it again with this one")
+        return idx
 
     def uploaded(self, name: str) -> Collection:
         """The uploaded collection `name`, made (and listed) when new."""
@@ -161,7 +196,7 @@ class Library:
         """The passages of `c` relevant to `question` (retrieve's gate); none while an
         uploaded collection has no documents yet."""
         idx = c.index
-        return [] if idx is None else retrieve(idx, question, k)
+        return [] if idx is None else retrieve(idx, question, k, self.method)
 
     def sources(self, c: Collection, hits: list[Hit]) -> list[dict]:
         """The passages given, numbered as the prompt numbers them."""
@@ -213,8 +248,8 @@ class Library:
             existed = target.exists()
             os.replace(new, target)
             shutil.rmtree(incoming, ignore_errors=True)
-            build_index([c.files], c.index_dir)
-            c.index = Index.load(c.index_dir)
+            build_index([c.files], c.index_dir, embedder=self.embedder)
+            c.index = self.open(c.index_dir)
         chunks = len(c.index.manifest["files"].get(str(target), {}).get("chunks", []))
         return {"collection": c.describe(), "file": safe, "chunks": chunks,
                 "replaced": existed}
