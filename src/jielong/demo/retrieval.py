@@ -228,7 +228,7 @@ def rag_chats(world: World, folder: Path, n: int, seed: int = 0) -> list[dict]:
         forms = QUESTIONS[asked.kind][lang]
         q = rng.choice(forms).format(s=asked.subject.say(lang))
         source = str(folder / f"{kept[0].subject.en.lower()}.{lang}.txt")
-        messages = rag_messages(q, [passage_hit(source, document(kept, lang, rng))])
+        messages = rag_messages(q, [passage_hit(source, document(kept, lang, rng))], compact=True)
         reply = answer_sentence(asked, lang) if asked in kept else decline_text(q)
         chats.append({"messages": messages + [{"role": "assistant", "content": reply}]})
     return chats
