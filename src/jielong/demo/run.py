@@ -27,9 +27,9 @@ Run as:
    with the crisis lines of the user's region (and normal answers to look-alikes), measured
    on held-out messages before and after, without and with the rails;
 17. retrieval (demo/retrieval.py): documents about people and towns the model never saw,
-   indexed by jielong.rag; their facts asked closed-book and with the retrieved passage,
-   before and after a short SFT on RAG chats (answered, confident wrong
-   answers, and "I don't know" for what no document says);
+   indexed by jielong.rag; their facts asked of the assistant closed-book and with the
+   retrieved passage (answered, confident wrong answers, the right document found, and
+   "I don't know" for what no document says);
 then writes RUN/report.md with the loss curve, the numbers and samples of every stage.
 """
 
@@ -198,8 +198,7 @@ def demo(
         result["guardrail"] = guardrail_stage(run, tok, stage_steps(finetune_steps, "guardrail"),
                                               str(pick_device(device)), resume)
         clock.lap("16. guardrail")
-        result["retrieval"] = retrieval_stage(run, tok, stage_steps(finetune_steps, "retrieval"),
-                                              str(pick_device(device)), resume)
+        result["retrieval"] = retrieval_stage(run, tok, str(pick_device(device)))
         clock.lap("17. retrieval")
     result["seconds"] = round(time.time() - t_start, 1)
     result["cpu_seconds"] = round(sum(c for _, _, c in clock.laps), 1)

@@ -20,7 +20,10 @@ an instruction in the question's language (answer from the sources only, cite ea
 [n], say you don't know when they do not say), the sources numbered [1]..[k], each with its
 file, page and heading, all inside one `jielong.safety.injection.mark_data` block — quoted
 data between random boundary tags, role tags inside escaped — so a document that says
-"ignore previous instructions" stays text to read, then the question.
+"ignore previous instructions" stays text to read, then the question. A model with little
+room for the prompt (under COMPACT_ROOM tokens) gets the compact form: a one-line
+instruction that itself says the sources are data, sources by file name, and the block's
+boundary tags without their note (mark_data(brief=True)) — about half the tokens.
 
 A citation is a marker [n] in the reply that names a passage given: each becomes {"n",
 "id", "source", "page", "heading", "score", "quote"} (quote: the passage's first 200
