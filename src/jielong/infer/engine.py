@@ -8,21 +8,38 @@ the running batch one token at a time (continuous batching).
 
 One background thread owns the model; `submit` and `cancel` only hand it work.
 
-The KV cache is preallocated: `slots` rows, each as long as the context, per layer. A
-request holds one row from its prefill to its last token, and the running requests always
-fill rows 0..n-1: when one ends, the last row's keys and values move into its place, so a
-decode step reads one contiguous slice of the cache.
+The KV cache is paged (jielong.infer.kv): fixed-size blocks (`block_size` tokens) from one
+pool of `kv_blocks` (default: as much memory as `slots` rows of the whole context, the old
+slot cache's; `jielong serve --kv_memory_gb` sets a budget instead), a block table per
+request, so memory follows the tokens each request holds and the same memory runs more
+requests. Full blocks are shared by a hash of their prefix (prefix caching): a request whose
+prompt begins like an earlier one's (a system prompt, the earlier turns of a chat) takes those
+blocks and computes only the rest. `slots` stays the most requests running at once (the rows
+of the sampling state).
 
 Each turn of the loop:
-1. cancelled requests leave (their rows free at once);
-2. waiting requests take free rows and are prefilled together, right-padded to the longest
-   prompt (causal attention keeps the padding away from real tokens);
-3. every running request decodes one token in one forward, each row at its own position with
-   a mask that hides the keys beyond it; a request that is done leaves now, and a waiting one
-   takes its row in the next turn, so short requests never wait for the longest.
+1. cancelled requests leave (their blocks are released at once);
+2. waiting requests are admitted, oldest first, while a row is free and the pool has blocks for
+   the part of the prompt not cached and the first token after it; the first that does not
+   fit waits (and those behind it: no overtaking, so a long prompt is not starved);
+3. prefill: at most `prefill_chunk` prompt tokens, oldest request first, are fed in one
+   forward per adapter, right-padded; a long prompt takes several turns (chunked prefill,
+   as vLLM and Sarathi-Serve do), so the running streams below still get a token every turn
+   instead of waiting for a whole 2k-token prefill. A request whose prompt is done samples
+   its first token;
+4. every request past its prefill decodes one token in one forward, each row at its own
+   position with a mask that hides the keys beyond it; a request that is done leaves now and
+   its blocks go back to the pool, so short requests never wait for the longest.
+
+When decoding needs a block and the pool has none, the most recently admitted request is
+preempted (vLLM's recompute preemption): it releases its blocks and goes back to the front of
+the queue with the tokens it has; readmitted, it prefills prompt + output again (mostly from its
+own blocks, still cached if the pool did not need them) and continues where it was, its
+streamed text unchanged. A request can always run alone: `check` refuses one whose prompt +
+max_tokens would not fit in the whole pool.
 
 Requests for different LoRA adapters (jielong.lora) run as one forward per adapter, the
-adapter switched in between; the rows of each are gathered from the cache.
+adapter switched in between; the adapter is part of a block's prefix hash.
 
 Sampling is per request (`SamplingParams`, picked by jielong.infer.sampling.sample): temperature,
 top-k, top-p, min-p; presence and frequency penalties (OpenAI's: subtracted for each token
@@ -46,6 +63,7 @@ from dataclasses import dataclass
 import torch
 
 from jielong.errors import UserError
+from jielong.infer.kv import BlockPool, PagedView, block_hash
 from jielong.infer.sampling import SamplingParams, sample
 from jielong.lora import adapter_names, set_adapter
 from jielong.model import Transformer, mean_pooled
@@ -91,7 +109,11 @@ class Request:
         self.engine, self.prompt, self.params, self.adapter = engine, prompt, params, adapter
         self.on_event = on_event or (lambda e: None)
         self.output: list[int] = []
-        self.length = 0  # positions of this request held in the cache
+        self.length = 0  # positions of this request whose keys are in the cache
+        self.blocks: list[int] = []  # its block table (jielong.infer.kv)
+        self.hashes: list[bytes] = []  # the prefix hashes of its full blocks, in order
+        self.target = 0  # positions to prefill: the prompt (and, readmitted, its output but the last)
+        self.admitted = 0  # the turn it was last admitted in: the latest is preempted first
         self.text, self.sent = "", 0  # decoded output, and how much of it events carried
         self.settled, self.base = 0, ""  # output[:settled] decodes to base, for good
         self.submitted = time.perf_counter()
@@ -114,45 +136,12 @@ class Request:
         return None if self.first_token_at is None else self.first_token_at - self.submitted
 
 
-class SlotCache:
-    """The engine's KV cache: (layers, slots, kv heads, context, head dim). Before each forward
-    the engine sets which rows it covers (`rows`: a slice, or an index tensor for a subset),
-    where the new keys go (`at`: one position for a prefill, or one per row) and how many
-    positions to read back (`end`)."""
-
-    keys_at_positions = True  # key i of a row holds position i: the model windows by position
-
-    def __init__(self, model: Transformer, slots: int, context: int):
-        cfg, p = model.config, next(model.parameters())
-        shape = (cfg.num_hidden_layers, slots, cfg.num_key_value_heads, context, cfg.head_dim)
-        self.k = torch.zeros(shape, device=p.device, dtype=p.dtype)
-        self.v = torch.zeros(shape, device=p.device, dtype=p.dtype)
-        self.pos = 0  # the model reads this for positions it is not given; the engine gives them
-        self.rows: slice | torch.Tensor = slice(0, 0)
-        self.at: int | torch.Tensor = 0
-        self.end = 0
-
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        K, V, rows = self.k[layer], self.v[layer], self.rows
-        if isinstance(self.at, int):  # prefill: rows is a slice, T positions from `at`
-            K[rows, :, self.at:self.at + k.shape[2]] = k
-            V[rows, :, self.at:self.at + k.shape[2]] = v
-        else:  # decode: one position per row
-            r = torch.arange(rows.start, rows.stop, device=K.device) if isinstance(rows, slice) else rows
-            K[r, :, self.at] = k[:, :, 0]
-            V[r, :, self.at] = v[:, :, 0]
-        return K[rows, :, :self.end], V[rows, :, :self.end]
-
-    def move(self, src: int, dst: int, length: int) -> None:
-        self.k[:, dst, :, :length] = self.k[:, src, :, :length]
-        self.v[:, dst, :, :length] = self.v[:, src, :, :length]
-
-
 class Engine:
     """Continuous batching over `slots` concurrent requests; see the module's docstring."""
 
     def __init__(self, model: Transformer, tok, stop_ids: set[int] = frozenset(), slots: int = 16,
-                 context: int | None = None, prefill_tokens: int = 8192):
+                 context: int | None = None, kv_blocks: int | None = None, block_size: int = 16,
+                 prefix_cache: bool = True, prefill_chunk: int | None = 512):
         cfg = model.config
         self.model, self.tok = model.eval(), tok
         self.device = next(model.parameters()).device
@@ -160,10 +149,17 @@ class Engine:
         if slots < 1 or self.context < 2:
             raise UserError(f"the engine needs at least 1 slot and a context of 2 tokens, not "
                             f"{slots} slots and a {self.context}-token context")
-        self.slots, self.prefill_tokens = slots, prefill_tokens
+        if prefill_chunk is not None and prefill_chunk < 1:
+            raise UserError(f"--prefill_chunk {prefill_chunk}: give at least 1 token (or none: "
+                            "whole prompts at once)")
+        self.slots, self.prefill_chunk, self.prefix_cache = slots, prefill_chunk, prefix_cache
         self.stop_ids = set(stop_ids)
         self.adapters = adapter_names(model)
-        self.cache = SlotCache(model, slots, self.context)
+        if kv_blocks is None:  # the old slot cache's memory: every slot the whole context
+            kv_blocks = slots * -(-self.context // block_size)
+        self.pool = BlockPool(model, kv_blocks, block_size)
+        self.view = PagedView(self.pool)
+        self.limit = min(self.context, kv_blocks * block_size)  # the most tokens one request holds
         V = cfg.vocab_size
         self.counts = torch.zeros((slots, V), dtype=torch.int32, device=self.device)  # output tokens
         self.seen = torch.zeros((slots, V), dtype=torch.bool, device=self.device)  # prompt + output
@@ -173,7 +169,10 @@ class Engine:
         self.lock = threading.Condition()
         self.thread: threading.Thread | None = None
         self.closing = False
-        self.totals = {"requests": 0, "prompt_tokens": 0, "generated_tokens": 0, "steps": 0}
+        self.totals = {"requests": 0, "prompt_tokens": 0, "generated_tokens": 0, "steps": 0,
+                       "prefix_hit_tokens": 0, "prefix_query_tokens": 0, "prefill_chunks": 0,
+                       "preempted": 0}
+        self.turn = 0
         self.by_reason: dict[str, int] = {}
 
     # --------------------------------------------------------------------- public side
@@ -204,14 +203,17 @@ class Engine:
         bad = [t for t in prompt if not 0 <= t < vocab]
         if bad:
             raise UserError(f"token ids must be in [0, {vocab}); the prompt has {bad[:5]}")
-        room = self.context - len(prompt)
+        room = self.limit - len(prompt)
+        context = self.limit == self.context
         if room < 1:
-            raise UserError(f"the prompt is {len(prompt)} tokens, but the model's context is "
-                            f"{self.context} tokens; shorten it")
+            what = (f"the model's context is {self.context} tokens" if context else
+                    f"the KV cache holds {self.limit} tokens (raise --kv_memory_gb)")
+            raise UserError(f"the prompt is {len(prompt)} tokens, but {what}; shorten it")
         if params.max_tokens is not None and params.max_tokens > room:
+            what = (f"the model's context of {self.context} tokens" if context else
+                    f"the {self.limit} tokens the KV cache holds (raise --kv_memory_gb)")
             raise UserError(f"the prompt ({len(prompt)} tokens) + max_tokens ({params.max_tokens}) "
-                            f"is more than the model's context of {self.context} tokens; lower "
-                            f"max_tokens to at most {room}")
+                            f"is more than {what}; lower max_tokens to at most {room}")
         return params.max_tokens or room
 
     def submit(self, prompt: list[int], params: SamplingParams, adapter: str | None = None,
@@ -256,7 +258,8 @@ class Engine:
     def stats(self) -> dict:
         with self.lock:
             return {"waiting": len(self.waiting), "running": len(self.running),
-                    "slots": self.slots, **self.totals}
+                    "slots": self.slots, **self.totals, "kv_blocks_total": self.pool.total,
+                    "kv_blocks_used": self.pool.used(), "kv_block_size": self.pool.size}
 
     # --------------------------------------------------------------------- engine side
 
@@ -276,8 +279,8 @@ class Engine:
                     self._jobs()
                     self._drop_cancelled()
                     self._admit()
-                    if self.running:
-                        self._decode()
+                    self._prefill()
+                    self._decode()
                 except Exception as e:  # a fault in the engine fails its requests, not the server
                     self._fail_all(f"{type(e).__name__}: {e}")
             self._fail_all("the engine was shut down")
@@ -306,74 +309,128 @@ class Engine:
             self._leave(r, "cancelled")
 
     def _admit(self) -> None:
-        new: list[Request] = []
+        """Waiting requests take a row and their prompt's blocks, oldest first, while both last."""
+        self.turn += 1
         with self.lock:
-            budget = self.prefill_tokens
-            while self.waiting and len(self.running) + len(new) < self.slots:
-                r = self.waiting[0]
-                if new and len(r.prompt) > budget:
-                    break
-                budget -= len(r.prompt)
-                new.append(self.waiting.popleft())
-        if not new:
-            return
-        for adapter in dict.fromkeys(r.adapter for r in new):
-            group = [r for r in new if r.adapter == adapter]
-            start = len(self.running)
-            self.running += group
-            for i, r in enumerate(group, start):
+            while self.waiting and len(self.running) < self.slots and self._place(self.waiting[0]):
+                r = self.waiting.popleft()
+                i = len(self.running)
+                self.running.append(r)
                 self.counts[i].zero_()
                 self.seen[i].zero_()
                 self.seen[i, r.prompt] = True
-            logits = self._prefill(group, start, adapter)
-            for r, why in self._sample(list(range(start, start + len(group))), logits):
-                self._leave(r, why)
+                if r.output:  # readmitted after a preemption: the sampling state it had
+                    out = torch.tensor(r.output, device=self.device)
+                    self.counts[i].index_add_(0, out, torch.ones_like(out, dtype=torch.int32))
+                    self.seen[i, out] = True
+
+    def _place(self, r: Request) -> bool:
+        """Give `r` the cached blocks its tokens begin with and new ones for the rest of its
+        prompt and the token after it; False (nothing held) when the pool has too few."""
+        seq = r.prompt + r.output
+        r.target = len(seq) - (1 if r.output else 0)  # a readmitted one decodes its last token
+        blocks, hashes = self.pool.match(seq[:r.target], r.adapter) if self.prefix_cache else ([], [])
+        need = -(-(r.target + 1) // self.pool.size) - len(blocks)
+        if need > self.pool.available():
+            self.pool.release(blocks)
+            return False
+        r.blocks = blocks + [self.pool.take() for _ in range(need)]
+        r.hashes, r.length, r.admitted = hashes, len(blocks) * self.pool.size, self.turn
+        if not r.output:
+            self.totals["prefix_query_tokens"] += len(r.prompt)
+            self.totals["prefix_hit_tokens"] += r.length
+        return True
 
     def _use(self, adapter: str | None) -> None:
         if self.adapters:
             set_adapter(self.model, adapter)
 
-    def _prefill(self, group: list[Request], start: int, adapter: str | None) -> torch.Tensor:
-        self._use(adapter)
-        T = max(len(r.prompt) for r in group)
-        ids = torch.zeros((len(group), T), dtype=torch.long)
-        for i, r in enumerate(group):
-            ids[i, :len(r.prompt)] = torch.tensor(r.prompt)
-            r.length = len(r.prompt)
-        c = self.cache
-        c.rows, c.at, c.end, c.pos = slice(start, start + len(group)), 0, T, 0
-        q = torch.arange(T, device=self.device)
-        mask = q[None, :] <= q[:, None]  # the model narrows it to each layer's window
-        h = self.model(ids.to(self.device), q, c, mask[None, None], hidden_only=True)
-        last = torch.tensor([len(r.prompt) - 1 for r in group], device=self.device)
-        h = h[torch.arange(len(group), device=self.device), last]
-        return self.model.lm_head(h).float()
+    def _prefill(self) -> None:
+        """Feed at most `prefill_chunk` prompt tokens, oldest request first; sample the first
+        token of each request whose prompt is now done."""
+        budget = self.prefill_chunk or self.limit * self.slots
+        plan: list[tuple[Request, int]] = []
+        for r in sorted((r for r in self.running if r.length < r.target), key=lambda r: r.admitted):
+            n = min(r.target - r.length, budget)
+            if n < 1:
+                break
+            plan.append((r, n))
+            budget -= n
+        done = []
+        for adapter in dict.fromkeys(r.adapter for r, _ in plan):
+            self._use(adapter)
+            group = [(r, n) for r, n in plan if r.adapter == adapter]
+            ids = torch.zeros((len(group), max(n for _, n in group)), dtype=torch.long)
+            for i, (r, n) in enumerate(group):
+                ids[i, :n] = torch.tensor((r.prompt + r.output)[r.length:r.length + n])
+            positions, mask = self.view.set([r.blocks for r, _ in group], [r.length for r, _ in group],
+                                            [n for _, n in group])
+            h = self.model(ids.to(self.device), positions, self.view, mask, hidden_only=True)
+            ready = []
+            for i, (r, n) in enumerate(group):
+                r.length += n
+                self._name_blocks(r)
+                if r.length == r.target and not r.output:
+                    ready.append((i, n - 1))
+            self.totals["prefill_chunks"] += len(group)
+            if ready:
+                rows, last = zip(*ready, strict=True)
+                logits = self.model.lm_head(h[list(rows), list(last)]).float()
+                done += self._sample([self.running.index(group[i][0]) for i in rows], logits)
+        for r, why in done:
+            self._leave(r, why)
+
+    def _name_blocks(self, r: Request) -> None:
+        """Put the blocks `r` has filled in the prefix cache."""
+        if not self.prefix_cache:
+            return
+        size, seq = self.pool.size, None
+        while len(r.hashes) < r.length // size:
+            i = len(r.hashes)
+            seq = seq or r.prompt + r.output
+            h = block_hash(r.hashes[-1] if r.hashes else b"", seq[i * size:(i + 1) * size], r.adapter)
+            self.pool.register(r.blocks[i], h)
+            r.hashes.append(h)
 
     def _decode(self) -> None:
-        groups = {}
-        for i, r in enumerate(self.running):
-            groups.setdefault(r.adapter, []).append(i)
+        """One token for every request past its prefill."""
+        size = self.pool.size
+        for r in sorted(self._decoding(), key=lambda r: r.admitted):
+            while r in self.running and len(r.blocks) <= r.length // size:
+                if self.pool.available():
+                    r.blocks.append(self.pool.take())
+                else:  # no block: the latest admitted goes back to the queue
+                    self._preempt(max(self.running, key=lambda q: (q.admitted, q.id)))
+        decoding = self._decoding()
+        if not decoding:
+            return
+        groups: dict[str | None, list[Request]] = {}
+        for r in decoding:
+            groups.setdefault(r.adapter, []).append(r)
         done = []
-        for adapter, rows in groups.items():
+        for adapter, reqs in groups.items():
             self._use(adapter)
-            reqs = [self.running[i] for i in rows]
-            n = len(rows)
-            c = self.cache
-            whole = len(groups) == 1
-            idx = torch.tensor(rows, device=self.device)
-            c.rows = slice(0, n) if whole else idx
-            at = torch.tensor([r.length for r in reqs], device=self.device)
-            c.at, c.end, c.pos = at, int(at.max()) + 1, 0
-            keys = torch.arange(c.end, device=self.device)[None, :]
-            mask = keys <= at[:, None]
+            positions, mask = self.view.set([r.blocks for r in reqs], [r.length for r in reqs],
+                                            [1] * len(reqs))
             x = torch.tensor([[r.output[-1]] for r in reqs], device=self.device)
-            logits = self.model(x, at[:, None], c, mask[:, None, None])[:, -1].float()
+            logits = self.model(x, positions, self.view, mask)[:, -1].float()
             for r in reqs:
                 r.length += 1
-            done += self._sample(rows, logits)
+                self._name_blocks(r)
+            done += self._sample([self.running.index(r) for r in reqs], logits)
         for r, why in done:
             self._leave(r, why)
         self.totals["steps"] += 1
+
+    def _decoding(self) -> list[Request]:
+        """The running requests past their prefill: all but their last token in the cache."""
+        return [r for r in self.running if r.output and r.length == len(r.prompt) + len(r.output) - 1]
+
+    def _preempt(self, r: Request) -> None:
+        self._drop_row(r)
+        with self.lock:
+            self.waiting.appendleft(r)
+        self.totals["preempted"] += 1
 
     def _sample(self, rows: list[int], logits: torch.Tensor) -> list[tuple[Request, str]]:
         """Pick and send the next token of the running requests at `rows`; the ones now done,
@@ -440,16 +497,21 @@ class Engine:
         return text
 
     def _leave(self, r: Request, reason: str) -> None:
+        self._drop_row(r)
+        self._finish(r, reason)
+
+    def _drop_row(self, r: Request) -> None:
+        """`r` stops running: its blocks go back to the pool, its row to the last request."""
+        self.pool.release(r.blocks)
+        r.blocks, r.hashes, r.length = [], [], 0
         i = self.running.index(r)
         last = len(self.running) - 1
         if i != last:  # the last row moves into the gap: the running rows stay 0..n-1
             moved = self.running[last]
-            self.cache.move(last, i, moved.length)
             self.counts[i].copy_(self.counts[last])
             self.seen[i].copy_(self.seen[last])
             self.running[i] = moved
         self.running.pop()
-        self._finish(r, reason)
 
     def _finish(self, r: Request, reason: str, error: str | None = None) -> None:
         """The last event: the text held back so far (none after a stop string, which was cut)."""
@@ -464,6 +526,8 @@ class Engine:
         with self.lock:
             waiting, self.waiting = list(self.waiting), deque()
         for r in self.running + waiting:
+            self.pool.release(r.blocks)
+            r.blocks = []
             self._finish(r, "error", message)
         self.running = []
 

@@ -30,6 +30,7 @@ from jielong.errors import UserError
 from jielong.hub import open_model, stop_ids
 from jielong.infer.chat import need_demo
 from jielong.infer.engine import Engine
+from jielong.infer.kv import blocks_for_memory
 from jielong.rag.embed import load_embedder
 from jielong.runtime import pick_device
 from jielong.safety.rails import build_rails
@@ -47,6 +48,9 @@ def serve(
     system_prompt: str | None = None,
     slots: int = 16,
     context: int = 4096,
+    kv_memory_gb: float | None = None,
+    prefill_chunk: int = 512,
+    prefix_cache: bool = True,
     name: str | None = None,
     device: str = "auto",
     dtype: str = "auto",
@@ -84,8 +88,15 @@ def serve(
             localhost, [::1] and --host itself (a request naming another is refused, which
             stops DNS-rebinding pages); *.example.com for its subdomains, * for any.
         system_prompt: System message for conversations that bring none.
-        slots: Most requests decoding at once (each holds a KV cache row of --context tokens).
+        slots: Most requests decoding at once.
         context: Most tokens per request, prompt and reply (capped at the model's own).
+        kv_memory_gb: Memory for the KV cache, in GB, shared by all requests in blocks of 16
+            tokens, so each holds only what its tokens need (default: --slots × --context
+            tokens' worth, every request able to reach the whole context at once).
+        prefill_chunk: Most prompt tokens fed per engine step: a longer prompt is fed in
+            pieces between the running requests' decode steps, so their streams keep flowing.
+        prefix_cache: Keep the KV cache of prompt prefixes (a system prompt, a chat's earlier
+            turns) for the next request that begins the same way.
         name: The model name clients use (default: --model as given).
         device: auto, cpu, cuda, mps.
         dtype: auto (the checkpoint's on a GPU, float32 on CPU), float32, bfloat16, float16.
@@ -139,8 +150,10 @@ def serve(
         raise
     try:
         net, tok, gen = open_model(model, device=pick_device(device), dtype=dtype, adapters=adapter)
+        blocks = blocks_for_memory(net, kv_memory_gb) if kv_memory_gb is not None else None
         engine = Engine(net, tok, stop_ids(tok, gen, net.config.eos_token_id), slots=slots,
-                        context=context).start()
+                        context=context, kv_blocks=blocks, prefix_cache=prefix_cache,
+                        prefill_chunk=prefill_chunk).start()
     except BaseException:
         sock.close()
         store.close()
@@ -151,8 +164,10 @@ def serve(
                      rails=rails, library=library)
     where = f"[{host}]" if ":" in host else host
     extra = f" + adapters {', '.join(engine.adapters)}" if engine.adapters else ""
-    print(f"serving {served}{extra} at http://{where}:{port}/v1 · {slots} slots × "
-          f"{engine.context} tokens · API key {'required' if keys else 'not required'}",
+    pool = engine.pool
+    print(f"serving {served}{extra} at http://{where}:{port}/v1 · {slots} slots · context "
+          f"{engine.context} · KV cache {pool.total} blocks × {pool.size} tokens "
+          f"({pool.bytes / 1e9:.2g} GB) · API key {'required' if keys else 'not required'}",
           file=sys.stderr)
     print(f"chats and feedback kept in {store.file}", file=sys.stderr)
     if library is not None:

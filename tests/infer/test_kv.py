@@ -1,0 +1,150 @@
+"""The paged KV cache: blocks, prefix caching, chunked prefill and preemption leave every
+greedy reply what plain generation gives, and the pool's books balance."""
+
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+
+from jielong.config import preset
+from jielong.errors import UserError
+from jielong.infer.engine import Engine
+from jielong.infer.generate import generate_ids
+from jielong.infer.kv import BlockPool, block_hash, blocks_for_memory
+from jielong.infer.sampling import SamplingParams
+from jielong.lora import LoraConfig, add_adapter, set_adapter
+from jielong.model import Transformer
+
+
+class Chars:
+    """A tokenizer stand-in: token i is the character U+4E00 + i."""
+
+    def decode(self, ids, skip_special_tokens=True):
+        return "".join(chr(0x4E00 + i) for i in ids)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    m = Transformer(preset("test", vocab_size=300, initializer_range=0.2)).eval()
+    add_adapter(m, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]), "a")
+    with torch.no_grad():
+        for n, p in m.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5)
+    set_adapter(m, None)
+    return m
+
+
+def prompt(seed: int, n: int) -> list[int]:
+    return torch.randint(3, 300, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+def alone(model, p, n, adapter=None, **kw):
+    set_adapter(model, adapter)
+    try:
+        return generate_ids(model, [p], SamplingParams(n, temperature=0, **kw))[0]
+    finally:
+        set_adapter(model, None)
+
+
+def greedy(n: int, **kw) -> SamplingParams:
+    return SamplingParams(max_tokens=n, temperature=0, ignore_eos=True, **kw)
+
+
+def test_prefix_hits_and_chunks_give_the_replies_of_plain_generation(model):
+    system = prompt(0, 23)
+    turn1 = system + prompt(1, 5)
+    e = Engine(model, Chars(), slots=3, block_size=4, prefill_chunk=7).start()
+    first = e.complete(turn1, greedy(9)).token_ids
+    assert first == alone(model, turn1, 9) and len(set(first)) > 3
+    s = e.stats()
+    assert s["prefix_hit_tokens"] == 0 and s["prefix_query_tokens"] == 28
+    assert s["prefill_chunks"] == 4  # 28 prompt tokens, 7 a step
+    # the next turn of the chat: its first 28 + 9 - 1 positions are cached, 9 full blocks
+    turn2 = turn1 + first + prompt(2, 6)
+    assert e.complete(turn2, greedy(8)).token_ids == alone(model, turn2, 8)
+    s = e.stats()
+    assert s["prefix_hit_tokens"] == 36 and s["prefix_query_tokens"] == 28 + 43
+    # another user, the same system prompt (5 full blocks), three at once
+    others = [system + prompt(k, 3 + k) for k in (3, 4, 5)]
+    with ThreadPoolExecutor(3) as pool:
+        got = list(pool.map(lambda p: e.complete(p, greedy(6)).token_ids, others))
+    assert got == [alone(model, p, 6) for p in others]
+    assert e.stats()["prefix_hit_tokens"] >= 36 + 20
+    # a different adapter computes the same tokens under other weights: no hit
+    hits = e.stats()["prefix_hit_tokens"]
+    assert e.complete(turn1, greedy(5), adapter="a").token_ids == alone(model, turn1, 5, "a")
+    assert e.stats()["prefix_hit_tokens"] == hits
+    assert e.complete(turn1, greedy(5), adapter="a").token_ids == alone(model, turn1, 5, "a")
+    assert e.stats()["prefix_hit_tokens"] == hits + 24
+    s = e.stats()
+    e.close()
+    assert s["kv_blocks_used"] == 0 and s["kv_block_size"] == 4 and s["kv_blocks_total"] == 3 * 64
+
+
+def test_without_the_prefix_cache_or_chunks_the_replies_are_the_same(model):
+    p = prompt(6, 30)
+    e = Engine(model, Chars(), slots=2, prefix_cache=False, prefill_chunk=None).start()
+    assert e.complete(p, greedy(7)).token_ids == e.complete(p, greedy(7)).token_ids == alone(model, p, 7)
+    s = e.stats()
+    e.close()
+    assert s["prefix_hit_tokens"] == 0 and s["prefill_chunks"] == 2
+
+
+def test_a_full_pool_preempts_the_latest_and_resumes_it_unchanged(model):
+    # 12 blocks of 4: two requests of 8 + 30 tokens (10 blocks each) cannot both hold theirs
+    e = Engine(model, Chars(), slots=2, kv_blocks=12, block_size=4, prefill_chunk=5).start()
+    ps = [prompt(7, 8), prompt(8, 8)]
+    kw = dict(repetition_penalty=1.3, frequency_penalty=0.5)  # the sampling state survives too
+    with ThreadPoolExecutor(2) as pool:
+        got = list(pool.map(lambda p: e.complete(p, greedy(30, **kw)).token_ids, ps))
+    s = e.stats()
+    e.close()
+    assert got == [alone(model, p, 30, **kw) for p in ps]
+    assert s["preempted"] >= 1 and s["kv_blocks_used"] == 0 and s["generated_tokens"] == 60
+
+
+def test_sliding_window_reads_the_blocks_by_position(model):
+    model.config.sliding_window = 6
+    try:
+        e = Engine(model, Chars(), slots=2, block_size=4, prefill_chunk=5).start()
+        ps = [prompt(9, 17), prompt(10, 11)]
+        with ThreadPoolExecutor(2) as pool:
+            got = list(pool.map(lambda p: e.complete(p, greedy(12)).token_ids, ps))
+        e.close()
+        assert got == [alone(model, p, 12) for p in ps]
+    finally:
+        model.config.sliding_window = None
+
+
+def test_a_request_the_pool_cannot_hold_is_refused(model):
+    e = Engine(model, Chars(), slots=1, kv_blocks=3, block_size=4).start()
+    with pytest.raises(UserError, match=r"\+ max_tokens \(8\) is more than the 12 tokens the KV "
+                                        r"cache holds \(raise --kv_memory_gb\); .* at most 2"):
+        e.submit([5] * 10, greedy(8))
+    with pytest.raises(UserError, match="the prompt is 13 tokens, but the KV cache holds 12"):
+        e.submit([5] * 13, greedy(1))
+    c = e.complete([5] * 10, SamplingParams(temperature=0, ignore_eos=True))  # max_tokens: the rest
+    e.close()
+    assert len(c.token_ids) == 2
+
+
+def test_the_pool_shares_named_blocks_and_evicts_the_least_recent(model):
+    pool = BlockPool(model, blocks=4, block_size=2)
+    a, b, c = pool.take(), pool.take(), pool.take()
+    ha = block_hash(b"", [1, 2], None)
+    hb = block_hash(ha, [3, 4], None)
+    assert block_hash(b"", [1, 2], "x") != ha != block_hash(b"", [1, 3], None)
+    pool.register(a, ha)
+    pool.register(b, hb)
+    pool.release([a, b, c])  # tail first: c free, b then a cached
+    assert pool.available() == 4 and pool.used() == 0
+    assert pool.match([1, 2, 3, 4, 5], None) == ([a, b], [ha, hb])
+    assert pool.match([1, 2, 3, 4], None) == ([a], [ha])  # one token left to compute
+    assert pool.refs[a] == 2 and pool.available() == 2  # c and the last block
+    pool.release([a, b])
+    pool.release([a])
+    order = [pool.take() for _ in range(4)]  # free blocks first, then the cached, b before a
+    assert order[2:] == [b, a] and pool.by_hash == {}
+    assert blocks_for_memory(model, 1e-3, 16) == 10**6 // (2 * 2 * 2 * 16 * 4 * 16)
