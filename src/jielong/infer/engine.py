@@ -94,7 +94,10 @@ class Request:
         self.length = 0  # positions of this request held in the cache
         self.text, self.sent = "", 0  # decoded output, and how much of it events carried
         self.settled, self.base = 0, ""  # output[:settled] decodes to base, for good
-        self.submitted = time.perf_counter()
+        # timings (perf_counter seconds), read by jielong.serve.metrics: queued (submitted),
+        # started (taken into the batch), first token, finished
+        self.submitted = self.queued_at = time.perf_counter()
+        self.started_at: float | None = None
         self.first_token_at: float | None = None
         self.finished_at: float | None = None
         self.finish_reason: str | None = None
@@ -317,6 +320,9 @@ class Engine:
                 new.append(self.waiting.popleft())
         if not new:
             return
+        now = time.perf_counter()
+        for r in new:
+            r.started_at = now
         for adapter in dict.fromkeys(r.adapter for r in new):
             group = [r for r in new if r.adapter == adapter]
             start = len(self.running)
