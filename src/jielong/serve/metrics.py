@@ -134,8 +134,12 @@ class Metrics:
         self.safety_errors = Counter(
             "jielong_safety_errors", "Safety rail checks that failed (the text went on "
             "unchecked)", ["rail"], registry=r)
-        for reason in FINISH_REASONS:  # every series exists from the start: rate() sees 0s
+        for reason in FINISH_REASONS:  # the series exist from the start: rate() sees 0s
             self.finish.labels(model, reason)
+        for h in (self.queue_wait, self.ttft, self.tpot, self.rate, self.latency):
+            h.labels(model)
+        for rail in ("input", "output"):
+            self.safety_errors.labels(rail)
 
     def safety(self, decisions, rail: str | None = None, seconds: float | None = None) -> None:
         """Count `decisions` (jielong.safety.rails.Decision) and the check's time on `rail`."""
