@@ -195,3 +195,30 @@ def test_the_dashboard_names_only_exported_metrics(srv):
                 "process_resident_memory_bytes"):
         assert key in named, key
     assert len({p["id"] for p in dash["panels"]}) == len(dash["panels"])
+
+
+def test_a_hard_delete_while_a_reply_streams_keeps_nothing(srv, monkeypatch):
+    decode = srv.engine._decode
+
+    def slow():
+        time.sleep(0.01)
+        decode()
+
+    monkeypatch.setattr(srv.engine, "_decode", slow)
+    api, before = srv.url + "/api", scrape(srv)
+    cid = httpx.post(api + "/conversations", json={"settings": {"max_tokens": 100}}).json()["id"]
+    with httpx.stream("POST", f"{api}/conversations/{cid}/messages", timeout=30,
+                      json={"parent_id": None, "content": "Tell me a long story."}) as resp:
+        events = []
+        for line in resp.iter_lines():
+            if line.startswith("data: "):
+                events.append(json.loads(line[6:]))
+                if events[-1]["type"] == "delta" and len(events) == 3:
+                    assert httpx.delete(f"{api}/conversations/{cid}?hard=1").status_code == 200
+    assert events[-1]["type"] == "error" and events[-1]["error"]["code"] == "not_found"
+    with closing(sqlite3.connect(srv.store.file)) as db:
+        assert db.execute("SELECT count(*) FROM messages WHERE conversation_id = ?",
+                          (cid,)).fetchone()[0] == 0
+    route = "/api/conversations/{cid}/messages"
+    assert grew(before, scrape(srv), "jielong_http_requests_total", route=route,
+                status="404") == 1

@@ -190,6 +190,11 @@ class Reply:
         try:
             message = await run_in_threadpool(self.store.update_message, self.id, text, reason,
                                               self.docs(text) if self.docs else None)
+        except NotFound:  # its conversation was deleted for good meanwhile (?hard=1)
+            self.events.put_nowait({"type": "error", "error": ApiError(
+                404, "the conversation was deleted while this reply was written; it is not "
+                     "kept", code="not_found").body()["error"]})
+            return
         except Exception as e:  # noqa: BLE001 - told to the client, not raised into the loop
             self.events.put_nowait({"type": "error", "error": ApiError(
                 500, f"the reply could not be stored: {type(e).__name__}: {e}",
@@ -209,7 +214,8 @@ class Reply:
                 while True:
                     event = await self.events.get()
                     if event["type"] == "error":
-                        stream_failed(request.scope)
+                        gone = event["error"]["code"] == "not_found"
+                        stream_failed(request.scope, 404 if gone else 500)
                     yield sse(event)
                     if event["type"] in ("done", "error"):
                         return
