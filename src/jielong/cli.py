@@ -56,6 +56,7 @@ def _commands() -> dict:
     from jielong.safety.moderate import moderate_cmd
     from jielong.serve.command import serve
     from jielong.serve.feedback import export_cmd as feedback_export
+    from jielong.serve.feedback import purge_cmd as feedback_purge
     from jielong.tokenizer import tokenize_cmd, train_cmd
     from jielong.train.classify import classify
     from jielong.train.distill import distill
@@ -77,7 +78,7 @@ def _commands() -> dict:
         "generate": generate,
         "chat": chat,
         "serve": serve,
-        "feedback": {"export": feedback_export},
+        "feedback": {"export": feedback_export, "purge": feedback_purge},
         "export": {"gguf": gguf_cmd},
         "train": {"sft": sft, "classify": classify, "distill": distill, "reward": reward,
                   "dpo": dpo, "kto": kto,

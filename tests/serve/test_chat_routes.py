@@ -89,7 +89,8 @@ def test_info(srv):
                                  "max_tokens": 128},
                     "reasons": {"up": ["correct", "helpful", "well written"],
                                 "down": ["wrong", "wrong script (繁/简)", "not helpful", "unsafe",
-                                         "too long"]}}
+                                         "too long"]},
+                    "hard_delete": False}
 
 
 def test_a_message_streams_the_greedy_reply_and_is_stored(srv):

@@ -93,28 +93,28 @@ def lines(path):
 def test_exact_rows_of_each_format(db, tmp_path):
     for fmt, want in (("dpo", DPO), ("kto", KTO), ("sft", SFT)):
         out = tmp_path / "out" / f"{fmt}.jsonl"
-        counts = export(db, fmt, out)
+        counts = export(db, fmt, out, include_deleted=True)
         assert lines(out) == want, fmt
         assert counts["rows"] == len(want) and counts["conversations"] == 2
         first = out.read_bytes()
-        export(db, fmt, out)
+        export(db, fmt, out, include_deleted=True)
         assert out.read_bytes() == first  # the same database, the same file
     out = tmp_path / "live.jsonl"
-    counts = export(db, "dpo", out, include_deleted=False)
+    counts = export(db, "dpo", out)  # by default, the deleted conversation B is left out
     assert lines(out) == DPO[:2]
     assert (counts["siblings"], counts["edits"], counts["conversations"]) == (1, 1, 1)
 
 
 def test_the_training_readers_take_the_rows(db, tmp_path):
-    export(db, "dpo", tmp_path / "dpo.jsonl")
+    export(db, "dpo", tmp_path / "dpo.jsonl", include_deleted=True)
     pairs = read_pairs([tmp_path / "dpo.jsonl"])
     assert [(p.prompt, p.chosen, p.rejected) for p in pairs] == \
         [(r["prompt"], r["chosen"], r["rejected"]) for r in DPO]
-    export(db, "kto", tmp_path / "kto.jsonl")
+    export(db, "kto", tmp_path / "kto.jsonl", include_deleted=True)
     ratings = read_ratings([tmp_path / "kto.jsonl"])
     assert [(r.prompt, r.completion, r.label) for r in ratings] == \
         [(r["prompt"], r["completion"], r["label"]) for r in KTO]
-    export(db, "sft", tmp_path / "sft.jsonl")
+    export(db, "sft", tmp_path / "sft.jsonl", include_deleted=True)
     assert [m for _, m in read_conversations([tmp_path / "sft.jsonl"])] == \
         [r["messages"] for r in SFT]
 
@@ -122,7 +122,8 @@ def test_the_training_readers_take_the_rows(db, tmp_path):
 def test_train_dpo_runs_on_the_export(db, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with one_thread_tiny_model(tmp_path) as base:
-        run(["feedback", "export", "--db", str(db), "--format", "dpo", "--out", "prefs.jsonl"])
+        run(["feedback", "export", "--db", str(db), "--format", "dpo", "--out", "prefs.jsonl",
+             "--include_deleted"])
         assert capsys.readouterr().out.strip() == (
             f"exported 3 DPO pairs (2 from 👍/👎 siblings, 1 from edits) from 2 conversations "
             f"of {db} to prefs.jsonl")
@@ -134,7 +135,7 @@ def test_train_dpo_runs_on_the_export(db, tmp_path, capsys, monkeypatch):
 
 
 def test_cli_summaries_and_errors(db, tmp_path, capsys):
-    run(["feedback", "export", "--db", str(db), "--format", "kto"])
+    run(["feedback", "export", "--db", str(db), "--format", "kto", "--include_deleted"])
     assert capsys.readouterr().out.strip().startswith("exported 6 KTO ratings (3 👍, 3 👎) from "
                                                       "2 conversations")
     assert lines(db.with_name("kto.jsonl")) == KTO  # default: beside the database
@@ -180,12 +181,13 @@ def test_turns_a_safety_rail_flagged_are_left_out_unless_kept(db, tmp_path, caps
         q2 = s.add_message(c, a, "user", "謝謝")["id"]
         s.rate(s.add_message(c, q2, "assistant", "不客氣", model="m")["id"], 1)
     out = tmp_path / "sft.jsonl"
-    counts = export(db, "sft", out)
+    counts = export(db, "sft", out, include_deleted=True)
     assert lines(out) == [SFT[0], SFT[2]] and counts["flagged"] == 5
-    kept = export(db, "sft", out, flagged="keep")
+    kept = export(db, "sft", out, include_deleted=True, flagged="keep")
     assert kept["flagged"] == 0 and len(lines(out)) == 5
     assert lines(out)[1]["messages"][-1] == bot("Berlin.")
-    run(["feedback", "export", "--db", str(db), "--format", "kto", "--out", str(out)])
+    run(["feedback", "export", "--db", str(db), "--format", "kto", "--out", str(out),
+         "--include_deleted"])
     assert "left out 5 messages a safety rail flagged" in capsys.readouterr().out
     assert all(r["completion"] != [bot("Berlin.")] for r in lines(out))
     with pytest.raises(UserError, match="--flagged maybe: use drop"):

@@ -91,9 +91,10 @@ def check_vote(obj: object, where: str) -> dict:
 
 
 def load_votes(db: str | Path) -> list[dict]:
-    """Every battle's current vote in the chat database `db`, in the fixed format."""
+    """Every battle's current vote in the chat database `db`, in the fixed format (not those
+    of conversations the user deleted, as `jielong feedback export` leaves them out)."""
     with Store(db, create=False) as store:
-        return store.arena_votes()
+        return store.arena_votes(include_deleted=False)
 
 
 # ----------------------------------------------------------------------------- Bradley-Terry

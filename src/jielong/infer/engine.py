@@ -116,7 +116,10 @@ class Request:
         self.admitted = 0  # the turn it was last admitted in: the latest is preempted first
         self.text, self.sent = "", 0  # decoded output, and how much of it events carried
         self.settled, self.base = 0, ""  # output[:settled] decodes to base, for good
-        self.submitted = time.perf_counter()
+        # timings (perf_counter seconds), read by jielong.serve.metrics: queued (submitted),
+        # started (taken into the batch), first token, finished
+        self.submitted = self.queued_at = time.perf_counter()
+        self.started_at: float | None = None
         self.first_token_at: float | None = None
         self.finished_at: float | None = None
         self.finish_reason: str | None = None
@@ -314,6 +317,7 @@ class Engine:
         with self.lock:
             while self.waiting and len(self.running) < self.slots and self._place(self.waiting[0]):
                 r = self.waiting.popleft()
+                r.started_at = r.started_at or time.perf_counter()  # a readmitted one keeps its first
                 i = len(self.running)
                 self.running.append(r)
                 self.counts[i].zero_()

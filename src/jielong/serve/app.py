@@ -64,7 +64,7 @@ def create_app(engine: Engine, tok, model_name: str, generation_config: dict | N
     (jielong.serve.documents.Library) answers are retrieved from, and uploaded into."""
     if any(not k for k in api_keys):
         raise UserError("an API key must not be empty")
-    counts = Metrics(engine)
+    counts = Metrics(engine, model_name)
     app = FastAPI(title="jielong", summary=f"OpenAI-compatible API serving {model_name}",
                   docs_url=None, redoc_url=None)
     app.state.served = Served(engine, tok, model_name, counts,

@@ -47,6 +47,7 @@ from jielong.serve.chat_routes import (
 )
 from jielong.serve.errors import ApiError, user_error
 from jielong.serve.guard import authorize
+from jielong.serve.metrics import stream_failed
 from jielong.serve.schemas import ArenaIn, Generate, VoteIn
 from jielong.serve.served import served
 from jielong.serve.store import sealed_battle
@@ -120,6 +121,8 @@ async def refused(request: Request, body: ArenaIn, settings: dict, names: list[s
     (finish_reason "content_filter"), streamed as `battle`, then `safety` and `done` for each
     side; nothing generated."""
     store, d = store_of(request), verdict.blocked
+    for name in names:
+        served(request).metrics.ended(name, "content_filter")
     conv = await store_call(store.create_conversation, None, body.system_prompt, settings)
     user = await asked(store, verdict, conv["id"], None)
     answers = [await store_call(store.add_message, conv["id"], user["id"], "assistant",
@@ -175,6 +178,8 @@ def duel(request: Request, replies: list[Reply], first: dict) -> StreamingRespon
                     event = {**event, "message": {**event["message"], "model": None}}
                 if event["type"] in ("done", "error"):
                     left -= 1
+                if event["type"] == "error":
+                    stream_failed(request.scope)
                 yield sse({**event, "side": side})
         finally:
             watcher.cancel()

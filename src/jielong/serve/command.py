@@ -66,6 +66,8 @@ def serve(
     rag_dense_weight: float = 1.0,
     uploads: str | None = None,
     max_upload_bytes: int = 20_000_000,
+    redact_pii: bool = False,
+    hard_delete: bool = False,
     log_level: str = "info",
 ) -> None:
     """Serve a model over an OpenAI-compatible HTTP API (chat, completions, embeddings).
@@ -122,6 +124,10 @@ def serve(
         uploads: The folder where the web chat keeps the documents users upload into their
             own collections (default: uploads/ beside --db; "off": no uploads).
         max_upload_bytes: Largest document a user may upload.
+        redact_pii: Keep the chats with personal data redacted (emails, phone numbers, ID and
+            card numbers, keys: the detectors of `jielong data clean`), in --db.
+        hard_delete: Deleting a conversation in the web chat removes it from --db (default:
+            hidden, kept for `jielong feedback purge`).
         log_level: Server log level: critical, error, warning, info, debug.
     """
     try:  # lazy: the serving extra
@@ -144,7 +150,7 @@ def serve(
     library = Library(parse_rag(rag), folder, max_upload_bytes, embedder, rag_method, rag_dense_weight)
     sock = _bind(host, port)  # before loading the model: a busy port fails in a second
     try:
-        store = open_store(db, model)
+        store = open_store(db, model, redact_pii, hard_delete)
     except BaseException:
         sock.close()
         raise
@@ -169,7 +175,9 @@ def serve(
           f"{engine.context} · KV cache {pool.total} blocks × {pool.size} tokens "
           f"({pool.bytes / 1e9:.2g} GB) · API key {'required' if keys else 'not required'}",
           file=sys.stderr)
-    print(f"chats and feedback kept in {store.file}", file=sys.stderr)
+    print(f"chats and feedback kept in {store.file}" +
+          (" (personal data redacted)" if redact_pii else "") +
+          ("; deleting a chat removes it" if hard_delete else ""), file=sys.stderr)
     if library is not None:
         names = ", ".join(library.collections) or "none yet"
         print(f"documents: {names}" + (f" (default {library.default})" if library.default else "")
@@ -235,9 +243,10 @@ def db_path(db: str | None, model: str) -> str:
     return db
 
 
-def open_store(db: str | None, model: str) -> Store:
+def open_store(db: str | None, model: str, redact_pii: bool = False,
+               hard_delete: bool = False) -> Store:
     """The chat store (db_path)."""
-    return Store(db_path(db, model))
+    return Store(db_path(db, model), redact_pii=redact_pii, hard_delete=hard_delete)
 
 
 def uploads_folder(uploads: str | None, db: str | None, model: str,

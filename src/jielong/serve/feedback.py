@@ -1,9 +1,11 @@
-"""`jielong feedback export`: what people said in the web chat, as training data.
+"""`jielong feedback export`: what people said in the web chat, as training data; `jielong
+feedback purge`: what they deleted, and what is past its retention period, removed for good.
 
 Run as:
     jielong feedback export --db runs/serve/feedback.db --format dpo --out prefs.jsonl
     jielong train dpo prefs.jsonl --model runs/sft/model
     jielong feedback export --db runs/serve/feedback.db --format kto --implicit
+    jielong feedback purge --db runs/serve/feedback.db --older_than_days 90
 
 The chat store (jielong.serve.store) keeps every conversation as a tree: regenerated and
 edited messages are siblings of the ones they replace, and each reply carries its ratings
@@ -27,7 +29,14 @@ one) as a system message, then the messages from the first one down to the user 
 Messages are OpenAI-style {"role", "content"} lists (TRL's conversational format). Rows
 come in a fixed order (conversations oldest first, messages in the order they were made),
 so exporting the same database twice gives the same file. Replies with no text (stopped
-before the first token) are left out.
+before the first token) are left out, and so are conversations the user deleted in the chat
+(`--include_deleted` exports them too: a deletion is a user's wish, not an accident).
+
+Retention (`purge`): conversations deleted in the chat (hidden, not yet removed) and, with
+--older_than_days N, every conversation not active in the last N days, are removed with their
+messages, ratings, safety events and arena votes, and the file is VACUUMed, so their text is
+no longer in its bytes (jielong.serve.store.Store.purge). Run it from cron to keep a retention
+period; a running server may keep its database open meanwhile (SQLite locks the file).
 
 Turns a safety rail flagged are left out too (`--flagged drop`, the default): a message with
 any rail decision in the store (refused, answered with crisis lines, redacted or flagged
@@ -137,7 +146,7 @@ def leave_out_flagged(conversations: list[dict]) -> tuple[list[dict], int]:
     return out, dropped
 
 
-def export(db: str | Path, fmt: str, out: str | Path, include_deleted: bool = True,
+def export(db: str | Path, fmt: str, out: str | Path, include_deleted: bool = False,
            implicit_out: str | Path | None = None, flagged: str = "drop") -> dict:
     """Write the feedback in the database `db` as `fmt` (dpo, kto or sft) rows to the JSONL
     file `out` (atomically); the counts (rows, conversations, and by kind). With
@@ -216,7 +225,7 @@ def write_rows(path: Path, found: list[dict]) -> None:
 
 
 def export_cmd(db: str = "runs/serve/feedback.db", format: Literal["dpo", "kto", "sft"] = "dpo",
-               out: str | None = None, include_deleted: bool = True, implicit: bool = False,
+               out: str | None = None, include_deleted: bool = False, implicit: bool = False,
                implicit_out: str | None = None, flagged: Literal["drop", "keep"] = "drop") -> dict:
     """Export the web chat's feedback as training data: DPO pairs, KTO ratings or SFT chats.
 
@@ -230,7 +239,7 @@ def export_cmd(db: str = "runs/serve/feedback.db", format: Literal["dpo", "kto",
         db: The chat database `jielong serve` wrote (see its --db).
         format: dpo, kto or sft.
         out: The JSONL file to write (default: <format>.jsonl beside the database).
-        include_deleted: Also export conversations deleted in the chat.
+        include_deleted: Also export conversations deleted in the chat (left out by default).
         implicit: Also write the implicit feedback (regenerated, edited, complained-about replies) as weighted KTO rows, with --format kto.
         implicit_out: Its JSONL file (default: <out>-implicit.jsonl; giving one implies --implicit); the agreement report goes beside it (.agreement.json, .agreement.md).
         flagged: drop: leave out turns a safety rail flagged (and what follows them on their branch); keep: export them too.
@@ -264,3 +273,34 @@ def export_cmd(db: str = "runs/serve/feedback.db", format: Literal["dpo", "kto",
         json_path, md_path = agreement_paths(weak_target)
         print(f"agreement with explicit ratings: {json_path}, {md_path}")
     return counts
+
+
+def purge_cmd(db: str = "runs/serve/feedback.db", older_than_days: float | None = None) -> dict:
+    """Remove deleted conversations (and those past a retention period) from the chat database.
+
+    The web chat's Delete hides a conversation; this removes every hidden one and, with
+    --older_than_days, every conversation not active for that many days, with their
+    messages, ratings, safety events and arena votes, then VACUUMs the file so their text
+    is gone from its bytes.
+
+    Args:
+        db: The chat database `jielong serve` wrote (see its --db).
+        older_than_days: Also remove conversations whose last activity is older than this many days (the retention period).
+    """
+    with Store(db, create=False) as store:
+        before = _size(store.file)
+        counts = store.purge(older_than_days)
+        after = _size(store.file)
+    what = ", ".join(f"{counts[k]} {k.replace('_', ' ')}" for k in
+                     ("messages", "ratings", "safety_events", "votes"))
+    scope = "deleted" if older_than_days is None else \
+        f"deleted or inactive for {older_than_days:g} days"
+    print(f"purged {counts['conversations']} conversations ({scope}) from {db}: {what}; "
+          f"{before:,} -> {after:,} bytes")
+    return {**counts, "bytes_before": before, "bytes_after": after}
+
+
+def _size(path: Path) -> int:
+    """The database's bytes on disk, its write-ahead log included."""
+    wal = path.with_name(path.name + "-wal")
+    return path.stat().st_size + (wal.stat().st_size if wal.exists() else 0)

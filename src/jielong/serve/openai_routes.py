@@ -308,6 +308,7 @@ async def chat_completions(request: Request):
           {"logprobs": "top_logprobs", "max_tokens": max_name})
     rid, now, name = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), body.model or s.model_name
     if verdict.blocked:
+        s.metrics.ended(name, "content_filter", body.n)
         return blocked_chat(body, verdict, rid, now, name, len(prompt))
     safety = [d.to_dict() for d in verdict.decisions]
     lib = library_of(request)
@@ -320,6 +321,7 @@ async def chat_completions(request: Request):
         return {"citations": lib.cite(collection, text, hits), "sources": sources}
 
     if collection is not None and not hits:  # nothing relevant: "I don't know", no model
+        s.metrics.ended(name, "stop", body.n)
         return canned_chat(body, decline_text(verdict.text), "stop", rid, now, name,
                            len(prompt), {"safety": safety, **documents("")}, documents(""))
     jobs = s.jobs([prompt], params, adapter, body.n)
@@ -415,6 +417,7 @@ async def completions(request: Request):
         await record(store_of(request), v.decisions, v.text, "v1")
     blocked = next((v for v in verdicts if v.blocked), None)
     if blocked:  # a text prompt is one document: a blocked one answers the whole request
+        s.metrics.ended(name, "content_filter", len(prompts) * n)
         return blocked_completion(body, blocked, rid, now, name, len(prompts) * n,
                                   sum(len(q) for q in prompts))
     jobs = s.jobs(prompts, params, adapter, n)

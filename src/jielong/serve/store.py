@@ -36,6 +36,21 @@ it, as the message's `rag`: {"collection", "sources" (the passages the model was
 "citations" (those its [n] markers name)}, each passage {n, id, source, page, heading, score,
 quote} (jielong.rag.answer.citation); None for a reply without retrieval.
 
+Privacy and retention: `delete_conversation` hides a conversation (the web chat's Delete;
+`jielong feedback export` leaves it out unless asked) or, with `hard=True` (the store's
+default with `hard_delete=True`, `jielong serve --hard_delete`), removes it from the file with
+everything tied to it: messages, ratings, safety events, arena battles and votes. `purge`
+does that to every hidden conversation and every one not active for a retention period
+(and the /v1 API's safety events as old), then VACUUMs, so the bytes are gone from the file,
+not only unlinked (`jielong feedback purge`). The connection runs with secure_delete on
+(SQLite zeroes what it deletes) and a hard delete checkpoints the write-ahead log, so a
+removed message's text is not left in either file. With `redact_pii=True` (`jielong serve
+--redact_pii`) every text the store keeps (messages, titles, system prompts, comments, the
+rails' texts and evidence, passages) passes through jielong.prep.pii.redact first, the
+detectors `jielong data clean` uses: "撥 0912-345-678" is kept as "撥 <PHONE>". The client
+sees its reply as generated while it streams; what is kept, and what a later turn reads back
+from the store, is redacted.
+
 Schema versions (PRAGMA user_version): 1 conversations, messages, ratings; 2 adds battles and
 votes; 3 adds safety_events and finish_reason "content_filter"; 4 adds messages.rag. Opening an older file
 upgrades it in place, in one transaction (all or nothing), and touches none of its rows.
@@ -53,6 +68,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from jielong.errors import UserError
+from jielong.prep.pii import redact_all
 
 SCHEMA_VERSION = 4
 ROLES = ("user", "assistant")
@@ -177,10 +193,14 @@ def new_id() -> str:
 
 class Store:
     """The feedback database at `path` (created with its folder when missing, unless
-    `create=False`). Safe to share between threads; see the module's docstring."""
+    `create=False`). `redact_pii`: keep every text with its personal data redacted;
+    `hard_delete`: deleting a conversation removes it (see the module's docstring). Safe to
+    share between threads."""
 
-    def __init__(self, path: str | Path, create: bool = True):
+    def __init__(self, path: str | Path, create: bool = True, redact_pii: bool = False,
+                 hard_delete: bool = False):
         self.file = Path(path)
+        self.redact_pii, self.hard_delete = redact_pii, hard_delete
         if self.file.is_dir():
             raise UserError(f"{self.file}: is a folder; give a file path for the feedback "
                             "database, e.g. runs/serve/feedback.db")
@@ -198,6 +218,7 @@ class Store:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")  # a commit is on disk when it returns
             self._db.execute("PRAGMA foreign_keys=ON")
+            self._db.execute("PRAGMA secure_delete=ON")  # deleted text is zeroed, not left
             self._migrate()
         except sqlite3.DatabaseError as e:
             self.close()
@@ -277,10 +298,11 @@ class Store:
     def create_conversation(self, title: str | None = None, system_prompt: str | None = None,
                             settings: dict | None = None) -> dict:
         cid, now = new_id(), time.time()
+        title, system_prompt = self._clean(title or ""), self._clean(system_prompt)
         with self._tx(write=True) as db:
             db.execute("INSERT INTO conversations (id, title, system_prompt, settings, created, "
                        "updated) VALUES (?, ?, ?, ?, ?, ?)",
-                       (cid, title or "", system_prompt, _dumps(settings or {}), now, now))
+                       (cid, title, system_prompt, _dumps(settings or {}), now, now))
             return self._conversation(db, cid)
 
     def list_conversations(self) -> list[dict]:
@@ -305,7 +327,9 @@ class Store:
         if "settings" in changes:
             changes["settings"] = _dumps(changes["settings"] or {})
         if "title" in changes:
-            changes["title"] = changes["title"] or ""
+            changes["title"] = self._clean(changes["title"] or "")
+        if "system_prompt" in changes:
+            changes["system_prompt"] = self._clean(changes["system_prompt"])
         with self._tx(write=True) as db:
             self._live(db, cid)
             sets = "".join(f"{k} = ?, " for k in changes)
@@ -313,11 +337,52 @@ class Store:
                        (*changes.values(), time.time(), cid))
             return self._conversation(db, cid)
 
-    def delete_conversation(self, cid: str) -> None:
-        """Hide a conversation (it stays in the file, with its feedback)."""
+    def delete_conversation(self, cid: str, hard: bool | None = None) -> None:
+        """Hide a conversation (it stays in the file, with its feedback), or with `hard`
+        (default: the store's `hard_delete`) remove it and everything tied to it."""
+        hard = self.hard_delete if hard is None else hard
         with self._tx(write=True) as db:
             self._live(db, cid)
-            db.execute("UPDATE conversations SET deleted = 1 WHERE id = ?", (cid,))
+            if hard:
+                _remove(db, [cid])
+            else:
+                db.execute("UPDATE conversations SET deleted = 1 WHERE id = ?", (cid,))
+        if hard:
+            self._checkpoint()
+
+    def purge(self, older_than_days: float | None = None, now: float | None = None) -> dict:
+        """Remove every deleted conversation and, with `older_than_days`, every one not
+        active since then (its last message or change), with what is tied to them, and the
+        /v1 API's safety events as old; then VACUUM the file. The counts removed:
+        {"conversations", "messages", "ratings", "safety_events", "battles", "votes"}."""
+        if older_than_days is not None and older_than_days < 0:
+            raise UserError(f"--older_than_days {older_than_days}: give 0 or more days (0: "
+                            "every conversation)")
+        now = time.time() if now is None else now
+        cutoff = None if older_than_days is None else now - older_than_days * 86400
+        with self._tx(write=True) as db:
+            where, args = "deleted = 1", []
+            if cutoff is not None:
+                where, args = "deleted = 1 OR updated < ?", [cutoff]
+            ids = [r[0] for r in db.execute(f"SELECT id FROM conversations WHERE {where}", args)]
+            counts = _remove(db, ids)
+            counts["safety_events"] += db.execute(
+                "DELETE FROM safety_events WHERE message_id IS NULL AND created < ?",
+                (cutoff if cutoff is not None else float("-inf"),)).rowcount
+        with self._lock:  # VACUUM runs outside a transaction
+            self._db.execute("VACUUM")
+        self._checkpoint()
+        return counts
+
+    def _checkpoint(self) -> None:
+        """Copy the write-ahead log into the file and empty it (old page images go too)."""
+        with self._lock:
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def _clean(self, value):
+        """`value` (a string, or lists and dicts of them) as the store keeps it: with its
+        personal data redacted when the store redacts."""
+        return redact_all(value) if self.redact_pii and value is not None else value
 
     # ------------------------------------------------------------------ messages
 
@@ -340,6 +405,7 @@ class Store:
             raise UserError("edited_from is the message an edit (origin 'edit', where it is "
                             "needed) or a regeneration (origin 'regenerate') replaces")
         mid, now = new_id(), time.time()
+        content, rag = self._clean(content), self._clean(rag)
         with self._tx(write=True) as db:
             conv = self._live(db, cid)
             if parent_id is None:
@@ -379,6 +445,7 @@ class Store:
         end)."""
         if finish_reason is not None:
             _check(finish_reason, FINISH_REASONS, "finish_reason")
+        content, rag = self._clean(content), self._clean(rag)
         with self._tx(write=True) as db:
             self._message_row(db, mid, live=False)
             if content is not None:
@@ -421,7 +488,7 @@ class Store:
             raise UserError("reasons must be strings")
         if not isinstance(comment, str):
             raise UserError("comment must be a string")
-        now = time.time()
+        comment, now = self._clean(comment), time.time()
         with self._tx(write=True) as db:
             m = self._message_row(db, mid)
             if m["role"] != "assistant":
@@ -539,7 +606,7 @@ class Store:
         for d in decisions:
             _check(d["rail"], RAILS, "rail")
             _check(d["action"], SAFETY_ACTIONS, "action")
-        now = time.time()
+        now, text = time.time(), self._clean(text)
         with self._tx(write=True) as db:
             if message_id is not None:
                 self._message_row(db, message_id, live=False)
@@ -547,7 +614,7 @@ class Store:
                 "INSERT INTO safety_events (message_id, source, rail, category, action, score, "
                 "evidence, card, text, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (message_id, source, d["rail"], d["category"], d["action"], float(d["score"]),
-                 _dumps(d.get("evidence") or []),
+                 _dumps(self._clean(d.get("evidence") or [])),
                  None if d.get("card") is None else _dumps(d["card"]), text, now)).lastrowid
                 for d in decisions]
             rows = [db.execute("SELECT * FROM safety_events WHERE id = ?", (i,)).fetchone()
@@ -652,6 +719,25 @@ class Store:
                             (mid,)).fetchall()
         return _with_safety([_message_dict(db.execute(f"{_MESSAGES} WHERE m.id = ?",
                                                       (mid,)).fetchone())], events)[0]
+
+
+def _remove(db: sqlite3.Connection, cids: list[str]) -> dict[str, int]:
+    """Delete the conversations `cids` and every row tied to them (children first, so the
+    foreign keys hold at each statement); the counts deleted, by table."""
+    counts = dict.fromkeys(("votes", "battles", "ratings", "safety_events", "messages",
+                            "conversations"), 0)
+    of_messages = "SELECT id FROM messages WHERE conversation_id = ?"
+    for cid in cids:
+        for table, sql in (
+                ("votes", "DELETE FROM votes WHERE battle_id IN "
+                          "(SELECT id FROM battles WHERE conversation_id = ?)"),
+                ("battles", "DELETE FROM battles WHERE conversation_id = ?"),
+                ("ratings", f"DELETE FROM ratings WHERE message_id IN ({of_messages})"),
+                ("safety_events", f"DELETE FROM safety_events WHERE message_id IN ({of_messages})"),
+                ("messages", "DELETE FROM messages WHERE conversation_id = ?"),
+                ("conversations", "DELETE FROM conversations WHERE id = ?")):
+            counts[table] += db.execute(sql, (cid,)).rowcount
+    return counts
 
 
 def sealed_battle(b: dict) -> dict:

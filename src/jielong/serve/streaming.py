@@ -5,6 +5,12 @@
 
 A client that goes away (a closed stream, a dropped connection) cancels its requests
 (`watch_disconnect`), so their slots in the engine free at the next step.
+
+Metrics (jielong.serve.metrics): each request's timings are observed when the engine ends
+it, and how it ended when its last event reaches the client (after the output rail, which
+may make it "content_filter"); a batch whose reader stopped early (`close`) counts its
+requests as the engine ended them. A stream that ends in an error event is marked so that
+the HTTP count shows the error, not the 200 it began with.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from jielong.infer.engine import Engine, Event
 from jielong.infer.engine import Request as EngineRequest
 from jielong.infer.sampling import SamplingParams
 from jielong.serve.errors import ApiError, engine_failed
-from jielong.serve.metrics import Metrics
+from jielong.serve.metrics import Metrics, stream_failed
 
 
 class Batch:
@@ -36,19 +42,44 @@ class Batch:
         self.queue: asyncio.Queue[Event] = asyncio.Queue()
         self.metrics = metrics
         self.reqs: list[EngineRequest] = []
+        self.closed = False  # nobody reads the events any more
+        self.counted: set[int] = set()  # requests whose ending is counted
         try:
             for prompt, params, adapter in jobs:
                 self.reqs.append(engine.submit(prompt, params, adapter, self._put))
         except BaseException:
             self.cancel()
+            self.close()
             raise
         self.index = {r.id: i for i, r in enumerate(self.reqs)}
 
     def _put(self, e: Event) -> None:  # called from the engine's thread
         try:
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, e)
+            self.loop.call_soon_threadsafe(self._arrive, e)
         except RuntimeError:  # the event loop has closed: nobody is listening
             pass
+
+    def _arrive(self, e: Event) -> None:  # on the event loop
+        if e.finish_reason:
+            self.metrics.timed(e.request)
+            if self.closed:
+                self._count(e.request, e.finish_reason)
+                return
+        self.queue.put_nowait(e)
+
+    def _count(self, r: EngineRequest, reason: str) -> None:
+        if r.id not in self.counted:
+            self.counted.add(r.id)
+            self.metrics.ended(self.metrics.model_of(r), reason)
+
+    def close(self) -> None:
+        """The reader is done: the endings it did not read are counted as the engine gave
+        them (a client that went away: "cancelled")."""
+        self.closed = True
+        while not self.queue.empty():
+            e = self.queue.get_nowait()
+            if e.finish_reason:
+                self._count(e.request, e.finish_reason)
 
     def cancel(self) -> None:
         for r in self.reqs:
@@ -61,12 +92,13 @@ class Batch:
             e = await self.queue.get()
             if e.finish_reason:
                 left -= 1
-                self.metrics.finished(e.request)
             i = self.index[e.request.id]
             if self.rail is not None:
                 e = await self.rail.apply(i, e)
                 if e is None:  # the rail ended this choice already
                     continue
+            if e.finish_reason:
+                self._count(e.request, e.finish_reason)
             yield i, e
 
 
@@ -99,6 +131,7 @@ async def collect(request: Request, batch: Batch) -> list[dict]:
     finally:
         watch.cancel()
         batch.cancel()
+        batch.close()
     for o, r in zip(out, batch.reqs, strict=True):
         o["text"], o["tokens"] = "".join(o["text"]), len(r.output)
     return out
@@ -127,10 +160,12 @@ def openai_stream(request: Request, batch: Batch,
             async for c in chunks:
                 yield sse(c)
         except ApiError as e:
+            stream_failed(request.scope, e.status)
             yield sse(e.body())
         finally:
             watch.cancel()
             batch.cancel()
+            batch.close()
         yield "data: [DONE]\n\n"
 
     return event_stream(body())

@@ -1636,7 +1636,10 @@
   async function remove(li) {
     const c = state.list.find((x) => x.id === li.dataset.id);
     if (!c) return;
-    if (!window.confirm(`Delete “${c.title || "Untitled"}”? 刪除這個對話？`)) return;
+    const hard = state.info && state.info.hard_delete;  // jielong serve --hard_delete
+    const ask = hard ? `Delete “${c.title || "Untitled"}” permanently? 永久刪除這個對話？`
+      : `Delete “${c.title || "Untitled"}”? 刪除這個對話？`;
+    if (!window.confirm(ask)) return;
     try {
       await api("DELETE", `/api/conversations/${c.id}`);
     } catch (e) {
