@@ -156,9 +156,10 @@ def test_api_routes_by_template_and_a_hard_delete(srv):
 
 def test_kv_blocks_of_the_slot_cache_and_of_a_paged_engine(srv):
     s = scrape(srv)
+    pool = srv.engine.stats()  # the engine's paged pool: slots × context tokens by default
     assert (get(s, "jielong_kv_blocks"), get(s, "jielong_kv_block_tokens")) == \
-        (2, srv.engine.context)  # two slots, each a whole context
-    assert get(s, "jielong_kv_blocks_used") + get(s, "jielong_kv_blocks_free") == 2
+        (pool["kv_blocks_total"], pool["kv_block_size"]) == (-(-2 * srv.engine.context // 16), 16)
+    assert get(s, "jielong_kv_blocks_used") + get(s, "jielong_kv_blocks_free") == pool["kv_blocks_total"]
 
     class Paged:  # Engine.stats() with the keys a paged cache adds
         def stats(self):

@@ -4,8 +4,8 @@
 - the engine's own state, read at each scrape (`EngineCollector`): requests waiting and
   running, KV cache blocks used and free, the prefix cache's hit and query tokens, prefill
   chunks, tokens and steps. A paged engine reports its block pool (Engine.stats()
-  "kv_blocks_total", "kv_blocks_used", "kv_block_size"); the slot cache is reported as a
-  pool of `slots` blocks, each a whole context long, one per running request;
+  "kv_blocks_total", "kv_blocks_used", "kv_block_size"); an engine without a pool (an
+  upstream's) is reported as `slots` blocks, each a whole context long, one per running request;
 - HTTP requests by route (the route's template, e.g. /api/conversations/{cid}) and status
   (`CountRequests`, ASGI middleware). A stream that ends in an error event was sent as a 200
   before the error was known: `stream_failed` marks it, and it is counted with the error's
