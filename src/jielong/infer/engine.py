@@ -8,6 +8,8 @@ the running batch one token at a time (continuous batching).
 
 One background thread owns the model; `submit` and `cancel` only hand it work.
 
+Waiting requests queue fairly between clients (jielong.infer.fair.FairQueue).
+
 The KV cache is preallocated: `slots` rows, each as long as the context, per layer. A
 request holds one row from its prefill to its last token, and the running requests always
 fill rows 0..n-1: when one ends, the last row's keys and values move into its place, so a
@@ -38,7 +40,6 @@ import itertools
 import queue
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -46,6 +47,7 @@ from dataclasses import dataclass
 import torch
 
 from jielong.errors import UserError
+from jielong.infer.fair import FairQueue
 from jielong.infer.sampling import SamplingParams, sample
 from jielong.lora import adapter_names, set_adapter
 from jielong.model import Transformer, mean_pooled
@@ -99,6 +101,7 @@ class Request:
         self.finished_at: float | None = None
         self.finish_reason: str | None = None
         self.cancelled = False
+        self.client: str | None = None  # whose request (jielong.infer.fair.FairQueue)
         self.gen = None
         if params.seed is not None:
             self.gen = torch.Generator(device=engine.device).manual_seed(params.seed)
@@ -168,7 +171,7 @@ class Engine:
         self.counts = torch.zeros((slots, V), dtype=torch.int32, device=self.device)  # output tokens
         self.seen = torch.zeros((slots, V), dtype=torch.bool, device=self.device)  # prompt + output
         self.running: list[Request] = []  # row i of the cache is running[i]'s
-        self.waiting: deque[Request] = deque()
+        self.waiting = FairQueue()  # fair between clients (jielong.infer.fair)
         self.jobs: queue.SimpleQueue = queue.SimpleQueue()
         self.lock = threading.Condition()
         self.thread: threading.Thread | None = None
@@ -215,13 +218,17 @@ class Engine:
         return params.max_tokens or room
 
     def submit(self, prompt: list[int], params: SamplingParams, adapter: str | None = None,
-               on_event: Callable[[Event], None] | None = None) -> Request:
-        """Queue a request; `on_event` is called from the engine thread with each Event."""
+               on_event: Callable[[Event], None] | None = None,
+               client: str | None = None) -> Request:
+        """Queue a request; `on_event` is called from the engine thread with each Event.
+        `client`: who asks (an API key's or an address's name); the queue takes turns
+        between clients (jielong.infer.fair.FairQueue)."""
         max_tokens = self.check(prompt, params, adapter)
         if self.thread is None:
             raise RuntimeError("Engine.start() first")
         params = SamplingParams(**{**params.__dict__, "max_tokens": max_tokens})
         req = Request(self, list(prompt), params, adapter, on_event)
+        req.client = client
         with self.lock:
             self.waiting.append(req)
             self.totals["requests"] += 1
@@ -462,7 +469,7 @@ class Engine:
 
     def _fail_all(self, message: str) -> None:
         with self.lock:
-            waiting, self.waiting = list(self.waiting), deque()
+            waiting, self.waiting = list(self.waiting), FairQueue()
         for r in self.running + waiting:
             self._finish(r, "error", message)
         self.running = []
