@@ -152,7 +152,7 @@ def serve(
         from jielong.serve.admission import Admission  # lazy: the serving extra
         from jielong.serve.app import create_app, metrics_app  # lazy: the serving extra
         from jielong.serve.documents import Library, parse_rag  # lazy: the serving extra
-        from jielong.serve.server import Quiet, Server, deadline_protocol  # lazy: uvicorn
+        from jielong.serve.server import Quiet, Server, deadline_protocol  # lazy: the serving extra
     except ImportError as e:
         raise UserError(f"jielong serve needs the serving extra ({e.name} is missing): "
                         "pip install 'jielong[serve]'") from None
