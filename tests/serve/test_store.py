@@ -212,7 +212,7 @@ def test_a_version_1_file_upgrades_in_place_and_keeps_everything(tmp_path):
         db.execute("DROP TABLE battles")
         db.execute("PRAGMA user_version = 1")
     with Store(path, create=False) as s:  # e.g. `jielong feedback export` on an old file
-        assert s._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+        assert s._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
         assert s.dump() == before and s.ratings(a["id"])[0]["comment"] == "好"
         assert s.integrity() == "ok"
         bt, *_ = battle(s, c["id"])  # a new root question in the old conversation
@@ -330,7 +330,7 @@ def test_a_version_3_file_upgrades_to_4_and_keeps_its_rows(tmp_path):
         db.execute("INSERT INTO ratings (message_id, value, created) VALUES ('a', -1, 3)")
         db.execute("PRAGMA user_version = 3")
     with Store(path, create=False) as s:
-        assert s._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+        assert s._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
         q, a = s.path("a")
         assert (q["content"], a["content"], a["finish_reason"], a["rating"]["value"], a["rag"]) == \
             ("退貨要幾天？", "七天", "content_filter", -1, None)

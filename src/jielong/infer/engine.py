@@ -17,6 +17,8 @@ prompt begins like an earlier one's (a system prompt, the earlier turns of a cha
 blocks and computes only the rest. `slots` stays the most requests running at once (the rows
 of the sampling state).
 
+Waiting requests queue fairly between clients (jielong.infer.fair.FairQueue).
+
 Each turn of the loop:
 1. cancelled requests leave (their blocks are released at once);
 2. waiting requests are admitted, oldest first, while a row is free and the pool has blocks for
@@ -55,7 +57,6 @@ import itertools
 import queue
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -64,6 +65,7 @@ import torch
 
 from jielong.errors import UserError
 from jielong.infer.kv import BlockPool, PagedView, block_hash
+from jielong.infer.fair import FairQueue
 from jielong.infer.sampling import SamplingParams, sample
 from jielong.lora import adapter_names, set_adapter
 from jielong.model import Transformer, mean_pooled
@@ -124,6 +126,7 @@ class Request:
         self.finished_at: float | None = None
         self.finish_reason: str | None = None
         self.cancelled = False
+        self.client: str | None = None  # whose request (jielong.infer.fair.FairQueue)
         self.gen = None
         if params.seed is not None:
             self.gen = torch.Generator(device=engine.device).manual_seed(params.seed)
@@ -167,7 +170,7 @@ class Engine:
         self.counts = torch.zeros((slots, V), dtype=torch.int32, device=self.device)  # output tokens
         self.seen = torch.zeros((slots, V), dtype=torch.bool, device=self.device)  # prompt + output
         self.running: list[Request] = []  # row i of the cache is running[i]'s
-        self.waiting: deque[Request] = deque()
+        self.waiting = FairQueue()  # fair between clients (jielong.infer.fair)
         self.jobs: queue.SimpleQueue = queue.SimpleQueue()
         self.lock = threading.Condition()
         self.thread: threading.Thread | None = None
@@ -220,13 +223,17 @@ class Engine:
         return params.max_tokens or room
 
     def submit(self, prompt: list[int], params: SamplingParams, adapter: str | None = None,
-               on_event: Callable[[Event], None] | None = None) -> Request:
-        """Queue a request; `on_event` is called from the engine thread with each Event."""
+               on_event: Callable[[Event], None] | None = None,
+               client: str | None = None) -> Request:
+        """Queue a request; `on_event` is called from the engine thread with each Event.
+        `client`: who asks (an API key's or an address's name); the queue takes turns
+        between clients (jielong.infer.fair.FairQueue)."""
         max_tokens = self.check(prompt, params, adapter)
         if self.thread is None:
             raise RuntimeError("Engine.start() first")
         params = SamplingParams(**{**params.__dict__, "max_tokens": max_tokens})
         req = Request(self, list(prompt), params, adapter, on_event)
+        req.client = client
         with self.lock:
             self.waiting.append(req)
             self.totals["requests"] += 1
@@ -528,7 +535,7 @@ class Engine:
 
     def _fail_all(self, message: str) -> None:
         with self.lock:
-            waiting, self.waiting = list(self.waiting), deque()
+            waiting, self.waiting = list(self.waiting), FairQueue()
         for r in self.running + waiting:
             self.pool.release(r.blocks)
             r.blocks = []

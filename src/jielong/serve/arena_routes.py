@@ -35,6 +35,7 @@ from fastapi.responses import StreamingResponse
 
 from jielong.errors import UserError
 from jielong.safety.rails import BLOCKING
+from jielong.serve.admission import admit
 from jielong.serve.body import read_body
 from jielong.serve.chat_routes import (
     Reply,
@@ -84,19 +85,34 @@ async def ask(request: Request):
     draft = {"settings": settings, "system_prompt": body.system_prompt}
     question = [{"role": "user", "content": verdict.text}]
     jobs = [prepare(s, draft, question, Generate(model=name)) for name in names]
-    conv = await store_call(store.create_conversation, None, body.system_prompt, settings)
-    user = await asked(store, verdict, conv["id"], None)
-    answers = [await store_call(store.add_message, conv["id"], user["id"], "assistant", "",
-                         model=name, sampling=stored)
-               for job, name, stored, *_ in jobs]
-    battle = await store_call(store.add_battle, conv["id"], user["id"], answers[0]["id"],
-                       answers[1]["id"])
+    tickets = []  # admission (jielong.serve.admission) before anything is stored
+
+    def release() -> None:
+        for t in tickets:
+            if t is not None:
+                t.release()
+
+    try:
+        for job, *_ in jobs:
+            tickets.append(admit(request, [job]))
+        conv = await store_call(store.create_conversation, None, body.system_prompt, settings)
+        user = await asked(store, verdict, conv["id"], None)
+        answers = [await store_call(store.add_message, conv["id"], user["id"], "assistant", "",
+                                    model=name, sampling=stored)
+                   for job, name, stored, *_ in jobs]
+        battle = await store_call(store.add_battle, conv["id"], user["id"], answers[0]["id"],
+                                  answers[1]["id"])
+    except BaseException:
+        release()
+        raise
     replies: list[Reply] = []
     try:
-        for (job, *_), m in zip(jobs, answers, strict=True):
+        for (job, *_), m, t in zip(jobs, answers, tickets, strict=True):
             replies.append(Reply(s, store, m, job, request.app.state.chat_replies,
-                                 about=verdict.text))
+                                 about=verdict.text, ticket=t))
     except UserError as e:
+        tickets = tickets[len(replies) + 1:]  # the failed Batch released its own
+        release()
         for r in replies:
             r.batch.cancel()
         for m in answers[len(replies):]:

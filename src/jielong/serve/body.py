@@ -6,12 +6,19 @@ It checks, in order: the size limit (413), UTF-8, JSON without NaN/Infinity, at 
 levels deep, no integer of thousands of digits, no lone surrogates in any string (text the
 tokenizer, SQLite and the browser all refuse), a JSON object, then the schema
 (jielong.serve.schemas); any failure is a 400 naming what is wrong, never a 500.
+
+A body must arrive whole within the app's `state.read_timeout` seconds (30 by default) of
+the request's start: one sent slowly (a byte a second) is answered 408 and its connection
+closed, so a slow client cannot hold a connection open (uvicorn bounds the headers and idle
+connections: jielong.serve.command).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+import time
 from typing import Any
 
 from fastapi import Request
@@ -22,6 +29,7 @@ from jielong.errors import json_problem
 from jielong.serve.errors import ApiError, validation_error
 
 MAX_DEPTH = 64  # levels of JSON nesting; OpenAI's bodies need about 5, json.loads breaks near 1000
+READ_TIMEOUT = 30.0  # seconds for a body to arrive, when the app sets none
 SURROGATE = re.compile("[\ud800-\udfff]")
 
 
@@ -92,13 +100,19 @@ async def read_raw(request: Request, limit: int, what: str = "request body") -> 
     if length is not None and length.isdigit() and int(length) > limit:
         raise too_big
     body = bytearray()
+    seconds = getattr(request.app.state, "read_timeout", None) or READ_TIMEOUT
+    end = request.scope.setdefault("jielong.read_deadline", time.monotonic() + seconds)
     try:
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
-                raise too_big
+        async with asyncio.timeout(max(0.0, end - time.monotonic())):
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > limit:
+                    raise too_big
     except ClientDisconnect:
         raise ApiError(400, "the client went away before sending the whole body") from None
+    except TimeoutError:
+        raise ApiError(408, f"the {what} did not arrive within {seconds:g} seconds",
+                       code="request_timeout", headers={"Connection": "close"}) from None
     return bytes(body)
 
 

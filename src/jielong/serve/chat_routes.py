@@ -38,7 +38,9 @@ reads it without its oldest turns, the system prompt kept; a one-line `message` 
 `assistant` (the reply, stored at once with empty content),
 `delta` (0..n, new text), then `done` (the stored reply) or `error`. The reply is stored
 once, when it ends; a client that goes away (the Stop button) cancels it, and what it had
-said so far is stored with finish_reason "stopped". Errors are the same OpenAI-style JSON as
+said so far is stored with finish_reason "stopped"; one the server's shutdown cut
+(jielong.serve.admission), with "interrupted", as is one a crash left empty, when the
+server starts again. A reply passes admission before it is stored (429/503 store nothing). Errors are the same OpenAI-style JSON as
 /v1 (404 for unknown ids).
 
 The safety rails (jielong.serve.safety_rails, as /v1 runs them) guard every reply generated
@@ -81,6 +83,7 @@ from jielong.infer.context import fit_conversation, reply_budget
 from jielong.rag.answer import decline_text
 from jielong.rag.index import Hit
 from jielong.safety.rails import Decision, Verdict
+from jielong.serve.admission import admit
 from jielong.serve.body import read_body
 from jielong.serve.documents import Collection, fit, ground, library_of
 from jielong.serve.errors import ApiError, engine_failed, user_error
@@ -158,10 +161,10 @@ class Reply:
     `about`."""
 
     def __init__(self, s: Served, store: Store, message: dict, job: tuple, running: set,
-                 about: str = "", docs: Callable[[str], dict] | None = None):
+                 about: str = "", docs: Callable[[str], dict] | None = None, ticket=None):
         self.store, self.id, self.docs = store, message["id"], docs
         self.rail = ChatRail(s, store, self.id, about) if s.rails.enabled else None
-        self.batch = Batch(s.engine, [job], s.metrics, self.rail)
+        self.batch = Batch(s.engine, [job], s.metrics, self.rail, ticket)
         self.events: asyncio.Queue[dict] = asyncio.Queue()
         self.task = asyncio.create_task(self._run())
         running.add(self.task)
@@ -186,6 +189,8 @@ class Reply:
         finally:
             self.batch.close()
         reason = "stopped" if finish == "cancelled" else finish
+        if self.batch.cut_reason == "shutdown" and self.batch.reqs[0].finish_reason == "cancelled":
+            reason = "interrupted"  # cut by the server's shutdown, not by the user
         text = "".join(parts)
         try:
             message = await run_in_threadpool(self.store.update_message, self.id, text, reason,
@@ -324,12 +329,18 @@ async def reply(request: Request, conv: dict, parent: dict, job: tuple, name: st
             return {"collection": collection.name, "sources": sources,
                     "citations": lib.cite(collection, text, hits or [])}
 
-    message = await store_call(store.add_message, conv["id"], parent["id"], "assistant", "",
-                               model=name, origin=origin, sampling=stored, edited_from=replaces,
-                               rag=docs("") if docs else None)
+    ticket = admit(request, [job])  # before the reply is stored: a 429 stores nothing
+    try:
+        message = await store_call(store.add_message, conv["id"], parent["id"], "assistant",
+                                   "", model=name, origin=origin, sampling=stored,
+                                   edited_from=replaces, rag=docs("") if docs else None)
+    except BaseException:
+        if ticket is not None:
+            ticket.release()
+        raise
     try:
         r = Reply(served(request), store, message, job, request.app.state.chat_replies,
-                  about=parent["content"], docs=docs)
+                  about=parent["content"], docs=docs, ticket=ticket)
     except UserError as e:
         await store_call(store.update_message, message["id"], finish_reason="error")
         raise user_error(e) from None

@@ -9,6 +9,14 @@ For example (runs/demo/model: what `jielong demo` trains):
     jielong serve --model Qwen/Qwen2.5-0.5B-Instruct --adapter zh=runs/zh/adapter --port 8000
     jielong serve --model runs/demo/assistant --rag docs=runs/index --rag faq=runs/faq-index
     jielong serve --model runs/demo/assistant --rag runs/index --rag_embedder runs/embed/model --rag_method hybrid
+    jielong serve --model runs/demo/assistant --max_queue 64 --client_tokens 16384 --request_timeout 120 --metrics_port 9100
+
+Admission (jielong.serve.admission): a bounded queue (--max_queue; 503 when full), a token
+budget per request (--max_request_tokens; n × max_tokens + prompt) and per client (the API
+key, else the address; --client_tokens in flight; 429 over it), both with Retry-After, and a
+request timeout; the engine's queue takes turns between clients. SIGTERM or Ctrl-C drains
+(jielong.serve.server): running requests get --drain_seconds, the rest end with their final
+event, then the engine and the store close and the command exits 0.
 
 With --rag, every chat reply (/v1 and the web chat) is answered from the documents of an
 index (`jielong rag index`), with citations (jielong.serve.documents); the web chat's users
@@ -69,6 +77,14 @@ def serve(
     redact_pii: bool = False,
     hard_delete: bool = False,
     log_level: str = "info",
+    max_queue: int = 128,
+    max_request_tokens: int = 0,
+    client_tokens: int = 0,
+    request_timeout: float = 600.0,
+    read_timeout: float = 30.0,
+    idle_timeout: float = 5.0,
+    drain_seconds: float = 10.0,
+    metrics_port: int | None = None,
 ) -> None:
     """Serve a model over an OpenAI-compatible HTTP API (chat, completions, embeddings).
 
@@ -99,7 +115,8 @@ def serve(
             pieces between the running requests' decode steps, so their streams keep flowing.
         prefix_cache: Keep the KV cache of prompt prefixes (a system prompt, a chat's earlier
             turns) for the next request that begins the same way.
-        name: The model name clients use (default: --model as given).
+        name: The model name clients use (default: --model as given; for an absolute path,
+            its folder's name).
         device: auto, cpu, cuda, mps.
         dtype: auto (the checkpoint's on a GPU, float32 on CPU), float32, bfloat16, float16.
         max_body_bytes: Largest request body accepted.
@@ -129,12 +146,30 @@ def serve(
         hard_delete: Deleting a conversation in the web chat removes it from --db (default:
             hidden, kept for `jielong feedback purge`).
         log_level: Server log level: critical, error, warning, info, debug.
+        max_queue: Most requests (choices) waiting for a slot; beyond it a request is
+            answered 503 server_overloaded with Retry-After (0: no bound).
+        max_request_tokens: Most tokens one request may hold, n × max_tokens + its prompt
+            (0: a client's whole share, --client_tokens); beyond it a 400.
+        client_tokens: Most tokens one client (its API key, else its address) may hold in
+            requests in flight; beyond it a 429 rate_limit_exceeded with Retry-After
+            (0: half the server's, slots × context / 2).
+        request_timeout: Most seconds a request is held, waiting and generating; then its
+            choices end with finish_reason "length" (0: no limit).
+        read_timeout: Seconds a client has to send a request's headers, and again its body;
+            a slower connection is closed.
+        idle_timeout: Seconds an idle keep-alive connection stays open.
+        drain_seconds: On SIGTERM or Ctrl-C, how long running requests may go on before
+            they are cut (each still gets its final event).
+        metrics_port: Serve /metrics on this port (same --host) instead of the API's
+            (without it /metrics is on the API's port, behind the API key when one is set).
     """
     try:  # lazy: the serving extra
         import uvicorn
 
-        from jielong.serve.app import create_app  # lazy: needs the serving extra (fastapi)
+        from jielong.serve.admission import Admission  # lazy: the serving extra
+        from jielong.serve.app import create_app, metrics_app  # lazy: the serving extra
         from jielong.serve.documents import Library, parse_rag  # lazy: the serving extra
+        from jielong.serve.server import Quiet, Server, deadline_protocol  # lazy: the serving extra
     except ImportError as e:
         raise UserError(f"jielong serve needs the serving extra ({e.name} is missing): "
                         "pip install 'jielong[serve]'") from None
@@ -142,18 +177,38 @@ def serve(
     need_demo(model)
     keys = api_keys(api_key, os.environ.get("JIELONG_API_KEY"))
     hosts = allowed_host_names(host, allowed_hosts)
-    if not 0 < port < 65536:
-        raise UserError(f"--port {port}: must be between 1 and 65535")
+    for flag, p in (("--port", port), ("--metrics_port", metrics_port)):
+        if p is not None and not 0 < p < 65536:
+            raise UserError(f"{flag} {p}: must be between 1 and 65535")
+    if metrics_port == port:
+        raise UserError(f"--metrics_port {metrics_port}: is --port too; give another port")
+    limits = {"max_queue": max_queue, "max_request_tokens": max_request_tokens,
+              "client_tokens": client_tokens, "request_timeout": request_timeout,
+              "drain_seconds": drain_seconds}
+    for flag, v in limits.items():
+        if v < 0:
+            raise UserError(f"--{flag} {v}: must be 0 or more")
+    for flag, v in (("read_timeout", read_timeout), ("idle_timeout", idle_timeout)):
+        if not v > 0:
+            raise UserError(f"--{flag} {v}: must be more than 0 seconds")
     rails = build_rails(safety, locale, guard_model, guard_classifier, pick_device(device))
     folder = uploads_folder(uploads, db, model, max_upload_bytes)
     embedder = load_embedder(rag_embedder) if rag_embedder else None
     library = Library(parse_rag(rag), folder, max_upload_bytes, embedder, rag_method, rag_dense_weight)
     sock = _bind(host, port)  # before loading the model: a busy port fails in a second
     try:
-        store = open_store(db, model, redact_pii, hard_delete)
+        side_sock = _bind(host, metrics_port) if metrics_port else None
     except BaseException:
         sock.close()
         raise
+    try:
+        store = open_store(db, model, redact_pii, hard_delete)
+    except BaseException:
+        sock.close()
+        if side_sock is not None:
+            side_sock.close()
+        raise
+    interrupted = store.mark_interrupted()  # replies a crash left unfinished
     try:
         net, tok, gen = open_model(model, device=pick_device(device), dtype=dtype, adapters=adapter)
         blocks = blocks_for_memory(net, kv_memory_gb) if kv_memory_gb is not None else None
@@ -162,12 +217,17 @@ def serve(
                         prefill_chunk=prefill_chunk).start()
     except BaseException:
         sock.close()
+        if side_sock is not None:
+            side_sock.close()
         store.close()
         raise
-    served = name or model
+    served = name or served_name(model)
+    share = client_tokens or slots * engine.context // 2
+    admission = Admission(engine, max_queue, max_request_tokens, share, request_timeout)
     app = create_app(engine, tok, served, gen, system_prompt=system_prompt, api_keys=keys,
                      max_body_bytes=max_body_bytes, store=store, allowed_hosts=hosts,
-                     rails=rails, library=library)
+                     rails=rails, library=library, admission=admission,
+                     read_timeout=read_timeout, metrics_elsewhere=metrics_port is not None)
     where = f"[{host}]" if ":" in host else host
     extra = f" + adapters {', '.join(engine.adapters)}" if engine.adapters else ""
     pool = engine.pool
@@ -177,7 +237,14 @@ def serve(
           file=sys.stderr)
     print(f"chats and feedback kept in {store.file}" +
           (" (personal data redacted)" if redact_pii else "") +
-          ("; deleting a chat removes it" if hard_delete else ""), file=sys.stderr)
+          ("; deleting a chat removes it" if hard_delete else "") +
+          (f" ({interrupted} unfinished replies marked interrupted)" if interrupted else ""),
+          file=sys.stderr)
+    print(f"admission: {max_queue or 'unbounded'} queued at most, {admission.max_request_tokens} "
+          f"tokens a request, {share} a client"
+          + (f", {request_timeout:g} s a request" if request_timeout else "")
+          + (f"; metrics at http://{host}:{metrics_port}/metrics" if metrics_port else ""),
+          file=sys.stderr)
     if library is not None:
         names = ", ".join(library.collections) or "none yet"
         print(f"documents: {names}" + (f" (default {library.default})" if library.default else "")
@@ -191,13 +258,24 @@ def serve(
     if host in _ANY and not allowed_hosts:
         print(f"note: requests must name {', '.join(LOOPBACK)} as their host; add the names "
               "clients use to reach this machine with --allowed_hosts NAME", file=sys.stderr)
-    server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5))
+    config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5,
+                            http=deadline_protocol(read_timeout), timeout_keep_alive=idle_timeout,
+                            h11_max_incomplete_event_size=16 * 1024)
+    side = None if side_sock is None else Quiet(uvicorn.Config(
+        metrics_app(app), log_level="warning", http=deadline_protocol(read_timeout),
+        timeout_keep_alive=idle_timeout))
+    server = Server(config, admission, drain_seconds, app.state.chat_replies, side, side_sock)
     try:
         server.run(sockets=[sock])
     finally:
         engine.close()
         sock.close()
+        if side_sock is not None:
+            side_sock.close()
         store.close()
+        if server.cut:
+            print(f"shutdown: {server.cut} requests still running after {drain_seconds:g} s "
+                  "were cut (each got its final event)", file=sys.stderr)
         s = engine.stats()
         print(f"served {s['requests']} requests: {s['prompt_tokens']} prompt tokens, "
               f"{s['generated_tokens']} generated", file=sys.stderr)
@@ -232,6 +310,12 @@ def allowed_host_names(host: str, extra: list[str] | None) -> list[str]:
                             "*.example.com, 192.168.1.5 or *)")
         out.append(h)
     return out
+
+
+def served_name(model: str) -> str:
+    """The name clients use by default: --model as given, but an absolute path's last
+    folder (a response must not name a file of the machine)."""
+    return Path(model).name if Path(model).is_absolute() else model
 
 
 def db_path(db: str | None, model: str) -> str:

@@ -20,17 +20,19 @@ class ApiError(Exception):
     """An error answered as OpenAI's JSON error object."""
 
     def __init__(self, status: int, message: str, param: str | None = None,
-                 code: str | None = None, type_: str | None = None):
+                 code: str | None = None, type_: str | None = None,
+                 headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status, self.message, self.param, self.code = status, message, param, code
         self.type = type_ or ("server_error" if status >= 500 else "invalid_request_error")
+        self.headers = headers  # e.g. Retry-After on a 429 or 503 (jielong.serve.admission)
 
     def body(self) -> dict:
         return {"error": {"message": self.message, "type": self.type, "param": self.param,
                           "code": self.code}}
 
     def response(self) -> JSONResponse:
-        return JSONResponse(self.body(), status_code=self.status)
+        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
 
 
 def field_path(loc) -> str:

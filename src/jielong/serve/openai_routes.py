@@ -16,7 +16,10 @@
 Sampling settings a request leaves out come from the model's generation_config.json
 (jielong.serve.served.Served.sampling); replies stop at the model's end-of-turn tokens (the
 engine's stop ids). Every route needs the API key when the server has one
-(jielong.serve.guard.authorize).
+(jielong.serve.guard.authorize). Chat and text completions pass admission first
+(jielong.serve.admission: 400 request_too_large, 429 rate_limit_exceeded, 503
+server_overloaded, with Retry-After) and may be cut short by the request timeout or a
+shutdown: finish_reason "length" on the choices not done, the stream still ending in [DONE].
 
 The safety rails (jielong.serve.safety_rails) guard chat and text completions: the input
 rail reads the newest user message (or the prompt), and a message it blocks is answered by
@@ -55,6 +58,7 @@ from jielong.infer.engine import TokenLogprob
 from jielong.infer.sampling import MAX_TOP_LOGPROBS
 from jielong.rag.answer import decline_text
 from jielong.safety.moderate import moderate
+from jielong.serve.admission import admit
 from jielong.serve.body import read_body
 from jielong.serve.documents import fit, ground, library_of
 from jielong.serve.errors import ApiError, engine_failed
@@ -325,7 +329,8 @@ async def chat_completions(request: Request):
         return canned_chat(body, decline_text(verdict.text), "stop", rid, now, name,
                            len(prompt), {"safety": safety, **documents("")}, documents(""))
     jobs = s.jobs([prompt], params, adapter, body.n)
-    batch = Batch(s.engine, jobs, s.metrics, output_rail(request, s, about, len(jobs)))
+    batch = Batch(s.engine, jobs, s.metrics, output_rail(request, s, about, len(jobs)),
+                  ticket=admit(request, jobs))
 
     if not body.stream:
         out = await collect(request, batch)
@@ -421,7 +426,8 @@ async def completions(request: Request):
         return blocked_completion(body, blocked, rid, now, name, len(prompts) * n,
                                   sum(len(q) for q in prompts))
     jobs = s.jobs(prompts, params, adapter, n)
-    batch = Batch(s.engine, jobs, s.metrics, output_rail(request, s, texts[0], len(jobs)))
+    batch = Batch(s.engine, jobs, s.metrics, output_rail(request, s, texts[0], len(jobs)),
+                  ticket=admit(request, jobs))
     prefix = [texts[i // n] if body.echo else "" for i in range(len(batch.reqs))]
 
     if not body.stream:

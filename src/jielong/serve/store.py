@@ -52,7 +52,9 @@ sees its reply as generated while it streams; what is kept, and what a later tur
 from the store, is redacted.
 
 Schema versions (PRAGMA user_version): 1 conversations, messages, ratings; 2 adds battles and
-votes; 3 adds safety_events and finish_reason "content_filter"; 4 adds messages.rag. Opening an older file
+votes; 3 adds safety_events and finish_reason "content_filter"; 4 adds messages.rag; 5 adds
+finish_reason "interrupted" (a reply the server's shutdown or a crash cut off:
+`mark_interrupted`, which `jielong serve` runs as it starts). Opening an older file
 upgrades it in place, in one transaction (all or nothing), and touches none of its rows.
 """
 
@@ -70,10 +72,10 @@ from pathlib import Path
 from jielong.errors import UserError
 from jielong.prep.pii import redact_all
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 ROLES = ("user", "assistant")
 ORIGINS = ("new", "regenerate", "edit")
-FINISH_REASONS = ("stop", "length", "stopped", "error", "content_filter")
+FINISH_REASONS = ("stop", "length", "stopped", "error", "content_filter", "interrupted")
 SOURCES = ("chat", "v1")
 RAILS = ("input", "output")
 SAFETY_ACTIONS = ("refuse", "resources", "redact", "flag")  # where a safety decision was made: the web chat, the /v1 API
@@ -174,6 +176,30 @@ _MIGRATIONS[3] = [
 # Version 4: the documents a reply was answered from (JSON, see the module docstring); a
 # column added at the end, so every row keeps its values and reads NULL (no retrieval).
 _MIGRATIONS[4] = ["ALTER TABLE messages ADD COLUMN rag TEXT"]
+
+# Version 5: finish_reason "interrupted" (cut off by a shutdown or a crash); messages rebuilt
+# as for version 3.
+_MIGRATIONS[5] = [
+    """CREATE TABLE messages_v5 (
+        id TEXT PRIMARY KEY,
+        conversation_id TEXT NOT NULL REFERENCES conversations(id),
+        parent_id TEXT REFERENCES messages(id),
+        role TEXT NOT NULL CHECK (role IN ('user', 'assistant')),
+        content TEXT NOT NULL,
+        model TEXT,
+        origin TEXT NOT NULL DEFAULT 'new' CHECK (origin IN ('new', 'regenerate', 'edit')),
+        edited_from TEXT REFERENCES messages(id),
+        finish_reason TEXT CHECK (finish_reason IN ('stop', 'length', 'stopped', 'error',
+                                                    'content_filter', 'interrupted')),
+        sampling TEXT,
+        created REAL NOT NULL,
+        rag TEXT)""",
+    "INSERT INTO messages_v5 SELECT id, conversation_id, parent_id, role, content, model, origin, "
+    "edited_from, finish_reason, sampling, created, rag FROM messages ORDER BY rowid",
+    "DROP TABLE messages",
+    "ALTER TABLE messages_v5 RENAME TO messages",
+    "CREATE INDEX messages_by_parent ON messages (conversation_id, parent_id)",
+]
 
 # A message with its current rating (the latest row of ratings for it).
 _MESSAGES = """
@@ -456,6 +482,14 @@ class Store:
             if rag is not None:
                 db.execute("UPDATE messages SET rag = ? WHERE id = ?", (_dumps(rag), mid))
             return self._message(db, mid)
+
+    def mark_interrupted(self) -> int:
+        """Mark every reply left unfinished (no finish_reason: the process stopped while it
+        was written) "interrupted"; how many. For a server starting, before it takes
+        requests."""
+        with self._tx(write=True) as db:
+            return db.execute("UPDATE messages SET finish_reason = 'interrupted' "
+                              "WHERE role = 'assistant' AND finish_reason IS NULL").rowcount
 
     def message(self, mid: str) -> dict:
         with self._tx() as db:

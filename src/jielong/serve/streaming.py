@@ -4,7 +4,10 @@
 `data: [DONE]`, `openai_stream`).
 
 A client that goes away (a closed stream, a dropped connection) cancels its requests
-(`watch_disconnect`), so their slots in the engine free at the next step.
+(`watch_disconnect`), so their slots in the engine free at the next step. A batch admitted
+with a ticket (jielong.serve.admission) submits as its client, releases the ticket when its
+last choice ends, and is cut at the ticket's deadline or on shutdown (`cut`): its choices not
+done end with finish_reason "length" (cut short), so a stream still gets its final event.
 
 Metrics (jielong.serve.metrics): each request's timings are observed when the engine ends
 it, and how it ended when its last event reaches the client (after the output rail, which
@@ -16,7 +19,9 @@ the HTTP count shows the error, not the 200 it began with.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -36,7 +41,7 @@ class Batch:
     (jielong.serve.safety_rails.OutputRail) each event's text is what the rail lets through."""
 
     def __init__(self, engine: Engine, jobs: list[tuple[list[int], SamplingParams, str | None]],
-                 metrics: Metrics, rail=None):
+                 metrics: Metrics, rail=None, ticket=None):
         self.loop = asyncio.get_running_loop()
         self.rail = rail
         self.queue: asyncio.Queue[Event] = asyncio.Queue()
@@ -44,16 +49,31 @@ class Batch:
         self.reqs: list[EngineRequest] = []
         self.closed = False  # nobody reads the events any more
         self.counted: set[int] = set()  # requests whose ending is counted
+        self.ticket, self.left = ticket, len(jobs)
+        self.cut_reason: str | None = None  # "timeout" or "shutdown" once cut
+        client = None if ticket is None else ticket.client
         try:
             for prompt, params, adapter in jobs:
-                self.reqs.append(engine.submit(prompt, params, adapter, self._put))
+                if client is None:  # an engine-like object may not take a client
+                    self.reqs.append(engine.submit(prompt, params, adapter, self._put))
+                else:
+                    self.reqs.append(engine.submit(prompt, params, adapter, self._put,
+                                                   client=client))
         except BaseException:
             self.cancel()
             self.close()
+            if ticket is not None:
+                ticket.release()
             raise
         self.index = {r.id: i for i, r in enumerate(self.reqs)}
+        if ticket is not None:
+            ticket.batch = self
 
     def _put(self, e: Event) -> None:  # called from the engine's thread
+        if e.finish_reason and self.ticket is not None:
+            self.left -= 1
+            if self.left == 0:
+                self.ticket.release()
         try:
             self.loop.call_soon_threadsafe(self._arrive, e)
         except RuntimeError:  # the event loop has closed: nobody is listening
@@ -86,10 +106,28 @@ class Batch:
             if r.finish_reason is None:
                 r.cancel()
 
+    def cut(self, why: str) -> None:
+        """End the choices not done ("timeout", "shutdown"): finish_reason "length"."""
+        if self.cut_reason is None:
+            self.cut_reason = why
+        self.cancel()
+
+    async def _next(self) -> Event:
+        deadline = None if self.ticket is None else self.ticket.deadline
+        if deadline is None or self.cut_reason is not None:
+            return await self.queue.get()
+        try:
+            return await asyncio.wait_for(self.queue.get(), max(0.0, deadline - time.monotonic()))
+        except TimeoutError:
+            self.cut("timeout")
+            return await self.queue.get()
+
     async def events(self) -> AsyncIterator[tuple[int, Event]]:
         left = len(self.reqs)
         while left:
-            e = await self.queue.get()
+            e = await self._next()
+            if e.finish_reason == "cancelled" and self.cut_reason is not None:
+                e = dataclasses.replace(e, finish_reason="length")
             if e.finish_reason:
                 left -= 1
             i = self.index[e.request.id]

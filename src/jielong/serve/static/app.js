@@ -725,6 +725,7 @@
     if (m.origin === "edit") bits.push("edited");
     if (m.finish_reason === "content_filter") bits.push(filteredNote(m));
     else if (m.finish_reason === "stopped") bits.push("stopped");
+    else if (m.finish_reason === "interrupted") bits.push("interrupted: the server stopped while writing it");
     else if (m.finish_reason === "length") bits.push("cut at max tokens");
     else if (m.finish_reason === "error") bits.push("error" + (m.error ? ": " + m.error : ""));
     return bits.join(" · ");
@@ -1456,6 +1457,7 @@
     if (m.finish_reason === "content_filter") notes.push(filteredNote(m));
     else if (m.finish_reason === "length") notes.push("cut at max tokens");
     else if (m.finish_reason === "stopped") notes.push("stopped");
+    else if (m.finish_reason === "interrupted") notes.push("interrupted: the server stopped");
     else if (m.finish_reason === "error") notes.push("error" + (m.error ? ": " + m.error : ""));
     return el("section", { class: "arena-pane", "data-side": side, "data-id": m.id,
       "aria-label": "Answer " + side.toUpperCase(), "aria-busy": writing ? "true" : null },
