@@ -64,8 +64,8 @@ from dataclasses import dataclass
 import torch
 
 from jielong.errors import UserError
-from jielong.infer.kv import BlockPool, PagedView, block_hash
 from jielong.infer.fair import FairQueue
+from jielong.infer.kv import BlockPool, PagedView, block_hash
 from jielong.infer.sampling import SamplingParams, sample
 from jielong.lora import adapter_names, set_adapter
 from jielong.model import Transformer, mean_pooled
