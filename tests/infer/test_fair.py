@@ -47,6 +47,17 @@ def test_one_client_is_first_in_first_out():
     assert [q.popleft().name for _ in range(6)] == list(range(6))
 
 
+def test_a_preempted_request_goes_back_to_the_head():
+    q = FairQueue()
+    for r in [req("a", "a0"), req("a", "a1"), req("b", "b0")]:
+        q.append(r)
+    a0 = q.popleft()
+    assert q[0].name == "b0"  # a has one running
+    q.appendleft(a0)  # the engine preempted it: first again, and a runs none
+    assert q[0] is a0 and [r.name for r in q] == ["a0", "a1", "b0"]
+    assert [q.popleft().name for _ in range(3)] == ["a0", "b0", "a1"]
+
+
 def test_engine_starts_the_other_clients_request_next():
     torch.set_num_threads(1)
     tok = train_tokenizer(["hello world, 你好世界, 妳好世界"] * 20, vocab_size=280)

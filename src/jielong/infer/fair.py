@@ -12,7 +12,7 @@ it replaces, so greedy outputs are unchanged.
 Fair queuing between flows is Nagle's (1987) round-robin; vLLM's scheduler keeps one FIFO, and
 admission (jielong.serve.admission) bounds what each client may hold. This class is the only
 place the engine's order of admission is decided; it is a drop-in for the `deque` the engine
-used (append, popleft, [0], len, iteration, remove).
+used (append, appendleft, popleft, [0], len, iteration, remove).
 """
 
 from __future__ import annotations
@@ -30,6 +30,16 @@ class FairQueue:
 
     def append(self, r) -> None:
         self.queues.setdefault(getattr(r, "client", None), deque()).append(r)
+
+    def appendleft(self, r) -> None:
+        """`r` back at the head (a request the engine preempted): first in its client's
+        queue, its client first among equals, and no longer counted as running."""
+        client = getattr(r, "client", None)
+        q = self.queues.pop(client, deque())
+        q.appendleft(r)
+        self.queues = {client: q, **self.queues}
+        if r in self.started.get(client, ()):
+            self.started[client].remove(r)
 
     def _running(self, client) -> int:
         live = [r for r in self.started.get(client, ()) if r.finish_reason is None]
