@@ -28,6 +28,10 @@ relevant passage the reply is the decline text, finish_reason "stop", nothing ge
 A conversation comes with its arena battles ("battles", jielong.serve.arena_routes), whose
 answers show no model's name until the battle has a vote.
 
+With an upstream engine (`jielong serve --upstream URL`) the branch is sent whole, as
+messages: the upstream counts the tokens, and a branch too long for it is its error, told
+as an `error` event (passages are fitted to an upper bound of its tokens: Served.measure).
+
 A reply is generated from its branch: the conversation's system prompt (or the server's),
 then the messages from the root down to the user message it answers, rendered with the
 model's chat template. Sampling settings come from the request's `settings`, then the
@@ -82,7 +86,7 @@ from jielong.rag.index import Hit
 from jielong.safety.rails import Decision, Verdict
 from jielong.serve.body import read_body
 from jielong.serve.documents import Collection, fit, ground, library_of
-from jielong.serve.errors import ApiError, engine_failed, user_error
+from jielong.serve.errors import ApiError, user_error
 from jielong.serve.guard import authorize
 from jielong.serve.safety_rails import OutputRail, check_input, record
 from jielong.serve.schemas import (
@@ -95,7 +99,7 @@ from jielong.serve.schemas import (
 )
 from jielong.serve.served import Served, served
 from jielong.serve.store import NotFound, Store, sealed
-from jielong.serve.streaming import Batch, event_stream, sse, watch_disconnect
+from jielong.serve.streaming import Batch, event_stream, failed, sse, watch_disconnect
 
 REASONS = {"up": ["correct", "helpful", "well written"],
            "down": ["wrong", "wrong script (繁/简)", "not helpful", "unsafe", "too long"]}
@@ -174,7 +178,8 @@ class Reply:
                     parts.append(e.text)
                     self.events.put_nowait({"type": "delta", "text": e.text})
                 if e.finish_reason:
-                    finish, error = e.finish_reason, e.error
+                    finish, error = e.finish_reason, failed(e) if e.finish_reason == "error" \
+                        else None
                 if e.finish_reason == "content_filter" and self.rail and self.rail.stopped():
                     self.events.put_nowait(safety_event(self.rail.stopped(), self.id))
         except asyncio.CancelledError:  # the server is shutting down: store what there is
@@ -192,7 +197,7 @@ class Reply:
                 code="store_error").body()["error"]})
             return
         if finish == "error":
-            self.events.put_nowait({"type": "error", "error": engine_failed(error).body()["error"]})
+            self.events.put_nowait({"type": "error", "error": error.body()["error"]})
         else:
             self.events.put_nowait({"type": "done", "message": message})
 
@@ -271,13 +276,19 @@ def prepare(s: Served, conv: dict, history: list[dict], body: Generate,
     def encode(m: list[dict]) -> list[int]:
         return s.chat_prompt(m, "content")
 
+    def measure(m: list[dict]) -> int:  # upstream: at most so many (the branch goes whole)
+        return s.measure(m, "content") if s.upstream \
+            else len(fit_conversation(m, encode, context, reserve)[1])
+
     if hits:  # old turns go before passages do: measured once they are dropped
-        hits, messages = fit(lambda m: len(fit_conversation(m, encode, context, reserve)[1]),
-                             history[-1]["content"], hits, messages[:-1], context - reserve,
-                             "content")
-    messages, prompt, dropped = fit_conversation(messages, encode, context, reserve)
+        hits, messages = fit(measure, history[-1]["content"], hits, messages[:-1],
+                             context - reserve, "content")
+    if s.upstream:  # the branch goes whole; one too long is the upstream's 400, told
+        prompt, dropped = encode(messages), 0
+    else:
+        messages, prompt, dropped = fit_conversation(messages, encode, context, reserve)
     if max_tokens is None:  # the default, or less when the message alone leaves less room
-        max_tokens = max(1, min(reserve, context - len(prompt)))
+        max_tokens = max(1, min(reserve, context - s.count(prompt)))
     try:
         params = s.sampling(SamplingBody(temperature=settings.get("temperature"),
                                          top_p=settings.get("top_p")), max_tokens, None)

@@ -9,10 +9,16 @@ For example (runs/demo/model: what `jielong demo` trains):
     jielong serve --model Qwen/Qwen2.5-0.5B-Instruct --adapter zh=runs/zh/adapter --port 8000
     jielong serve --model runs/demo/assistant --rag docs=runs/index --rag faq=runs/faq-index
     jielong serve --model runs/demo/assistant --rag runs/index --rag_embedder runs/embed/model --rag_method hybrid
+    jielong serve --upstream http://127.0.0.1:8001/v1 --upstream_model Qwen/Qwen2.5-7B-Instruct --rag runs/index
 
 With --rag, every chat reply (/v1 and the web chat) is answered from the documents of an
 index (`jielong rag index`), with citations (jielong.serve.documents); the web chat's users
 can upload documents into collections of their own (kept under --uploads).
+
+With --upstream, another OpenAI-compatible server generates (vLLM, SGLang, llama.cpp's
+server, Ollama, another jielong) and this one keeps the application around it: the web
+chat, the feedback store, API keys, the rails, retrieval (jielong.serve.upstream); no model
+is loaded here.
 
 Kept apart from app.py so that `jielong --help` works without the serving extra installed:
 the app (fastapi, uvicorn, prometheus-client) is imported only when the server starts.
@@ -63,6 +69,9 @@ def serve(
     uploads: str | None = None,
     max_upload_bytes: int = 20_000_000,
     log_level: str = "info",
+    upstream: str | None = None,
+    upstream_key: str | None = None,
+    upstream_model: str | None = None,
 ) -> None:
     """Serve a model over an OpenAI-compatible HTTP API (chat, completions, embeddings).
 
@@ -112,44 +121,63 @@ def serve(
             own collections (default: uploads/ beside --db; "off": no uploads).
         max_upload_bytes: Largest document a user may upload.
         log_level: Server log level: critical, error, warning, info, debug.
+        upstream: Generate on another OpenAI-compatible server at this URL (vLLM, SGLang,
+            llama.cpp's server, Ollama, another jielong serve; e.g. http://127.0.0.1:8001/v1)
+            instead of loading --model; this server keeps the web chat, store, keys, rails
+            and --rag in front of it, and serves the upstream's models.
+        upstream_key: The name of the environment variable holding the upstream's API key
+            (default: JIELONG_UPSTREAM_KEY, when set).
+        upstream_model: The upstream's model to serve (default: the first it lists); its
+            other models are served as adapters.
     """
     try:  # lazy: the serving extra
         import uvicorn
 
         from jielong.serve.app import create_app  # lazy: needs the serving extra (fastapi)
         from jielong.serve.documents import Library, parse_rag  # lazy: the serving extra
+        from jielong.serve.upstream import open_upstream  # lazy: the serving extra (httpx)
     except ImportError as e:
         raise UserError(f"jielong serve needs the serving extra ({e.name} is missing): "
                         "pip install 'jielong[serve]'") from None
 
-    need_demo(model)
+    if upstream is None:
+        need_demo(model)
     keys = api_keys(api_key, os.environ.get("JIELONG_API_KEY"))
     hosts = allowed_host_names(host, allowed_hosts)
     if not 0 < port < 65536:
         raise UserError(f"--port {port}: must be between 1 and 65535")
     rails = build_rails(safety, locale, guard_model, guard_classifier, pick_device(device))
-    folder = uploads_folder(uploads, db, model, max_upload_bytes)
+    home = model if upstream is None else upstream  # where the store goes by default
+    folder = uploads_folder(uploads, db, home, max_upload_bytes)
     embedder = load_embedder(rag_embedder) if rag_embedder else None
     library = Library(parse_rag(rag), folder, max_upload_bytes, embedder, rag_method, rag_dense_weight)
     sock = _bind(host, port)  # before loading the model: a busy port fails in a second
     try:
-        store = open_store(db, model)
+        store = open_store(db, home)
     except BaseException:
         sock.close()
         raise
     try:
-        net, tok, gen = open_model(model, device=pick_device(device), dtype=dtype, adapters=adapter)
-        engine = Engine(net, tok, stop_ids(tok, gen, net.config.eos_token_id), slots=slots,
-                        context=context).start()
+        if upstream is None:
+            net, tok, gen = open_model(model, device=pick_device(device), dtype=dtype,
+                                       adapters=adapter)
+            engine = Engine(net, tok, stop_ids(tok, gen, net.config.eos_token_id), slots=slots,
+                            context=context).start()
+        else:
+            engine, tok, gen = open_upstream(upstream, upstream_key, upstream_model, adapter,
+                                               slots, context), None, {}
     except BaseException:
         sock.close()
         store.close()
         raise
-    served = name or model
+    served = name or (model if upstream is None else engine.model)
     app = create_app(engine, tok, served, gen, system_prompt=system_prompt, api_keys=keys,
                      max_body_bytes=max_body_bytes, store=store, allowed_hosts=hosts,
                      rails=rails, library=library)
     where = f"[{host}]" if ":" in host else host
+    if upstream is not None:
+        print(f"generating on the upstream engine at {engine.url} ({engine.model}; key "
+              f"{'sent' if engine.key else 'none'})", file=sys.stderr)
     extra = f" + adapters {', '.join(engine.adapters)}" if engine.adapters else ""
     print(f"serving {served}{extra} at http://{where}:{port}/v1 · {slots} slots × "
           f"{engine.context} tokens · API key {'required' if keys else 'not required'}",

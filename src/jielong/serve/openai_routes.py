@@ -37,6 +37,11 @@ message then has `sources` (every passage given: {n, id, source, page, heading, 
 quote}) and `citations` (those its [n] markers name); the response has both beside
 `choices` too (choice 0's), and a stream has them on each choice's last chunk (the one with
 its finish_reason). OpenAI's clients keep fields they do not know (`.model_extra`).
+
+With an upstream engine (`jielong serve --upstream URL`, jielong.serve.upstream) the same
+routes run the same rails and retrieval, and the upstream generates: chats go to it as
+messages and text completions as text, embeddings are its own (the request passed on);
+the model list is its models.
 """
 
 from __future__ import annotations
@@ -57,7 +62,7 @@ from jielong.rag.answer import decline_text
 from jielong.safety.moderate import moderate
 from jielong.serve.body import read_body
 from jielong.serve.documents import fit, ground, library_of
-from jielong.serve.errors import ApiError, engine_failed
+from jielong.serve.errors import ApiError
 from jielong.serve.guard import authorize
 from jielong.serve.safety_rails import OutputRail, check_input, record, v1_recorder
 from jielong.serve.schemas import (
@@ -68,7 +73,7 @@ from jielong.serve.schemas import (
     RagOptions,
 )
 from jielong.serve.served import Served, served
-from jielong.serve.streaming import Batch, collect, event_stream, openai_stream, sse
+from jielong.serve.streaming import Batch, collect, event_stream, failed, openai_stream, sse
 
 MAX_EMBED_INPUTS = 2048
 MAX_MODERATION_INPUTS = 2048
@@ -209,8 +214,10 @@ def blocked_completion(body: CompletionRequest, verdict, rid: str, now: int, nam
 
 
 def model_card(s: Served, name: str, parent: str | None) -> dict:
+    """A model's card; max_model_len (the context, as vLLM's cards give it) lets another
+    jielong serving this one as its upstream learn it."""
     return {"id": name, "object": "model", "created": s.created, "owned_by": "jielong",
-            "root": s.model_name, "parent": parent}
+            "root": s.model_name, "parent": parent, "max_model_len": s.engine.context}
 
 
 @router.get("/models")
@@ -292,7 +299,7 @@ async def chat_completions(request: Request):
     if hits:
         last = users[-1]
         reserve = max_tokens if max_tokens is not None else reply_budget(s.engine.context)
-        hits, grounded = fit(lambda m: len(s.chat_prompt(m, "messages")), verdict.text, hits,
+        hits, grounded = fit(lambda m: s.measure(m, "messages"), verdict.text, hits,
                              messages[:last], s.engine.context - reserve, "messages")
         messages = grounded + messages[last + 1:]
     prompt = s.chat_prompt(messages, "messages")
@@ -308,7 +315,7 @@ async def chat_completions(request: Request):
           {"logprobs": "top_logprobs", "max_tokens": max_name})
     rid, now, name = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), body.model or s.model_name
     if verdict.blocked:
-        return blocked_chat(body, verdict, rid, now, name, len(prompt))
+        return blocked_chat(body, verdict, rid, now, name, s.count(prompt))
     safety = [d.to_dict() for d in verdict.decisions]
     lib = library_of(request)
     sources = lib.sources(collection, hits) if collection else []
@@ -321,7 +328,7 @@ async def chat_completions(request: Request):
 
     if collection is not None and not hits:  # nothing relevant: "I don't know", no model
         return canned_chat(body, decline_text(verdict.text), "stop", rid, now, name,
-                           len(prompt), {"safety": safety, **documents("")}, documents(""))
+                           s.count(prompt), {"safety": safety, **documents("")}, documents(""))
     jobs = s.jobs([prompt], params, adapter, body.n)
     batch = Batch(s.engine, jobs, s.metrics, output_rail(request, s, about, len(jobs)))
 
@@ -335,7 +342,7 @@ async def chat_completions(request: Request):
                              "logprobs": {"content": chat_logprobs(s, o["logprobs"])}
                              if k is not None else None,
                              "finish_reason": o["finish"]} for i, o in enumerate(out)],
-                "usage": usage(len(prompt), sum(o["tokens"] for o in out)),
+                "usage": usage(batch.usage(body.n)[0], sum(o["tokens"] for o in out)),
                 "safety": safety + output_decisions(batch),
                 **(documents(out[0]["text"]) if out else {})}
 
@@ -355,7 +362,7 @@ async def chat_completions(request: Request):
                           "logprobs": None, "finish_reason": None}])
         async for i, e in batch.events():
             if e.finish_reason == "error":
-                raise engine_failed(e.error)
+                raise failed(e)
             texts[i] += e.text
             lps = chat_logprobs(s, e.logprobs) if k is not None and e.logprobs else None
             if e.text or lps:
@@ -371,9 +378,10 @@ async def chat_completions(request: Request):
                 yield c
         if with_usage:
             c = chunk([])
-            c["usage"] = usage(len(prompt), sum(len(r.output) for r in batch.reqs))
+            c["usage"] = usage(*batch.usage(body.n))
             yield c
 
+    await batch.ready()
     return openai_stream(request, batch, chunks())
 
 
@@ -390,9 +398,9 @@ async def completions(request: Request):
                        param="suffix")
     p, tok = body.prompt, s.tok
     if isinstance(p, str):
-        texts, prompts = [p], [tok.encode(p)]
+        texts, prompts = [p], [s.text_prompt(p)]
     elif p and isinstance(p[0], str):
-        texts, prompts = list(p), [tok.encode(x) for x in p]
+        texts, prompts = list(p), [s.text_prompt(x) for x in p]
     elif p and isinstance(p[0], list):
         prompts = [s.check_ids(ids, "prompt") for ids in p]
         texts = [tok.decode(ids) for ids in prompts]
@@ -416,7 +424,7 @@ async def completions(request: Request):
     blocked = next((v for v in verdicts if v.blocked), None)
     if blocked:  # a text prompt is one document: a blocked one answers the whole request
         return blocked_completion(body, blocked, rid, now, name, len(prompts) * n,
-                                  sum(len(q) for q in prompts))
+                                  sum(s.count(q) for q in prompts))
     jobs = s.jobs(prompts, params, adapter, n)
     batch = Batch(s.engine, jobs, s.metrics, output_rail(request, s, texts[0], len(jobs)))
     prefix = [texts[i // n] if body.echo else "" for i in range(len(batch.reqs))]
@@ -429,7 +437,7 @@ async def completions(request: Request):
                              "logprobs": text_logprobs(s, o["logprobs"], len(prefix[i]))
                              if body.logprobs is not None else None,
                              "finish_reason": o["finish"]} for i, o in enumerate(out)],
-                "usage": usage(sum(len(q) for q in prompts), sum(o["tokens"] for o in out)),
+                "usage": usage(batch.usage(n)[0], sum(o["tokens"] for o in out)),
                 "safety": [d.to_dict() for v in verdicts for d in v.decisions] +
                 output_decisions(batch)}
 
@@ -450,7 +458,7 @@ async def completions(request: Request):
                 yield chunk(i, x, None, None)
         async for i, e in batch.events():
             if e.finish_reason == "error":
-                raise engine_failed(e.error)
+                raise failed(e)
             lps = None
             if body.logprobs is not None and e.logprobs:
                 lps = text_logprobs(s, e.logprobs, offsets[i])
@@ -461,9 +469,9 @@ async def completions(request: Request):
                 yield chunk(i, "", None, e.finish_reason)
         if with_usage:
             yield {"id": rid, "object": "text_completion", "created": now, "model": name,
-                   "choices": [], "usage": usage(sum(len(q) for q in prompts),
-                                                 sum(len(r.output) for r in batch.reqs))}
+                   "choices": [], "usage": usage(*batch.usage(n))}
 
+    await batch.ready()
     return openai_stream(request, batch, chunks())
 
 
@@ -475,6 +483,10 @@ async def embeddings(request: Request):
     s = served(request)
     body: EmbeddingRequest = await read_body(request, EmbeddingRequest)
     adapter = s.adapter_for(body.model)
+    if s.upstream:  # the upstream's own embeddings, asked of its model
+        sent = body.model_dump(exclude_none=True)
+        out = await s.engine.embeddings({**sent, "model": adapter or s.engine.model})
+        return {**out, "model": body.model or s.model_name}
     x, tok, engine = body.input, s.tok, s.engine
     if isinstance(x, str):
         inputs = [tok.encode(x)]
