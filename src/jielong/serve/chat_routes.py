@@ -28,10 +28,6 @@ relevant passage the reply is the decline text, finish_reason "stop", nothing ge
 A conversation comes with its arena battles ("battles", jielong.serve.arena_routes), whose
 answers show no model's name until the battle has a vote.
 
-With an upstream engine (`jielong serve --upstream URL`) the branch is sent whole, as
-messages: the upstream counts the tokens, and a branch too long for it is its error, told
-as an `error` event (passages are fitted to an upper bound of its tokens: Served.measure).
-
 A reply is generated from its branch: the conversation's system prompt (or the server's),
 then the messages from the root down to the user message it answers, rendered with the
 model's chat template. Sampling settings come from the request's `settings`, then the
@@ -43,6 +39,10 @@ reads it without its oldest turns, the system prompt kept; a one-line `message` 
 once, when it ends; a client that goes away (the Stop button) cancels it, and what it had
 said so far is stored with finish_reason "stopped". Errors are the same OpenAI-style JSON as
 /v1 (404 for unknown ids).
+
+With an upstream engine (`jielong serve --upstream URL`) the branch is sent whole, as
+messages: the upstream counts the tokens, and a branch too long for it is its error, told
+as an `error` event (passages are fitted to an upper bound of its tokens: Served.measure).
 
 The safety rails (jielong.serve.safety_rails, as /v1 runs them) guard every reply generated
 here, the arena's too:
