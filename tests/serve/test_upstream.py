@@ -304,6 +304,7 @@ def test_fuzz_through_the_upstream_has_no_5xx(up):
                       json={"content": "hi"}, timeout=30) as r:
         evs = [json.loads(x[6:]) for x in r.iter_lines() if x.startswith("data: ")]
     uid, mid = evs[0]["message"]["id"], evs[-1]["message"]["id"]
+    before = up.engine.stats()["requests"]
     conn = http.client.HTTPConnection("127.0.0.1", int(up.url.rsplit(":", 1)[1]), timeout=30)
     bad, ok = [], 0
     for method, path, body, headers in fuzz_cases(random.Random(19), c["id"], mid, uid, 120):
@@ -316,7 +317,8 @@ def test_fuzz_through_the_upstream_has_no_5xx(up):
             bad.append(f"{method} {path} {body[:100]!r} -> {r.status} {raw[:200]!r}")
     conn.close()
     assert not bad, "\n".join(bad[:10])
-    assert ok >= 10  # the valid bodies among them were answered, through the upstream
+    # the valid bodies among them were answered, through the upstream
+    assert ok >= 5 and up.engine.stats()["requests"] >= before + 5
 
 
 def test_a_small_load_through_the_upstream_has_no_errors_and_equal_greedy_replies(up):

@@ -32,6 +32,9 @@ openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")
 
 from jielong.export.gguf import export_gguf  # noqa: E402
+from jielong.hub import open_model, stop_ids  # noqa: E402
+from jielong.infer.engine import Engine  # noqa: E402
+from jielong.infer.sampling import SamplingParams  # noqa: E402
 from jielong.serve.app import create_app  # noqa: E402
 from jielong.serve.store import Store  # noqa: E402
 from jielong.serve.upstream import UpstreamEngine  # noqa: E402
@@ -68,7 +71,10 @@ def llama(tmp_path_factory):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([LLAMA_PYTHON, "-m", "llama_cpp.server", "--model", str(gguf),
                              "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "256",
-                             "--n_threads", "1", "--n_batch", "64"],
+                             "--n_threads", "1", "--n_batch", "64",
+                             # by default a new request cuts the one streaming (its stream
+                             # ends with no finish_reason: a 502 here); queue them instead
+                             "--interrupt_requests", "False"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 90
@@ -88,7 +94,7 @@ def llama(tmp_path_factory):
                 return openai.OpenAI(base_url=u + "/v1", api_key="unused", max_retries=0,
                                      timeout=60)
             yield {"direct": client(url), "front": client(front), "url": front,
-                   "store": store, "engine": engine}
+                   "store": store, "engine": engine, "model_dir": model_dir}
         store.close()
     finally:
         proc.terminate()
@@ -106,6 +112,16 @@ def test_greedy_chat_through_the_front_equals_llama_cpps_own(llama):
     got = llama["front"].chat.completions.create(model="tiny-gguf", messages=HELLO, **GREEDY)
     assert got.choices[0].message.content == text
     assert got.choices[0].finish_reason == want.choices[0].finish_reason
+    # and both are jielong's own greedy reply on the model exported, from the same prompt
+    # (llama.cpp rendered the chat template the GGUF carries as jielong renders it)
+    net, tok, gen = open_model(llama["model_dir"])
+    local = Engine(net, tok, stop_ids(tok, gen, net.config.eos_token_id), slots=1).start()
+    ids = tok.encode_chat(HELLO, add_generation_prompt=True)[0]
+    mine = local.complete(ids, SamplingParams(max_tokens=GREEDY["max_tokens"], temperature=0))
+    local.close()
+    assert text == mine.text and want.usage.prompt_tokens == len(ids)
+    # its streams carry no usage: the front counts a token per chunk
+    assert got.usage.completion_tokens == want.usage.completion_tokens
     chunks = list(llama["front"].chat.completions.create(model="tiny-gguf", messages=HELLO,
                                                          stream=True, **GREEDY))
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == text

@@ -17,7 +17,9 @@ routes (submit, check, cancel, events, stats, context, adapters); what differs:
   with the local engine.
 - No tokenizer is needed, so no tokens are counted here: the upstream checks the context,
   and its 400 (context_length_exceeded) is passed on as a 400. Usage is the upstream's
-  (stream_options.include_usage). The web chat sends the whole branch (no turns trimmed).
+  (stream_options.include_usage; an upstream that leaves it out, as llama-cpp-python's
+  server does, counts a token per chunk and no prompt tokens). The web chat sends the whole
+  branch (no turns trimmed).
   Only the passages retrieval adds (--rag) are fitted here, to the upstream's context by
   `most_tokens`, an upper bound: they are this server's addition, so they must not be what
   overflows it.
@@ -339,7 +341,7 @@ class UpstreamEngine:
 
     async def relay(self, r: UpstreamRequest, client: httpx.AsyncClient, path: str,
                     body: dict) -> None:
-        finish = None
+        finish, chunks, counted = None, 0, False
         async with client.stream("POST", self.url + path, json=body,
                                  headers=self.headers) as resp:
             if resp.status_code != 200:
@@ -365,13 +367,16 @@ class UpstreamEngine:
                     raise ApiError(502, f"the upstream engine failed mid-reply: {text}",
                                    code="upstream_error")
                 if isinstance(chunk.get("usage"), dict):
-                    u = chunk["usage"]
+                    u, counted = chunk["usage"], True
                     r.prompt_tokens = int(u.get("prompt_tokens") or 0)
                     r.completion_tokens = int(u.get("completion_tokens") or 0)
                 for c in chunk.get("choices") or []:
                     delta = c.get("delta") or {}
                     text = delta.get("content") if "delta" in c else c.get("text")
                     if text:
+                        chunks += 1
+                        if not counted:  # until its usage comes, if it ever does
+                            r.completion_tokens = chunks
                         r.emit(text)
                         self.totals["steps"] += 1
                     finish = c.get("finish_reason") or finish
