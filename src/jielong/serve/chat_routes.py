@@ -43,6 +43,10 @@ said so far is stored with finish_reason "stopped"; one the server's shutdown cu
 server starts again. A reply passes admission before it is stored (429/503 store nothing). Errors are the same OpenAI-style JSON as
 /v1 (404 for unknown ids).
 
+With an upstream engine (`jielong serve --upstream URL`) the branch is sent whole, as
+messages: the upstream counts the tokens, and a branch too long for it is its error, told
+as an `error` event (passages are fitted to an upper bound of its tokens: Served.measure).
+
 The safety rails (jielong.serve.safety_rails, as /v1 runs them) guard every reply generated
 here, the arena's too:
 - the input rail reads the user's new message (the message a regeneration answers). A
@@ -86,7 +90,7 @@ from jielong.safety.rails import Decision, Verdict
 from jielong.serve.admission import admit
 from jielong.serve.body import read_body
 from jielong.serve.documents import Collection, fit, ground, library_of
-from jielong.serve.errors import ApiError, engine_failed, user_error
+from jielong.serve.errors import ApiError, user_error
 from jielong.serve.guard import authorize
 from jielong.serve.metrics import stream_failed
 from jielong.serve.safety_rails import OutputRail, check_input, record
@@ -100,7 +104,7 @@ from jielong.serve.schemas import (
 )
 from jielong.serve.served import Served, served
 from jielong.serve.store import NotFound, Store, sealed
-from jielong.serve.streaming import Batch, event_stream, sse, watch_disconnect
+from jielong.serve.streaming import Batch, event_stream, failed, sse, watch_disconnect
 
 REASONS = {"up": ["correct", "helpful", "well written"],
            "down": ["wrong", "wrong script (繁/简)", "not helpful", "unsafe", "too long"]}
@@ -179,7 +183,8 @@ class Reply:
                     parts.append(e.text)
                     self.events.put_nowait({"type": "delta", "text": e.text})
                 if e.finish_reason:
-                    finish, error = e.finish_reason, e.error
+                    finish, error = e.finish_reason, failed(e) if e.finish_reason == "error" \
+                        else None
                 if e.finish_reason == "content_filter" and self.rail and self.rail.stopped():
                     self.events.put_nowait(safety_event(self.rail.stopped(), self.id))
         except asyncio.CancelledError:  # the server is shutting down: store what there is
@@ -206,7 +211,7 @@ class Reply:
                 code="store_error").body()["error"]})
             return
         if finish == "error":
-            self.events.put_nowait({"type": "error", "error": engine_failed(error).body()["error"]})
+            self.events.put_nowait({"type": "error", "error": error.body()["error"]})
         else:
             self.events.put_nowait({"type": "done", "message": message})
 
@@ -288,13 +293,19 @@ def prepare(s: Served, conv: dict, history: list[dict], body: Generate,
     def encode(m: list[dict]) -> list[int]:
         return s.chat_prompt(m, "content")
 
+    def measure(m: list[dict]) -> int:  # upstream: at most so many (the branch goes whole)
+        return s.measure(m, "content") if s.upstream \
+            else len(fit_conversation(m, encode, context, reserve)[1])
+
     if hits:  # old turns go before passages do: measured once they are dropped
-        hits, messages = fit(lambda m: len(fit_conversation(m, encode, context, reserve)[1]),
-                             history[-1]["content"], hits, messages[:-1], context - reserve,
-                             "content")
-    messages, prompt, dropped = fit_conversation(messages, encode, context, reserve)
+        hits, messages = fit(measure, history[-1]["content"], hits, messages[:-1],
+                             context - reserve, "content")
+    if s.upstream:  # the branch goes whole; one too long is the upstream's 400, told
+        prompt, dropped = encode(messages), 0
+    else:
+        messages, prompt, dropped = fit_conversation(messages, encode, context, reserve)
     if max_tokens is None:  # the default, or less when the message alone leaves less room
-        max_tokens = max(1, min(reserve, context - len(prompt)))
+        max_tokens = max(1, min(reserve, context - s.count(prompt)))
     try:
         params = s.sampling(SamplingBody(temperature=settings.get("temperature"),
                                          top_p=settings.get("top_p")), max_tokens, None)

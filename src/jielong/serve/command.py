@@ -10,6 +10,7 @@ For example (runs/demo/model: what `jielong demo` trains):
     jielong serve --model runs/demo/assistant --rag docs=runs/index --rag faq=runs/faq-index
     jielong serve --model runs/demo/assistant --rag runs/index --rag_embedder runs/embed/model --rag_method hybrid
     jielong serve --model runs/demo/assistant --max_queue 64 --client_tokens 16384 --request_timeout 120 --metrics_port 9100
+    jielong serve --upstream http://127.0.0.1:8001/v1 --upstream_model Qwen/Qwen2.5-7B-Instruct --rag runs/index
 
 Admission (jielong.serve.admission): a bounded queue (--max_queue; 503 when full), a token
 budget per request (--max_request_tokens; n × max_tokens + prompt) and per client (the API
@@ -21,6 +22,11 @@ event, then the engine and the store close and the command exits 0.
 With --rag, every chat reply (/v1 and the web chat) is answered from the documents of an
 index (`jielong rag index`), with citations (jielong.serve.documents); the web chat's users
 can upload documents into collections of their own (kept under --uploads).
+
+With --upstream, another OpenAI-compatible server generates (vLLM, SGLang, llama.cpp's
+server, Ollama, another jielong) and this one keeps the application around it: the web
+chat, the feedback store, API keys, the rails, retrieval (jielong.serve.upstream); no model
+is loaded here.
 
 Kept apart from app.py so that `jielong --help` works without the serving extra installed:
 the app (fastapi, uvicorn, prometheus-client) is imported only when the server starts.
@@ -85,6 +91,9 @@ def serve(
     idle_timeout: float = 5.0,
     drain_seconds: float = 10.0,
     metrics_port: int | None = None,
+    upstream: str | None = None,
+    upstream_key: str | None = None,
+    upstream_model: str | None = None,
 ) -> None:
     """Serve a model over an OpenAI-compatible HTTP API (chat, completions, embeddings).
 
@@ -162,6 +171,14 @@ def serve(
             they are cut (each still gets its final event).
         metrics_port: Serve /metrics on this port (same --host) instead of the API's
             (without it /metrics is on the API's port, behind the API key when one is set).
+        upstream: Generate on another OpenAI-compatible server at this URL (vLLM, SGLang,
+            llama.cpp's server, Ollama, another jielong serve; e.g. http://127.0.0.1:8001/v1)
+            instead of loading --model; this server keeps the web chat, store, keys, rails
+            and --rag in front of it, and serves the upstream's models.
+        upstream_key: The name of the environment variable holding the upstream's API key
+            (default: JIELONG_UPSTREAM_KEY, when set).
+        upstream_model: The upstream's model to serve (default: the first it lists); its
+            other models are served as adapters.
     """
     try:  # lazy: the serving extra
         import uvicorn
@@ -170,11 +187,13 @@ def serve(
         from jielong.serve.app import create_app, metrics_app  # lazy: the serving extra
         from jielong.serve.documents import Library, parse_rag  # lazy: the serving extra
         from jielong.serve.server import Quiet, Server, deadline_protocol  # lazy: the serving extra
+        from jielong.serve.upstream import open_upstream  # lazy: the serving extra (httpx)
     except ImportError as e:
         raise UserError(f"jielong serve needs the serving extra ({e.name} is missing): "
                         "pip install 'jielong[serve]'") from None
 
-    need_demo(model)
+    if upstream is None:
+        need_demo(model)
     keys = api_keys(api_key, os.environ.get("JIELONG_API_KEY"))
     hosts = allowed_host_names(host, allowed_hosts)
     for flag, p in (("--port", port), ("--metrics_port", metrics_port)):
@@ -192,7 +211,8 @@ def serve(
         if not v > 0:
             raise UserError(f"--{flag} {v}: must be more than 0 seconds")
     rails = build_rails(safety, locale, guard_model, guard_classifier, pick_device(device))
-    folder = uploads_folder(uploads, db, model, max_upload_bytes)
+    home = model if upstream is None else upstream  # where the store goes by default
+    folder = uploads_folder(uploads, db, home, max_upload_bytes)
     embedder = load_embedder(rag_embedder) if rag_embedder else None
     library = Library(parse_rag(rag), folder, max_upload_bytes, embedder, rag_method, rag_dense_weight)
     sock = _bind(host, port)  # before loading the model: a busy port fails in a second
@@ -202,7 +222,7 @@ def serve(
         sock.close()
         raise
     try:
-        store = open_store(db, model, redact_pii, hard_delete)
+        store = open_store(db, home, redact_pii, hard_delete)
     except BaseException:
         sock.close()
         if side_sock is not None:
@@ -210,18 +230,22 @@ def serve(
         raise
     interrupted = store.mark_interrupted()  # replies a crash left unfinished
     try:
-        net, tok, gen = open_model(model, device=pick_device(device), dtype=dtype, adapters=adapter)
-        blocks = blocks_for_memory(net, kv_memory_gb) if kv_memory_gb is not None else None
-        engine = Engine(net, tok, stop_ids(tok, gen, net.config.eos_token_id), slots=slots,
-                        context=context, kv_blocks=blocks, prefix_cache=prefix_cache,
-                        prefill_chunk=prefill_chunk).start()
+        if upstream is None:
+            net, tok, gen = open_model(model, device=pick_device(device), dtype=dtype, adapters=adapter)
+            blocks = blocks_for_memory(net, kv_memory_gb) if kv_memory_gb is not None else None
+            engine = Engine(net, tok, stop_ids(tok, gen, net.config.eos_token_id), slots=slots,
+                            context=context, kv_blocks=blocks, prefix_cache=prefix_cache,
+                            prefill_chunk=prefill_chunk).start()
+        else:
+            engine, tok, gen = open_upstream(upstream, upstream_key, upstream_model, adapter,
+                                               slots, context), None, {}
     except BaseException:
         sock.close()
         if side_sock is not None:
             side_sock.close()
         store.close()
         raise
-    served = name or served_name(model)
+    served = name or (served_name(model) if upstream is None else engine.model)
     share = client_tokens or slots * engine.context // 2
     admission = Admission(engine, max_queue, max_request_tokens, share, request_timeout)
     app = create_app(engine, tok, served, gen, system_prompt=system_prompt, api_keys=keys,
@@ -229,11 +253,14 @@ def serve(
                      rails=rails, library=library, admission=admission,
                      read_timeout=read_timeout, metrics_elsewhere=metrics_port is not None)
     where = f"[{host}]" if ":" in host else host
+    if upstream is not None:
+        print(f"generating on the upstream engine at {engine.url} ({engine.model}; key "
+              f"{'sent' if engine.key else 'none'})", file=sys.stderr)
     extra = f" + adapters {', '.join(engine.adapters)}" if engine.adapters else ""
-    pool = engine.pool
+    pool = getattr(engine, "pool", None)  # an upstream keeps its own KV cache
+    kv = f" · KV cache {pool.total} blocks × {pool.size} tokens ({pool.bytes / 1e9:.2g} GB)" if pool else ""
     print(f"serving {served}{extra} at http://{where}:{port}/v1 · {slots} slots · context "
-          f"{engine.context} · KV cache {pool.total} blocks × {pool.size} tokens "
-          f"({pool.bytes / 1e9:.2g} GB) · API key {'required' if keys else 'not required'}",
+          f"{engine.context}{kv} · API key {'required' if keys else 'not required'}",
           file=sys.stderr)
     print(f"chats and feedback kept in {store.file}" +
           (" (personal data redacted)" if redact_pii else "") +

@@ -40,6 +40,11 @@ message then has `sources` (every passage given: {n, id, source, page, heading, 
 quote}) and `citations` (those its [n] markers name); the response has both beside
 `choices` too (choice 0's), and a stream has them on each choice's last chunk (the one with
 its finish_reason). OpenAI's clients keep fields they do not know (`.model_extra`).
+
+With an upstream engine (`jielong serve --upstream URL`, jielong.serve.upstream) the same
+routes run the same rails and retrieval, and the upstream generates: chats go to it as
+messages and text completions as text, embeddings are its own (the request passed on);
+the model list is its models.
 """
 
 from __future__ import annotations
@@ -61,7 +66,7 @@ from jielong.safety.moderate import moderate
 from jielong.serve.admission import admit
 from jielong.serve.body import read_body
 from jielong.serve.documents import fit, ground, library_of
-from jielong.serve.errors import ApiError, engine_failed
+from jielong.serve.errors import ApiError
 from jielong.serve.guard import authorize
 from jielong.serve.safety_rails import OutputRail, check_input, record, v1_recorder
 from jielong.serve.schemas import (
@@ -72,7 +77,7 @@ from jielong.serve.schemas import (
     RagOptions,
 )
 from jielong.serve.served import Served, served
-from jielong.serve.streaming import Batch, collect, event_stream, openai_stream, sse
+from jielong.serve.streaming import Batch, collect, event_stream, failed, openai_stream, sse
 
 MAX_EMBED_INPUTS = 2048
 MAX_MODERATION_INPUTS = 2048
@@ -213,8 +218,10 @@ def blocked_completion(body: CompletionRequest, verdict, rid: str, now: int, nam
 
 
 def model_card(s: Served, name: str, parent: str | None) -> dict:
+    """A model's card; max_model_len (the context, as vLLM's cards give it) lets another
+    jielong serving this one as its upstream learn it."""
     return {"id": name, "object": "model", "created": s.created, "owned_by": "jielong",
-            "root": s.model_name, "parent": parent}
+            "root": s.model_name, "parent": parent, "max_model_len": s.engine.context}
 
 
 @router.get("/models")
@@ -296,7 +303,7 @@ async def chat_completions(request: Request):
     if hits:
         last = users[-1]
         reserve = max_tokens if max_tokens is not None else reply_budget(s.engine.context)
-        hits, grounded = fit(lambda m: len(s.chat_prompt(m, "messages")), verdict.text, hits,
+        hits, grounded = fit(lambda m: s.measure(m, "messages"), verdict.text, hits,
                              messages[:last], s.engine.context - reserve, "messages")
         messages = grounded + messages[last + 1:]
     prompt = s.chat_prompt(messages, "messages")
@@ -313,7 +320,7 @@ async def chat_completions(request: Request):
     rid, now, name = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), body.model or s.model_name
     if verdict.blocked:
         s.metrics.ended(name, "content_filter", body.n)
-        return blocked_chat(body, verdict, rid, now, name, len(prompt))
+        return blocked_chat(body, verdict, rid, now, name, s.count(prompt))
     safety = [d.to_dict() for d in verdict.decisions]
     lib = library_of(request)
     sources = lib.sources(collection, hits) if collection else []
@@ -327,7 +334,7 @@ async def chat_completions(request: Request):
     if collection is not None and not hits:  # nothing relevant: "I don't know", no model
         s.metrics.ended(name, "stop", body.n)
         return canned_chat(body, decline_text(verdict.text), "stop", rid, now, name,
-                           len(prompt), {"safety": safety, **documents("")}, documents(""))
+                           s.count(prompt), {"safety": safety, **documents("")}, documents(""))
     jobs = s.jobs([prompt], params, adapter, body.n)
     batch = Batch(s.engine, jobs, s.metrics, output_rail(request, s, about, len(jobs)),
                   ticket=admit(request, jobs))
@@ -342,7 +349,7 @@ async def chat_completions(request: Request):
                              "logprobs": {"content": chat_logprobs(s, o["logprobs"])}
                              if k is not None else None,
                              "finish_reason": o["finish"]} for i, o in enumerate(out)],
-                "usage": usage(len(prompt), sum(o["tokens"] for o in out)),
+                "usage": usage(batch.usage(body.n)[0], sum(o["tokens"] for o in out)),
                 "safety": safety + output_decisions(batch),
                 **(documents(out[0]["text"]) if out else {})}
 
@@ -362,7 +369,7 @@ async def chat_completions(request: Request):
                           "logprobs": None, "finish_reason": None}])
         async for i, e in batch.events():
             if e.finish_reason == "error":
-                raise engine_failed(e.error)
+                raise failed(e)
             texts[i] += e.text
             lps = chat_logprobs(s, e.logprobs) if k is not None and e.logprobs else None
             if e.text or lps:
@@ -378,9 +385,10 @@ async def chat_completions(request: Request):
                 yield c
         if with_usage:
             c = chunk([])
-            c["usage"] = usage(len(prompt), sum(len(r.output) for r in batch.reqs))
+            c["usage"] = usage(*batch.usage(body.n))
             yield c
 
+    await batch.ready()
     return openai_stream(request, batch, chunks())
 
 
@@ -397,9 +405,9 @@ async def completions(request: Request):
                        param="suffix")
     p, tok = body.prompt, s.tok
     if isinstance(p, str):
-        texts, prompts = [p], [tok.encode(p)]
+        texts, prompts = [p], [s.text_prompt(p)]
     elif p and isinstance(p[0], str):
-        texts, prompts = list(p), [tok.encode(x) for x in p]
+        texts, prompts = list(p), [s.text_prompt(x) for x in p]
     elif p and isinstance(p[0], list):
         prompts = [s.check_ids(ids, "prompt") for ids in p]
         texts = [tok.decode(ids) for ids in prompts]
@@ -424,7 +432,7 @@ async def completions(request: Request):
     if blocked:  # a text prompt is one document: a blocked one answers the whole request
         s.metrics.ended(name, "content_filter", len(prompts) * n)
         return blocked_completion(body, blocked, rid, now, name, len(prompts) * n,
-                                  sum(len(q) for q in prompts))
+                                  sum(s.count(q) for q in prompts))
     jobs = s.jobs(prompts, params, adapter, n)
     batch = Batch(s.engine, jobs, s.metrics, output_rail(request, s, texts[0], len(jobs)),
                   ticket=admit(request, jobs))
@@ -438,7 +446,7 @@ async def completions(request: Request):
                              "logprobs": text_logprobs(s, o["logprobs"], len(prefix[i]))
                              if body.logprobs is not None else None,
                              "finish_reason": o["finish"]} for i, o in enumerate(out)],
-                "usage": usage(sum(len(q) for q in prompts), sum(o["tokens"] for o in out)),
+                "usage": usage(batch.usage(n)[0], sum(o["tokens"] for o in out)),
                 "safety": [d.to_dict() for v in verdicts for d in v.decisions] +
                 output_decisions(batch)}
 
@@ -459,7 +467,7 @@ async def completions(request: Request):
                 yield chunk(i, x, None, None)
         async for i, e in batch.events():
             if e.finish_reason == "error":
-                raise engine_failed(e.error)
+                raise failed(e)
             lps = None
             if body.logprobs is not None and e.logprobs:
                 lps = text_logprobs(s, e.logprobs, offsets[i])
@@ -470,9 +478,9 @@ async def completions(request: Request):
                 yield chunk(i, "", None, e.finish_reason)
         if with_usage:
             yield {"id": rid, "object": "text_completion", "created": now, "model": name,
-                   "choices": [], "usage": usage(sum(len(q) for q in prompts),
-                                                 sum(len(r.output) for r in batch.reqs))}
+                   "choices": [], "usage": usage(*batch.usage(n))}
 
+    await batch.ready()
     return openai_stream(request, batch, chunks())
 
 
@@ -484,6 +492,10 @@ async def embeddings(request: Request):
     s = served(request)
     body: EmbeddingRequest = await read_body(request, EmbeddingRequest)
     adapter = s.adapter_for(body.model)
+    if s.upstream:  # the upstream's own embeddings, asked of its model
+        sent = body.model_dump(exclude_none=True)
+        out = await s.engine.embeddings({**sent, "model": adapter or s.engine.model})
+        return {**out, "model": body.model or s.model_name}
     x, tok, engine = body.input, s.tok, s.engine
     if isinstance(x, str):
         inputs = [tok.encode(x)]

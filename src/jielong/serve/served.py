@@ -14,13 +14,19 @@ and errors:
 - `chat_prompt(messages, param)`: a conversation rendered with the model's chat template;
 - `rails`: the safety policy's rails (jielong.safety.rails, applied by
   jielong.serve.safety_rails).
+
+With an upstream engine (jielong.serve.upstream: `jielong serve --upstream URL`) there is
+no tokenizer (`tok` is None): a prompt is the chat's messages or the text (`chat_prompt`,
+`text_prompt`), which the upstream renders and counts; `fit` checks what can be checked
+without tokens, `count` is 0, `measure` an upper bound, and what needs token ids (logprobs,
+token-id prompts) is a 400.
 """
 
 from __future__ import annotations
 
 import functools
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import jinja2
 from fastapi import Request
@@ -33,12 +39,16 @@ from jielong.safety.rails import Rails
 from jielong.serve.errors import ApiError, user_error
 from jielong.serve.metrics import Metrics
 from jielong.serve.schemas import MAX_CHOICES, SamplingBody
+from jielong.serve.upstream import Chat, Text, UpstreamSampling, most_tokens
+
+UPSTREAM_IDS = ("token ids need the model's tokenizer, and this server passes text to an "
+                "upstream engine; send text")
 
 
 @dataclass
 class Served:
-    engine: Engine
-    tok: object
+    engine: Engine  # or jielong.serve.upstream.UpstreamEngine
+    tok: object  # None with an upstream engine
     model_name: str
     metrics: Metrics
     generation_config: dict = field(default_factory=dict)
@@ -55,6 +65,21 @@ class Served:
         """(text, bytes) of token `t`, as OpenAI's logprobs give them (cached: token_text)."""
         b = self.tok.token_bytes(t)
         return b.decode("utf-8", errors="replace"), list(b)
+
+    @property
+    def upstream(self) -> bool:
+        """Whether an upstream engine renders and counts the prompts (no tokenizer here)."""
+        return self.tok is None
+
+    def count(self, prompt) -> int:
+        """The prompt's tokens as counted here (0 for an upstream's prompt: it counts them)."""
+        return len(prompt) if isinstance(prompt, list) else 0
+
+    def measure(self, messages: list[dict], param: str) -> int:
+        """The tokens of `messages` as a prompt: counted, or at most so many upstream."""
+        if self.upstream:
+            return most_tokens(messages)
+        return len(self.chat_prompt(messages, param))
 
     @property
     def vocab(self) -> int:
@@ -82,7 +107,10 @@ class Served:
 
         if body.logit_bias:
             raise ApiError(400, "logit_bias is not supported by this server", param="logit_bias")
-        return SamplingParams(
+        if logprobs is not None and self.upstream:
+            raise ApiError(400, "logprobs are not passed through from the upstream engine",
+                           param="logprobs")
+        params = SamplingParams(
             max_tokens=max_tokens,
             temperature=pick(body.temperature, "temperature", 1.0) if sampled or
             body.temperature is not None else 0.0,
@@ -94,12 +122,27 @@ class Served:
             repetition_penalty=pick(body.repetition_penalty, "repetition_penalty", 1.0),
             stop=[body.stop] if isinstance(body.stop, str) else list(body.stop or []),
             ignore_eos=body.ignore_eos, seed=body.seed, logprobs=logprobs)
+        if self.upstream:  # what the request leaves out, the upstream's model decides
+            return UpstreamSampling(**params.__dict__, given=frozenset(
+                k for k in UpstreamSampling.DEFAULTED if getattr(body, k, None) is not None))
+        return params
 
     def fit(self, prompt: list[int], params: SamplingParams, what: str, param: str,
             adapter: str | None, max_name: str = "max_tokens",
             rename: dict[str, str] | None = None) -> None:
-        """Check one prompt against the context, then everything else the engine checks."""
-        ctx, n = self.engine.context, len(prompt)
+        """Check one prompt against the context, then everything else the engine checks
+        (an upstream's prompt: the upstream checks the context)."""
+        ctx, n = self.engine.context, self.count(prompt)
+        if not self.upstream:
+            self.fit_context(n, ctx, params, what, param, max_name)
+        try:
+            self.engine.check(prompt, params, adapter)
+        except UserError as e:
+            raise user_error(e, rename) from None
+
+    def fit_context(self, n: int, ctx: int, params: SamplingParams, what: str, param: str,
+                    max_name: str) -> None:
+        """A prompt of `n` tokens and max_tokens against the context of `ctx` tokens."""
         if not n:
             raise ApiError(400, f"the {what} is empty: give at least one token", param=param)
         if n >= ctx:
@@ -111,13 +154,11 @@ class Served:
                                 f"more than this model's context of {ctx} tokens; lower "
                                 f"{max_name} to at most {ctx - n}",
                            param=max_name, code="context_length_exceeded")
-        try:
-            self.engine.check(prompt, params, adapter)
-        except UserError as e:
-            raise user_error(e, rename) from None
 
     def check_ids(self, ids: list[int], param: str) -> list[int]:
         """`ids`, when every one is in the vocabulary (a 400 naming `param` otherwise)."""
+        if self.upstream:
+            raise ApiError(400, f"{param}: {UPSTREAM_IDS}", param=param)
         vocab = self.vocab
         bad = next((t for t in ids if not 0 <= t < vocab), None)
         if bad is not None:
@@ -135,12 +176,15 @@ class Served:
         for prompt in prompts:
             for j in range(n):
                 seed = None if params.seed is None else (params.seed + j) % 2**64
-                out.append((prompt, SamplingParams(**{**params.__dict__, "seed": seed}), adapter))
+                out.append((prompt, replace(params, seed=seed), adapter))
         return out
 
     def chat_prompt(self, messages: list[dict], param: str) -> list[int]:
         """The token ids of `messages` rendered with the model's chat template, ready for the
-        assistant's reply; a conversation the template refuses is a 400 naming `param`."""
+        assistant's reply; a conversation the template refuses is a 400 naming `param`. With
+        an upstream engine, the messages, which it renders with its own template."""
+        if self.upstream:
+            return Chat(messages)
         try:
             rendered, _ = self.tok.render_chat(messages, add_generation_prompt=True)
         except UserError as e:
@@ -149,6 +193,10 @@ class Served:
             raise ApiError(400, f"{param}: the model's chat template cannot render this "
                                 f"conversation ({type(e).__name__}: {e})", param=param) from None
         return self.tok.encode(rendered)
+
+    def text_prompt(self, text: str):
+        """A text completion's prompt: its token ids, or the text for an upstream engine."""
+        return Text(text) if self.upstream else self.tok.encode(text)
 
 
 def served(request: Request) -> Served:

@@ -14,6 +14,11 @@ it, and how it ended when its last event reaches the client (after the output ra
 may make it "content_filter"); a batch whose reader stopped early (`close`) counts its
 requests as the engine ended them. A stream that ends in an error event is marked so that
 the HTTP count shows the error, not the 200 it began with.
+
+The engine is the local one (jielong.infer.engine) or an upstream server
+(jielong.serve.upstream): `Batch.ready` waits for the upstream's answer, so that its errors
+are HTTP statuses; `Batch.usage` counts tokens as the engine counted them; `failed` is the
+error a failed request is answered with.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from jielong.infer.engine import Request as EngineRequest
 from jielong.infer.sampling import SamplingParams
 from jielong.serve.errors import ApiError, engine_failed
 from jielong.serve.metrics import Metrics, stream_failed
+from jielong.serve.upstream import UpstreamRequest
 
 
 class Batch:
@@ -100,6 +106,21 @@ class Batch:
             e = self.queue.get_nowait()
             if e.finish_reason:
                 self._count(e.request, e.finish_reason)
+    async def ready(self) -> None:
+        """Return once every request is under way; raise the ApiError an upstream engine
+        answered one with (the local engine's requests are under way once submitted)."""
+        for r in self.reqs:
+            if isinstance(r, UpstreamRequest):
+                error = await r.accepted
+                if error is not None:
+                    self.cancel()
+                    raise error
+
+    def usage(self, n: int = 1) -> tuple[int, int]:
+        """(prompt tokens, completion tokens) of the batch: each prompt counted once (its
+        `n` choices share it), as the engine or the upstream counted them."""
+        return (sum(tokens(r)[0] for r in self.reqs[::n]),
+                sum(tokens(r)[1] for r in self.reqs))
 
     def cancel(self) -> None:
         for r in self.reqs:
@@ -140,6 +161,21 @@ class Batch:
             yield i, e
 
 
+def tokens(r) -> tuple[int, int]:
+    """(prompt, completion) tokens of an engine request or an upstream one."""
+    if isinstance(r, UpstreamRequest):
+        return r.prompt_tokens, r.completion_tokens
+    return len(r.prompt), len(r.output)
+
+
+def failed(e: Event) -> ApiError:
+    """The error a request that ended with finish_reason "error" is answered with: the
+    upstream's (a 4xx passed on, 502, 504) or the local engine's 500."""
+    if isinstance(e.request, UpstreamRequest) and e.request.failure is not None:
+        return e.request.failure
+    return engine_failed(e.error)
+
+
 async def watch_disconnect(request: Request, batch: Batch) -> None:
     """Cancel the batch when the client goes away (the body is already read, so the next ASGI
     message is the disconnect)."""
@@ -159,11 +195,12 @@ async def collect(request: Request, batch: Batch) -> list[dict]:
     watch = asyncio.create_task(watch_disconnect(request, batch))
     out = [{"text": [], "logprobs": [], "finish": None} for _ in batch.reqs]
     try:
+        await batch.ready()
         async for i, e in batch.events():
             out[i]["text"].append(e.text)
             out[i]["logprobs"] += e.logprobs or []
             if e.finish_reason == "error":
-                raise engine_failed(e.error)
+                raise failed(e)
             if e.finish_reason:
                 out[i]["finish"] = e.finish_reason
     finally:
@@ -171,7 +208,7 @@ async def collect(request: Request, batch: Batch) -> list[dict]:
         batch.cancel()
         batch.close()
     for o, r in zip(out, batch.reqs, strict=True):
-        o["text"], o["tokens"] = "".join(o["text"]), len(r.output)
+        o["text"], o["tokens"] = "".join(o["text"]), tokens(r)[1]
     return out
 
 
