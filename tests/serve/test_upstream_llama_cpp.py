@@ -7,9 +7,9 @@ small concurrent load has no error.
 llama-cpp-python is not a dependency (only a source build is available, which would slow
 every CI run): this test runs where JIELONG_LLAMA_PYTHON names a Python that has it, e.g.
 
-    python3 -m venv /work/llvenv && CMAKE_ARGS="-DGGML_OPENMP=OFF -DGGML_NATIVE=OFF" \\
-        /work/llvenv/bin/pip install 'llama-cpp-python[server]'
-    JIELONG_LLAMA_PYTHON=/work/llvenv/bin/python pytest tests/serve/test_upstream_llama_cpp.py
+    python3 -m venv ~/llama-venv && CMAKE_ARGS="-DGGML_OPENMP=OFF -DGGML_NATIVE=OFF" \\
+        ~/llama-venv/bin/pip install 'llama-cpp-python[server]'
+    JIELONG_LLAMA_PYTHON=~/llama-venv/bin/python pytest tests/serve/test_upstream_llama_cpp.py
 
 and is skipped elsewhere."""
 
