@@ -40,6 +40,7 @@ def _commands() -> dict:
     from jielong.eval.command import eval_cmd
     from jielong.eval.compare import compare_cmd
     from jielong.eval.judge import judge_cmd
+    from jielong.eval.prompting import prompt_cmd
     from jielong.eval.scores import score_cmd
     from jielong.export.gguf import gguf_cmd
     from jielong.hub import merge_cmd
@@ -86,6 +87,7 @@ def _commands() -> dict:
         "merge": merge_cmd,
         "moderate": moderate_cmd,
         "score": score_cmd,
+        "prompt": prompt_cmd,
         "rag": {"index": rag_index, "search": rag_search, "ask": rag_ask, "eval": rag_eval},
         "eval": {"run": eval_cmd, "compare": compare_cmd, "judge": judge_cmd, "arena": arena_cmd},
     }
