@@ -100,7 +100,11 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--shots", type=int, default=2)
     ap.add_argument("--max_new_tokens", type=int, default=64)
+    ap.add_argument("--tables", action="store_true", help="print the tables of OUT/results.json and stop")
     args = ap.parse_args()
+    if args.tables:
+        print(markdown(json.loads((Path(args.out) / "results.json").read_text())))
+        return
     torch.set_num_threads(1)
     base, out = Path(args.base), Path(args.out)
     tok = Tokenizer.from_dir(base)
@@ -127,8 +131,31 @@ def main() -> None:
         results["sft"][f"{name}-{seed}"] = {**info, "table": table}
         out.mkdir(parents=True, exist_ok=True)
         (out / "results.json").write_text(json.dumps(results, ensure_ascii=False, indent=1))
-    print(json.dumps({k: {t: round(r["accuracy"], 3) for t, r in v["table"].items()}
-                      for k, v in results["sft"].items()}, indent=1))
+    print(markdown(results))
+
+
+def markdown(results: dict) -> str:
+    """The two tables of bench/RESULTS.md from results.json."""
+    sft, seeds = results["sft"], results["args"]["seeds"]
+    first = [f"assistant-{seeds[0]}", f"direct-{seeds[0]}", f"steps-{seeds[0]}"]
+    lines = ["| technique | " + " | ".join(f"{m.rsplit('-', 1)[0]}: {s}" for m in first for s in ("two-fact", "one-fact"))
+             + " |", "|---|" + "---|" * 6]
+    for t in TECHNIQUES:
+        cells = [f"{sft[m]['table'][f'{s}/{t}']['accuracy']:.1%} ({sft[m]['table'][f'{s}/{t}']['tokens_per_question']:.0f})"
+                 for m in first for s in ("multihop", "demo")]
+        lines.append(f"| {t} | " + " | ".join(cells) + " |")
+    lines += ["", "| SFT | seed | two-fact held out | one-fact held out | tokens written / answer | "
+              "both facts right (steps) | packed rows |", "|---|---|---|---|---|---|---|"]
+    for name in ("direct", "steps"):
+        for seed in seeds:
+            v = sft.get(f"{name}-{seed}")
+            if v is None:
+                continue
+            m, d = v["table"]["multihop/zero"], v["table"]["demo/zero"]
+            chain = f"{v['chain']['facts_right']:.1%}" if "chain" in v else "—"
+            lines.append(f"| {name} | {seed} | {m['accuracy']:.1%} | {d['accuracy']:.1%} | "
+                         f"{m['generated_tokens'] / m['n']:.1f} | {chain} | {v['rows']} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
