@@ -20,9 +20,10 @@ trained mean-pooled, it hardly does (`cls_spread` 3e-4 / 6e-4), and from there t
 at ln 4 for ~100 steps on CMRC; trained with `--pooling cls` (spread 0.09) the encoder
 starts a reranker that learns (bench/RESULTS.md, "the reranker"). The trainer prints a note
 when a new head's start is that flat. `--max_len` is saved as the reranker's window.
-OUT/model is a one-label sequence classifier that `Reranker.load` and transformers read. Held out (`--val_fraction` of the passages): each
-question against its passage and `--eval_candidates` others, the positive's top-1 rate
-(accuracy) and MRR, before and after, in OUT/report.json.
+OUT/model is a one-label sequence classifier that `Reranker.load` and transformers read.
+Held out (`--val_fraction` of the passages): each question against its passage and
+`--eval_candidates` others, the positive's top-1 rate (accuracy) and MRR, before and after,
+in OUT/report.json.
 """
 
 from __future__ import annotations
