@@ -42,6 +42,7 @@ from jielong.infer.sampling import SamplingParams
 from jielong.runtime import pick_device
 from jielong.tokenizer import use_color
 
+
 def trace_json(trace: Trace) -> str:
     return json.dumps(trace.to_dict(), ensure_ascii=False, indent=2)
 
