@@ -35,6 +35,7 @@ def _commands() -> dict:
     # The one place of lazy imports: the command table is built when a command line is
     # parsed, so `jielong --help` and light commands start fast without importing torch
     # stages, datatrove or FastAPI.
+    from jielong.agent.command import agent_cmd
     from jielong.demo.run import demo
     from jielong.eval.arena import arena_cmd
     from jielong.eval.command import eval_cmd
@@ -77,6 +78,7 @@ def _commands() -> dict:
         "pretrain": pretrain,
         "generate": generate,
         "chat": chat,
+        "agent": agent_cmd,
         "serve": serve,
         "feedback": {"export": feedback_export, "purge": feedback_purge},
         "export": {"gguf": gguf_cmd},
