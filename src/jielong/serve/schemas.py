@@ -124,6 +124,7 @@ class Settings(BaseModel):
     max_tokens: int | None = None
     model: str | None = None
     rag: str | bool | None = None  # the document collection (false: none; unset: the default)
+    tools: bool | None = None  # the model may call the web chat's tools (jielong.serve.chat_tools)
 
 
 class ConversationIn(Body):
