@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import ROOT, tiny_corpus, write_jsonl
+
 from jielong import cli
 from jielong.checkpoint import save_model
 from jielong.config import preset
@@ -260,7 +260,7 @@ def test_values_are_arguments_never_a_shell_line(tmp_path, monkeypatch, capsys):
     (("${out}/m\n", "${outdir}/m\n"), r"r\.yaml:10: \$\{outdir\} is not a var of this recipe; its vars: out, base, files"),
     (("    key: rows", "    key: rows\n    key: flagged"), r"r\.yaml:16: not valid YAML: 'key' is given twice \(first on line 15\)"),
     (("  files: [in.txt]", "  files: [in.txt"), r"r\.yaml:\d+: not valid YAML"),
-    (("steps:", "stepz:"), r"r\.yaml:5: unknown key 'stepz'"),
+    (("steps:", "stepz:"), r"r\.yaml:5: unknown recipe key 'stepz'; a recipe has description, metrics, name, steps, vars"),
     (("  base: none\n", ""), r"r\.yaml:2: vars has no `base`"),
     (("      out: ${out}/m", "      out: ${out}/m\n      safety: [a, b]"),
      r"r\.yaml:6: step 'mod': unrecognized arguments: b"),

@@ -181,69 +181,73 @@ def substitute(value, env: dict, where: str):
     return value
 
 
-def load(file: str | Path, sets: list[str] | None = None, out: str | None = None) -> tuple[Recipe, Located]:
-    """The recipe in `file` with its vars set and substituted (steps not yet checked against the
-    commands: `plan` does that)."""
+def only(mapping: Located, allowed: set[str], what: str, path: Path) -> None:
+    """A key `mapping` may not have (a typo: `arg:` for `args:`) is an error on its line."""
+    for k in mapping:
+        expect(k in allowed, path, mapping.at(k),
+               f"unknown {what} key {k!r}; a {what} has {', '.join(sorted(allowed))}")
+
+
+def read_step(s, env: dict, path: Path, line: int) -> Step:
+    expect(isinstance(s, Located), path, line, "each step is a mapping {name, run, args, creates}")
+    only(s, STEP_KEYS, "step", path)
+    hints = {"run": " (the command's words, e.g. `train sft`)",
+             "creates": " (a path the step makes: a step whose path exists is skipped)"}
+    for key in ("name", "run", "creates"):
+        expect(isinstance(s.get(key), str) and bool(s[key].strip()), path, s.at(key),
+               f"step has no `{key}:`{hints.get(key, '')}")
+    expect(re.fullmatch(r"[\w.-]+", s["name"]) is not None, path, s.at("name"),
+           f"step name {s['name']!r}: use letters, digits, _ . - (it names OUT/steps/NAME.json)")
+    args = s.get("args", Located())
+    expect(isinstance(args, Located), path, s.at("args"), "`args:` must be a mapping of option: value")
+    step = Step(s["name"], s["run"].split(), substitute(s["creates"], env, f"{path}:{s.at('creates')}"),
+                s.line, run_line=s.at("run"), lines={k: args.at(k) for k in args})
+    step.kwargs = {k: substitute(v, env, f"{path}:{args.at(k)}") for k, v in args.items()}
+    return step
+
+
+def read_metric_spec(m, env: dict, path: Path, line: int) -> dict:
+    expect(isinstance(m, Located), path, line, "each metric is a mapping {name, file, key, better, why}")
+    only(m, METRIC_KEYS, "metric", path)
+    for key in ("name", "file", "key"):
+        expect(key in m, path, m.line, f"metric has no `{key}:`")
+    better = m.get("better", "higher")
+    expect(better in ("higher", "lower"), path, m.at("better"), "`better:` is higher or lower")
+    key = m["key"] if isinstance(m["key"], list) else str(m["key"]).split(".")
+    return {"name": str(m["name"]), "file": substitute(m["file"], env, f"{path}:{m.at('file')}"),
+            "key": [str(k) for k in key], "better": better, "why": str(m.get("why", "")),
+            "line": m.line}
+
+
+def load(file: str | Path, sets: list[str] | None = None, out: str | None = None) -> Recipe:
+    """The recipe in `file` with its vars set and substituted into its steps and metrics (the
+    steps not yet checked against the commands: `plan` does that)."""
     path = find(str(file))
     raw = read(path)
-    unknown = [k for k in raw if k not in TOP_KEYS]
-    expect(not unknown, path, raw.at(unknown[0]) if unknown else 0,
-           f"unknown key {unknown[0] if unknown else ''!r}; a recipe has {', '.join(sorted(TOP_KEYS))}")
+    only(raw, TOP_KEYS, "recipe", path)
     for key, kind in (("description", str), ("vars", dict), ("steps", list), ("metrics", list)):
         expect(key in raw, path, raw.line, f"no `{key}:`; a recipe needs description, vars "
                "(base at least), steps and metrics")
         expect(isinstance(raw[key], kind) and bool(raw[key]), path, raw.at(key),
-               f"`{key}:` must be a non-empty {kind.__name__.replace('dict', 'mapping')}")
+               f"`{key}:` must be a non-empty {'mapping' if kind is dict else kind.__name__}")
     expect("base" in raw["vars"], path, raw.at("vars"),
            "vars has no `base`: name the base model (a Hugging Face folder or hub id)")
     name = str(raw.get("name", path.stem))
     run_dir = Path(out) if out else Path("runs/recipes") / name
     given = parse_sets(sets, list(raw["vars"]), path)
     env: dict = {"out": str(run_dir)}
-    for k, v in raw["vars"].items():
+    for k, v in raw["vars"].items():  # in order: a var may use those above it
         expect(k != "out", path, raw["vars"].at(k), "`out` is the run folder (--out), not a var")
         env[k] = given[k] if k in given else substitute(v, env, f"{path}:{raw['vars'].at(k)}")
-    steps, seen = [], {}
+    steps: list[Step] = []
     for s in raw["steps"]:
-        expect(isinstance(s, Located), path, raw.at("steps"), "each step is a mapping "
-               "{name, run, args, creates}")
-        bad = [k for k in s if k not in STEP_KEYS]
-        expect(not bad, path, s.at(bad[0]) if bad else 0,
-               f"unknown step key {bad[0] if bad else ''!r}; a step has {', '.join(sorted(STEP_KEYS))}")
-        for key in ("name", "run", "creates"):
-            expect(isinstance(s.get(key), str) and s[key].strip(), path, s.at(key) if key in s else s.line,
-                   f"step has no `{key}:`" + (" (the command's words, e.g. `train sft`)" if key == "run"
-                                              else " (a path the step makes; a done step is skipped)"
-                                              if key == "creates" else ""))
-        expect(re.fullmatch(r"[\w.-]+", s["name"]) is not None, path, s.at("name"),
-               f"step name {s['name']!r}: use letters, digits, _ . - (it names OUT/steps/NAME.json)")
-        expect(s["name"] not in seen, path, s.at("name"),
-               f"step name {s['name']!r} is used twice (also on line {seen.get(s['name'])})")
-        seen[s["name"]] = s.at("name")
-        args = s.get("args", Located())
-        expect(isinstance(args, dict), path, s.at("args"), "`args:` must be a mapping of option: value")
-        step = Step(s["name"], s["run"].split(), substitute(s["creates"], env, f"{path}:{s.at('creates')}"),
-                    s.line)
-        step.kwargs = {k: substitute(v, env, f"{path}:{args.at(k)}") for k, v in args.items()}
-        step.run_line, step.lines = s.at("run"), {k: args.at(k) for k in args}
+        step = read_step(s, env, path, raw.at("steps"))
+        twice = [x.line for x in steps if x.name == step.name]
+        expect(not twice, path, step.line, f"step name {step.name!r} is used twice (also on line "
+               f"{twice[0] if twice else 0})")
         steps.append(step)
-    metrics = []
-    for m in raw["metrics"]:
-        expect(isinstance(m, Located), path, raw.at("metrics"), "each metric is a mapping "
-               "{name, file, key, better, why}")
-        bad = [k for k in m if k not in METRIC_KEYS]
-        expect(not bad, path, m.at(bad[0]) if bad else 0,
-               f"unknown metric key {bad[0] if bad else ''!r}; a metric has "
-               f"{', '.join(sorted(METRIC_KEYS))}")
-        for key in ("name", "file", "key"):
-            expect(key in m, path, m.line, f"metric has no `{key}:`")
-        better = m.get("better", "higher")
-        expect(better in ("higher", "lower"), path, m.at("better"), "`better:` is higher or lower")
-        key = m["key"] if isinstance(m["key"], list) else str(m["key"]).split(".")
-        metrics.append({"name": str(m["name"]), "file": substitute(m["file"], env, f"{path}:{m.at('file')}"),
-                        "key": [str(k) for k in key], "better": better, "why": m.get("why", ""),
-                        "line": m.line})
-    return Recipe(path, name, raw["description"].strip(), env, steps, metrics, run_dir), raw
+    metrics = [read_metric_spec(m, env, path, raw.at("metrics")) for m in raw["metrics"]]
+    return Recipe(path, name, raw["description"].strip(), env, steps, metrics, run_dir)
 
 
 # ----------------------------------------------------------------------------- planning
@@ -451,8 +455,7 @@ class Recipes:
 
     def check(self, file: str | Path, sets: list[str] | None = None, out: str | None = None) -> Recipe:
         """The recipe read, its vars set, and every step checked against its command."""
-        recipe, _ = load(file, sets, out)
-        return plan(recipe, self.parse, self.commands())
+        return plan(load(file, sets, out), self.parse, self.commands())
 
     def run_cmd(self, file: str, set: list[str] | None = None, out: str | None = None,
                 force: bool = False) -> dict:
@@ -489,9 +492,10 @@ class Recipes:
                 found.append({"name": path.stem, "file": str(path), "kind": "recipe", "error": str(e)})
                 continue
             steps = " → ".join(" ".join(s.words) for s in recipe.steps)
-            metrics = ", ".join(m["name"] for m in recipe.metrics)
-            print(f"{recipe.name:<16} {recipe.description.splitlines()[0]}\n{'':<16} steps: {steps}\n"
-                  f"{'':<16} metrics: {metrics}\n{'':<16} jielong recipe run {path}")
+            metrics = "; ".join(m["name"] for m in recipe.metrics)
+            first = recipe.description.split("; ")[0].split(". ")[0]
+            print(f"{recipe.name:<16} {first}\n{'':<16} steps: {steps}\n{'':<16} metrics: {metrics}\n"
+                  f"{'':<16} jielong recipe run {path}")
             found.append({"name": recipe.name, "file": str(path), "kind": "recipe",
                           "steps": [" ".join(s.words) for s in recipe.steps],
                           "metrics": [m["name"] for m in recipe.metrics]})
