@@ -249,6 +249,10 @@ def test_values_are_arguments_never_a_shell_line(tmp_path, monkeypatch, capsys):
     assert "skipped, o/m/report.json exists" in capsys.readouterr().out
     forced = cli.run(["recipe", "run", "r.yaml", "--set", f"files=['{odd}']", "--out", "o", "--force"])
     assert forced["steps"][0]["status"] == "ran"
+    # a value that looks like an option is still the option's value
+    (tmp_path / "r.yaml").write_text(MINI.replace("out: ${out}/m", "out: ${out}/m\n      field: --text"))
+    step = recipes().check("r.yaml").steps[0]
+    assert step.kwargs["field"] == "--text" and "--field=--text" in step.argv
 
 
 @pytest.mark.parametrize("edit, message", [

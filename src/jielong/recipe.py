@@ -320,6 +320,8 @@ def argv_of(step: Step, fn: Callable, path: Path) -> list[str]:
             argv.append(f"--{k}" if v else f"--no-{k}")
         elif isinstance(v, list):
             argv += [f"--{k}", *map(str, v)]
+        elif str(v).startswith("-"):  # `--stop=-` : argparse would read a bare "-x" as an option
+            argv.append(f"--{k}={v}")
         else:
             argv += [f"--{k}", str(v)]
     return argv
