@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import weakref
 
+import numpy as np
 import torch
 
 from jielong.errors import UserError
@@ -97,18 +98,21 @@ class Matcher:
         if self.m.is_error():
             raise UserError(f"{grammar.what}: {self.m.get_error()}")
         self.vocab_size, self.stops = vocab_size, [t for t in lltok.eos_tokens if t < vocab_size]
-        self.words = torch.full((-(-vocab_size // 32),), -1, dtype=torch.int32)
-        self.bits = torch.arange(32, dtype=torch.int32)
+        self.bitmask = torch.full((-(-vocab_size // 32),), -1, dtype=torch.int32)
+
+    def words(self) -> torch.Tensor:
+        """The allowed tokens as llguidance writes them: bit j of word i is token 32·i + j
+        (only the stop tokens once the matcher has failed, so the request ends, not the batch)."""
+        self.m.unsafe_compute_mask_ptr(self.bitmask.data_ptr(), self.bitmask.numel() * 4)
+        if self.m.is_error() or not bool(self.bitmask.any()):
+            self.bitmask.zero_()
+            for t in self.stops:
+                self.bitmask[t // 32] |= 1 << (t % 32)
+        return self.bitmask
 
     def allowed(self) -> torch.Tensor:
-        """(V,) bool: the tokens that may come next (the stop tokens where the output may end;
-        only those once the matcher has failed, so the request ends instead of the batch)."""
-        self.m.unsafe_compute_mask_ptr(self.words.data_ptr(), self.words.numel() * 4)
-        ok = ((self.words[:, None] >> self.bits) & 1).bool().view(-1)[:self.vocab_size]
-        if self.m.is_error() or not bool(ok.any()):
-            ok = torch.zeros(self.vocab_size, dtype=torch.bool)
-            ok[self.stops] = True
-        return ok
+        """(V,) bool: the tokens that may come next (the stop tokens where the output may end)."""
+        return unpack(self.words()[None], self.vocab_size)[0]
 
     def advance(self, token: int) -> None:
         """Follow the sampled `token`; one the grammar refuses leaves the matcher failed
@@ -125,19 +129,34 @@ class Matcher:
         return self.m.get_error() if self.m.is_error() else ""
 
 
+def unpack(words: torch.Tensor, width: int) -> torch.Tensor:
+    """(R, W) int32 bitmasks → (R, width) bool (tokens past 32·W: False). numpy's unpackbits,
+    little-endian: bit j of word i is token 32·i + j on the x86 and ARM hosts torch runs on."""
+    bits = np.unpackbits(words.numpy().view(np.uint8), axis=1, bitorder="little")
+    ok = torch.from_numpy(bits[:, :width]).bool()
+    if ok.shape[1] < width:
+        ok = torch.cat([ok, ok.new_zeros(len(words), width - ok.shape[1])], 1)
+    return ok
+
+
 def mask_rows(logits: torch.Tensor, matchers: list[Matcher | None]) -> torch.Tensor:
     """`logits` (B, V) with what each row's matcher forbids set to -inf (rows without one
-    untouched; the input itself is left as it was)."""
-    rows = [(i, m) for i, m in enumerate(matchers) if m is not None]
+    untouched; the input itself is left as it was). The rows' masks are unpacked together:
+    per row and token, Python's share is what costs, not llguidance's."""
+    rows = [i for i, m in enumerate(matchers) if m is not None]
     if not rows:
         return logits
-    logits = logits.clone()
-    for i, m in rows:
-        ok = m.allowed().to(logits.device)
-        V = min(len(ok), logits.shape[1])
-        logits[i, :V].masked_fill_(~ok[:V], float("-inf"))
-        logits[i, V:] = float("-inf")
-    return logits
+    W = max(matchers[i].bitmask.numel() for i in rows)
+    words = torch.zeros((len(rows), W), dtype=torch.int32)
+    for j, i in enumerate(rows):
+        w = matchers[i].words()
+        words[j, :len(w)] = w
+    ok = unpack(words, logits.shape[1])
+    if len(rows) < len(matchers):
+        every = torch.ones(logits.shape, dtype=torch.bool)
+        every[rows] = ok
+        ok = every
+    return logits.masked_fill(~ok.to(logits.device), float("-inf"))
 
 
 # ----------------------------------------------------------------------------- grammars
