@@ -4,7 +4,9 @@
   served model's name, or a loaded LoRA adapter's name (that adapter for this request);
   sampling (temperature, top_p, top_k, min_p, presence/frequency/repetition penalties, stop,
   seed, max_tokens), n choices, logprobs + top_logprobs, streaming (server-sent events) with
-  stream_options.include_usage;
+  stream_options.include_usage; response_format json_object or json_schema (strict or not):
+  the reply held to it by constrained decoding (jielong.infer.constrain), so it always parses
+  and validates unless max_tokens cuts it ("length"); a schema llguidance refuses is a 400;
 - POST /v1/completions: a text prompt (or several, or token ids), the same options, echo;
 - POST /v1/embeddings: unit-length mean-pooled final hidden states, as floats or base64;
 - POST /v1/moderations: jielong.safety.moderate under the server's policy and detectors (the
@@ -58,6 +60,7 @@ import numpy as np
 from fastapi import APIRouter, Depends, Request
 
 from jielong.errors import UserError
+from jielong.infer import constrain
 from jielong.infer.context import reply_budget
 from jielong.infer.engine import TokenLogprob
 from jielong.infer.sampling import MAX_TOP_LOGPROBS
@@ -275,6 +278,20 @@ def chat_messages(s: Served, body: ChatRequest) -> list[dict]:
     return messages
 
 
+def response_grammar(s: Served, rf: dict | None) -> constrain.Grammar | None:
+    """The grammar that holds the reply to `response_format` (jielong.infer.constrain): None
+    for text; a 400 naming response_format for a bad schema or an unknown type."""
+    if rf is None or rf.get("type", "text") == "text":
+        return None
+    if s.upstream:
+        raise ApiError(400, "response_format json_object / json_schema is not passed through to "
+                            "the upstream engine", param="response_format")
+    try:
+        return constrain.response_format(rf)
+    except UserError as e:
+        raise ApiError(400, str(e), param="response_format") from None
+
+
 @router.post("/chat/completions")
 async def chat_completions(request: Request):
     s = served(request)
@@ -283,9 +300,7 @@ async def chat_completions(request: Request):
     if body.tools or body.functions:
         raise ApiError(400, "tools and function calling are not supported by this server",
                        param="tools" if body.tools else "functions")
-    if body.response_format and body.response_format.get("type", "text") != "text":
-        raise ApiError(400, "only response_format {\"type\": \"text\"} is supported",
-                       param="response_format")
+    grammar = response_grammar(s, body.response_format)
     messages = chat_messages(s, body)
     users = [i for i, m in enumerate(messages) if m["role"] == "user"]
     about = messages[users[-1]]["content"] if users else ""
@@ -314,6 +329,7 @@ async def chat_completions(request: Request):
         raise ApiError(400, f"top_logprobs={k} must be in [0, {MAX_TOP_LOGPROBS}]",
                        param="top_logprobs")
     params = s.sampling(body, max_tokens, k)
+    params.grammar = grammar
     max_name = "max_tokens" if body.max_completion_tokens is None else "max_completion_tokens"
     s.fit(prompt, params, "conversation", "messages", adapter, max_name,
           {"logprobs": "top_logprobs", "max_tokens": max_name})
