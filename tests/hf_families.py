@@ -16,7 +16,11 @@ Families and what each one exercises:
   Metaspace pre-tokenizer, ``[INST] … [/INST]`` chat format.
 
 All chat templates below are written for these tests; they render each family's
-documented format (see `RENDERED` in tests/test_hf_families_fixture.py).
+documented format (see `RENDERED` in tests/test_hf_families_fixture.py), tools included:
+Qwen2.5/Qwen3's Hermes `<tools>` and `<tool_call>`, Llama 3.1's JSON functions in the first
+user turn and `{"name", "parameters"}` calls with ipython results, Mistral's
+`[AVAILABLE_TOOLS]`, `[TOOL_CALLS]` and `[TOOL_RESULTS]` (tests/infer/test_tools.py checks
+jielong renders them as transformers does).
 """
 
 from __future__ import annotations

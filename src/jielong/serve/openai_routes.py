@@ -21,6 +21,18 @@ engine's stop ids). Every route needs the API key when the server has one
 server_overloaded, with Retry-After) and may be cut short by the request timeout or a
 shutdown: finish_reason "length" on the choices not done, the stream still ending in [DONE].
 
+Tool calling (jielong.infer.tools): `tools` go to the chat template, which lists them the
+model's way; the reply is read for calls in the template's format (Hermes, Llama 3.1, Mistral)
+into `tool_calls` with ids, finish_reason "tool_calls" when it ended by calling. tool_choice
+"none" leaves the tools out and the reply unread; "required" and a named function begin the
+reply as a call (jielong.infer.tools.prefill) — until constrained decoding holds the arguments
+to their schema, a call is only checked once written; parallel_tool_calls false keeps the
+first. Streamed, a call comes as its id and name, then its arguments in pieces, no tag in the
+content. A call not well formed is reported in the message's (the last delta's)
+`tool_call_errors`, with finish_reason "stop", never passed on. The history's assistant
+`tool_calls` (arguments a JSON object's text, ids used once) and `tool` messages (answering a
+call id made earlier) are checked, a clear 400 otherwise.
+
 The safety rails (jielong.serve.safety_rails) guard chat and text completions: the input
 rail reads the newest user message (or the prompt), and a message it blocks is answered by
 the policy (a refusal, or a caring reply with crisis lines) with finish_reason
