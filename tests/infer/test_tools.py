@@ -211,3 +211,24 @@ def test_checks_and_prefill():
         _, calls = parse_tool_calls(prefill(style, "add") + rest, style)
         assert [(c["function"]["name"], c["function"]["arguments"]) for c in calls] == [("add", '{"a": 1}')]
     assert prefill("hermes", "auto") == "" and prefill("hermes", "required").endswith('"name": "')
+
+
+def test_junk_never_raises_and_never_passes_a_bad_call():
+    """Random replies around the formats' openings (bad escapes, stray brackets, tags in odd
+    places): the parser never raises, every call it passes has a JSON object for arguments,
+    and streamed three characters at a time it agrees with the whole."""
+    import random
+
+    rng = random.Random(0)
+    alphabet = list('{}[]",:;\\ \n<>/_u1') + ["<tool_call>", "</tool_call>", "[TOOL_CALLS]",
+                                              '"name"', '"arguments"', "臺北", "true"]
+    heads = ["", '<tool_call>{"name": "f", "arguments": ', '[TOOL_CALLS] [{"name": "f", "arguments": ',
+             '{"name": "f", "parameters": ', '<tool_call>\n{"name": "f", "arguments": {"a": "']
+    for _ in range(800):
+        text = rng.choice(heads) + "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40)))
+        for style in ("hermes", "llama3", "mistral"):
+            whole = parse(text, style)
+            assert all(isinstance(json.loads(c["function"]["arguments"]), dict) for c in whole.calls)
+            _, got = streamed(text, style, 3)
+            assert (got.content, [c["function"] for c in got.calls], [e["error"] for e in got.errors]) \
+                == (whole.content, [c["function"] for c in whole.calls], [e["error"] for e in whole.errors])

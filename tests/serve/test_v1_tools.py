@@ -178,3 +178,8 @@ def test_tool_messages_in_the_history(srv):
     refused({"messages": ASK, "tools": [{"type": "function"}]}, "tools")
     refused({"messages": ASK, "tool_choice": "required"}, "tool_choice")
     refused({"messages": ASK, "functions": [{"name": "f"}]}, "functions")
+    refused({"messages": ASK, "tools": [WEATHER], "tool_choice": {"type": "function", "function": "f"}},
+            "tool_choice")
+    refused({"messages": [{**ASK[0], "tool_calls": history[1]["tool_calls"]}]}, "messages[0].tool_calls")
+    dup = [*history[:2], {**history[1], "content": "again"}]
+    refused({"messages": dup}, "messages[2].tool_calls[0].id")

@@ -117,9 +117,10 @@ def check_tool_choice(choice, tools: list[dict] | None) -> str | None:
         if choice != "none" and not tools:
             raise ValueError(f"tool_choice: {choice!r} needs tools")
         return choice
-    name = (choice.get("function") or {}).get("name") if isinstance(choice, dict) else None
+    f = choice.get("function") if isinstance(choice, dict) else None
+    name = f.get("name") if isinstance(f, dict) else None
     offered = [t["function"]["name"] for t in tools or []]
-    if name not in offered:
+    if not isinstance(name, str) or name not in offered:
         raise ValueError(f"tool_choice: names {name!r}, not one of the tools offered ({offered})")
     return name
 
@@ -249,7 +250,11 @@ class CallScanner:
                 self.state = "after"
 
     def string_ended(self, i: int) -> None:
-        s = json.loads("".join(self.raw[self.str_start:i + 1]))
+        try:
+            s = json.loads("".join(self.raw[self.str_start:i + 1]))
+        except json.JSONDecodeError as e:  # a bad escape (\x, a lone \u)
+            self.bad = f"a string in the call's JSON does not parse ({e.msg})"
+            return
         if self.state == "key":
             self.key, self.state = s, "colon"
         else:
