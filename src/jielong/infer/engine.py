@@ -17,12 +17,11 @@ prompt begins like an earlier one's (a system prompt, the earlier turns of a cha
 blocks and computes only the rest. `slots` stays the most requests running at once (the rows
 of the sampling state).
 
-Waiting requests queue fairly between clients (jielong.infer.fair.FairQueue).
-
 Each turn of the loop:
 1. cancelled requests leave (their blocks are released at once);
-2. waiting requests are admitted, oldest first, while a row is free and the pool has blocks for
-   the part of the prompt not cached and the first token after it; the first that does not
+2. waiting requests are admitted in the queue's order (jielong.infer.fair.FairQueue: turns
+   between clients, oldest first within one) while a row is free and the pool has blocks for
+   the part of the prompt not cached and the first token after it; the next that does not
    fit waits (and those behind it: no overtaking, so a long prompt is not starved);
 3. prefill: at most `prefill_chunk` prompt tokens, oldest request first, are fed in one
    forward per adapter, right-padded; a long prompt takes several turns (chunked prefill,
