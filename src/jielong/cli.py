@@ -53,6 +53,7 @@ def _commands() -> dict:
     from jielong.rag.commands import index_cmd as rag_index
     from jielong.rag.commands import search_cmd as rag_search
     from jielong.rag.evaluate import eval_cmd as rag_eval
+    from jielong.recipe import Recipes
     from jielong.safety.guard_data import guard
     from jielong.safety.moderate import moderate_cmd
     from jielong.serve.command import serve
@@ -70,6 +71,7 @@ def _commands() -> dict:
     from jielong.train.rlhf import rlhf
     from jielong.train.sft import sft
 
+    recipes = Recipes(parse, _commands)  # handed the parser: jielong.recipe cannot import this module
     return {
         "demo": demo,
         "tokenizer": {"train": train_cmd},
@@ -90,6 +92,7 @@ def _commands() -> dict:
         "score": score_cmd,
         "rag": {"index": rag_index, "search": rag_search, "ask": rag_ask, "eval": rag_eval},
         "eval": {"run": eval_cmd, "compare": compare_cmd, "judge": judge_cmd, "arena": arena_cmd},
+        "recipe": {"run": recipes.run_cmd, "list": recipes.list_cmd},
     }
 
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from jielong.agent.loop import hermes_messages, parse_hermes, render_with_tools, run_agent
+from jielong.agent.loop import hermes_messages, local_chat, render_with_tools, run_agent
 from jielong.agent.toolbox import builtin_tools, tool_from_function, user_tool
 from jielong.errors import UserError
 from jielong.tokenizer import train_tokenizer
@@ -137,16 +137,18 @@ def test_a_user_tool_that_cannot_be_described_is_a_clear_error(tmp_path, source,
         user_tool(f"{f}:{spec}")
 
 
-def test_hermes_calls_are_parsed_out_of_the_text():
+def test_a_local_models_calls_are_parsed_out_of_its_text():
+    tok = train_tokenizer(["hello world 你好"] * 20, vocab_size=300)  # jielong's ChatML template
     text = ('Let me compute.\n<tool_call>\n{"name": "calculator", "arguments": {"expression": '
             '"2+3"}}\n</tool_call>\n<tool_call>{"name": "search", "arguments": {"query": '
             '"退貨"}}</tool_call><tool_call>{broken}</tool_call>')
-    content, calls = parse_hermes(text)
-    assert content == "Let me compute.\n\n<tool_call>{broken}</tool_call>"
+    chat = local_chat(tok, lambda ids: text)
+    content, calls = chat([{"role": "user", "content": "2+3?"}], [t.spec() for t in builtin_tools(["calculator"])])
+    assert content.startswith("Let me compute.") and "{broken}" in content  # kept as text
     assert [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in calls] == [
         ("calculator", {"expression": "2+3"}), ("search", {"query": "退貨"})]
     assert all(c["id"].startswith("call_") for c in calls) and calls[0]["id"] != calls[1]["id"]
-    assert parse_hermes("plain answer") == ("plain answer", [])
+    assert chat([{"role": "user", "content": "hi"}], []) == (text.strip(), [])
 
 
 def test_a_template_that_ignores_tools_gets_them_in_the_hermes_way():

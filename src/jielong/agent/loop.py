@@ -21,20 +21,18 @@ learned tools) gets them the Hermes way, as Qwen2.5's template writes them: list
 system message inside <tools></tools>, calls as <tool_call>{"name", "arguments"}</tool_call>,
 results as a user turn of <tool_response></tool_response>.
 
-The calls are parsed by `parse_hermes` below, a minimal reader of <tool_call> blocks, until
-jielong.infer.tools.parse_tool_calls (which also reads the Llama 3.1 and Mistral formats)
-is merged and takes its place.
+The calls are parsed by jielong.infer.tools (Hermes, Llama 3.1 and Mistral formats, as the
+template speaks); a call that is not well formed stays in the reply's text.
 """
 
 from __future__ import annotations
 
 import json
-import re
-import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from jielong.agent.toolbox import Tool
+from jielong.infer.tools import parse, tool_style
 
 Chat = Callable[[list[dict], list[dict]], tuple[str, list[dict]]]
 
@@ -51,7 +49,6 @@ For each function call, return a json object with function name and arguments wi
 <tool_call>
 {{"name": <function-name>, "arguments": <args-json-object>}}
 </tool_call>"""
-TOOL_CALL = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.S)
 
 
 @dataclass
@@ -77,31 +74,6 @@ class Trace:
     def to_dict(self) -> dict:
         return {"question": self.question, "answer": self.answer, "stopped": self.stopped,
                 "steps": [asdict(s) for s in self.steps], "messages": self.messages}
-
-
-def call_id() -> str:
-    return "call_" + uuid.uuid4().hex[:24]
-
-
-def parse_hermes(text: str) -> tuple[str, list[dict]]:
-    """(the text less its <tool_call> blocks, the calls in OpenAI's shape). A block whose
-    JSON does not read, or names no function, stays in the text."""
-    calls, kept, at = [], [], 0
-    for m in TOOL_CALL.finditer(text):
-        try:
-            obj = json.loads(m.group(1))
-        except json.JSONDecodeError:
-            continue
-        if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
-            continue
-        args = obj.get("arguments", obj.get("parameters", {}))
-        calls.append({"id": call_id(), "type": "function", "function": {
-            "name": obj["name"],
-            "arguments": args if isinstance(args, str) else json.dumps(args, ensure_ascii=False)}})
-        kept.append(text[at:m.start()])
-        at = m.end()
-    kept.append(text[at:])
-    return "".join(kept).strip(), calls
 
 
 def run_agent(chat: Chat, question: str, tools: list[Tool], max_steps: int = 8,
@@ -216,8 +188,17 @@ def render_with_tools(tok, messages: list[dict], specs: list[dict]) -> str:
 def local_chat(tok, generate: Callable[[list[int]], str]) -> Chat:
     """A `chat` over a local model: `generate(prompt ids) -> text` writes the reply."""
 
+    probe = [{"role": "user", "content": "hi"}]
+    own = tok.render_chat(probe, True, tools=[{"type": "function", "function": {"name": "f"}}])[0] \
+        != tok.render_chat(probe, True)[0]
+    style = tool_style(tok) if own else "hermes"  # the Hermes rendering when it ignores tools
+
     def chat(messages: list[dict], specs: list[dict]) -> tuple[str, list[dict]]:
         text = generate(tok.encode(render_with_tools(tok, messages, specs)))
-        return parse_hermes(text) if specs else (text.strip(), [])
+        if not specs:
+            return text.strip(), []
+        got = parse(text, style)
+        # a call that is not well formed stays in the text the model and the trace see
+        return (got.content + "".join("\n" + e["text"] for e in got.errors)).strip(), got.calls
 
     return chat
