@@ -651,9 +651,9 @@ def test_tool_calls_are_folded_under_the_answer_as_text(page, srv, monkeypatch, 
     monkeypatch.setattr(streaming.Batch, "events", events)
     # the tiny model's 512-token context has no room for the tools' listing, and the prompt
     # is not what this test is about (tests/serve/test_chat_tools.py reads it)
-    short = (lambda s, messages, tools: s.chat_prompt(
-        [{"role": m["role"] if m["role"] != "tool" else "user", "content": m["content"] or ""}
-         for m in messages], "content"))
+    def short(s, messages, tools):
+        return s.chat_prompt([{"role": "user" if m["role"] == "tool" else m["role"],
+                               "content": m["content"] or ""} for m in messages], "content")
     monkeypatch.setattr(chat_routes, "tool_prompt", short)
     monkeypatch.setattr(chat_tools, "tool_prompt", short)
 

@@ -100,7 +100,7 @@ from jielong.rag.index import Hit
 from jielong.safety.rails import Decision, Verdict
 from jielong.serve.admission import admit
 from jielong.serve.body import read_body
-from jielong.serve.chat_tools import Shown, ToolLoop, available, chat_tools, parse, tool_prompt
+from jielong.serve.chat_tools import StepText, ToolLoop, available, chat_tools, tool_prompt
 from jielong.serve.documents import Collection, fit, ground, library_of
 from jielong.serve.errors import ApiError, user_error
 from jielong.serve.guard import authorize
@@ -207,7 +207,7 @@ class Reply:
         finish, error = None, None
         try:
             while True:
-                shown = Shown() if self.loop else None
+                shown = StepText(self.loop.style) if self.loop else None
                 async for _, e in self.batch.events():
                     text = e.text
                     blocked = e.finish_reason == "content_filter" and self.rail \
@@ -262,25 +262,26 @@ class Reply:
         else:
             self.events.put_nowait({"type": "done", "message": message})
 
-    def visible(self, shown: Shown, text: str, parts: list[str], blocked) -> str:
-        """What the page sees of a step's event `text`: no <tool_call> block; when the rail
-        stopped the step, what was held back that began no call, then the policy's message."""
+    def visible(self, shown: StepText, text: str, parts: list[str], blocked) -> str:
+        """What the page sees of a step's event `text`: never a call; when the rail stopped
+        the step, the text held back that was not a call, then the policy's message."""
         if not blocked:
             return shown.feed(text)
         said = blocked.reply or ""
-        out = shown.feed(text[:len(text) - len(said)].rstrip("\n")) + shown.flush(False)
+        out = shown.feed(text[:len(text) - len(said)].rstrip("\n")) + shown.finish()
         return out + blocked_text("".join(parts) + out, said)
 
-    async def step(self, shown: Shown, parts: list[str], finish: str | None) -> str:
+    async def step(self, shown: StepText, parts: list[str], finish: str | None) -> str:
         """After a step of a reply with tools: run the calls it made and start the next
         ("next"), or the reply's finish_reason (the step's own, "cancelled" for a Stop or a
         shutdown between steps, "length" at the step limit or a full context)."""
-        content, calls = parse(shown.raw) if finish == "stop" else ("", [])
-        if not calls:
-            rest = shown.flush(finish != "content_filter")
+        if finish != "content_filter":  # (a stopped step's rest was shown with its message)
+            rest = shown.finish()
             if rest:
                 parts.append(rest)
                 self.events.put_nowait({"type": "delta", "text": rest})
+        content, calls = shown.result() if finish == "stop" else ("", [])
+        if not calls:
             return finish
         for done in await self.loop.call(content, calls):
             self.events.put_nowait({"type": "tool", "message_id": self.id, "tool": done})

@@ -16,12 +16,14 @@ run code on their own machine, a web page's visitor does not get to run it on th
 A reply with tools is generated in steps (jielong.serve.chat_routes.Reply): the prompt is the
 branch rendered with the tools by the model's own chat template, or the Hermes way when the
 template ignores them (jielong.agent.loop.render_with_tools); the calls are read out of what
-the model wrote (`parse_hermes`, the <tool_call>{"name", "arguments"}</tool_call> blocks that
-Qwen's templates and jielong's default one use), run, and their results put back into the
-conversation as `tool` messages, and the model writes again, until it answers without a
-call or MAX_STEPS turns of the model have been spent. The page sees the text outside the
-calls as it is written (`Shown` holds back a <tool_call> block and what may begin one), each
-call with its result as an event `tool`, and the reply keeps them (the store's `tools`).
+the model writes by jielong.infer.tools' stream parser, in the format the template speaks
+(Hermes <tool_call> blocks, Llama 3.1 JSON, Mistral [TOOL_CALLS]; Hermes for the Hermes
+rendering), run, and their results put back into the conversation as `tool` messages, and
+the model writes again, until it answers without a call or MAX_STEPS turns of the model
+have been spent. The page sees the text outside the calls as it is written (`StepText`:
+never a call's tags or JSON), each call with its result as an event `tool`, and the reply
+keeps them (the store's `tools`). A call that is not well formed is not run; its text goes
+back to the model with the step's, as the agent does.
 """
 
 from __future__ import annotations
@@ -32,17 +34,17 @@ import json
 import jinja2
 from starlette.concurrency import run_in_threadpool
 
-from jielong.agent.loop import call_id, parse_hermes, render_with_tools
+from jielong.agent.loop import render_with_tools
 from jielong.agent.toolbox import Tool, builtin_tools, search_tool
 from jielong.errors import UserError
 from jielong.infer.sampling import SamplingParams
+from jielong.infer.tools import StreamParser, assemble, call_id, tool_style
 from jielong.serve.documents import Library
 from jielong.serve.errors import ApiError
 from jielong.serve.served import Served
 
 SAFE = ("calculator", "date")  # and search, over the conversation's documents
 MAX_STEPS = 4  # turns of the model in one reply
-OPEN = "<tool_call>"
 
 
 def available(s: Served, library: Library | None) -> list[str]:
@@ -92,6 +94,10 @@ class ToolLoop:
         self.params, self.adapter, self.max_steps = params, adapter, max_steps
         self.step = 1
         self.records: list[dict] = []  # every call with its result, as the store keeps them
+        tok, probe = s.tok, [{"role": "user", "content": "hi"}]
+        own = tok.render_chat(probe, True, tools=[t.spec() for t in tools])[0] != \
+            tok.render_chat(probe, True)[0]
+        self.style = tool_style(tok) if own else "hermes"  # the Hermes rendering otherwise
 
     def prompt(self) -> list[int]:
         return tool_prompt(self.s, self.messages, self.tools)
@@ -132,37 +138,26 @@ class ToolLoop:
         return prompt, params, self.adapter
 
 
-def parse(text: str) -> tuple[str, list[dict]]:
-    """(the text less its calls, the calls in OpenAI's shape) of what one step wrote."""
-    return parse_hermes(text)
+class StepText:
+    """One step's text through jielong.infer.tools.StreamParser: `feed` and `finish` give
+    what the page may see (never a call's tags or JSON), `result` the step's content and
+    calls once it has ended."""
 
+    def __init__(self, style: str):
+        self.parser, self.deltas = StreamParser(style), []
 
-class Shown:
-    """What the page may see of one step's text: all of it up to a <tool_call> tag, held
-    back from where one may begin (a tail such as "<tool_") until the next text tells."""
-
-    def __init__(self):
-        self.raw, self.sent, self.calling = "", 0, False
+    def shown(self, deltas: list[dict]) -> str:
+        self.deltas += deltas
+        return "".join(d["content"] for d in deltas if "content" in d)
 
     def feed(self, text: str) -> str:
-        self.raw += text
-        if self.calling:
-            return ""
-        at = self.raw.find(OPEN, self.sent)
-        if at >= 0:
-            self.calling = True
-            end = at
-        else:
-            hold = next((n for n in range(min(len(OPEN) - 1, len(self.raw)), 0, -1)
-                         if self.raw.endswith(OPEN[:n])), 0)
-            end = max(self.sent, len(self.raw) - hold)
-        out, self.sent = self.raw[self.sent:end], end
-        return out
+        return self.shown(self.parser.feed(text))
 
-    def flush(self, calls_too: bool) -> str:
-        """The text held back: all of it (`calls_too`: the step turned out to call nothing),
-        or only a tail that began no call."""
-        if self.calling and not calls_too:
-            return ""
-        out, self.sent = self.raw[self.sent:], len(self.raw)
-        return out
+    def finish(self) -> str:
+        return self.shown(self.parser.finish())
+
+    def result(self) -> tuple[str, list[dict]]:
+        """(the text the model reads back, with any call that was not well formed; the
+        well-formed calls)."""
+        got = assemble(self.deltas, self.parser.errors)
+        return (got.content + "".join("\n" + e["text"] for e in got.errors)).strip(), got.calls
