@@ -7,7 +7,9 @@ cross-encoder reranker on top: does (weighted) reciprocal rank fusion reach the 
 
 1. An encoder: a random character-vocabulary BERT (bench_embed.char_bert: --layers, --hidden;
    no pretrained weights exist offline) trained by `jielong train embed` on CMRC 2018 dev (简),
-   mean pooled. Optionally a reranker (`jielong train rerank`) from that encoder, also on CMRC.
+   mean pooled. Optionally a reranker (`jielong train rerank`) from that encoder, also on CMRC
+   (its [CLS] is flat, so the loss sits at ln 4 for long: bench_rag_rerank.py starts the
+   reranker from a [CLS]-pooled encoder and measures it over BM25 and dense).
 2. The test set: DRCD dev (繁, another set: no question or paragraph is shared), converted whole
    to 简 with OpenCC t2s (paragraphs, titles, questions, answers), since the encoder's
    vocabulary is CMRC's 简 characters and its tokenizer does not fold scripts (BM25 folds to 简

@@ -16,7 +16,11 @@ Families and what each one exercises:
   Metaspace pre-tokenizer, ``[INST] … [/INST]`` chat format.
 
 All chat templates below are written for these tests; they render each family's
-documented format (see `RENDERED` in tests/test_hf_families_fixture.py).
+documented format (see `RENDERED` in tests/test_hf_families_fixture.py), tools included:
+Qwen2.5/Qwen3's Hermes `<tools>` and `<tool_call>`, Llama 3.1's JSON functions in the first
+user turn and `{"name", "parameters"}` calls with ipython results, Mistral's
+`[AVAILABLE_TOOLS]`, `[TOOL_CALLS]` and `[TOOL_RESULTS]` (tests/infer/test_tools.py checks
+jielong renders them as transformers does).
 """
 
 from __future__ import annotations
@@ -173,6 +177,40 @@ _SPECS: dict[str, dict] = {
 # --------------------------------------------------------------------------- chat templates
 
 
+# Hermes tools (Qwen2.5 / Qwen3), in three pieces the two Qwen templates share: the tool
+# list appended to the system turn, an assistant message's calls as `calls.text`, and tool
+# results (consecutive tool messages gathered into one user turn).
+# The two long sentences (tests/serve/test_v1_tools.py drops them to fit a 512-token context).
+HERMES_INTRO = ("You may call one or more functions to assist with the user query.\\n\\n"
+                "You are provided with function signatures within <tools></tools> XML tags:\\n")
+HERMES_FORMAT = ("For each function call, return a json object with function name and arguments "
+                 "within <tool_call></tool_call> XML tags:\\n")
+_HERMES_TOOLS = (
+    "{%- if tools %}"
+    "{{- '\\n\\n# Tools\\n\\n" + HERMES_INTRO + "<tools>' }}"
+    "{%- for tool in tools %}{{- '\\n' + (tool | tojson) }}{%- endfor %}"
+    "{{- '\\n</tools>\\n\\n" + HERMES_FORMAT + "<tool_call>\\n"
+    "{\"name\": <function-name>, \"arguments\": <args-json-object>}\\n</tool_call>' }}"
+    "{%- endif %}"
+)
+_HERMES_CALLS = (
+    "{{%- set calls = namespace(text='') %}}"
+    "{{%- for tc in message['tool_calls'] if message['tool_calls'] is defined %}}"
+    "{{%- set calls.text = calls.text + ('\\n' if {content} or not loop.first else '')"
+    " + '<tool_call>\\n{{\"name\": \"' + tc['function']['name'] + '\", \"arguments\": '"
+    " + (tc['function']['arguments'] | tojson) + '}}\\n</tool_call>' %}}"
+    "{{%- endfor %}}"
+)
+_HERMES_RESULTS = (
+    "{%- elif message['role'] == 'tool' %}"
+    "{%- if loop.first or messages[loop.index0 - 1]['role'] != 'tool' %}"
+    "{{- '<|im_start|>user' }}{%- endif %}"
+    "{{- '\\n<tool_response>\\n' + message['content'] + '\\n</tool_response>' }}"
+    "{%- if loop.last or messages[loop.index0 + 1]['role'] != 'tool' %}"
+    "{{- '<|im_end|>\\n' }}{%- endif %}"
+)
+
+
 def _gen(body: str, generation: bool) -> str:
     """`{{ body }}`, wrapped in {% generation %} tags when asked."""
     if generation:
@@ -184,13 +222,30 @@ def chat_template(family: str, generation: bool = False) -> str:
     """The family's chat template; with `generation`, each assistant reply (content plus
     its end-of-turn token) is wrapped in {% generation %} … {% endgeneration %}."""
     if family == "llama3":
+        # Llama 3.1's JSON tool calling: the functions go into the first user turn, a call is
+        # {"name": …, "parameters": …} (several joined by "; "), results come back in an
+        # ipython turn.
         return (
             "{{- bos_token }}\n"
+            "{%- set ns = namespace(first_user=true) %}\n"
             "{%- for message in messages %}\n"
-            "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' }}\n"
+            "{%- set role = 'ipython' if message['role'] == 'tool' else message['role'] %}\n"
+            "{{- '<|start_header_id|>' + role + '<|end_header_id|>\\n\\n' }}\n"
             "{%- if message['role'] == 'assistant' %}"
-            + _gen("message['content'] | trim + '<|eot_id|>'", generation)
-            + "{%- else %}"
+            "{%- set calls = namespace(text='') %}"
+            "{%- for tc in message['tool_calls'] if message['tool_calls'] is defined %}"
+            "{%- set calls.text = calls.text + ('; ' if not loop.first else '')"
+            " + '{\"name\": \"' + tc['function']['name'] + '\", \"parameters\": '"
+            " + (tc['function']['arguments'] | tojson) + '}' %}"
+            "{%- endfor %}"
+            + _gen("(message['content'] | trim) + calls.text + '<|eot_id|>'", generation)
+            + "{%- elif message['role'] == 'user' and tools and ns.first_user %}"
+            "{%- set ns.first_user = false %}"
+            "{{- 'You can call these functions. To call one, answer with only a JSON object "
+            "{\"name\": function name, \"parameters\": an object of its arguments}.\\n\\n' }}"
+            "{%- for tool in tools %}{{- (tool | tojson(indent=4)) + '\\n\\n' }}{%- endfor %}"
+            "{{- message['content'] | trim + '<|eot_id|>' }}"
+            "{%- else %}"
             "{{- message['content'] | trim + '<|eot_id|>' }}"
             "{%- endif %}\n"
             "{%- endfor %}\n"
@@ -199,18 +254,26 @@ def chat_template(family: str, generation: bool = False) -> str:
             "{%- endif %}\n"
         )
     if family == "qwen2":
+        # Qwen2.5's Hermes tools: the signatures in the system turn inside <tools></tools>,
+        # each call as <tool_call>{"name", "arguments"}</tool_call>, results in a user turn
+        # as <tool_response> blocks.
         return (
             "{%- if messages[0]['role'] == 'system' %}"
-            "{{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}"
+            "{%- set system = messages[0]['content'] %}"
             "{%- else %}"
-            "{{- '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}"
+            "{%- set system = 'You are a helpful assistant.' %}"
             "{%- endif %}\n"
+            "{{- '<|im_start|>system\\n' + system }}"
+            + _HERMES_TOOLS +
+            "{{- '<|im_end|>\\n' }}\n"
             "{%- for message in messages %}\n"
             "{%- if message['role'] == 'system' and loop.first %}\n"
             "{%- elif message['role'] == 'assistant' %}"
+            + _HERMES_CALLS.format(content="message['content']") +
             "{{- '<|im_start|>assistant\\n' }}"
-            + _gen("message['content'] + '<|im_end|>'", generation)
+            + _gen("message['content'] + calls.text + '<|im_end|>'", generation)
             + "{{- '\\n' }}"
+            + _HERMES_RESULTS +
             "{%- else %}"
             "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
             "{%- endif %}\n"
@@ -219,7 +282,13 @@ def chat_template(family: str, generation: bool = False) -> str:
         )
     if family == "qwen3":
         return (
-            "{%- if messages[0]['role'] == 'system' %}"
+            "{%- if tools %}"
+            "{{- '<|im_start|>system\\n' }}"
+            "{%- if messages[0]['role'] == 'system' %}{{- messages[0]['content'] + '\\n\\n' }}{%- endif %}"
+            "{%- set system = '' %}"
+            + _HERMES_TOOLS.replace("\\n\\n# Tools", "# Tools") +
+            "{{- '<|im_end|>\\n' }}"
+            "{%- elif messages[0]['role'] == 'system' %}"
             "{{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}"
             "{%- endif %}\n"
             "{%- set ns = namespace(last_user=-1) %}\n"
@@ -239,6 +308,8 @@ def chat_template(family: str, generation: bool = False) -> str:
             "{%- endif %}\n"
             "{%- set reasoning = reasoning.strip('\\n') %}\n"
             "{%- set content = content.lstrip('\\n') %}\n"
+            + _HERMES_CALLS.format(content="content") +
+            "{%- set content = content + calls.text %}\n"
             "{{- '<|im_start|>assistant\\n' }}"
             "{%- if loop.index0 > ns.last_user and (loop.last or reasoning) %}"
             + _gen("'<think>\\n' + reasoning + '\\n</think>\\n\\n' + content + '<|im_end|>'",
@@ -247,6 +318,7 @@ def chat_template(family: str, generation: bool = False) -> str:
             + _gen("content + '<|im_end|>'", generation)
             + "{%- endif %}"
             "{{- '\\n' }}\n"
+            + _HERMES_RESULTS +
             "{%- else %}"
             "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
             "{%- endif %}\n"
@@ -259,6 +331,10 @@ def chat_template(family: str, generation: bool = False) -> str:
             "{%- endif %}\n"
         )
     if family == "mistral":
+        # Mistral's v3 tools: [AVAILABLE_TOOLS] before the last user turn, calls as
+        # [TOOL_CALLS] [{"name", "arguments", "id"}] with 9-character ids, results as
+        # [TOOL_RESULTS] {"content", "call_id"} [/TOOL_RESULTS]; tool turns and calls are left
+        # out of the user/assistant alternation check.
         return (
             "{%- if messages[0]['role'] == 'system' %}"
             "{%- set system_message = messages[0]['content'] %}"
@@ -266,26 +342,47 @@ def chat_template(family: str, generation: bool = False) -> str:
             "{%- else %}"
             "{%- set loop_messages = messages %}"
             "{%- endif %}\n"
-            "{%- set ns = namespace(last_user=-1) %}\n"
+            "{%- set ns = namespace(last_user=-1, turn=0) %}\n"
             "{%- for message in loop_messages %}"
             "{%- if message['role'] == 'user' %}{%- set ns.last_user = loop.index0 %}{%- endif %}"
             "{%- endfor %}\n"
             "{{- bos_token }}\n"
             "{%- for message in loop_messages %}\n"
-            "{%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+            "{%- if message['role'] == 'user' or (message['role'] == 'assistant'"
+            " and message['tool_calls'] is not defined) %}"
+            "{%- if (message['role'] == 'user') != (ns.turn % 2 == 0) %}"
             "{{- raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}"
+            "{%- endif %}"
+            "{%- set ns.turn = ns.turn + 1 %}"
             "{%- endif %}\n"
             "{%- if message['role'] == 'user' %}"
+            "{%- if tools and loop.index0 == ns.last_user %}"
+            "{{- '[AVAILABLE_TOOLS] ' + (tools | tojson) + '[/AVAILABLE_TOOLS]' }}"
+            "{%- endif %}"
             "{%- if loop.index0 == ns.last_user and system_message is defined %}"
             "{{- '[INST] ' + system_message + '\\n\\n' + message['content'] + '[/INST]' }}"
             "{%- else %}"
             "{{- '[INST] ' + message['content'] + '[/INST]' }}"
             "{%- endif %}"
-            "{%- elif message['role'] == 'assistant' %}"
+            "{%- elif message['role'] == 'assistant' and message['tool_calls'] is defined %}"
+            "{%- set calls = namespace(text='') %}"
+            "{%- for tc in message['tool_calls'] %}"
+            "{%- if tc['id'] is not defined or tc['id'] | length != 9 %}"
+            "{{- raise_exception('Tool call IDs should be alphanumeric strings with length 9!') }}"
+            "{%- endif %}"
+            "{%- set calls.text = calls.text + (', ' if not loop.first else '')"
+            " + '{\"name\": \"' + tc['function']['name'] + '\", \"arguments\": '"
+            " + (tc['function']['arguments'] | tojson) + ', \"id\": \"' + tc['id'] + '\"}' %}"
+            "{%- endfor %}"
+            + _gen("'[TOOL_CALLS] [' + calls.text + ']' + eos_token", generation)
+            + "{%- elif message['role'] == 'assistant' %}"
             "{{- ' ' }}"
             + _gen("message['content'] + eos_token", generation)
-            + "{%- else %}"
-            "{{- raise_exception('Only user and assistant roles are supported, "
+            + "{%- elif message['role'] == 'tool' %}"
+            "{{- '[TOOL_RESULTS] {\"content\": ' + (message['content'] | tojson)"
+            " + ', \"call_id\": \"' + message['tool_call_id'] + '\"}[/TOOL_RESULTS]' }}"
+            "{%- else %}"
+            "{{- raise_exception('Only user, assistant and tool roles are supported, "
             "after an optional first system message!') }}"
             "{%- endif %}\n"
             "{%- endfor %}\n"

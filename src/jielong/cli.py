@@ -35,11 +35,13 @@ def _commands() -> dict:
     # The one place of lazy imports: the command table is built when a command line is
     # parsed, so `jielong --help` and light commands start fast without importing torch
     # stages, datatrove or FastAPI.
+    from jielong.agent.command import agent_cmd
     from jielong.demo.run import demo
     from jielong.eval.arena import arena_cmd
     from jielong.eval.command import eval_cmd
     from jielong.eval.compare import compare_cmd
     from jielong.eval.judge import judge_cmd
+    from jielong.eval.prompting import prompt_cmd
     from jielong.eval.scores import score_cmd
     from jielong.export.gguf import gguf_cmd
     from jielong.hub import merge_cmd
@@ -52,6 +54,7 @@ def _commands() -> dict:
     from jielong.rag.commands import index_cmd as rag_index
     from jielong.rag.commands import search_cmd as rag_search
     from jielong.rag.evaluate import eval_cmd as rag_eval
+    from jielong.recipe import Recipes
     from jielong.safety.guard_data import guard
     from jielong.safety.moderate import moderate_cmd
     from jielong.serve.command import serve
@@ -69,6 +72,7 @@ def _commands() -> dict:
     from jielong.train.rlhf import rlhf
     from jielong.train.sft import sft
 
+    recipes = Recipes(parse, _commands)  # handed the parser: jielong.recipe cannot import this module
     return {
         "demo": demo,
         "tokenizer": {"train": train_cmd},
@@ -77,6 +81,7 @@ def _commands() -> dict:
         "pretrain": pretrain,
         "generate": generate,
         "chat": chat,
+        "agent": agent_cmd,
         "serve": serve,
         "feedback": {"export": feedback_export, "purge": feedback_purge},
         "export": {"gguf": gguf_cmd},
@@ -86,8 +91,10 @@ def _commands() -> dict:
         "merge": merge_cmd,
         "moderate": moderate_cmd,
         "score": score_cmd,
+        "prompt": prompt_cmd,
         "rag": {"index": rag_index, "search": rag_search, "ask": rag_ask, "eval": rag_eval},
         "eval": {"run": eval_cmd, "compare": compare_cmd, "judge": judge_cmd, "arena": arena_cmd},
+        "recipe": {"run": recipes.run_cmd, "list": recipes.list_cmd},
     }
 
 

@@ -59,12 +59,13 @@ def write_json(path: str | Path, obj) -> None:
     write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 
 
-def read_yaml(path: str | Path, missing: str):
-    """The YAML document in `path`. A missing file is a UserError "PATH: `missing`"; a file
-    that is not valid YAML a one-line UserError naming file:line and the problem."""
+def read_yaml(path: str | Path, missing: str, loader: type = yaml.SafeLoader):
+    """The YAML document in `path` (read by `loader`, a safe one). A missing file is a
+    UserError "PATH: `missing`"; a file that is not valid YAML a one-line UserError naming
+    file:line and the problem."""
     path = Path(path)
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=loader)
     except FileNotFoundError:
         raise UserError(f"{path}: {missing}") from None
     except (OSError, UnicodeDecodeError) as e:  # a folder, no permission, not UTF-8

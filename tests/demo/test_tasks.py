@@ -354,3 +354,39 @@ def test_mixed_script_answers_some_chinese_questions_in_the_other_script():
 
     assert flipped(clean) == 0 and 0.15 < flipped(mixed) < 0.45
     assert clean.test == mixed.test  # what is held out does not move
+
+
+# ---- two-fact questions ----------------------------------------------------------------------
+
+def test_multihop_questions_need_two_facts_and_hold_out_whole_chains(world):
+    direct, steps = (st.multihop_conversations(world, seed=0, steps=s) for s in (False, True))
+    assert len(direct.test) == len(steps.test) == 72 and direct.held_out == steps.held_out
+    assert [r["messages"][0] for r in direct.train] == [r["messages"][0] for r in steps.train]
+    assert [i.messages_without_answer for i in direct.test] == [i.messages_without_answer for i in steps.test]
+    people = {p.name.en: p for p in world.people}
+    ming = people["Ming"]
+    friend, town = ming.friend, ming.friend.town
+    for lang, q in (("en", "Which town does Ming's friend live in?"), ("zh-Hant", "阿明的朋友住在哪個城市？"),
+                    ("zh-Hans", "阿明的朋友住在哪个城市？")):
+        assert st.MULTIHOP_QUESTIONS["friend_hometown"][lang][0].format(s=ming.name.say(lang)) == q
+        lines = st.multihop_answer(world, ming, "friend_hometown", lang, steps=True).split("\n")
+        assert lines[0] == answer_sentence(ming.fact("friend"), lang)  # fact 1: who the friend is
+        assert lines[1] == answer_sentence(friend.fact("hometown"), lang)  # fact 2: where the friend lives
+        assert lines[2] == st.SO[lang] + st.multihop_answer(world, ming, "friend_hometown", lang)
+        assert town.name.say(lang) in lines[2] and _script_ok("".join(lines), lang)
+    assert st.multihop_answer(world, ming, "friend_hometown", "en") == f"Ming's best friend lives in {town.name.en}."
+    # a held-out (person, chain) is asked in no language in training; the others are all asked
+    held = {(n, c) for n, c, _ in direct.held_out}
+    assert len(held) == 24 and {c for _, c in held} == set(st.CHAINS)
+    asked = {r["messages"][0]["content"] for r in direct.train}
+    for p in world.people:
+        for chain, by in st.MULTIHOP_QUESTIONS.items():
+            qs = {q.format(s=p.name.say(lang)) for lang in LANGS for q in by[lang]}
+            assert not (qs & asked) if (p.name.en, chain) in held else qs & asked
+    for item in steps.test:
+        assert _script_ok(item.messages_without_answer[0]["content"], item.lang)
+        assert item.answer_value in item.choices and item.answer_text.split("\n")[-1].find(item.answer_value) > 0
+    for chain in st.CHAINS:
+        hant, hans = st.MULTIHOP_QUESTIONS[chain]["zh-Hant"], st.MULTIHOP_QUESTIONS[chain]["zh-Hans"]
+        assert [q.translate(T2S_EXACT) for q in hant] == hans
+        assert st.MULTIHOP_ANSWERS[chain]["zh-Hant"].translate(T2S_EXACT) == st.MULTIHOP_ANSWERS[chain]["zh-Hans"]

@@ -90,7 +90,7 @@ def test_info(srv):
                     "reasons": {"up": ["correct", "helpful", "well written"],
                                 "down": ["wrong", "wrong script (繁/简)", "not helpful", "unsafe",
                                          "too long"]},
-                    "hard_delete": False}
+                    "hard_delete": False, "tools": ["calculator", "date"]}
 
 
 def test_a_message_streams_the_greedy_reply_and_is_stored(srv):

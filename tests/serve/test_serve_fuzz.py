@@ -99,7 +99,7 @@ def base_bodies(cid: str, mid: str, uid: str, bid: str = "none") -> list[tuple[s
         ("PATCH", f"/api/conversations/{cid}", {"title": "renamed",
                                                  "settings": {"max_tokens": 4}}),
         ("POST", f"/api/conversations/{cid}/messages",
-         {"parent_id": mid, "content": "more?", "settings": {"max_tokens": 4}}),
+         {"parent_id": mid, "content": "more?", "settings": {"max_tokens": 4, "tools": False}}),
         ("POST", f"/api/messages/{mid}/regenerate", {"settings": {"max_tokens": 4}}),
         ("POST", f"/api/messages/{uid}/edit", {"content": "again", "settings": {"max_tokens": 4}}),
         ("POST", f"/api/messages/{mid}/rating", {"value": 1, "reasons": ["helpful"],

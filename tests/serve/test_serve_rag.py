@@ -63,8 +63,8 @@ def prompts(server):
     """The conversations the engine is given (served.chat_prompt wrapped), newest last."""
     app = server[0]
     seen, original = [], app.state.served.chat_prompt
-    app.state.served.chat_prompt = lambda messages, param: (seen.append(messages), original(
-        messages, param))[1]
+    app.state.served.chat_prompt = lambda messages, param, *more: (seen.append(messages), original(
+        messages, param, *more))[1]
     yield seen
     app.state.served.chat_prompt = original
 

@@ -4,6 +4,7 @@ acknowledged."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -212,7 +213,7 @@ def test_a_version_1_file_upgrades_in_place_and_keeps_everything(tmp_path):
         db.execute("DROP TABLE battles")
         db.execute("PRAGMA user_version = 1")
     with Store(path, create=False) as s:  # e.g. `jielong feedback export` on an old file
-        assert s._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
+        assert s._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
         assert s.dump() == before and s.ratings(a["id"])[0]["comment"] == "好"
         assert s.integrity() == "ok"
         bt, *_ = battle(s, c["id"])  # a new root question in the old conversation
@@ -330,7 +331,7 @@ def test_a_version_3_file_upgrades_to_4_and_keeps_its_rows(tmp_path):
         db.execute("INSERT INTO ratings (message_id, value, created) VALUES ('a', -1, 3)")
         db.execute("PRAGMA user_version = 3")
     with Store(path, create=False) as s:
-        assert s._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
+        assert s._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
         q, a = s.path("a")
         assert (q["content"], a["content"], a["finish_reason"], a["rating"]["value"], a["rag"]) == \
             ("退貨要幾天？", "七天", "content_filter", -1, None)
@@ -340,3 +341,34 @@ def test_a_version_3_file_upgrades_to_4_and_keeps_its_rows(tmp_path):
                                 {**rag, "citations": rag["sources"]})["rag"]["citations"] == \
             [{"n": 1, "source": "退貨.md"}]
         assert s.integrity() == "ok"
+
+
+def test_a_version_5_file_upgrades_to_6_and_replies_keep_their_tool_calls(tmp_path):
+    path = tmp_path / "v5.db"
+    with sqlite3.connect(path) as db:  # the file jielong wrote at schema version 5
+        for v in range(1, 6):
+            for statement in store_module._MIGRATIONS[v]:
+                db.execute(statement)
+        db.execute("INSERT INTO conversations (id, title, created, updated) VALUES ('c', 't', 1, 1)")
+        db.execute("INSERT INTO messages (id, conversation_id, role, content, created) "
+                   "VALUES ('q', 'c', 'user', '三乘七是多少？', 1)")
+        db.execute("INSERT INTO messages (id, conversation_id, parent_id, role, content, "
+                   "finish_reason, rag, created) VALUES ('a', 'c', 'q', 'assistant', '二十一', "
+                   "'interrupted', '{\"collection\": \"docs\"}', 2)")
+        db.execute("PRAGMA user_version = 5")
+    with Store(path, create=False) as s:
+        assert s._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
+        q, a = s.path("a")
+        assert (a["content"], a["finish_reason"], a["rag"], a["tools"]) == \
+            ("二十一", "interrupted", {"collection": "docs"}, None)
+        calls = [{"id": "call_1", "name": "calculator", "arguments": '{"expression": "3*7"}',
+                  "result": "21", "error": False, "step": 1}]
+        b = s.add_message("c", "q", "assistant", "", model="m", origin="regenerate")
+        assert b["tools"] is None
+        done = s.update_message(b["id"], "三乘七是 21。", "stop", tools=calls)
+        assert done["tools"] == calls and s.message(b["id"])["tools"] == calls
+        assert s.integrity() == "ok"
+    with Store(path, redact_pii=True) as s:  # the calls are kept redacted like the text
+        said = [{**calls[0], "arguments": '{"phone": "0912-345-678"}'}]
+        c = s.add_message("c", "q", "assistant", "", model="m", origin="regenerate", tools=said)
+        assert "0912" not in json.dumps(c["tools"]) and "<PHONE>" in c["tools"][0]["arguments"]

@@ -12,6 +12,7 @@ import http.client
 import json
 import random
 import socket
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -34,6 +35,7 @@ from jielong.rag.index import build_index  # noqa: E402
 from jielong.safety.policy import load_policy  # noqa: E402
 from jielong.safety.rails import Rails  # noqa: E402
 from jielong.serve import upstream as upstream_module  # noqa: E402
+from jielong.serve.admission import Admission  # noqa: E402
 from jielong.serve.app import create_app  # noqa: E402
 from jielong.serve.command import serve  # noqa: E402
 from jielong.serve.documents import Library, parse_rag  # noqa: E402
@@ -345,3 +347,32 @@ def test_a_small_load_through_the_upstream_has_no_errors_and_equal_greedy_replie
     alone = asyncio.run(run(up.back_url, len(questions)))
     loaded = asyncio.run(run(up.url, 16))
     assert loaded == [alone[i % len(questions)] for i in range(16)]
+
+
+def test_admission_in_front_of_the_upstream(up):
+    """The front's own limits hold for an upstream too: a request is admitted as its client
+    (the ticket's client reaches UpstreamEngine.submit), one over the client's share is a 429
+    with Retry-After before the upstream is asked, and the share is free again afterwards."""
+    engine = UpstreamEngine(up.back_url + "/v1", slots=4).start()
+    gate = Admission(engine, max_queue=8, max_request_tokens=10_000, client_tokens=400)
+    with serving(create_app(engine, None, NAME, rails=Rails(load_policy("off")),
+                            admission=gate)) as url:
+        front = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=30)
+        want = up.back.chat.completions.create(model=NAME, messages=HELLO, **GREEDY)
+        got = front.chat.completions.create(model=NAME, messages=HELLO, **GREEDY)
+        assert got.choices[0].message.content == want.choices[0].message.content
+        asked = up.engine.stats()["requests"]
+        gate.held["addr:127.0.0.1"] = 300  # as if this client had a request in flight
+        with pytest.raises(openai.RateLimitError) as e:  # 300 + 200 + the prompt > 400
+            front.chat.completions.create(model=NAME, messages=HELLO, max_tokens=200)
+        assert e.value.response.headers.get("retry-after") and up.engine.stats()["requests"] == asked
+        gate.held.clear()
+        chunks = list(front.chat.completions.create(model=NAME, messages=HELLO, stream=True, **GREEDY))
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == \
+            want.choices[0].message.content
+        for _ in range(100):  # released with the last event
+            if not any(gate.held.values()):
+                break
+            time.sleep(0.02)
+        assert not any(gate.held.values())
+    engine.close()

@@ -94,8 +94,8 @@ def test_private_data_is_redacted_before_the_model_reads_it(server, default_rail
     app, _, client, store = server
     seen = []
     original = app.state.served.chat_prompt
-    app.state.served.chat_prompt = lambda messages, param: (seen.append(messages), original(
-        messages, param))[1]
+    app.state.served.chat_prompt = lambda messages, param, *more: (seen.append(messages), original(
+        messages, param, *more))[1]
     try:
         r = client.chat.completions.create(
             model="tiny", messages=[{"role": "user", "content": "我的手機是 0912-345-678，記住"}],

@@ -32,7 +32,8 @@ if CHROMIUM is None:
                 allow_module_level=True)
 
 from jielong.hub import open_model, stop_ids  # noqa: E402
-from jielong.infer.engine import Engine  # noqa: E402
+from jielong.infer.engine import Engine, Event  # noqa: E402
+from jielong.serve import chat_routes, chat_tools, streaming  # noqa: E402
 from jielong.serve.app import create_app  # noqa: E402
 from jielong.serve.documents import Library  # noqa: E402
 from jielong.serve.store import Store  # noqa: E402
@@ -634,6 +635,66 @@ def test_a_reply_the_output_rail_stopped_shows_a_note(page, srv):
     answer.wait_for()
     assert answer.locator(".meta").inner_text() == f"{NAME} · stopped by the safety policy"
     assert answer.locator(".safety-card").count() == 0  # a refusal carries no crisis card
+
+
+def test_tool_calls_are_folded_under_the_answer_as_text(page, srv, monkeypatch, tmp_path):
+    calls = ('我來算一下。<tool_call>\n{"name": "calculator", "arguments": {"expression": '
+             '"(3 + 4) * 2 ** 10"}}\n</tool_call>\n<tool_call>\n{"name": "calculator", '
+             '"arguments": {"expression": "七加八 <img src=x onerror=\\"window.__pwned=5\\">"}}'
+             '\n</tool_call>')
+    turns = [calls, "答案是 7168。"]
+
+    async def events(self):  # the model's two steps, planted
+        self.cancel()
+        for r in self.reqs:
+            yield self.index[r.id], Event(r, turns.pop(0), [], None, "stop")
+    monkeypatch.setattr(streaming.Batch, "events", events)
+    # the tiny model's 512-token context has no room for the tools' listing, and the prompt
+    # is not what this test is about (tests/serve/test_chat_tools.py reads it)
+    def short(s, messages, tools):
+        return s.chat_prompt([{"role": "user" if m["role"] == "tool" else m["role"],
+                               "content": m["content"] or ""} for m in messages], "content")
+    monkeypatch.setattr(chat_routes, "tool_prompt", short)
+    monkeypatch.setattr(chat_tools, "tool_prompt", short)
+
+    open_chat(page, srv)
+    assert page.locator("#tools").is_visible() and not page.locator("#tools").is_checked()
+    assert "calculator, date" in page.locator("#tools-hint").inner_text()
+    page.locator("#tools").check()
+    send(page, "(3 + 4) × 2¹⁰ 是多少？七加八呢？")
+    cid = current_id(page)
+    conv = stored(srv, cid)
+    bot = conv["messages"][-1]
+    assert conv["settings"]["tools"] is True and bot["content"] == "我來算一下。答案是 7168。"
+    assert [(t["name"], t["result"], t["error"]) for t in bot["tools"]][0] == \
+        ("calculator", "7168", False) and bot["tools"][1]["error"] is True
+
+    def check_fold():
+        answer = page.locator(f"#messages .message.assistant[data-id='{bot['id']}']")
+        assert answer.locator(".content").inner_text() == "我來算一下。答案是 7168。"
+        fold = answer.locator("details.tools-box")
+        assert fold.count() == 1 and fold.get_attribute("open") is None  # folded
+        assert fold.locator("summary").inner_text() == "2 tool calls · 使用了工具"
+        fold.locator("summary").click()
+        assert fold.get_attribute("open") is not None
+        first, second = fold.locator(".tool-call").all()
+        assert first.locator(".tool-name").inner_text() == "calculator"
+        assert json.loads(first.locator(".tool-args").inner_text()) == \
+            {"expression": "(3 + 4) * 2 ** 10"}
+        assert first.locator(".tool-result").inner_text() == "→ 7168"
+        args = second.locator(".tool-args").inner_text()
+        assert '"expression": "七加八 <img src=x onerror=\\"window.__pwned=5\\">"' in args
+        assert "error" in second.get_attribute("class")
+        assert second.locator(".tool-result").inner_text() == "→ " + bot["tools"][1]["result"]
+        assert page.locator("#messages img, #messages script").count() == 0
+        assert page.evaluate("() => window.__pwned") is None
+
+    check_fold()  # live, from the stream
+    save_artifact(page, tmp_path, "tool-calls.png")
+    page.reload()
+    page.wait_for_selector(f"#messages .message.assistant[data-id='{bot['id']}']")
+    assert page.locator("#tools").is_checked()  # the setting is the conversation's
+    check_fold()  # from the stored conversation
 
 
 def test_a_crisis_question_in_the_arena_shows_the_card_and_no_vote(page, srv):

@@ -3,6 +3,9 @@ corpus (`jielong.demo.world`), in English, Traditional and Simplified Chinese.
 
 - `qa_conversations`  question-answering chats (OpenAI "messages" records) for SFT, and a
                       held-out test of `QAItem`s (reference sentence, value, candidate values)
+- `multihop_conversations` two-hop questions ("Which town does Ming's friend live in?",
+                      阿明的朋友住在哪個城市？) answered directly or step by step (fact 1,
+                      fact 2, the answer), and a held-out test of `QAItem`s
 - `translation_pairs` "Translate to English: 阿明的寵物是貓。" chats for a translation LoRA,
                       and held-out `TranslationItem`s with their reference translation
 - `spam_dataset`      {"text", "label"} records, "spam" or "ham", for a small classifier
@@ -42,6 +45,7 @@ from jielong.demo.world import (
     TEMPLATES,
     TOWNS,
     Fact,
+    Person,
     World,
     make_world,
     render,
@@ -288,6 +292,112 @@ def qa_conversations(world: World, seed: int = 0, n_train: int = 3000,
         test.append(QAItem([{"role": "user", "content": q}], answer, str(c),
                            _math_choices(rng_held, c, op), lang, "add" if op == "+" else "sub"))
     return QAData(train, test, [(f.subject.en, f.kind, lang) for f, lang in held])
+
+
+# ---- multi-hop questions: two facts make one answer ------------------------------------------
+
+# "Which town does Ming's friend live in?" needs Ming's best friend (fact 1) and where that
+# friend lives (fact 2). Each chain: (first hop kind, second hop kind); the second hop is a
+# fact of the first hop's value (a person, or a town).
+CHAINS: dict[str, tuple[str, str]] = {
+    "friend_hometown": ("friend", "hometown"), "friend_pet": ("friend", "pet"),
+    "friend_job": ("friend", "job"), "hometown_landmark": ("hometown", "landmark"),
+}
+MULTIHOP_QUESTIONS: dict[str, dict[str, list[str]]] = {
+    "friend_hometown": {
+        "en": ["Which town does {s}'s friend live in?", "Where does {s}'s best friend live?"],
+        "zh-Hant": ["{s}的朋友住在哪個城市？", "{s}最好的朋友住在哪裡？"],
+        "zh-Hans": ["{s}的朋友住在哪个城市？", "{s}最好的朋友住在哪里？"],
+    },
+    "friend_pet": {
+        "en": ["What pet does {s}'s best friend have?", "Which animal does {s}'s friend keep?"],
+        "zh-Hant": ["{s}最好的朋友養了什麼寵物？", "{s}的朋友家裡養什麼動物？"],
+        "zh-Hans": ["{s}最好的朋友养了什么宠物？", "{s}的朋友家里养什么动物？"],
+    },
+    "friend_job": {
+        "en": ["What is the job of {s}'s best friend?", "What work does {s}'s friend do?"],
+        "zh-Hant": ["{s}最好的朋友做什麼工作？", "{s}的朋友的職業是什麼？"],
+        "zh-Hans": ["{s}最好的朋友做什么工作？", "{s}的朋友的职业是什么？"],
+    },
+    "hometown_landmark": {
+        "en": ["What is near the town where {s} lives?", "Which river or mountain is near {s}'s home town?"],
+        "zh-Hant": ["{s}住的鎮附近有什麼？", "{s}的家鄉靠近哪裡？"],
+        "zh-Hans": ["{s}住的镇附近有什么？", "{s}的家乡靠近哪里？"],
+    },
+}
+MULTIHOP_ANSWERS: dict[str, dict[str, str]] = {  # the conclusion, one sentence
+    "friend_hometown": {"en": "{s}'s best friend lives in {v}.", "zh-Hant": "{s}最好的朋友住在{v}。",
+                        "zh-Hans": "{s}最好的朋友住在{v}。"},
+    "friend_pet": {"en": "{s}'s best friend has a pet {v}.", "zh-Hant": "{s}最好的朋友養了{v}。",
+                   "zh-Hans": "{s}最好的朋友养了{v}。"},
+    "friend_job": {"en": "{s}'s best friend works as a {v}.", "zh-Hant": "{s}最好的朋友的工作是{v}。",
+                   "zh-Hans": "{s}最好的朋友的工作是{v}。"},
+    "hometown_landmark": {"en": "The town where {s} lives is near {v}.", "zh-Hant": "{s}住的鎮靠近{v}。",
+                          "zh-Hans": "{s}住的镇靠近{v}。"},
+}
+SO = {"en": "So ", "zh-Hant": "所以", "zh-Hans": "所以"}
+MULTIHOP_HELD_OUT = 0.25  # share of (person, chain) pairs never asked in training, in any language
+
+
+def multihop_facts(world: World, person: Person, chain: str) -> tuple[Fact, Fact]:
+    """The two facts a chain needs: (person's first hop, the first hop's value's second hop)."""
+    first, second = CHAINS[chain]
+    f1 = person.fact(first)
+    if first == "friend":
+        f2 = person.friend.fact(second)
+    else:  # hometown → the town's landmark
+        f2 = Fact(second, person.town.name, person.town.landmark)
+    return f1, f2
+
+
+def multihop_answer(world: World, person: Person, chain: str, lang: str, steps: bool = False) -> str:
+    """The reply to a chain's question: the conclusion alone, or (steps) fact 1, fact 2 and
+    "So …" the conclusion, one line each, the answer on the last line."""
+    f1, f2 = multihop_facts(world, person, chain)
+    end = MULTIHOP_ANSWERS[chain][lang].format(s=person.name.say(lang), v=f2.value.say(lang))
+    if not steps:
+        return end
+    return "\n".join([answer_sentence(f1, lang), answer_sentence(f2, lang), SO[lang] + end])
+
+
+def multihop_conversations(world: World, seed: int = 0, n_train: int = 1500,
+                           held_out: float = MULTIHOP_HELD_OUT, steps: bool = False) -> QAData:
+    """Two-hop questions about `world`: chats for SFT and a held-out test of `QAItem`s.
+
+    round(held_out · people) people per chain are never asked that chain in training, in any
+    language (their test asks it in all three): the model must join two facts it knows (from
+    pretraining and the one-hop chats), not recall a joined answer. `steps` changes only the
+    replies (fact 1, fact 2, then the conclusion, against the conclusion alone): the questions
+    asked, the held-out set and the order are the same for both (the test's answer_text is
+    the reply of `steps`' kind).
+    """
+    if not 0 < held_out < 1:
+        raise ValueError(f"held_out must be within (0, 1), got {held_out}")
+    rng_held = random.Random(f"multihop-held-out:{seed}")
+    n = round(held_out * len(world.people))
+    held = {(p.name.en, chain) for chain in CHAINS for p in rng_held.sample(world.people, n)}
+    pairs = [(p, chain) for chain in CHAINS for p in world.people]
+    train_pairs = [(p, c) for p, c in pairs if (p.name.en, c) not in held]
+    rng = random.Random(f"multihop-train:{seed}")
+    deck = _cycle(rng, [(p, c, lang) for p, c in train_pairs for lang in LANGS])
+    train = []
+    for _ in range(n_train):
+        p, chain, lang = next(deck)
+        forms = MULTIHOP_QUESTIONS[chain][lang]
+        q = forms[rng.randrange(len(forms))].format(s=p.name.say(lang))
+        train.append({"messages": [{"role": "user", "content": q},
+                                   {"role": "assistant", "content": multihop_answer(world, p, chain, lang, steps)}]})
+    test, held_list = [], []
+    for i, (p, chain) in enumerate((p, c) for p, c in pairs if (p.name.en, c) in held):
+        _, f2 = multihop_facts(world, p, chain)
+        for lang in LANGS:
+            forms = MULTIHOP_QUESTIONS[chain][lang]
+            q = forms[i % len(forms)].format(s=p.name.say(lang))
+            test.append(QAItem([{"role": "user", "content": q}], multihop_answer(world, p, chain, lang, steps),
+                               f2.value.say(lang), [v.say(lang) for v in world.values(f2.kind)], lang, chain,
+                               f2.value.say(other_script(lang)) if lang in ZH else ""))
+            held_list.append((p.name.en, chain, lang))
+    return QAData(train, test, held_list)
 
 
 # ---- a preference: reply in the user's own script ----------------------------------------

@@ -17,12 +17,11 @@ prompt begins like an earlier one's (a system prompt, the earlier turns of a cha
 blocks and computes only the rest. `slots` stays the most requests running at once (the rows
 of the sampling state).
 
-Waiting requests queue fairly between clients (jielong.infer.fair.FairQueue).
-
 Each turn of the loop:
 1. cancelled requests leave (their blocks are released at once);
-2. waiting requests are admitted, oldest first, while a row is free and the pool has blocks for
-   the part of the prompt not cached and the first token after it; the first that does not
+2. waiting requests are admitted in the queue's order (jielong.infer.fair.FairQueue: turns
+   between clients, oldest first within one) while a row is free and the pool has blocks for
+   the part of the prompt not cached and the first token after it; the next that does not
    fit waits (and those behind it: no overtaking, so a long prompt is not starved);
 3. prefill: at most `prefill_chunk` prompt tokens, oldest request first, are fed in one
    forward per adapter, right-padded; a long prompt takes several turns (chunked prefill,
@@ -48,7 +47,10 @@ top-k, top-p, min-p; presence and frequency penalties (OpenAI's: subtracted for 
 already generated) and the repetition penalty (CTRL's: prompt and output tokens); stop strings
 and stop tokens; a seed (a generator of the request's own, so its tokens do not depend on what
 else is in the batch); log-probabilities of the chosen and the likeliest tokens, under the
-model's raw distribution.
+model's raw distribution. A request with a grammar (`SamplingParams.grammar`,
+jielong.infer.constrain: a JSON schema, a tool call) has the tokens it forbids masked in its
+own row before sampling (the other rows untouched), and ends ("stop") once the grammar is
+complete.
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ from dataclasses import dataclass
 import torch
 
 from jielong.errors import UserError
+from jielong.infer.constrain import mask_rows
 from jielong.infer.fair import FairQueue
 from jielong.infer.kv import BlockPool, PagedView, block_hash
 from jielong.infer.sampling import SamplingParams, sample
@@ -132,6 +135,10 @@ class Request:
             self.gen = torch.Generator(device=engine.device).manual_seed(params.seed)
         stops = set(params.stop_token_ids)
         self.stop_ids = stops if params.ignore_eos else stops | engine.stop_ids
+        self.matcher = None  # where its grammar is (jielong.infer.constrain)
+        if params.grammar is not None:
+            self.matcher = params.grammar.matcher(engine.tok, engine.model.config.vocab_size,
+                                                  self.stop_ids)
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -450,6 +457,7 @@ class Engine:
         idx = torch.tensor(rows, device=self.device)
         want = [r.params.logprobs for r in reqs]
         raw = logits.log_softmax(-1) if any(k is not None for k in want) else None
+        logits = mask_rows(logits, [r.matcher for r in reqs])
         tokens = sample(logits, [r.params for r in reqs], self.counts[idx], self.seen[idx],
                         [r.gen for r in reqs])
         self.counts[idx, tokens] += 1
@@ -470,7 +478,9 @@ class Engine:
                 lp = [TokenLogprob(t, float(raw[j, t]), alts)]
             r.output.append(t)
             self.totals["generated_tokens"] += 1
-            if self._emit(r, t, lp):
+            if r.matcher is not None:
+                r.matcher.advance(t)
+            if self._emit(r, t, lp) or (r.matcher is not None and r.matcher.stopped):
                 done.append((r, "stop"))
             elif len(r.output) >= r.params.max_tokens:
                 done.append((r, "length"))

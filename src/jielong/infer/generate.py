@@ -34,6 +34,7 @@ import torch
 
 from jielong.errors import UserError
 from jielong.hub import open_model, stop_ids
+from jielong.infer.constrain import mask_rows
 from jielong.infer.sampling import SamplingParams, sample
 from jielong.model import KVCache, Transformer
 from jielong.runtime import pick_device
@@ -42,12 +43,14 @@ from jielong.runtime import pick_device
 @torch.no_grad()
 def generate_ids(model: Transformer, prompts: list[list[int]], s: SamplingParams,
                  stop_ids: set[int] = frozenset(), decode=None,
-                 first_allowed: list[list[int] | None] | None = None) -> list[list[int]]:
+                 first_allowed: list[list[int] | None] | None = None, tok=None) -> list[list[int]]:
     """Token ids generated for each prompt (prompt excluded, stop token excluded), at most
     s.max_tokens each (None: up to the end of the context).
 
     decode: (row, ids) -> text, needed only for stop strings.
     first_allowed: per prompt, the only token ids the first new token may be (or None).
+    tok: the tokenizer, needed only with a grammar (s.grammar: each row is held to it and
+        ends when it is complete).
     """
     s.validate()
     if not prompts or any(len(p) == 0 for p in prompts):
@@ -96,12 +99,18 @@ def generate_ids(model: Transformer, prompts: list[list[int]], s: SamplingParams
                 allowed[i] = False
                 allowed[i, a] = True
         logits = logits.masked_fill(~allowed, float("-inf"))
+    matchers = [None] * B
+    if s.grammar is not None:
+        if tok is None:
+            raise UserError("generate_ids with a grammar needs the tokenizer: pass tok=")
+        matchers = [s.grammar.matcher(tok, cfg.vocab_size, set(stop_ids)) for _ in range(B)]
     out: list[list[int]] = [[] for _ in range(B)]
     done = torch.zeros(B, dtype=torch.bool)
     rows = torch.arange(B, device=device)
     for t in range(new):
-        tok = sample(logits, s, counts, seen, gen)
-        tok_cpu = tok.tolist()
+        logits = mask_rows(logits, [None if done[i] else m for i, m in enumerate(matchers)])
+        tok_ids = sample(logits, s, counts, seen, gen)
+        tok_cpu = tok_ids.tolist()
         for i, x in enumerate(tok_cpu):
             if done[i]:
                 continue
@@ -109,19 +118,22 @@ def generate_ids(model: Transformer, prompts: list[list[int]], s: SamplingParams
                 done[i] = True
                 continue
             out[i].append(x)
+            if matchers[i] is not None:
+                matchers[i].advance(x)
+                done[i] = matchers[i].stopped
             if s.stop and decode is not None and any(st in decode(i, out[i]) for st in s.stop):
                 done[i] = True
         if bool(done.all()) or t == new - 1:
             break
         if seen is not None:
-            seen[rows, tok] = True
+            seen[rows, tok_ids] = True
         if counts is not None:
-            counts[rows, tok] += 1
+            counts[rows, tok_ids] += 1
         if padded:
-            logits = model(tok[:, None], pos, cache, keys[:, None, None, :L + t + 1])[:, -1]
+            logits = model(tok_ids[:, None], pos, cache, keys[:, None, None, :L + t + 1])[:, -1]
             pos = pos + 1
         else:
-            logits = model(tok[:, None], cache=cache)[:, -1]
+            logits = model(tok_ids[:, None], cache=cache)[:, -1]
     return out
 
 
@@ -145,6 +157,7 @@ def generate_text(model: Transformer, tok, prompts: list[str], s: SamplingParams
     if stop_ids is None:
         stop_ids = tok.end_ids | ({model.config.eos_token_id} - {None})
     encoded = [tok.encode(p) for p in prompts]
+    heal = heal and s.grammar is None  # the grammar decides the first token
     healed = [heal_tail(tok, ids) if heal else (ids, b"", None) for ids in encoded]
     tails = [t for _, t, _ in healed]
 
@@ -155,7 +168,7 @@ def generate_text(model: Transformer, tok, prompts: list[str], s: SamplingParams
         return raw[len(tails[i]):].decode("utf-8", errors="replace")
 
     outs = generate_ids(model, [h for h, _, _ in healed], s, stop_ids, decode=text,
-                        first_allowed=[a for _, _, a in healed])
+                        first_allowed=[a for _, _, a in healed], tok=tok)
     return [cut_at_stop(text(i, o), s.stop) for i, o in enumerate(outs)]
 
 

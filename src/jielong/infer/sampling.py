@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import torch
 
 from jielong.errors import UserError
+from jielong.infer.constrain import Grammar
 
 MAX_TOP_LOGPROBS = 20  # as OpenAI's API
 
@@ -40,6 +41,7 @@ class SamplingParams:
     ignore_eos: bool = False  # do not stop on the model's end tokens (the engine's)
     seed: int | None = None
     logprobs: int | None = None  # the engine's: None: none; k ≥ 0: the chosen token's and the k likeliest
+    grammar: Grammar | None = None  # output held to it (jielong.infer.constrain): engine, generate_ids
 
     def validate(self) -> None:
         """Raise UserError naming the first bad field."""

@@ -54,7 +54,16 @@ class Reranker(nn.Module):
             encoder.pooler = None
         nn.init.normal_(self.out.weight, std=0.02)  # as transformers initialises a new head
         nn.init.zeros_(self.out.bias)
-        self.max_length = encoder.max_length
+
+    @property
+    def max_length(self) -> int:
+        """Tokens of a (query, passage) pair; the encoder's, so `save` keeps the window trained with
+        (sentence_bert_config.json's max_seq_length): past it a small model's positions were never trained."""
+        return self.encoder.max_length
+
+    @max_length.setter
+    def max_length(self, n: int) -> None:
+        self.encoder.max_length = n
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 token_type_ids: torch.Tensor) -> torch.Tensor:

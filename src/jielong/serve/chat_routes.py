@@ -26,6 +26,16 @@ any passage is (fit_passages over fit_conversation). The reply is stored with th
 relevant passage the reply is the decline text, finish_reason "stop", nothing generated
 (streamed as `user`, `assistant`, `done`). The arena does not retrieve.
 
+Tools (jielong.serve.chat_tools): with the settings' "tools" true, a reply may call the safe
+built-in tools (calculator, date, and search over the conversation's documents; never the
+Python sandbox). It is written in steps, one engine request each, under one admission
+ticket: the calls a step makes are run and their results given back, up to
+chat_tools.MAX_STEPS steps. The stream gains an event `tool` ({message_id, tool: {id, name,
+arguments, result, error, step}}) per call, the text outside the calls streams as `delta`s,
+and the reply keeps its calls (`tools`). The output rail reads every step; Stop and the
+server's shutdown end it between steps as within one. GET /api/info lists the tools
+("tools": [] with an upstream engine, which the web chat does not run tools with).
+
 A conversation comes with its arena battles ("battles", jielong.serve.arena_routes), whose
 answers show no model's name until the battle has a vote.
 
@@ -82,6 +92,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
+from jielong.agent.toolbox import Tool
 from jielong.errors import UserError
 from jielong.infer.context import fit_conversation, reply_budget
 from jielong.rag.answer import decline_text
@@ -89,11 +100,12 @@ from jielong.rag.index import Hit
 from jielong.safety.rails import Decision, Verdict
 from jielong.serve.admission import admit
 from jielong.serve.body import read_body
+from jielong.serve.chat_tools import StepText, ToolLoop, available, chat_tools, tool_prompt
 from jielong.serve.documents import Collection, fit, ground, library_of
 from jielong.serve.errors import ApiError, user_error
 from jielong.serve.guard import authorize
 from jielong.serve.metrics import stream_failed
-from jielong.serve.safety_rails import OutputRail, check_input, record
+from jielong.serve.safety_rails import OutputRail, blocked_text, check_input, record
 from jielong.serve.schemas import (
     ConversationIn,
     EditIn,
@@ -162,44 +174,79 @@ class Reply:
     engine's events to `events` and stores the reply when it ends, whether or not anybody is
     still listening. `running` keeps the task (the loop keeps only weak references to tasks).
     The output rail (when the server's rails are on) reads the reply to the user's message
-    `about`."""
+    `about`. With a tool `loop` (jielong.serve.chat_tools) the reply is written in steps,
+    one engine request each, under the one admission `ticket`; the rail reads every step,
+    and Stop or the server's shutdown ends the steps as they end one request."""
 
     def __init__(self, s: Served, store: Store, message: dict, job: tuple, running: set,
-                 about: str = "", docs: Callable[[str], dict] | None = None, ticket=None):
-        self.store, self.id, self.docs = store, message["id"], docs
-        self.rail = ChatRail(s, store, self.id, about) if s.rails.enabled else None
-        self.batch = Batch(s.engine, [job], s.metrics, self.rail, ticket)
+                 about: str = "", docs: Callable[[str], dict] | None = None, ticket=None,
+                 loop: ToolLoop | None = None):
+        self.s, self.store, self.id, self.docs = s, store, message["id"], docs
+        self.about, self.ticket, self.loop = about, ticket, loop
+        self.stopped = False  # the client went away (Stop)
+        self.batch = self.start(job)
         self.events: asyncio.Queue[dict] = asyncio.Queue()
         self.task = asyncio.create_task(self._run())
         running.add(self.task)
         self.task.add_done_callback(running.discard)
 
+    def start(self, job: tuple) -> Batch:
+        """The engine request of one step, read through a fresh output rail."""
+        self.rail = ChatRail(self.s, self.store, self.id, self.about) \
+            if self.s.rails.enabled else None
+        return Batch(self.s.engine, [job], self.s.metrics, self.rail, self.ticket,
+                     keep_ticket=self.loop is not None)
+
+    def cancel(self) -> None:
+        """Stop the reply: its request now, and no step after it."""
+        self.stopped = True
+        self.batch.cancel()
+
     async def _run(self) -> None:
         parts: list[str] = []
         finish, error = None, None
         try:
-            async for _, e in self.batch.events():
-                if e.text:
-                    parts.append(e.text)
-                    self.events.put_nowait({"type": "delta", "text": e.text})
-                if e.finish_reason:
-                    finish, error = e.finish_reason, failed(e) if e.finish_reason == "error" \
-                        else None
-                if e.finish_reason == "content_filter" and self.rail and self.rail.stopped():
-                    self.events.put_nowait(safety_event(self.rail.stopped(), self.id))
+            while True:
+                shown = StepText(self.loop.style) if self.loop else None
+                async for _, e in self.batch.events():
+                    text = e.text
+                    blocked = e.finish_reason == "content_filter" and self.rail \
+                        and self.rail.stopped()
+                    if shown is not None:
+                        text = self.visible(shown, text, parts, blocked)
+                    if text:
+                        parts.append(text)
+                        self.events.put_nowait({"type": "delta", "text": text})
+                    if e.finish_reason:
+                        finish, error = e.finish_reason, failed(e) if e.finish_reason == "error" \
+                            else None
+                    if blocked:
+                        self.events.put_nowait(safety_event(self.rail.stopped(), self.id))
+                self.batch.close()
+                if shown is None:
+                    break
+                finish = await self.step(shown, parts, finish)
+                if finish != "next":
+                    break
         except asyncio.CancelledError:  # the server is shutting down: store what there is
             self.batch.cancel()
-            self.store.update_message(self.id, "".join(parts), "stopped")
+            self.store.update_message(self.id, "".join(parts), "stopped",
+                                      tools=self.loop.records if self.loop else None)
             raise
         finally:
             self.batch.close()
+            if self.loop is not None and self.ticket is not None:
+                self.ticket.release()
         reason = "stopped" if finish == "cancelled" else finish
-        if self.batch.cut_reason == "shutdown" and self.batch.reqs[0].finish_reason == "cancelled":
+        if self.batch.cut_reason == "shutdown" and \
+                "cancelled" in (finish, self.batch.reqs[0].finish_reason):
             reason = "interrupted"  # cut by the server's shutdown, not by the user
         text = "".join(parts)
         try:
-            message = await run_in_threadpool(self.store.update_message, self.id, text, reason,
-                                              self.docs(text) if self.docs else None)
+            message = await run_in_threadpool(
+                self.store.update_message, self.id, text, reason,
+                self.docs(text) if self.docs else None,
+                self.loop.records or None if self.loop else None)
         except NotFound:  # its conversation was deleted for good meanwhile (?hard=1)
             self.events.put_nowait({"type": "error", "error": ApiError(
                 404, "the conversation was deleted while this reply was written; it is not "
@@ -215,9 +262,49 @@ class Reply:
         else:
             self.events.put_nowait({"type": "done", "message": message})
 
+    def visible(self, shown: StepText, text: str, parts: list[str], blocked) -> str:
+        """What the page sees of a step's event `text`: never a call; when the rail stopped
+        the step, the text held back that was not a call, then the policy's message."""
+        if not blocked:
+            return shown.feed(text)
+        said = blocked.reply or ""
+        out = shown.feed(text[:len(text) - len(said)].rstrip("\n")) + shown.finish()
+        return out + blocked_text("".join(parts) + out, said)
+
+    async def step(self, shown: StepText, parts: list[str], finish: str | None) -> str:
+        """After a step of a reply with tools: run the calls it made and start the next
+        ("next"), or the reply's finish_reason (the step's own, "cancelled" for a Stop or a
+        shutdown between steps, "length" at the step limit or a full context)."""
+        if finish != "content_filter":  # (a stopped step's rest was shown with its message)
+            rest = shown.finish()
+            if rest:
+                parts.append(rest)
+                self.events.put_nowait({"type": "delta", "text": rest})
+        content, calls = shown.result() if finish == "stop" else ("", [])
+        if not calls:
+            return finish
+        for done in await self.loop.call(content, calls):
+            self.events.put_nowait({"type": "tool", "message_id": self.id, "tool": done})
+        if self.stopped or self.batch.cut_reason == "shutdown":
+            return "cancelled"
+        if self.batch.cut_reason is not None:  # its time ran out
+            return "length"
+        job = self.loop.next_job() if self.loop.step <= self.loop.max_steps else None
+        if job is None:
+            self.events.put_nowait({"type": "notice", "code": "tool_steps", "message":
+                                    f"The model was still calling tools after "
+                                    f"{self.loop.step - 1} steps; the reply ends here."})
+            return "length"
+        try:
+            self.batch = self.start(job)
+        except UserError as e:
+            self.events.put_nowait({"type": "notice", "code": "tool_steps", "message": str(e)})
+            return "length"
+        return "next"
+
     def stream(self, request: Request, first: list[dict]) -> StreamingResponse:
         async def body():
-            watch = asyncio.create_task(watch_disconnect(request, self.batch))
+            watch = asyncio.create_task(watch_disconnect(request, self))
             try:
                 for event in first:
                     yield sse(event)
@@ -231,7 +318,7 @@ class Reply:
                         return
             finally:  # the client went away (Stop): the engine stops, _run stores the rest
                 watch.cancel()
-                self.batch.cancel()
+                self.cancel()
 
         return event_stream(body())
 
@@ -273,10 +360,12 @@ def settings_of(conv: dict, body: Generate) -> dict:
 
 
 def prepare(s: Served, conv: dict, history: list[dict], body: Generate,
-            hits: list[Hit] | None = None) -> tuple[tuple, str, dict, list[dict], list[Hit]]:
+            hits: list[Hit] | None = None, tools: list[Tool] | None = None,
+            ) -> tuple[tuple, str, dict, list[dict], list[Hit], list[dict]]:
     """((prompt ids, sampling params, adapter), model name, sampling as stored, events to
-    send first, the passages given) for a reply to `history` (the branch's messages, ending
-    with a user message), answered from the passages `hits` when any. A branch longer than
+    send first, the passages given, the messages the prompt renders) for a reply to
+    `history` (the branch's messages, ending with a user message), answered from the
+    passages `hits` when any, the `tools` rendered with it when any. A branch longer than
     the context is read without its oldest turns (jielong.infer.context.fit_conversation),
     and a `notice` event says so."""
     context = s.engine.context
@@ -291,7 +380,7 @@ def prepare(s: Served, conv: dict, history: list[dict], body: Generate,
     reserve = max_tokens if isinstance(max_tokens, int) else reply_budget(context)
 
     def encode(m: list[dict]) -> list[int]:
-        return s.chat_prompt(m, "content")
+        return tool_prompt(s, m, tools) if tools else s.chat_prompt(m, "content")
 
     def measure(m: list[dict]) -> int:  # upstream: at most so many (the branch goes whole)
         return s.measure(m, "content") if s.upstream \
@@ -321,16 +410,17 @@ def prepare(s: Served, conv: dict, history: list[dict], body: Generate,
                         "message": f"The conversation outgrew the model's {context}-"
                                    f"token context: this reply reads it without its "
                                    f"{dropped} oldest messages{kept}."})
-    return (prompt, params, adapter), name, stored, notices, hits or []
+    return (prompt, params, adapter), name, stored, notices, hits or [], messages
 
 
 async def reply(request: Request, conv: dict, parent: dict, job: tuple, name: str,
                 stored: dict, origin: str, first: list[dict], replaces: str | None = None,
                 collection: Collection | None = None, hits: list[Hit] | None = None,
-                ) -> StreamingResponse:
+                loop: ToolLoop | None = None) -> StreamingResponse:
     """Store an empty assistant reply under the user message `parent` (a regeneration
     names the reply it `replaces`), generate it and stream it after the events `first`;
-    with a `collection`, answered from its passages `hits`, kept with the reply."""
+    with a `collection`, answered from its passages `hits`, kept with the reply; with a
+    tool `loop`, calling its tools."""
     store, docs = store_of(request), None
     if collection is not None:
         lib = library_of(request)
@@ -351,7 +441,7 @@ async def reply(request: Request, conv: dict, parent: dict, job: tuple, name: st
         raise
     try:
         r = Reply(served(request), store, message, job, request.app.state.chat_replies,
-                  about=parent["content"], docs=docs, ticket=ticket)
+                  about=parent["content"], docs=docs, ticket=ticket, loop=loop)
     except UserError as e:
         await store_call(store.update_message, message["id"], finish_reason="error")
         raise user_error(e) from None
@@ -419,6 +509,17 @@ async def grounded(request: Request, conv: dict, body: Generate,
                         "settings.rag")
 
 
+def tools_of(request: Request, conv: dict, body: Generate) -> list[Tool] | None:
+    """The tools the settings let a reply call (jielong.serve.chat_tools); None: off."""
+    return chat_tools(served(request), settings_of(conv, body), library_of(request))
+
+
+def tool_loop(s: Served, tools: list[Tool] | None, job: tuple,
+              messages: list[dict]) -> ToolLoop | None:
+    """The loop of a reply with `tools`, from its first step's `job` and `messages`."""
+    return None if tools is None else ToolLoop(s, tools, messages, job[1], job[2])
+
+
 async def branch(store: Store, conv: dict, parent_id: str | None) -> list[dict]:
     """The messages from the root to `parent_id` (an assistant message of `conv`)."""
     if parent_id is None:
@@ -443,7 +544,8 @@ async def info(request: Request):
     s = served(request)
     return {"model": s.model_name, "models": [s.model_name, *s.engine.adapters],
             "defaults": defaults(s), "reasons": REASONS,
-            "hard_delete": store_of(request).hard_delete}
+            "hard_delete": store_of(request).hard_delete,
+            "tools": available(s, library_of(request))}
 
 
 @router.get("/conversations")
@@ -504,12 +606,13 @@ async def send(cid: str, request: Request):
         user = await asked(store, verdict, cid, body.parent_id)
         return await declined(request, conv, user, collection, model_name(s, conv, body), "new",
                               [{"type": "user", "message": user}])
-    job, name, stored, notices, hits = prepare(
-        s, conv, [*history, {"role": "user", "content": verdict.text}], body, hits)
+    tools = tools_of(request, conv, body)
+    job, name, stored, notices, hits, messages = prepare(
+        s, conv, [*history, {"role": "user", "content": verdict.text}], body, hits, tools)
     user = await asked(store, verdict, cid, body.parent_id)
     return await reply(request, conv, user, job, name, stored, "new",
                        [{"type": "user", "message": user}, *notices],
-                       collection=collection, hits=hits)
+                       collection=collection, hits=hits, loop=tool_loop(s, tools, job, messages))
 
 
 @router.post("/messages/{mid}/regenerate")
@@ -535,9 +638,12 @@ async def regenerate(mid: str, request: Request):
     if collection is not None and not hits:
         return await declined(request, conv, question, collection, model_name(s, conv, body),
                               "regenerate", [], replaces=mid)
-    job, name, stored, notices, hits = prepare(s, conv, [*history[:-1], question], body, hits)
+    tools = tools_of(request, conv, body)
+    job, name, stored, notices, hits, messages = prepare(s, conv, [*history[:-1], question],
+                                                         body, hits, tools)
     return await reply(request, conv, question, job, name, stored, "regenerate", notices,
-                       replaces=mid, collection=collection, hits=hits)
+                       replaces=mid, collection=collection, hits=hits,
+                       loop=tool_loop(s, tools, job, messages))
 
 
 @router.post("/messages/{mid}/edit")
@@ -563,12 +669,13 @@ async def edit(mid: str, request: Request):
         user = await asked(store, verdict, cid, old["parent_id"], origin="edit", edited_from=mid)
         return await declined(request, conv, user, collection, model_name(s, conv, body), "new",
                               [{"type": "user", "message": user}])
-    job, name, stored, notices, hits = prepare(
-        s, conv, [*history, {"role": "user", "content": verdict.text}], body, hits)
+    tools = tools_of(request, conv, body)
+    job, name, stored, notices, hits, messages = prepare(
+        s, conv, [*history, {"role": "user", "content": verdict.text}], body, hits, tools)
     user = await asked(store, verdict, cid, old["parent_id"], origin="edit", edited_from=mid)
     return await reply(request, conv, user, job, name, stored, "new",
                        [{"type": "user", "message": user}, *notices],
-                       collection=collection, hits=hits)
+                       collection=collection, hits=hits, loop=tool_loop(s, tools, job, messages))
 
 
 @router.post("/messages/{mid}/rating")

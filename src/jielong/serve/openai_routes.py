@@ -4,7 +4,9 @@
   served model's name, or a loaded LoRA adapter's name (that adapter for this request);
   sampling (temperature, top_p, top_k, min_p, presence/frequency/repetition penalties, stop,
   seed, max_tokens), n choices, logprobs + top_logprobs, streaming (server-sent events) with
-  stream_options.include_usage;
+  stream_options.include_usage; response_format json_object or json_schema (strict or not):
+  the reply held to it by constrained decoding (jielong.infer.constrain), so it always parses
+  and validates unless max_tokens cuts it ("length"); a schema llguidance refuses is a 400;
 - POST /v1/completions: a text prompt (or several, or token ids), the same options, echo;
 - POST /v1/embeddings: unit-length mean-pooled final hidden states, as floats or base64;
 - POST /v1/moderations: jielong.safety.moderate under the server's policy and detectors (the
@@ -20,6 +22,19 @@ engine's stop ids). Every route needs the API key when the server has one
 (jielong.serve.admission: 400 request_too_large, 429 rate_limit_exceeded, 503
 server_overloaded, with Retry-After) and may be cut short by the request timeout or a
 shutdown: finish_reason "length" on the choices not done, the stream still ending in [DONE].
+
+Tool calling (jielong.infer.tools): `tools` go to the chat template, which lists them the
+model's way; the reply is read for calls in the template's format (Hermes, Llama 3.1, Mistral)
+into `tool_calls` with ids, finish_reason "tool_calls" when it ended by calling. tool_choice
+"none" leaves the tools out and the reply unread; "required" and a named function hold the
+reply to calls of those tools with arguments that follow their schemas, by constrained
+decoding (jielong.infer.constrain.tool_call_grammar; Mistral's template, whose call marker is
+a special token, gets the reply begun as a call instead: jielong.infer.tools.prefill);
+parallel_tool_calls false keeps the first. Streamed, a call comes as its id and name, then its arguments in pieces, no tag in the
+content. A call not well formed is reported in the message's (the last delta's)
+`tool_call_errors`, with finish_reason "stop", never passed on. The history's assistant
+`tool_calls` (arguments a JSON object's text, ids used once) and `tool` messages (answering a
+call id made earlier) are checked, a clear 400 otherwise.
 
 The safety rails (jielong.serve.safety_rails) guard chat and text completions: the input
 rail reads the newest user message (or the prompt), and a message it blocks is answered by
@@ -51,6 +66,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import time
 import uuid
 
@@ -58,9 +74,19 @@ import numpy as np
 from fastapi import APIRouter, Depends, Request
 
 from jielong.errors import UserError
+from jielong.infer import constrain
 from jielong.infer.context import reply_budget
 from jielong.infer.engine import TokenLogprob
 from jielong.infer.sampling import MAX_TOP_LOGPROBS
+from jielong.infer.tools import (
+    StreamParser,
+    check_tool_choice,
+    check_tools,
+    parse,
+    prefill,
+    template_messages,
+    tool_style,
+)
 from jielong.rag.answer import decline_text
 from jielong.safety.moderate import moderate
 from jielong.serve.admission import admit
@@ -247,7 +273,7 @@ def chat_messages(s: Served, body: ChatRequest) -> list[dict]:
     if len(body.messages) > s.max_messages:
         raise ApiError(400, f"messages: {len(body.messages)} messages, more than this "
                             f"server's limit of {s.max_messages}", param="messages")
-    messages = []
+    messages, calls = [], []
     for i, m in enumerate(body.messages):
         if isinstance(m.content, list):
             for j, part in enumerate(m.content):
@@ -268,11 +294,104 @@ def chat_messages(s: Served, body: ChatRequest) -> list[dict]:
             raise ApiError(400, f"messages[{i}].content: {len(text)} characters, more than "
                                 f"this server's limit of {s.max_message_chars}",
                            param=f"messages[{i}].content")
-        messages.append({"role": "system" if m.role == "developer" else m.role,
-                         "content": text})
+        message = {"role": "system" if m.role == "developer" else m.role, "content": text}
+        if m.tool_calls:
+            message["tool_calls"] = history_calls(m, i, calls)
+        if m.role == "tool":
+            message.update(answered_call(m, i, calls))
+        messages.append(message)
     if s.system_prompt and not any(m["role"] == "system" for m in messages):
         messages.insert(0, {"role": "system", "content": s.system_prompt})
     return messages
+
+
+def response_grammar(s: Served, rf: dict | None) -> constrain.Grammar | None:
+    """The grammar that holds the reply to `response_format` (jielong.infer.constrain): None
+    for text; a 400 naming response_format for a bad schema or an unknown type."""
+    if rf is None or rf.get("type", "text") == "text":
+        return None
+    if s.upstream:
+        raise ApiError(400, "response_format json_object / json_schema is not passed through to "
+                            "the upstream engine", param="response_format")
+    try:
+        return constrain.response_format(rf)
+    except UserError as e:
+        raise ApiError(400, str(e), param="response_format") from None
+
+
+def history_calls(m, i: int, calls: list[str]) -> list[dict]:
+    """An assistant message's tool calls, checked: ids used once, arguments a JSON object.
+    Their ids join `calls`, the ids a later tool message may answer."""
+    if m.role != "assistant":
+        raise ApiError(400, f"messages[{i}].tool_calls: only an assistant message makes tool "
+                            f"calls, not a {m.role} message", param=f"messages[{i}].tool_calls")
+    out = []
+    for j, c in enumerate(m.tool_calls):
+        where = f"messages[{i}].tool_calls[{j}]"
+        try:
+            args = json.loads(c.function.arguments)
+        except json.JSONDecodeError as e:
+            raise ApiError(400, f"{where}.function.arguments: not JSON ({e.msg} at character "
+                                f"{e.pos}); send the arguments as a JSON object's text",
+                           param=f"{where}.function.arguments") from None
+        if not isinstance(args, dict):
+            raise ApiError(400, f"{where}.function.arguments: must be a JSON object's text, "
+                                f"not {c.function.arguments[:40]!r}",
+                           param=f"{where}.function.arguments")
+        if c.id in calls:
+            raise ApiError(400, f"{where}.id: {c.id!r} is used by an earlier call; give each "
+                                "call its own id", param=f"{where}.id")
+        calls.append(c.id)
+        out.append(c.model_dump())
+    return out
+
+
+def answered_call(m, i: int, calls: list[str]) -> dict:
+    """A tool message's fields, once its tool_call_id is known to answer an earlier call."""
+    where = f"messages[{i}].tool_call_id"
+    if not m.tool_call_id:
+        raise ApiError(400, f"{where}: a tool message needs tool_call_id, the id of the "
+                            "assistant's call it answers", param=where)
+    if m.tool_call_id not in calls:
+        raise ApiError(400, f"{where}: {m.tool_call_id!r} answers no tool call made earlier "
+                            f"in the conversation (calls so far: {calls[-5:]})", param=where)
+    return {"tool_call_id": m.tool_call_id, **({"name": m.name} if m.name else {})}
+
+
+def request_tools(s: Served, body: ChatRequest) -> tuple[list[dict] | None, str | None]:
+    """The request's tools, checked, and its tool_choice: "none", "auto", "required" or a
+    function's name (None without tools)."""
+    if body.functions:
+        raise ApiError(400, "functions (OpenAI's deprecated form) is not supported; send the "
+                            "same definitions as tools=[{\"type\": \"function\", \"function\": "
+                            "{…}}]", param="functions")
+    tools = body.tools or None
+    if tools and s.upstream:
+        raise ApiError(400, "tools are not supported with an upstream engine yet; send them to "
+                            "the upstream directly", param="tools")
+    try:
+        tools = check_tools(tools) if tools else None
+    except ValueError as e:
+        raise ApiError(400, str(e), param="tools") from None
+    try:
+        return tools, check_tool_choice(body.tool_choice, tools)
+    except ValueError as e:
+        raise ApiError(400, str(e), param="tool_choice") from None
+
+
+def tool_reply(got, finish: str) -> tuple[dict, str]:
+    """A reply's message fields from its parse, and its finish_reason: "tool_calls" when it
+    ended by calling, every call well formed."""
+    message: dict = {"content": got.content}
+    if got.calls:
+        message["tool_calls"] = got.calls
+        if not got.content.strip():
+            message["content"] = None
+    if got.errors:
+        message["tool_call_errors"] = got.errors
+    if got.calls and not got.errors and finish == "stop":
+        finish = "tool_calls"
+    return message, finish
 
 
 @router.post("/chat/completions")
@@ -280,12 +399,8 @@ async def chat_completions(request: Request):
     s = served(request)
     body: ChatRequest = await read_body(request, ChatRequest)
     adapter = s.adapter_for(body.model)
-    if body.tools or body.functions:
-        raise ApiError(400, "tools and function calling are not supported by this server",
-                       param="tools" if body.tools else "functions")
-    if body.response_format and body.response_format.get("type", "text") != "text":
-        raise ApiError(400, "only response_format {\"type\": \"text\"} is supported",
-                       param="response_format")
+    tools, choice = request_tools(s, body)
+    grammar = response_grammar(s, body.response_format)
     messages = chat_messages(s, body)
     users = [i for i, m in enumerate(messages) if m["role"] == "user"]
     about = messages[users[-1]]["content"] if users else ""
@@ -306,7 +421,27 @@ async def chat_completions(request: Request):
         hits, grounded = fit(lambda m: s.measure(m, "messages"), verdict.text, hits,
                              messages[:last], s.engine.context - reserve, "messages")
         messages = grounded + messages[last + 1:]
-    prompt = s.chat_prompt(messages, "messages")
+    style = tool_style(s.tok)
+    offered = tools if choice not in (None, "none") else None  # "none": not shown, not read
+    parallel = body.parallel_tool_calls is not False
+    begun = ""
+    if offered and choice != "auto":  # required or named: the reply can only be such calls
+        if grammar is not None:
+            raise ApiError(400, f"tool_choice {choice!r} and response_format both constrain the "
+                                "reply; send one of them", param="response_format")
+        if style == "mistral":  # its [TOOL_CALLS] is a special token, not grammar text
+            begun = prefill(style, choice)
+        else:
+            want = choice if choice == "required" else {"type": "function",
+                                                         "function": {"name": choice}}
+            try:
+                grammar = constrain.tool_call_grammar(offered, style, want, parallel)
+            except UserError as e:
+                raise ApiError(400, str(e), param="tools") from None
+    if s.upstream:
+        prompt = s.chat_prompt(messages, "messages")
+    else:
+        prompt = s.chat_prompt(template_messages(messages, style), "messages", offered, begun)
     if body.top_logprobs is not None and not body.logprobs:
         raise ApiError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
     k = (body.top_logprobs or 0) if body.logprobs else None
@@ -314,6 +449,7 @@ async def chat_completions(request: Request):
         raise ApiError(400, f"top_logprobs={k} must be in [0, {MAX_TOP_LOGPROBS}]",
                        param="top_logprobs")
     params = s.sampling(body, max_tokens, k)
+    params.grammar = grammar
     max_name = "max_tokens" if body.max_completion_tokens is None else "max_completion_tokens"
     s.fit(prompt, params, "conversation", "messages", adapter, max_name,
           {"logprobs": "top_logprobs", "max_tokens": max_name})
@@ -339,16 +475,22 @@ async def chat_completions(request: Request):
     batch = Batch(s.engine, jobs, s.metrics, output_rail(request, s, about, len(jobs)),
                   ticket=admit(request, jobs))
 
+    def reply(o: dict) -> tuple[dict, str]:
+        if not offered:
+            return {"content": o["text"]}, o["finish"]
+        return tool_reply(parse(begun + o["text"], style, parallel), o["finish"])
+
     if not body.stream:
         out = await collect(request, batch)
+        replies = [reply(o) for o in out]
         return {"id": rid, "object": "chat.completion", "created": now, "model": name,
                 "system_fingerprint": None,
                 "choices": [{"index": i,
-                             "message": {"role": "assistant", "content": o["text"],
+                             "message": {"role": "assistant", **replies[i][0],
                                          **documents(o["text"])},
                              "logprobs": {"content": chat_logprobs(s, o["logprobs"])}
                              if k is not None else None,
-                             "finish_reason": o["finish"]} for i, o in enumerate(out)],
+                             "finish_reason": replies[i][1]} for i, o in enumerate(out)],
                 "usage": usage(batch.usage(body.n)[0], sum(o["tokens"] for o in out)),
                 "safety": safety + output_decisions(batch),
                 **(documents(out[0]["text"]) if out else {})}
@@ -364,22 +506,41 @@ async def chat_completions(request: Request):
 
     async def chunks():
         texts = [""] * len(batch.reqs)
+        parsers = [StreamParser(style, parallel) if offered else None for _ in batch.reqs]
+        called: list[set[int]] = [set() for _ in batch.reqs]
         for i in range(len(batch.reqs)):
             yield chunk([{"index": i, "delta": {"role": "assistant", "content": ""},
                           "logprobs": None, "finish_reason": None}])
+            for d in parsers[i].feed(begun) if begun else []:
+                called[i].update(c["index"] for c in d.get("tool_calls", []))
+                yield chunk([{"index": i, "delta": d, "logprobs": None, "finish_reason": None}])
         async for i, e in batch.events():
             if e.finish_reason == "error":
                 raise failed(e)
             texts[i] += e.text
             lps = chat_logprobs(s, e.logprobs) if k is not None and e.logprobs else None
-            if e.text or lps:
-                yield chunk([{"index": i, "delta": {"content": e.text},
-                              "logprobs": {"content": lps} if lps else None,
+            p, finish = parsers[i], e.finish_reason
+            deltas = [{"content": e.text}] if p is None and e.text else []
+            if p is not None:
+                deltas = p.feed(e.text) + (p.finish() if finish else [])
+            if lps and not deltas:
+                deltas = [{}]
+            for j, d in enumerate(deltas):
+                called[i].update(c["index"] for c in d.get("tool_calls", []))
+                yield chunk([{"index": i, "delta": d,
+                              "logprobs": {"content": lps} if lps and j == 0 else None,
                               "finish_reason": None}])
-            if e.finish_reason:
-                c = chunk([{"index": i, "delta": {}, "logprobs": None,
-                            "finish_reason": e.finish_reason}])
-                if e.finish_reason == "content_filter":
+            if finish:
+                last: dict = {}
+                if p is not None:
+                    broken = {x["index"] for x in p.errors}
+                    if called[i] - broken and not p.errors and finish == "stop":
+                        finish = "tool_calls"
+                    if p.errors:
+                        last["tool_call_errors"] = p.errors
+                c = chunk([{"index": i, "delta": last, "logprobs": None,
+                            "finish_reason": finish}])
+                if finish == "content_filter":
                     c["safety"] = output_decisions(batch, i)
                 c.update(documents(texts[i]))
                 yield c

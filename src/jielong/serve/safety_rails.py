@@ -137,7 +137,12 @@ class OutputRail:
             e = replace(e, text=text + blocked_text(shown, v.blocked.reply or ""),
                         finish_reason="content_filter")
         elif e.finish_reason and e.finish_reason != "error":
-            e = replace(e, text=text + self.finish(i))
+            tail = self.finish(i)
+            if rail.stopped:  # the last check (of the held-back tail) blocked it
+                e = replace(e, text=text + blocked_text(rail.shown, rail.stopped.reply or ""),
+                            finish_reason="content_filter")
+            else:
+                e = replace(e, text=text + tail)
         else:
             e = replace(e, text=text)
         self.metrics.safety([], "output", time.perf_counter() - t0)

@@ -68,10 +68,23 @@ class ContentPart(Body):
     text: str | None = None
 
 
+class FunctionCall(Body):
+    name: str
+    arguments: str  # JSON text, as OpenAI sends it
+
+
+class ToolCall(Body):
+    id: str = Field(min_length=1, max_length=256)
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class Message(Body):
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
     name: str | None = None
+    tool_calls: list[ToolCall] | None = None  # an assistant's calls
+    tool_call_id: str | None = None  # the call a tool message answers
 
 
 class RagOptions(Body):
@@ -89,6 +102,8 @@ class ChatRequest(SamplingBody):
     logprobs: bool = False
     top_logprobs: int | None = None
     tools: list[Any] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
     functions: list[Any] | None = None
     response_format: dict[str, Any] | None = None
 
@@ -124,6 +139,7 @@ class Settings(BaseModel):
     max_tokens: int | None = None
     model: str | None = None
     rag: str | bool | None = None  # the document collection (false: none; unset: the default)
+    tools: bool | None = None  # the model may call the web chat's tools (jielong.serve.chat_tools)
 
 
 class ConversationIn(Body):

@@ -179,14 +179,17 @@ class Served:
                 out.append((prompt, replace(params, seed=seed), adapter))
         return out
 
-    def chat_prompt(self, messages: list[dict], param: str) -> list[int]:
+    def chat_prompt(self, messages: list[dict], param: str, tools: list[dict] | None = None,
+                    prefill: str = "") -> list[int]:
         """The token ids of `messages` rendered with the model's chat template, ready for the
-        assistant's reply; a conversation the template refuses is a 400 naming `param`. With
-        an upstream engine, the messages, which it renders with its own template."""
+        assistant's reply (the template given `tools`, and the reply begun with `prefill`); a
+        conversation the template refuses is a 400 naming `param`. With an upstream engine,
+        the messages, which it renders with its own template."""
         if self.upstream:
             return Chat(messages)
         try:
-            rendered, _ = self.tok.render_chat(messages, add_generation_prompt=True)
+            rendered, _ = self.tok.render_chat(messages, add_generation_prompt=True, tools=tools)
+            rendered += prefill
         except UserError as e:
             raise ApiError(400, f"{param}: {e}", param=param) from None
         except jinja2.TemplateError as e:

@@ -36,6 +36,11 @@ it, as the message's `rag`: {"collection", "sources" (the passages the model was
 "citations" (those its [n] markers name)}, each passage {n, id, source, page, heading, score,
 quote} (jielong.rag.answer.citation); None for a reply without retrieval.
 
+Tools (the web chat's "tools" setting, jielong.serve.chat_tools): a reply the model wrote
+calling tools keeps the calls with it, as the message's `tools`: a list of {"id", "name",
+"arguments" (JSON text), "result", "error", "step"}, in the order they ran; None for a reply
+that called none.
+
 Privacy and retention: `delete_conversation` hides a conversation (the web chat's Delete;
 `jielong feedback export` leaves it out unless asked) or, with `hard=True` (the store's
 default with `hard_delete=True`, `jielong serve --hard_delete`), removes it from the file with
@@ -54,7 +59,7 @@ from the store, is redacted.
 Schema versions (PRAGMA user_version): 1 conversations, messages, ratings; 2 adds battles and
 votes; 3 adds safety_events and finish_reason "content_filter"; 4 adds messages.rag; 5 adds
 finish_reason "interrupted" (a reply the server's shutdown or a crash cut off:
-`mark_interrupted`, which `jielong serve` runs as it starts). Opening an older file
+`mark_interrupted`, which `jielong serve` runs as it starts); 6 adds messages.tools. Opening an older file
 upgrades it in place, in one transaction (all or nothing), and touches none of its rows.
 """
 
@@ -72,7 +77,7 @@ from pathlib import Path
 from jielong.errors import UserError
 from jielong.prep.pii import redact_all
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 ROLES = ("user", "assistant")
 ORIGINS = ("new", "regenerate", "edit")
 FINISH_REASONS = ("stop", "length", "stopped", "error", "content_filter", "interrupted")
@@ -200,6 +205,10 @@ _MIGRATIONS[5] = [
     "ALTER TABLE messages_v5 RENAME TO messages",
     "CREATE INDEX messages_by_parent ON messages (conversation_id, parent_id)",
 ]
+
+# Version 6: the tool calls a reply made, with their results (JSON, see the module
+# docstring); a column added at the end, as for version 4 (every row reads NULL: no tools).
+_MIGRATIONS[6] = ["ALTER TABLE messages ADD COLUMN tools TEXT"]
 
 # A message with its current rating (the latest row of ratings for it).
 _MESSAGES = """
@@ -415,12 +424,14 @@ class Store:
     def add_message(self, cid: str, parent_id: str | None, role: str, content: str, *,
                     model: str | None = None, origin: str = "new",
                     edited_from: str | None = None, finish_reason: str | None = None,
-                    sampling: dict | None = None, rag: dict | None = None) -> dict:
+                    sampling: dict | None = None, rag: dict | None = None,
+                    tools: list[dict] | None = None) -> dict:
         """A new message under `parent_id` (None: a first message). A user message follows an
         assistant message (or starts the conversation); an assistant message answers a user
         message. origin "edit" needs `edited_from`, a message of the same role and parent; a
         "regenerate" may name in it the reply it replaces (the web chat does). `rag`: the
-        documents an assistant message is answered from (see the module docstring)."""
+        documents an assistant message is answered from, `tools` the calls it made (see the
+        module docstring)."""
         _check(role, ROLES, "role")
         _check(origin, ORIGINS, "origin")
         if finish_reason is not None:
@@ -431,7 +442,7 @@ class Store:
             raise UserError("edited_from is the message an edit (origin 'edit', where it is "
                             "needed) or a regeneration (origin 'regenerate') replaces")
         mid, now = new_id(), time.time()
-        content, rag = self._clean(content), self._clean(rag)
+        content, rag, tools = self._clean(content), self._clean(rag), self._clean(tools)
         with self._tx(write=True) as db:
             conv = self._live(db, cid)
             if parent_id is None:
@@ -453,11 +464,12 @@ class Store:
                     raise UserError(f"an edit or a regeneration is a sibling of the message it "
                                     f"replaces: same conversation, parent and role as {edited_from}")
             db.execute("INSERT INTO messages (id, conversation_id, parent_id, role, content, "
-                       "model, origin, edited_from, finish_reason, sampling, rag, created) "
-                       "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       "model, origin, edited_from, finish_reason, sampling, rag, tools, created) "
+                       "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                        (mid, cid, parent_id, role, content, model, origin, edited_from,
                         finish_reason, None if sampling is None else _dumps(sampling),
-                        None if rag is None else _dumps(rag), now))
+                        None if rag is None else _dumps(rag),
+                        None if tools is None else _dumps(tools), now))
             title = conv["title"]
             if not title and role == "user" and content.strip():
                 title = _title(content)
@@ -466,12 +478,13 @@ class Store:
             return self._message(db, mid)
 
     def update_message(self, mid: str, content: str | None = None,
-                       finish_reason: str | None = None, rag: dict | None = None) -> dict:
-        """Set a message's content, finish_reason and/or rag (a streamed reply, once at its
-        end)."""
+                       finish_reason: str | None = None, rag: dict | None = None,
+                       tools: list[dict] | None = None) -> dict:
+        """Set a message's content, finish_reason, rag and/or tools (a streamed reply, once
+        at its end)."""
         if finish_reason is not None:
             _check(finish_reason, FINISH_REASONS, "finish_reason")
-        content, rag = self._clean(content), self._clean(rag)
+        content, rag, tools = self._clean(content), self._clean(rag), self._clean(tools)
         with self._tx(write=True) as db:
             self._message_row(db, mid, live=False)
             if content is not None:
@@ -481,6 +494,8 @@ class Store:
                            (finish_reason, mid))
             if rag is not None:
                 db.execute("UPDATE messages SET rag = ? WHERE id = ?", (_dumps(rag), mid))
+            if tools is not None:
+                db.execute("UPDATE messages SET tools = ? WHERE id = ?", (_dumps(tools), mid))
             return self._message(db, mid)
 
     def mark_interrupted(self) -> int:
@@ -802,6 +817,7 @@ def _message_dict(r: sqlite3.Row) -> dict:
             "finish_reason": r["finish_reason"],
             "sampling": None if r["sampling"] is None else json.loads(r["sampling"]),
             "rag": None if r["rag"] is None else json.loads(r["rag"]),
+            "tools": None if r["tools"] is None else json.loads(r["tools"]),
             "created": r["created"], "rating": rating}
 
 

@@ -6,8 +6,10 @@
 A client that goes away (a closed stream, a dropped connection) cancels its requests
 (`watch_disconnect`), so their slots in the engine free at the next step. A batch admitted
 with a ticket (jielong.serve.admission) submits as its client, releases the ticket when its
-last choice ends, and is cut at the ticket's deadline or on shutdown (`cut`): its choices not
-done end with finish_reason "length" (cut short), so a stream still gets its final event.
+last choice ends (unless its owner keeps the ticket over several batches, `keep_ticket`: the
+web chat's tool loop), and is cut at the ticket's deadline or on shutdown (`cut`): its
+choices not done end with finish_reason "length" (cut short), so a stream still gets its
+final event.
 
 Metrics (jielong.serve.metrics): each request's timings are observed when the engine ends
 it, and how it ended when its last event reaches the client (after the output rail, which
@@ -47,7 +49,7 @@ class Batch:
     (jielong.serve.safety_rails.OutputRail) each event's text is what the rail lets through."""
 
     def __init__(self, engine: Engine, jobs: list[tuple[list[int], SamplingParams, str | None]],
-                 metrics: Metrics, rail=None, ticket=None):
+                 metrics: Metrics, rail=None, ticket=None, keep_ticket: bool = False):
         self.loop = asyncio.get_running_loop()
         self.rail = rail
         self.queue: asyncio.Queue[Event] = asyncio.Queue()
@@ -56,6 +58,7 @@ class Batch:
         self.closed = False  # nobody reads the events any more
         self.counted: set[int] = set()  # requests whose ending is counted
         self.ticket, self.left = ticket, len(jobs)
+        self.keep_ticket = keep_ticket  # the owner releases it (after its last batch)
         self.cut_reason: str | None = None  # "timeout" or "shutdown" once cut
         client = None if ticket is None else ticket.client
         try:
@@ -78,7 +81,7 @@ class Batch:
     def _put(self, e: Event) -> None:  # called from the engine's thread
         if e.finish_reason and self.ticket is not None:
             self.left -= 1
-            if self.left == 0:
+            if self.left == 0 and not self.keep_ticket:
                 self.ticket.release()
         try:
             self.loop.call_soon_threadsafe(self._arrive, e)

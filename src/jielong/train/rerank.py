@@ -14,10 +14,16 @@ JSONL line's "group"): similar text, wrong answer — the case a first-stage ret
 wrong and a reranker is for.
 
 The start is any BERT / XLM-R folder (its head new: BERT's pooler becomes the head's dense
-layer) or a reranker to train further. OUT/model is a one-label sequence classifier that
-`Reranker.load` and transformers read. Held out (`--val_fraction` of the passages): each
-question against its passage and `--eval_candidates` others, the positive's top-1 rate
-(accuracy) and MRR, before and after, in OUT/report.json.
+layer) or a reranker to train further. The head reads the first token's state ([CLS]), so
+that state must vary with the input: in a random BERT, or one that `jielong train embed`
+trained mean-pooled, it hardly does (`cls_spread` 3e-4 / 6e-4), and from there the loss sat
+at ln 4 for ~100 steps on CMRC; trained with `--pooling cls` (spread 0.09) the encoder
+starts a reranker that learns (bench/RESULTS.md, "the reranker"). The trainer prints a note
+when a new head's start is that flat. `--max_len` is saved as the reranker's window.
+OUT/model is a one-label sequence classifier that `Reranker.load` and transformers read.
+Held out (`--val_fraction` of the passages): each question against its passage and
+`--eval_candidates` others, the positive's top-1 rate (accuracy) and MRR, before and after,
+in OUT/report.json.
 """
 
 from __future__ import annotations
@@ -42,6 +48,20 @@ from jielong.train.pairs import PairBatches, Passage, read_pairs, recall_at, spl
 
 RERANK_TRAIN = TrainConfig(lr=2e-5, warmup_steps=10, steps=200, batch_size=8, eval_every=50,
                            save_every=100, weight_decay=0.01)  # `train rerank` defaults
+FLAT_CLS = 0.01  # a [CLS] spread (see cls_spread) below this gives a new head nothing to read
+
+
+@torch.no_grad()
+def cls_spread(model: Reranker, queries: list[str], passages: list[str]) -> float:
+    """How much the first-token state, the head's input, varies across (query, passage) pairs:
+    its standard deviation over the pairs, averaged over the dimensions, over its mean norm.
+    About 3e-4 for a random BERT and 6e-4 for one trained mean-pooled (bench/RESULTS.md), 0.1
+    for one trained pooled by [CLS]."""
+    was = model.training
+    x = model.encode_pairs(queries, passages)
+    h = model.eval().encoder(**x)[:, 0].float()
+    model.train(was)
+    return float(h.std(0).mean() / h.norm(dim=-1).mean())
 
 
 def negatives_for(i: int, batch: list[int], passages: list[Passage], groups: dict[str, list[int]],
@@ -181,6 +201,15 @@ def train_rerank(
               f"{' (the first from the same article)' if hard_negatives else ''}; "
               f"{'a new head on ' if new_head else ''}{reranker.encoder.config.model_type}, "
               f"{sum(p.numel() for p in reranker.parameters()) / 1e6:.3g}M parameters")
+        if new_head and len(kept) > 1:
+            qs = [p.queries[0] for p in kept[:16]]
+            texts = [p.text for p in kept[:len(qs)]]  # each question with its passage and the next one
+            spread = cls_spread(reranker, qs * 2, texts + texts[1:] + texts[:1])
+            if spread < FLAT_CLS:
+                print(f"note: the start's [CLS] state hardly varies across pairs (spread {spread:.1e} < {FLAT_CLS}): "
+                      "a new head reads no signal there and the loss may stay at "
+                      f"ln({negatives + 1}) = {np.log(negatives + 1):.3f}; start from an encoder trained "
+                      "with `jielong train embed --pooling cls` (or one pretrained with a [CLS] task)")
         if held:
             reranker.to(device).eval()
             before = stage.evaluate(reranker)

@@ -442,6 +442,7 @@
     battle: null, // the open arena battle: {id, question, a, b (messages), vote, models}
     library: null, // GET /api/collections: {collections, default, uploads, max_upload_bytes, types}
     open: new Set(), // source cards opened: "messageId:n"
+    openTools: new Set(), // replies whose tool calls are unfolded: message ids
   };
 
   const ui = {
@@ -469,6 +470,9 @@
     uploadButton: $("#upload-button"),
     uploadFile: $("#upload-file"),
     uploadHint: $("#upload-hint"),
+    tools: $("#tools"),
+    toolsField: $("#tools-field"),
+    toolsHint: $("#tools-hint"),
   };
   const PLACEHOLDER = ui.input.placeholder;
 
@@ -719,6 +723,39 @@
     return card;
   }
 
+  // ------------------------------------------------------------------ tool calls
+
+  /** A call's arguments, indented when they are JSON (Chinese kept as it is), else as sent. */
+  function argumentsText(raw) {
+    try {
+      return JSON.stringify(JSON.parse(raw), null, 1);
+    } catch (_) {
+      return String(raw ?? "");
+    }
+  }
+
+  /** The tool calls a reply made (`m.tools`), folded under it: each one's name, arguments
+   * and result, as text (never HTML). */
+  function toolsView(m) {
+    const calls = Array.isArray(m.tools) ? m.tools : [];
+    if (!calls.length) return null;
+    const list = el("ol", { class: "tool-calls" });
+    for (const t of calls) {
+      list.append(el("li", { class: "tool-call" + (t.error ? " error" : "") },
+        el("span", { class: "tool-name", text: `${t.name}` }),
+        el("pre", { class: "tool-args", "aria-label": "Arguments", text: argumentsText(t.arguments) }),
+        el("pre", { class: "tool-result", "aria-label": "Result", text: `→ ${t.result ?? ""}` })));
+    }
+    const n = calls.length;
+    const box = el("details", { class: "tools-box", open: state.openTools.has(m.id) },
+      el("summary", { text: `${n} tool ${n === 1 ? "call" : "calls"} · 使用了工具` }), list);
+    box.addEventListener("toggle", () => {
+      if (box.open) state.openTools.add(m.id);
+      else state.openTools.delete(m.id);
+    });
+    return box;
+  }
+
   function metaText(m) {
     const bits = [];
     if (m.role === "assistant" && m.model) bits.push(m.model);
@@ -804,6 +841,8 @@
       if (card) body.append(safetyCard(card));
       const sources = m.role === "assistant" ? sourcesView(m) : null;
       if (sources) body.append(sources);
+      const tools = m.role === "assistant" ? toolsView(m) : null;
+      if (tools) body.append(tools);
     }
     const actions = el("div", { class: "actions", role: "toolbar",
       "aria-label": mine ? "Message actions" : "Answer actions" });
@@ -898,6 +937,7 @@
     const n = parseInt(ui.maxTokens.value, 10);
     if (Number.isFinite(n) && n > 0) s.max_tokens = n;
     if (ui.model.value) s.model = ui.model.value;
+    if (!ui.toolsField.hidden) s.tools = ui.tools.checked; // explicit: a request's settings go over the stored ones
     if (!ui.docs.hidden) { // the collection, when it is not the server's default
       const pick = ui.collection.value;
       if (pick !== (state.library.default || "")) s.rag = pick || false;
@@ -917,6 +957,7 @@
     const models = [...ui.model.options].map((o) => o.value);
     const model = s.model && models.includes(s.model) ? s.model : state.info && state.info.model;
     if (model) ui.model.value = model;
+    ui.tools.checked = s.tools === true;
     if (state.library) {
       const names = [...ui.collection.options].map((o) => o.value);
       ui.collection.value = s.rag === false ? "" :
@@ -1099,6 +1140,13 @@
       if (m) {
         addDecision(m, ev);
         renderThread();
+      }
+    } else if (ev.type === "tool") {
+      // a call the reply made, with its result: folded under the answer as it is written
+      const m = state.msgs.get(ev.message_id);
+      if (m) {
+        m.tools = [...(m.tools || []), ev.tool];
+        updateMessage(m);
       }
     } else if (ev.type === "notice") {
       // e.g. the conversation outgrew the context: this reply reads it without its oldest turns
@@ -1561,7 +1609,7 @@
   }
 
   function arenaSettings() {
-    const { model, ...rest } = currentSettings();
+    const { model, tools, ...rest } = currentSettings(); // the arena calls no tools
     return rest;
   }
 
@@ -1712,7 +1760,7 @@
     if (file) await upload(file);
   });
 
-  for (const field of [ui.system, ui.temperature, ui.maxTokens, ui.model, ui.collection]) {
+  for (const field of [ui.system, ui.temperature, ui.maxTokens, ui.model, ui.collection, ui.tools]) {
     field.addEventListener("change", saveSettingsSoon);
   }
 
@@ -1763,6 +1811,10 @@
       "side. Vote for the better answer, then see who wrote which. 投票後揭曉模型。" :
       "The arena needs two models, and this server serves one. Serve a LoRA adapter beside " +
       "it: jielong serve --model DIR --adapter NAME=DIR";
+    const tools = info.tools || [];
+    ui.toolsField.hidden = !tools.length;
+    ui.toolsHint.textContent = tools.length ? `The model may call ${tools.join(", ")}; ` +
+      "the calls show folded under the answer. 模型可呼叫工具。" : "";
     await loadLibrary();
     showSettings(null);
     await refreshList();
