@@ -62,9 +62,43 @@ PATTERN = "|".join([
     r"\s+",
 ])
 
+# ChatML, and tools in the Hermes style (NousResearch's Hermes 2 Pro, as Qwen2.5 adopted it):
+# the tools as JSON lines inside <tools></tools> at the end of the system turn, each call the
+# assistant makes as <tool_call>\n{"name": …, "arguments": {…}}\n</tool_call> (OpenAI's
+# JSON-text arguments written as the object they hold), each result as a `tool` turn inside
+# <tool_response></tool_response>. Without tools it renders what plain ChatML renders, byte
+# for byte. Every newline sits inside a {{ '…' }} string: the Jinja settings transformers
+# uses (trim_blocks) would eat one written after a tag.
+# The instruction is shorter than Qwen2.5's (the demo's model has 512 tokens of context).
+TOOLS_PROMPT = "# Tools\n\nYou may call these functions:\n<tools>"
+TOOLS_PROMPT_END = ("\n</tools>\n\nTo call one, write <tool_call>\n"
+                    "{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</tool_call>")
 CHAT_TEMPLATE = (
+    "{% if tools %}"
+    "{{ '<|im_start|>system\\n' }}"
+    "{% if messages[0]['role'] == 'system' %}{{ messages[0]['content'] + '\\n\\n' }}{% endif %}"
+    "{{ '" + TOOLS_PROMPT.replace("\n", "\\n") + "' }}"
+    "{% for tool in tools %}{{ '\\n' + (tool | tojson) }}{% endfor %}"
+    "{{ '" + TOOLS_PROMPT_END.replace("\n", "\\n") + "<|im_end|>\\n' }}"
+    "{% endif %}"
     "{% for message in messages %}"
+    "{% if tools and loop.first and message['role'] == 'system' %}"
+    "{% elif message['role'] == 'assistant' and message['tool_calls'] is defined and message['tool_calls'] %}"
+    "{{ '<|im_start|>assistant\\n' }}"
+    "{% if message['content'] %}{{ message['content'] + '\\n' }}{% endif %}"
+    "{% for call in message['tool_calls'] %}"
+    "{% set f = call['function'] if call['function'] is defined else call %}"
+    "{% if not loop.first %}{{ '\\n' }}{% endif %}"
+    "{{ '<tool_call>\\n{\"name\": ' + (f['name'] | tojson) + ', \"arguments\": ' }}"
+    "{% if f['arguments'] is string %}{{ f['arguments'] }}{% else %}{{ f['arguments'] | tojson }}{% endif %}"
+    "{{ '}\\n</tool_call>' }}"
+    "{% endfor %}"
+    "{{ '<|im_end|>\\n' }}"
+    "{% elif message['role'] == 'tool' %}"
+    "{{ '<|im_start|>tool\\n<tool_response>\\n' + message['content'] + '\\n</tool_response><|im_end|>\\n' }}"
+    "{% else %}"
     "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{% endif %}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
@@ -283,7 +317,9 @@ class Tokenizer:
 
         Templates with {% generation %} tags mark the replies themselves (as transformers'
         `return_assistant_tokens_mask`). For the others, each assistant message's content is
-        found in the rendered text in order, and its mask runs on to the end-of-turn token.
+        found in the rendered text in order, and its mask runs on to the end-of-turn token;
+        an assistant message with tool calls, or one after a tool's result, is the part the
+        message adds to the rendered chat (`_mask_turn`).
         """
         text, spans = self.render_chat(messages, add_generation_prompt, **kwargs)
         enc = self.backend.encode(text, add_special_tokens=False)
@@ -296,6 +332,10 @@ class Tokenizer:
             return ids, mask
         ends, cursor = self.end_ids, 0
         for n, m in enumerate(messages):
+            if m.get("role") == "assistant" and (m.get("tool_calls") or
+                                                 (n and messages[n - 1].get("role") == "tool")):
+                cursor = self._mask_turn(messages, n, text, enc, mask, kwargs)
+                continue
             if m.get("role") != "assistant" or not isinstance(m.get("content"), str):
                 continue
             content = m["content"].strip()
@@ -328,6 +368,32 @@ class Tokenizer:
                 last = j
             mask[first:last + 1] = [True] * (last + 1 - first)
         return ids, mask
+
+    def _mask_turn(self, messages: list[dict], n: int, text: str, enc, mask: list[bool],
+                   kwargs: dict) -> int:
+        """Mask assistant message n as the difference between the chat rendered up to it
+        (with the generation prompt) and up to and including it: its tool calls as the
+        template writes them, or a reply after a tool's result (whose text may repeat in
+        the reply, so it is not searched for), through the end-of-turn token. Returns the
+        character where the turn ends."""
+        prefix = self.render_chat(messages[:n], True, **kwargs)[0]
+        upto = self.render_chat(messages[:n + 1], False, **kwargs)[0]
+        if not (upto.startswith(prefix) and text.startswith(upto)):
+            raise UserError(f"message {n + 1} (assistant): the chat template renders the "
+                            "conversation differently when it is cut after this message, so "
+                            "its tokens cannot be masked; use a template with {% generation %} tags")
+        a, b = len(prefix), len(upto.rstrip())
+        for call in messages[n].get("tool_calls") or []:
+            name = (call.get("function") or call).get("name", "")
+            if name not in upto[a:b]:
+                raise UserError(f"message {n + 1} (assistant): the chat template does not write its "
+                                f"tool call {name!r}; use a template that takes tools (jielong's "
+                                "default, Qwen2.5, Llama 3.1, Mistral)")
+        if b > a:
+            first, last = enc.char_to_token(a), enc.char_to_token(b - 1)
+            if first is not None and last is not None:
+                mask[first:last + 1] = [True] * (last + 1 - first)
+        return len(upto)
 
     def _token_str(self, key: str) -> str | None:
         v = self.config.get(key)

@@ -152,7 +152,11 @@ def test_a_local_models_calls_are_parsed_out_of_its_text():
 
 
 def test_a_template_that_ignores_tools_gets_them_in_the_hermes_way():
-    tok = train_tokenizer(["hello world 你好"] * 20, vocab_size=300)  # jielong's ChatML template
+    tok = train_tokenizer(["hello world 你好"] * 20, vocab_size=300)
+    tok.config["chat_template"] = (  # plain ChatML, which ignores tools (jielong's now takes them)
+        "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + "
+        "(message['content'] or '') + '<|im_end|>\\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
     specs = [t.spec() for t in builtin_tools(["calculator"])]
     messages = [{"role": "user", "content": "2+3?"},
                 {"role": "assistant", "content": None, "tool_calls": [call("calculator", expression="2+3")]},

@@ -41,7 +41,7 @@ def test_demo_runs_and_reports(tmp_path, capsys):
     assert "report:" in capsys.readouterr().out
     # How long each stage took, in the report and in results.json.
     stages = [t["stage"] for t in r["stages"]]
-    assert [s.split(".")[0] for s in stages] == [str(i) for i in (1, 2, 3, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17)]
+    assert [s.split(".")[0] for s in stages] == [str(i) for i in (1, 2, 3, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18)]
     assert all(t["seconds"] >= 0 and t["cpu_seconds"] >= 0 for t in r["stages"])
     assert "## Time" in report and "minutes in all" in report and "| 10. DPO |" in report
     # Every finetuning stage ran, saved what it made and reported its numbers.
@@ -99,6 +99,11 @@ def test_demo_runs_and_reports(tmp_path, capsys):
     rv = r["retrieval"]
     assert rv["rag"]["none_declined"] > 0 == rv["closed"]["declined"] and rv["rag"]["found"] > 0.5
     assert "## Retrieval" in report and (run / "retrieval" / "index" / "manifest.json").exists()
+    # Tools: the held-out sums closed-book and through the calculator loop, measured and reported.
+    t = r["tools"]
+    assert t["n"]["sums"] > 50 and 0 <= t["before"]["right"] <= 1 and t["after"]["called"] is not None
+    assert set(t["after"]["by_lang"]) == {"en", "zh-Hant", "zh-Hans"}
+    assert "## Tools" in report and (run / "tools" / "model" / "model.safetensors").exists()
     # Running again starts over cleanly instead of refusing or mixing runs; this time with the
     # demo preset and settings that `make demo` uses, for a few steps.
     r = cli(["demo", "--out", str(run), "--steps", "2", "--docs", "300", "--finetune_steps", "0"])

@@ -10,10 +10,16 @@ from jielong.errors import UserError
 IGNORE = -100  # the label of a token that is not learned (PyTorch's cross_entropy ignore_index)
 
 
-def encode(tok, messages: list[dict], train_on_prompt: bool = False) -> tuple[list[int], list[int]]:
+def encode(tok, messages: list[dict], train_on_prompt: bool = False,
+           tools: list[dict] | None = None) -> tuple[list[int], list[int]]:
     """(ids, labels) of one conversation; labels are IGNORE where nothing is learned. The
-    final reply always ends in an end-of-turn token (added when the template has none)."""
-    ids, mask = tok.encode_chat(messages)
+    final reply always ends in an end-of-turn token (added when the template has none).
+
+    With tool use (OpenAI's `tool_calls` and `tool` messages, `tools` rendered by the chat
+    template: data.formats), the assistant's calls and replies are learned, the tool list
+    and the tools' results are not: the model learns when and how to call, not to predict
+    what a tool will say."""
+    ids, mask = tok.encode_chat(messages, tools=tools) if tools else tok.encode_chat(messages)
     if not any(mask):
         raise UserError("no assistant tokens found in the rendered conversation")
     last = max(i for i, m in enumerate(mask) if m)

@@ -54,7 +54,7 @@ DISTILL_ALPHA, DISTILL_T = 0.2, 1.0
 # measurements are in bench/RESULTS.md). RLHF is the dearest step: it samples 64 replies.
 STAGE_STEPS = {"sft": 1, "lora": 1 / 2, "classify": 1 / 4, "distill": 1 / 2, "reward": 4 / 3,
                "dpo": 2 / 3, "rlhf": 2 / 5, "rlhf_math": 2 / 5, "overfit": 8 / 15,
-               "guardrail": 5 / 6}
+               "guardrail": 5 / 6, "tools": 16 / 15}
 
 
 def stage_steps(steps: int, stage: str) -> int:

@@ -30,6 +30,9 @@ Run as:
    indexed by jielong.rag; their facts asked of the assistant closed-book and with the
    retrieved passage (answered, confident wrong answers, the right document found, and
    "I don't know" for what no document says);
+18. tools (demo/tools.py): a short SFT of a copy of the assistant on chats where a sum gets a
+   calculator call, the tool's result and the answer; held-out sums right closed-book vs
+   with the calculator (generate, parse the call, calculate, feed the result back, answer);
 then writes RUN/report.md with the loss curve, the numbers and samples of every stage.
 """
 
@@ -55,6 +58,7 @@ from jielong.demo.finetune import Clock, bold, stage_steps
 from jielong.demo.guardrail import guardrail_report, guardrail_stage
 from jielong.demo.retrieval import retrieval_report, retrieval_stage
 from jielong.demo.tasks import qa_conversations, world_for
+from jielong.demo.tools import tools_report, tools_stage
 from jielong.demo.world import build_corpus, demo_prompts, han_char_pieces
 from jielong.eval.choice import choice_accuracy
 from jielong.files import write_json, write_text
@@ -200,6 +204,9 @@ def demo(
         clock.lap("16. guardrail")
         result["retrieval"] = retrieval_stage(run, tok, str(pick_device(device)))
         clock.lap("17. retrieval")
+        result["tools"] = tools_stage(run, tok, str(pick_device(device)), resume,
+                                      stage_steps(finetune_steps, "tools"))
+        clock.lap("18. tools")
     result["seconds"] = round(time.time() - t_start, 1)
     result["cpu_seconds"] = round(sum(c for _, _, c in clock.laps), 1)
     result["stages"] = [{"stage": n, "seconds": w, "cpu_seconds": c} for n, w, c in clock.laps]
@@ -288,6 +295,8 @@ def _report(run: Path, r: dict, corpus, prompts: list[str]) -> None:
         lines += guardrail_report(r["guardrail"])
     if "retrieval" in r:
         lines += retrieval_report(r["retrieval"])
+    if "tools" in r:
+        lines += tools_report(r["tools"])
     write_text(run / "report.md", "\n".join(lines))
 
 

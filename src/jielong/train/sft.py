@@ -4,7 +4,9 @@ chat template.
 Run as:
     jielong train sft chats.jsonl --model Qwen/Qwen2.5-0.5B --method lora --out runs/sft
 
-Data: JSONL in the OpenAI-messages, ShareGPT or alpaca format (`jielong.data.formats`).
+Data: JSONL in the OpenAI-messages, ShareGPT or alpaca format (`jielong.data.formats`);
+OpenAI records may hold tool use (`tool_calls`, `tool` messages, a per-record `tools` list
+the chat template renders): the calls are learned, the tools' results are not.
 Each conversation becomes token ids and a loss mask from `Tokenizer.encode_chat`: by
 default only the assistant's tokens are learned — including the end-of-turn token that
 closes every reply, so the tuned model stops by itself (`--train_on_prompt` learns the
@@ -26,7 +28,7 @@ from typing import Literal
 from tqdm import tqdm
 
 from jielong.data.chat import IGNORE, encode
-from jielong.data.formats import read_conversations
+from jielong.data.formats import read_chats
 from jielong.errors import UserError
 from jielong.lora import LoraConfig
 from jielong.plots import loss_curve
@@ -49,11 +51,11 @@ def load_examples(paths: list[str], tok, system: str | None, train_on_prompt: bo
                   desc: str = "tokenizing") -> list[tuple[list[int], list[int]]]:
     """Read and tokenize conversation files; an error names the file and line."""
     out = []
-    records = read_conversations(paths, system)
-    for where, messages in tqdm(records, desc=desc, unit=" chats", disable=not sys.stderr.isatty(),
-                                leave=False):
+    records = read_chats(paths, system)
+    for where, messages, tools in tqdm(records, desc=desc, unit=" chats", disable=not sys.stderr.isatty(),
+                                       leave=False):
         try:
-            out.append(encode(tok, messages, train_on_prompt))
+            out.append(encode(tok, messages, train_on_prompt, tools))
         except UserError as e:
             raise UserError(f"{where}: {e}") from None
     if not out:
