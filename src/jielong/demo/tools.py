@@ -18,8 +18,8 @@ lesson. (A real model is given the list: `with_tool(..., tools=TOOLS)`.)
 
 Measured on the held-out sums: the share right (the number after the reply's last "=", as
 stage 12 scores it) by the assistant closed-book, as the demo asked it until now, and after
-the tool SFT with the calculator: the loop generates, parses the call (`parse_calls`), runs
-the calculator (`calculate`, an ast walk over + - * and whole numbers, never `eval`), feeds
+the tool SFT with the calculator: the loop generates, parses the call (jielong.infer.tools), runs
+the calculator (jielong.agent.calculator: an ast walk, never `eval`), feeds
 the result back as a `tool` message and generates the answer. Also: the share that called
 it, of well-formed calls, of calls whose result is the sum's, and of held-out questions
 about facts that called the calculator when no sum was asked.
@@ -27,7 +27,6 @@ about facts that called the calculator when no sum was asked.
 
 from __future__ import annotations
 
-import ast
 import json
 import random
 import re
@@ -36,6 +35,7 @@ from pathlib import Path
 
 import torch
 
+from jielong.agent.calculator import calculate
 from jielong.checkpoint import load_model, save_model
 from jielong.data.chat import encode
 from jielong.demo.finetune import bold
@@ -43,6 +43,7 @@ from jielong.demo.tasks import MATH_QUESTIONS, MATH_WORDS, SYSTEMS, qa_conversat
 from jielong.demo.world import LANGS, MATH_MAX
 from jielong.infer.generate import generate_ids
 from jielong.infer.sampling import SamplingParams
+from jielong.infer.tools import parse
 from jielong.rewards import final_number
 from jielong.train.common import split
 from jielong.train.loop import TrainConfig, fit
@@ -58,54 +59,16 @@ STEPS, LR, BATCH = 320, 3e-3, 4  # measured: bench/RESULTS.md (lr 4e-3, or 200 s
 SEQ_LEN = 192  # tokens a row: a sum chat is ~160 (the few longer ones, with a system prompt, are left out)
 N_FACT_TEST = 30  # held-out fact questions asked with the tool listed
 CALL_MAX, ANSWER_MAX = 90, 24  # new tokens: a call is 74 of the demo tokenizer's, a sum's answer ~12
-CALL = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.S)
 SUM = re.compile(r"^(\d+) ([+-]) (\d+) = -?\d+[.。]$")
 
 
 # ---- the calculator and the parser ------------------------------------------------------
 
-_OPS = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b, ast.Mult: lambda a, b: a * b}
-
-
-def calculate(expression: str) -> int:
-    """The value of an expression of whole numbers, + - * and parentheses, by walking its
-    syntax tree (never `eval`); ValueError for anything else, or a too long expression."""
-    if not isinstance(expression, str) or len(expression) > 64:
-        raise ValueError("the expression must be text of at most 64 characters")
-    try:
-        tree = ast.parse(expression.strip(), mode="eval")
-    except SyntaxError:
-        raise ValueError(f"not an expression: {expression!r}") from None
-
-    def value(node) -> int:
-        if isinstance(node, ast.Constant) and type(node.value) is int:
-            return node.value
-        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub | ast.UAdd):
-            v = value(node.operand)
-            return -v if isinstance(node.op, ast.USub) else v
-        if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
-            out = _OPS[type(node.op)](value(node.left), value(node.right))
-            if abs(out) > 10 ** 12:
-                raise ValueError("the result is too large")
-            return out
-        raise ValueError(f"only whole numbers, + - * and parentheses: {expression!r}")
-
-    return value(tree.body)
-
-
 def parse_calls(text: str) -> tuple[str, list[dict]]:
-    """(text outside the calls, the well-formed calls in OpenAI's shape) of a reply in the
-    Hermes format; a <tool_call> block that is not {"name": str, "arguments": {…}} is dropped."""
-    calls = []
-    for i, body in enumerate(CALL.findall(text)):
-        try:
-            obj = json.loads(body)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(obj, dict) and isinstance(obj.get("name"), str) and isinstance(obj.get("arguments"), dict):
-            calls.append({"id": f"call_{i}", "type": "function", "function": {
-                "name": obj["name"], "arguments": json.dumps(obj["arguments"], ensure_ascii=False)}})
-    return CALL.sub("", text).strip(), calls
+    """(text outside the calls, the well-formed calls in OpenAI's shape) of a Hermes reply
+    (jielong.infer.tools); a <tool_call> block that is not well formed is left out."""
+    got = parse(text, "hermes")
+    return got.content.strip(), got.calls
 
 
 def run_call(call: dict) -> str:
@@ -114,8 +77,8 @@ def run_call(call: dict) -> str:
         args = json.loads(call["function"]["arguments"])
         if call["function"]["name"] != "calculator":
             raise ValueError(f"no tool named {call['function']['name']!r}")
-        return str(calculate(args.get("expression", "")))
-    except (ValueError, AttributeError) as e:
+        return calculate(args.get("expression", ""))
+    except (ValueError, AttributeError) as e:  # CalcError is a ValueError
         return f"error: {e}"
 
 
