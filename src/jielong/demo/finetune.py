@@ -65,6 +65,16 @@ def bold(s: str) -> str:
     return f"\033[1m{s}\033[0m" if os.isatty(1) and "NO_COLOR" not in os.environ else s
 
 
+def share(flags: list[bool]) -> float | None:
+    """The share of True among `flags`; None when there are none."""
+    return sum(flags) / len(flags) if flags else None
+
+
+def pct(x: float | None) -> str:
+    """A share as a whole percentage for the stages' tables; "—" for none."""
+    return "—" if x is None else f"{x:.0%}"
+
+
 class Clock:
     """Wall and CPU seconds of each demo stage, for the report. CPU time counts every thread
     of this process; on a machine shared with other programs the wall time grows, it does not."""

@@ -32,7 +32,7 @@ import torch
 
 from jielong.checkpoint import load_model, save_model
 from jielong.data.chat import encode
-from jielong.demo.finetune import bold
+from jielong.demo.finetune import bold, pct, share
 from jielong.demo.tasks import qa_conversations, world_for
 from jielong.errors import UserError
 from jielong.eval.replies import chat_replies, contains_answer
@@ -132,9 +132,6 @@ def with_rails(rails: Rails, message: str, reply: str) -> tuple[str, str | None]
     return shown + out, None
 
 
-def _share(flags: list[bool]) -> float | None:
-    return sum(flags) / len(flags) if flags else None
-
 
 @torch.no_grad()
 def measure(model, tok, test: list[Message], world: list, rails: Rails, max_tokens: int,
@@ -166,15 +163,15 @@ def measure(model, tok, test: list[Message], world: list, rails: Rails, max_toke
         for m in harm:
             by_script.setdefault(SCRIPTS[region_for(m.text)], []).append(right_lines(seen[m.text], m.text, marks))
         out[name] = {
-            "self_harm_right_lines": _share([right_lines(seen[m.text], m.text, marks) for m in harm]),
-            "by_script": {k: _share(v) for k, v in by_script.items()},
-            "self_harm_blocked": _share([acted[m.text] is not None for m in harm]),
-            "benign_no_lines": _share([not regions_in(seen[m.text], marks) for m in benign]),
-            "benign_blocked": _share([acted[m.text] is not None for m in benign]),
-            "world_answered": _share([contains_answer(seen[t], q.answer_value)
+            "self_harm_right_lines": share([right_lines(seen[m.text], m.text, marks) for m in harm]),
+            "by_script": {k: share(v) for k, v in by_script.items()},
+            "self_harm_blocked": share([acted[m.text] is not None for m in harm]),
+            "benign_no_lines": share([not regions_in(seen[m.text], marks) for m in benign]),
+            "benign_blocked": share([acted[m.text] is not None for m in benign]),
+            "world_answered": share([contains_answer(seen[t], q.answer_value)
                                       or bool(q.alt_value and contains_answer(seen[t], q.alt_value))
                                       for t, q in zip(world_qs, world, strict=True)]),
-            "world_no_lines": _share([not regions_in(seen[t], marks) for t in world_qs]),
+            "world_no_lines": share([not regions_in(seen[t], marks) for t in world_qs]),
             "replies": {t: seen[t] for t in texts},
         }
     return out
@@ -245,9 +242,6 @@ def guardrail_stage(run: Path, tok, steps: int, device: str, resume: bool,
     return result
 
 
-def _pct(x: float | None) -> str:
-    return "—" if x is None else f"{x:.0%}"
-
 
 ROWS = (("self-harm: the right region's lines", "self_harm_right_lines"),
         ("look-alikes: no crisis lines", "benign_no_lines"),
@@ -258,7 +252,7 @@ ROWS = (("self-harm: the right region's lines", "self_harm_right_lines"),
 
 def rows_of(g: dict) -> list[tuple[str, list[str]]]:
     """(label, [before without, before with, after without, after with]) per measure."""
-    cells = lambda get: [_pct(get(g[w][r])) for w in ("before", "after") for r in ("without", "with")]  # noqa: E731
+    cells = lambda get: [pct(get(g[w][r])) for w in ("before", "after") for r in ("without", "with")]  # noqa: E731
     out = []
     for label, key in ROWS:
         out.append((label, cells(lambda m, key=key: m[key])))

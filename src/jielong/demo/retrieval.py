@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 from jielong.checkpoint import load_model
-from jielong.demo.finetune import bold
+from jielong.demo.finetune import bold, pct, share
 from jielong.demo.tasks import (
     QUESTIONS,
     ZH,
@@ -156,9 +156,6 @@ def confident_wrong(reply: str, q: Question) -> bool:
     return any(contains_answer(reply, w) for w in wrong)
 
 
-def _share(flags: list[bool]) -> float | None:
-    return sum(flags) / len(flags) if flags else None
-
 
 @torch.no_grad()
 def measure(model, tok, index: Index, answerable: list[Question], none: list[Question],
@@ -192,15 +189,15 @@ def measure(model, tok, index: Index, answerable: list[Question], none: list[Que
     for mode, texts in replies.items():
         a, z = texts[:len(answerable)], texts[len(answerable):]
         pairs = list(zip(a, answerable, strict=True))
-        out[mode] = {"answered": _share([right(r, q) for r, q in pairs]),
-                     "by_lang": {lang: _share([right(r, q) for r, q in pairs if q.lang == lang])
+        out[mode] = {"answered": share([right(r, q) for r, q in pairs]),
+                     "by_lang": {lang: share([right(r, q) for r, q in pairs if q.lang == lang])
                                  for lang in LANGS},
-                     "confident_wrong": _share([confident_wrong(r, q) for r, q in pairs]),
-                     "declined": _share([declined(r) for r in a]),
-                     "none_declined": _share([declined(r) for r in z]),
-                     "none_confident_wrong": _share([confident_wrong(r, q) for r, q in zip(z, none, strict=True)]),
+                     "confident_wrong": share([confident_wrong(r, q) for r, q in pairs]),
+                     "declined": share([declined(r) for r in a]),
+                     "none_declined": share([declined(r) for r in z]),
+                     "none_confident_wrong": share([confident_wrong(r, q) for r, q in zip(z, none, strict=True)]),
                      "replies": dict(zip([q.text for q in qs], texts, strict=True))}
-    out["rag"]["found"] = _share(found)
+    out["rag"]["found"] = share(found)
     out["rag"]["too_long"] = too_long
     return out
 
@@ -232,9 +229,6 @@ def retrieval_stage(run: Path, tok, device: str, max_new: int = MAX_NEW) -> dict
     return result
 
 
-def _pct(x: float | None) -> str:
-    return "—" if x is None else f"{x:.0%}"
-
 
 ROWS = (("new facts answered", "answered"), ("  繁", "zh-Hant"), ("  简", "zh-Hans"), ("  en", "en"),
         ("confident wrong answers", "confident_wrong"), ("declined", "declined"),
@@ -248,7 +242,7 @@ def rows_of(r: dict) -> list[tuple[str, list[str]]]:
     out = []
     for label, key in ROWS:
         get = (lambda m, key=key: m["by_lang"][key]) if key in LANGS else (lambda m, key=key: m.get(key))
-        out.append((label, [_pct(get(r[mode])) for mode in ("closed", "rag")]))
+        out.append((label, [pct(get(r[mode])) for mode in ("closed", "rag")]))
     return out
 
 
@@ -266,17 +260,17 @@ def table(r: dict) -> list[str]:
 def lesson(r: dict) -> str:
     """What the numbers say, and only that."""
     c, g = r["closed"], r["rag"]
-    said = (f"Closed-book the model can only guess: {_pct(c['confident_wrong'])} of its answers about "
-            f"the new people named a wrong value as fact, and {_pct(c['none_confident_wrong'])} of "
+    said = (f"Closed-book the model can only guess: {pct(c['confident_wrong'])} of its answers about "
+            f"the new people named a wrong value as fact, and {pct(c['none_confident_wrong'])} of "
             "those about what nobody wrote (the right ones it got are the chance of naming the right "
-            f"pet or colour: {_pct(c['answered'])}). With documents, retrieval put the right "
-            f"document first for {_pct(g['found'])} of the questions, and the coverage gate said "
-            f"\"I don't know\" to {_pct(g['none_declined'])} of the questions no document answers "
-            f"(confident wrong {_pct(c['none_confident_wrong'])} -> {_pct(g['none_confident_wrong'])})"
-            f" and to {_pct(g['declined'])} of the answerable ones, whose document said it in other "
+            f"pet or colour: {pct(c['answered'])}). With documents, retrieval put the right "
+            f"document first for {pct(g['found'])} of the questions, and the coverage gate said "
+            f"\"I don't know\" to {pct(g['none_declined'])} of the questions no document answers "
+            f"(confident wrong {pct(c['none_confident_wrong'])} -> {pct(g['none_confident_wrong'])})"
+            f" and to {pct(g['declined'])} of the answerable ones, whose document said it in other "
             "words (職業 where the question asks 工作).")
     if (g["answered"] or 0) <= (c["answered"] or 0):
-        said += (f" But the model answered {_pct(g['answered'])} with the passage in its prompt: a "
+        said += (f" But the model answered {pct(g['answered'])} with the passage in its prompt: a "
                  "1M-parameter model pretrained on 128-token windows of a world whose names it "
                  "memorised never learnt to copy a new name out of its context (RAG needs a model "
                  "that can read; a short RAG SFT did not teach it, bench/RESULTS.md).")

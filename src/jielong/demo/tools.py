@@ -38,7 +38,7 @@ import torch
 from jielong.agent.calculator import calculate
 from jielong.checkpoint import load_model, save_model
 from jielong.data.chat import encode
-from jielong.demo.finetune import bold
+from jielong.demo.finetune import bold, pct, share
 from jielong.demo.tasks import MATH_QUESTIONS, MATH_WORDS, SYSTEMS, qa_conversations, world_for
 from jielong.demo.world import LANGS, MATH_MAX
 from jielong.infer.generate import generate_ids
@@ -174,9 +174,6 @@ def with_tool(model, tok, questions: list[str], tools: list[dict] | None = None)
     return out
 
 
-def _share(flags: list[bool]) -> float | None:
-    return sum(flags) / len(flags) if flags else None
-
 
 def sum_questions(sums: list[tuple[int, str, int, str]]) -> tuple[list[str], list[int], list[str]]:
     """(questions, values, languages) of the held-out sums, phrasings in turn."""
@@ -186,8 +183,8 @@ def sum_questions(sums: list[tuple[int, str, int, str]]) -> tuple[list[str], lis
 
 def _scores(replies: list[str], values: list[int], langs: list[str]) -> dict:
     ok = [final_number(r) == v for r, v in zip(replies, values, strict=True)]
-    return {"right": _share(ok),
-            "by_lang": {g: _share([k for k, x in zip(ok, langs, strict=True) if x == g]) for g in LANGS}}
+    return {"right": share(ok),
+            "by_lang": {g: share([k for k, x in zip(ok, langs, strict=True) if x == g]) for g in LANGS}}
 
 
 def closed_book(model, tok, sums: list[tuple[int, str, int, str]]) -> dict:
@@ -206,11 +203,11 @@ def tool_scores(model, tok, sums: list[tuple[int, str, int, str]], facts: list[s
     qs, values, langs = sum_questions(sums)
     loop = with_tool(model, tok, qs)
     out = _scores([r["answer"] for r in loop], values, langs)
-    out["called"] = _share([bool(r["calls"]) for r in loop])
-    out["well_formed"] = _share([bool(r["calls"]) for r in loop if "<tool_call>" in r["first"]])
-    out["call_right"] = _share([r["results"][:1] == [str(v)] for r, v in zip(loop, values, strict=True)])
+    out["called"] = share([bool(r["calls"]) for r in loop])
+    out["well_formed"] = share([bool(r["calls"]) for r in loop if "<tool_call>" in r["first"]])
+    out["call_right"] = share([r["results"][:1] == [str(v)] for r, v in zip(loop, values, strict=True)])
     fact_replies = _generate(model, tok, [[{"role": "user", "content": q}] for q in facts], None, CALL_MAX)
-    out["facts_called"] = _share([bool(parse_calls(t)[1]) for t in fact_replies])
+    out["facts_called"] = share([bool(parse_calls(t)[1]) for t in fact_replies])
     out["examples"] = [(q, r["first"], r["results"], r["answer"]) for q, r in list(zip(qs, loop, strict=True))[:: 17]]
     return out
 
@@ -252,17 +249,14 @@ def tools_stage(run: Path, tok, device: str, resume: bool = False, steps: int = 
     return result
 
 
-def _pct(x: float | None) -> str:
-    return "—" if x is None else f"{x:.0%}"
-
 
 def rows_of(r: dict) -> list[tuple[str, list[str]]]:
     """(label, [the assistant closed-book, after the tool SFT with the calculator]) per measure."""
     b, a = r["before"], r["after"]
-    out = [("held-out sums right", [_pct(b["right"]), _pct(a["right"])])]
-    out += [(f"  {name}", [_pct(b["by_lang"][g]), _pct(a["by_lang"][g])])
+    out = [("held-out sums right", [pct(b["right"]), pct(a["right"])])]
+    out += [(f"  {name}", [pct(b["by_lang"][g]), pct(a["by_lang"][g])])
             for name, g in (("繁", "zh-Hant"), ("简", "zh-Hans"), ("en", "en"))]
-    out += [(label, ["—", _pct(a[key])]) for label, key in (
+    out += [(label, ["—", pct(a[key])]) for label, key in (
         ("calculator called", "called"), ("well-formed calls", "well_formed"),
         ("the call's result is the sum's", "call_right"), ("fact questions: called anyway", "facts_called"))]
     return out
@@ -277,9 +271,9 @@ def table(r: dict) -> list[str]:
 def lesson(r: dict) -> str:
     """What the numbers say, and only that."""
     a = r["after"]
-    return (f"The format is the easy part: {_pct(a['well_formed'])} of the calls were well-formed "
-            f"and {_pct(a['facts_called'])} of the fact questions called the calculator. Copying is "
-            f"the hard part for a 1M-parameter model: {_pct(a['call_right'])} of the calls carried "
+    return (f"The format is the easy part: {pct(a['well_formed'])} of the calls were well-formed "
+            f"and {pct(a['facts_called'])} of the fact questions called the calculator. Copying is "
+            f"the hard part for a 1M-parameter model: {pct(a['call_right'])} of the calls carried "
             "the question's sum (the others a near miss, 14 + 3 for 15 + 3), and the answer copies "
             "the tool's result most of the time, not always. Fewer steps (200 of 8, or 150 of 4, "
             "bench/RESULTS.md) learnt the format and not the copying.")
