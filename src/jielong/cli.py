@@ -47,6 +47,7 @@ def _commands() -> dict:
     from jielong.hub import merge_cmd
     from jielong.infer.chat import chat
     from jielong.infer.generate import generate
+    from jielong.inspect.ngram import train_ngram
     from jielong.prep.commands import clean as data_clean
     from jielong.prep.commands import quality_train
     from jielong.prep.commands import stats_cmd as data_stats
@@ -87,7 +88,8 @@ def _commands() -> dict:
         "export": {"gguf": gguf_cmd},
         "train": {"sft": sft, "classify": classify, "distill": distill, "reward": reward,
                   "dpo": dpo, "kto": kto,
-                  "rlhf": rlhf, "guard": guard, "embed": train_embed, "rerank": train_rerank},
+                  "rlhf": rlhf, "guard": guard, "embed": train_embed, "rerank": train_rerank,
+                  "ngram": train_ngram},
         "merge": merge_cmd,
         "moderate": moderate_cmd,
         "score": score_cmd,
