@@ -47,6 +47,7 @@ def _commands() -> dict:
     from jielong.hub import merge_cmd
     from jielong.infer.chat import chat
     from jielong.infer.generate import generate
+    from jielong.inspect.sweep import sweep
     from jielong.prep.commands import clean as data_clean
     from jielong.prep.commands import quality_train
     from jielong.prep.commands import stats_cmd as data_stats
@@ -79,6 +80,7 @@ def _commands() -> dict:
         "tokenize": tokenize_cmd,
         "data": {"clean": data_clean, "stats": data_stats, "quality-train": quality_train},
         "pretrain": pretrain,
+        "sweep": sweep,
         "generate": generate,
         "chat": chat,
         "agent": agent_cmd,

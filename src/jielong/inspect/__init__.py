@@ -1,0 +1,1 @@
+"""Look inside the model: the next-token view, attention, embeddings, logit lens, scaling."""
