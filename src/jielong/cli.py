@@ -48,6 +48,7 @@ def _commands() -> dict:
     from jielong.infer.chat import chat
     from jielong.infer.generate import generate
     from jielong.inspect.ngram import train_ngram
+    from jielong.inspect.sweep import sweep
     from jielong.prep.commands import clean as data_clean
     from jielong.prep.commands import quality_train
     from jielong.prep.commands import stats_cmd as data_stats
@@ -80,6 +81,7 @@ def _commands() -> dict:
         "tokenize": tokenize_cmd,
         "data": {"clean": data_clean, "stats": data_stats, "quality-train": quality_train},
         "pretrain": pretrain,
+        "sweep": sweep,
         "generate": generate,
         "chat": chat,
         "agent": agent_cmd,

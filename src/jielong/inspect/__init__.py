@@ -1,1 +1,2 @@
-"""Look inside a language model: next-token view, attention, embeddings, logit lens, n-gram baseline, sweeps."""
+"""Look inside a language model: the next-token view, attention, contextual embeddings, logit
+lens, an n-gram baseline, scaling sweeps, tokenizers compared."""
