@@ -1,0 +1,1 @@
+"""Looking inside a model: next tokens, attention, contextual embeddings, the logit lens."""
