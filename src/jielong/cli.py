@@ -47,6 +47,8 @@ def _commands() -> dict:
     from jielong.hub import merge_cmd
     from jielong.infer.chat import chat
     from jielong.infer.generate import generate
+    from jielong.inspect.embeddings import embeddings_cmd
+    from jielong.inspect.lens import lens_cmd
     from jielong.inspect.ngram import train_ngram
     from jielong.inspect.sweep import sweep
     from jielong.prep.commands import clean as data_clean
@@ -99,6 +101,7 @@ def _commands() -> dict:
         "rag": {"index": rag_index, "search": rag_search, "ask": rag_ask, "eval": rag_eval},
         "eval": {"run": eval_cmd, "compare": compare_cmd, "judge": judge_cmd, "arena": arena_cmd},
         "recipe": {"run": recipes.run_cmd, "list": recipes.list_cmd},
+        "inspect": {"embeddings": embeddings_cmd, "lens": lens_cmd},
     }
 
 

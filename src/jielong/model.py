@@ -242,8 +242,13 @@ class Transformer(nn.Module):
             return x
         return self.lm_head(x[:, -1:] if last_only else x)
 
-    def hidden_states(self, input_ids, positions=None, cache=None, attn_mask=None) -> torch.Tensor:
-        """The final normalised hidden states (B, T, hidden), before the output projection."""
+    def hidden_states(self, input_ids, positions=None, cache=None, attn_mask=None,
+                      collect: list | None = None) -> torch.Tensor:
+        """The final normalised hidden states (B, T, hidden), before the output projection.
+
+        collect: a list that receives the residual stream before the final norm: the
+        embeddings, then each layer's output (num_hidden_layers + 1 tensors), for looking
+        inside (jielong.inspect). The return value is the same with or without it."""
         B, T = input_ids.shape
         start = cache.pos if cache is not None else 0
         if start + T > self.config.max_position_embeddings:
@@ -265,8 +270,12 @@ class Transformer(nn.Module):
         masks = {w: attention_mask(w, T, start, attn_mask, queries) for w in set(windows)}
         x = self.model.embed_tokens(input_ids)
         cos, sin = cos.to(x.dtype), sin.to(x.dtype)  # as HF does, for matching low-precision logits
+        if collect is not None:
+            collect.append(x)
         for layer, w in zip(self.model.layers, windows, strict=True):
             x = layer(x, cos, sin, cache, *masks[w])
+            if collect is not None:
+                collect.append(x)
         if cache is not None:
             cache.pos += T
         return self.model.norm(x)
