@@ -47,6 +47,8 @@ def _commands() -> dict:
     from jielong.hub import merge_cmd
     from jielong.infer.chat import chat
     from jielong.infer.generate import generate
+    from jielong.inspect.attention import attention_cmd as inspect_attention
+    from jielong.inspect.nexttoken import next_cmd as inspect_next
     from jielong.prep.commands import clean as data_clean
     from jielong.prep.commands import quality_train
     from jielong.prep.commands import stats_cmd as data_stats
@@ -95,6 +97,7 @@ def _commands() -> dict:
         "rag": {"index": rag_index, "search": rag_search, "ask": rag_ask, "eval": rag_eval},
         "eval": {"run": eval_cmd, "compare": compare_cmd, "judge": judge_cmd, "arena": arena_cmd},
         "recipe": {"run": recipes.run_cmd, "list": recipes.list_cmd},
+        "inspect": {"next": inspect_next, "attention": inspect_attention},
     }
 
 
