@@ -47,8 +47,10 @@ def _commands() -> dict:
     from jielong.hub import merge_cmd
     from jielong.infer.chat import chat
     from jielong.infer.generate import generate
+    from jielong.inspect.attention import attention_cmd as inspect_attention
     from jielong.inspect.embeddings import embeddings_cmd
     from jielong.inspect.lens import lens_cmd
+    from jielong.inspect.nexttoken import next_cmd as inspect_next
     from jielong.inspect.ngram import train_ngram
     from jielong.inspect.sweep import sweep
     from jielong.prep.commands import clean as data_clean
@@ -101,7 +103,8 @@ def _commands() -> dict:
         "rag": {"index": rag_index, "search": rag_search, "ask": rag_ask, "eval": rag_eval},
         "eval": {"run": eval_cmd, "compare": compare_cmd, "judge": judge_cmd, "arena": arena_cmd},
         "recipe": {"run": recipes.run_cmd, "list": recipes.list_cmd},
-        "inspect": {"embeddings": embeddings_cmd, "lens": lens_cmd},
+        "inspect": {"next": inspect_next, "attention": inspect_attention, "embeddings": embeddings_cmd,
+                    "lens": lens_cmd},
     }
 
 
