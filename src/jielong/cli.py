@@ -4,7 +4,9 @@ A command's options are its function's signature and docstring: a parameter with
 default is positional (a `list[str]` takes one or more values), `bool` becomes
 `--flag/--no-flag`, a dataclass parameter (e.g. `train: TrainConfig`) contributes its fields
 as options of their own (`--steps`, `--lr`, …) whose defaults are those of the parameter's
-default instance when it has one (so `train sft` and `pretrain` differ in learning rate), and `--config recipe.yaml` supplies any of
+default instance when it has one (so `train sft` and `pretrain` differ in learning rate), the
+parameter a function names in its `optional_positional` attribute may be given either way
+(`jielong tokenize "…"` or `--text "…"`), and `--config recipe.yaml` supplies any of
 them from a YAML file (its keys are the option names; the command line wins).
 
 We build on argparse rather than jsonargparse: with jsonargparse a list positional must be
@@ -53,6 +55,7 @@ def _commands() -> dict:
     from jielong.inspect.nexttoken import next_cmd as inspect_next
     from jielong.inspect.ngram import train_ngram
     from jielong.inspect.sweep import sweep
+    from jielong.inspect.tokens import tokenize_cmd
     from jielong.prep.commands import clean as data_clean
     from jielong.prep.commands import quality_train
     from jielong.prep.commands import stats_cmd as data_stats
@@ -66,7 +69,7 @@ def _commands() -> dict:
     from jielong.serve.command import serve
     from jielong.serve.feedback import export_cmd as feedback_export
     from jielong.serve.feedback import purge_cmd as feedback_purge
-    from jielong.tokenizer import tokenize_cmd, train_cmd
+    from jielong.tokenizer import train_cmd
     from jielong.train.classify import classify
     from jielong.train.distill import distill
     from jielong.train.dpo import dpo
@@ -188,6 +191,12 @@ def _build(sub: argparse._SubParsersAction, name: str, fn: Callable) -> None:
                 else:
                     default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
                 _add_arg(group, f.name, dc_hints[f.name], default, dc_helps.get(f.name, ""))
+        elif pname == getattr(fn, "optional_positional", None):
+            # A positional that may be left out or given as --name instead (argparse keeps
+            # the option's value when the positional is absent: its default is SUPPRESS).
+            p.add_argument(pname, nargs="?", default=argparse.SUPPRESS, help=helps.get(pname, ""))
+            p.add_argument("--" + pname, dest=pname, type=tp, default=param.default,
+                           help=argparse.SUPPRESS)
         else:
             _add_arg(p, pname, hints[pname], param.default, helps.get(pname, ""))
     p.set_defaults(_fn=fn, _nested=nested, _parser=p)
