@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+import threading
 from types import SimpleNamespace
 
 import pytest
@@ -151,6 +152,22 @@ def test_attention_is_attention_weights_merged_and_rows_sum_to_one(srv):
     torch.testing.assert_close(torch.tensor(out["mean"], dtype=torch.float64),
                                want.mean(1).double(), atol=2e-5, rtol=0)
     assert out["summary"]["token"] == "她" and out["summary"]["position"] == out["pieces"].index("她")
+
+
+def test_looking_inside_while_a_reply_is_written_changes_nothing(srv):
+    ids = srv.tok.encode("從前有一個")
+    params = SamplingParams(max_tokens=40, temperature=0, ignore_eos=True)
+    want = srv.engine.complete(ids, params).token_ids
+    got = []
+    writer = threading.Thread(target=lambda: got.append(srv.engine.complete(ids, params)))
+    writer.start()
+    looks = 0
+    while writer.is_alive() or not looks:
+        post(srv, "/inspect/attention", {"text": SHE})
+        post(srv, "/inspect/next", {"text": SHE, "k": 50})
+        looks += 1
+    writer.join()
+    assert got[0].token_ids == want
 
 
 def test_attention_limits_are_clear_400s(srv):
