@@ -319,6 +319,8 @@ class Engine:
                 except Exception as e:  # a fault in the engine fails its requests, not the server
                     self._fail_all(f"{type(e).__name__}: {e}")
             self._fail_all("the engine was shut down")
+            while not self.jobs.empty():  # work handed over as it closed: told, not left waiting
+                self.jobs.get()[0].set_exception(RuntimeError("the engine was shut down"))
 
     def _jobs(self) -> None:
         while not self.jobs.empty():
