@@ -59,3 +59,37 @@ def test_command_prints_a_plain_table_when_not_a_terminal(qwen, capsys):
     out = capsys.readouterr().out
     assert "\x1b[" not in out and "next token, top 3:" in out and "greedy:" in out
     assert len(view["top"]) == 3 and len(view["greedy"]) <= 2
+
+
+class _Planted(torch.nn.Module):
+    """Logits planted by the last token: after the prompt (0) token 1 (芳's first two bytes)
+    is likeliest, then 4 (a lone lead byte), 3, 0, 2; after 1, token 2 (芳's last byte);
+    after 4 or 3, token 3 ("B"), so 4 never becomes a character."""
+
+    ROWS = {0: [1.0, 4.0, 0.0, 2.0, 3.0], 1: [0.0, 0.0, 5.0, 0.0, 0.0],
+            3: [0.0, 0.0, 0.0, 5.0, 0.0], 4: [0.0, 0.0, 0.0, 5.0, 0.0]}
+
+    def __init__(self):
+        super().__init__()
+        self.lm_head = torch.nn.Linear(1, 1)
+        self.config = type("Config", (), {"max_position_embeddings": 64})()
+
+    def forward(self, x, last_only=False):
+        return torch.tensor(self.ROWS[int(x[0, -1])])[None, None]
+
+
+class _Bytes:
+    PIECES = {0: b"A", 1: b"\xe8\x8a", 2: b"\xb3", 3: b"B", 4: b"\xe8"}
+
+    def token_bytes(self, i):
+        return self.PIECES[i]
+
+
+def test_alternatives_are_completed_into_whole_characters_or_kept_as_hex():
+    from jielong.inspect.nexttoken import alternatives
+
+    top = alternatives(_Planted(), _Bytes(), [0], k=3)
+    want = torch.tensor(_Planted.ROWS[0]).softmax(-1)
+    assert [t["id"] for t in top] == [1, 4, 3]
+    assert [t["prob"] for t in top] == pytest.approx([float(want[1]), float(want[4]), float(want[3])])
+    assert [(t["text"], t["whole"]) for t in top] == [("芳", True), ("⟨e8⟩", False), ("B", True)]

@@ -781,3 +781,65 @@ def test_upload_a_document_then_the_answer_shows_its_source(page, srv):
     page.wait_for_function("() => document.querySelector('#status').textContent"
                            ".includes('upload failed')")
     assert "not a document type the server reads" in status.inner_text()
+
+
+def test_look_inside_click_a_token_pick_an_alternative_and_the_reply_goes_on(page, srv, tmp_path):
+    cid, _, planted = plant_chat(srv, "小芳開心嗎？", "她很開心。", "look inside")
+    open_chat(page, srv, cid)
+    page.fill("#max-tokens", "3")
+    bot = shown(page, "assistant")
+    bot.locator("button.inspect").click()
+    pieces = bot.locator(".inspect-panel .piece")
+    pieces.first.wait_for()
+    texts = pieces.all_inner_texts()
+    assert "".join(texts) == "她很開心。" and "她" in texts and "\ufffd" not in "".join(texts)
+    at = texts.index("她") + 1  # what the model had after 她
+    pieces.nth(at).click()
+    alts = bot.locator(".inspect-panel .alt")
+    alts.first.wait_for()
+    assert alts.count() == 10
+    probs = [float(p.rstrip("%").lstrip("<")) for p in bot.locator(".alternatives .prob").all_inner_texts()]
+    assert probs == sorted(probs, reverse=True)  # likeliest first, with bars
+    assert bot.locator(".alternatives .bar").first.evaluate("b => b.style.width").endswith("%")
+    pick = next(j for j in range(alts.count()) if alts.nth(j).is_enabled()
+                and "chosen" not in (alts.nth(j).get_attribute("class") or ""))
+    alt = alts.nth(pick).locator(".alt-text").inner_text()
+    save_artifact(page, tmp_path, "look_inside_next.png")
+    alts.nth(pick).click()
+    settle(page, 4)
+    new = shown(page, "assistant")
+    assert new.get_attribute("data-id") != planted["id"]
+    assert new.locator(".siblings .count").inner_text() == "3/3"
+    conv = stored(srv, cid)
+    kept = next(m for m in conv["messages"] if m["id"] == new.get_attribute("data-id"))
+    assert kept["content"].startswith("她" + alt.replace("↵", "\n"))
+    assert (kept["origin"], kept["edited_from"]) == ("regenerate", planted["id"])
+
+
+def test_look_inside_attention_heatmap_of_a_chinese_sentence(page, srv, tmp_path):
+    cid, _, _ = plant_chat(srv, "誰很開心？", "小美把禮物送給小芳，她很開心。", "attention")
+    open_chat(page, srv, cid)
+    bot = shown(page, "assistant")
+    bot.locator("button.inspect").click()
+    bot.locator(".inspect-tab[data-tab='attention']").click()
+    table = bot.locator(".heatmap")
+    table.wait_for()
+    labels = table.locator("thead th.col").all_inner_texts()
+    assert "".join(labels) == "小美把禮物送給小芳，她很開心。" and "她" in labels
+    assert "\ufffd" not in "".join(labels)
+    assert table.locator("tbody tr").count() == len(labels)
+    assert table.locator("tbody tr").first.locator("td").count() == len(labels)
+    # the first row looks only at itself: its own cell is the darkest there can be
+    assert table.locator("tbody tr").first.locator("td").first.evaluate(
+        "td => td.style.backgroundColor") == "rgb(15, 122, 98)"
+    she = labels.index("她")
+    table.locator(f"tbody tr[data-row='{she}']").hover()
+    assert bot.locator(".attn-note").inner_text().startswith("「她」 looks most at")
+    bot.locator(".attn-layer").select_option("rollout")
+    assert bot.locator(".attn-head").is_disabled()
+    bot.locator(".attn-layer").select_option("1")
+    bot.locator(".attn-head").select_option("2")
+    assert table.locator("tbody tr").count() == len(labels)
+    table.locator(f"tbody tr[data-row='{she}']").hover()
+    bot.scroll_into_view_if_needed()
+    assert save_artifact(page, tmp_path, "look_inside_attention.png").stat().st_size > 0

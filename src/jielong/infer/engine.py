@@ -267,8 +267,26 @@ class Engine:
         """A Future of (len(prompts), hidden) unit-length means of the final hidden states."""
         for p in prompts:
             self.check(p, SamplingParams(max_tokens=1), adapter)
+        def pooled(model: Transformer) -> list[list[float]]:
+            out = []
+            for p in prompts:
+                lengths = torch.tensor([len(p)], device=self.device)
+                out.append(mean_pooled(model, torch.tensor([p], device=self.device), lengths)[0].tolist())
+            return out
+
+        return self.call(pooled, adapter)
+
+    def call(self, work: Callable[[Transformer], object], adapter: str | None = None) -> Future:
+        """A Future of `work(model)`, run on the engine's own thread between two steps, under
+        inference_mode with `adapter` switched in: a forward of its own (no KV cache) that no
+        step of the engine runs beside, so it cannot disturb the running requests (the web
+        chat's next-token and attention views: jielong.serve.inspect_routes)."""
+        if self.thread is None:
+            raise RuntimeError("the engine is not running; call start() first")
+        if adapter is not None and adapter not in self.adapters:
+            raise UserError(f"model={adapter!r}: no such adapter; served: {', '.join(self.adapters) or 'none'}")
         fut: Future = Future()
-        self.jobs.put((fut, prompts, adapter))
+        self.jobs.put((fut, work, adapter))
         self._wake()
         return fut
 
@@ -301,17 +319,15 @@ class Engine:
                 except Exception as e:  # a fault in the engine fails its requests, not the server
                     self._fail_all(f"{type(e).__name__}: {e}")
             self._fail_all("the engine was shut down")
+            while not self.jobs.empty():  # work handed over as it closed: told, not left waiting
+                self.jobs.get()[0].set_exception(RuntimeError("the engine was shut down"))
 
     def _jobs(self) -> None:
         while not self.jobs.empty():
-            fut, prompts, adapter = self.jobs.get()
+            fut, work, adapter = self.jobs.get()
             try:
                 self._use(adapter)
-                out = []
-                for p in prompts:
-                    lengths = torch.tensor([len(p)], device=self.device)
-                    out.append(mean_pooled(self.model, torch.tensor([p], device=self.device), lengths)[0].tolist())
-                fut.set_result(out)
+                fut.set_result(work(self.model))
             except Exception as e:
                 fut.set_exception(e)
 

@@ -34,6 +34,35 @@ def top_next(model, ids: list[int], k: int) -> tuple[torch.Tensor, list[tuple[in
     return probs, list(zip(i.tolist(), p.tolist(), strict=True))
 
 
+def alternatives(model, tok, ids: list[int], k: int, most: int = 4) -> list[dict]:
+    """The k likeliest next tokens [{"id", "text", "prob", "whole"}], each shown as whole
+    characters: a token that is only the first bytes of a character is followed greedily
+    (the model's own likeliest next tokens, at most `most` more) until its bytes decode, so
+    「韶」 split in two shows as 韶 with its first token's probability; one that never
+    completes keeps its hex (token_text) and "whole" false (a web panel cannot continue a
+    text from half a character)."""
+    _, top = top_next(model, ids, k)
+    out = []
+    for token, p in top:
+        seq, raw = [token], tok.token_bytes(token)
+        while not _decodes(raw) and len(seq) <= most and len(ids) + len(seq) < model.config.max_position_embeddings:
+            nxt = top_next(model, ids + seq, 1)[1][0][0]
+            seq.append(nxt)
+            raw += tok.token_bytes(nxt)
+        whole = _decodes(raw)
+        out.append({"id": token, "text": raw.decode("utf-8") if whole else token_text(tok, token),
+                    "prob": p, "whole": whole})
+    return out
+
+
+def _decodes(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def chain(model, tok, ids: list[int], steps: int, params: SamplingParams,
           gen: torch.Generator | None = None) -> list[dict]:
     """`steps` tokens chosen one at a time by `params` (temperature 0: greedy); each step

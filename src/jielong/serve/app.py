@@ -9,6 +9,7 @@ What answers what:
 - /api/* and the chat page at / (with a store): jielong.serve.chat_routes, and the arena's
   /api/arena (two models answer one question; the user votes): jielong.serve.arena_routes;
   the document collections, /api/collections (list, upload): jielong.serve.documents;
+  the "Look inside" panel's /api/inspect (next tokens, attention): jielong.serve.inspect_routes;
 - retrieval before generation from the user's documents (with a `library`, `jielong serve
   --rag`), on /v1/chat/completions and the web chat: jielong.serve.documents;
 - GET /health, GET /metrics (Prometheus text): jielong.serve.metrics; with API keys,
@@ -49,7 +50,14 @@ from jielong.errors import UserError
 from jielong.infer.engine import Engine
 from jielong.safety.policy import load_policy
 from jielong.safety.rails import Rails
-from jielong.serve import arena_routes, chat_routes, documents, metrics, openai_routes
+from jielong.serve import (
+    arena_routes,
+    chat_routes,
+    documents,
+    inspect_routes,
+    metrics,
+    openai_routes,
+)
 from jielong.serve.admission import Admission
 from jielong.serve.documents import Library
 from jielong.serve.errors import ApiError, add_error_handlers
@@ -103,6 +111,7 @@ def create_app(engine: Engine, tok, model_name: str, generation_config: dict | N
         app.include_router(chat_routes.router)
         app.include_router(arena_routes.router)
         app.include_router(documents.router)
+        app.include_router(inspect_routes.router)
     app.include_router(metrics.router, dependencies=[Depends(guard_metrics)])
     app.add_api_route("/openapi.json", openapi, dependencies=[Depends(authorize)],
                       include_in_schema=False)

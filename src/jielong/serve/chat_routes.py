@@ -13,6 +13,13 @@ Routes:
 - POST /api/messages/{mid}/edit {content, model?, settings?}: an edited user message is a new
   branch (its sibling) with a streamed reply; an edited assistant message is its sibling, kept
   as written (no generation);
+- POST /api/messages/{mid}/continue {prefix, model?, settings?}: a new reply beside an
+  assistant message (same parent, origin "regenerate", as a regeneration is kept) that
+  begins with `prefix` (the Look inside panel's pick: the reply so far and the alternative
+  chosen, jielong.serve.inspect_routes) and is generated on from there, the chat template's
+  reply pre-filled with it; streamed, its stored content prefix + what the model wrote. It
+  reads the plain branch: no passages, no tools; an upstream engine (which renders the
+  template itself) cannot pre-fill a reply, a 400;
 - POST /api/messages/{mid}/rating {value: 1|-1|0, reasons?, comment?}: 👍, 👎 or cleared;
 - GET /api/info: the served model and adapters, sampling defaults, suggested reasons.
 
@@ -107,6 +114,7 @@ from jielong.serve.guard import authorize
 from jielong.serve.metrics import stream_failed
 from jielong.serve.safety_rails import OutputRail, blocked_text, check_input, record
 from jielong.serve.schemas import (
+    ContinueIn,
     ConversationIn,
     EditIn,
     Generate,
@@ -180,8 +188,9 @@ class Reply:
 
     def __init__(self, s: Served, store: Store, message: dict, job: tuple, running: set,
                  about: str = "", docs: Callable[[str], dict] | None = None, ticket=None,
-                 loop: ToolLoop | None = None):
+                 loop: ToolLoop | None = None, begun: str = ""):
         self.s, self.store, self.id, self.docs = s, store, message["id"], docs
+        self.begun = begun  # the reply's text before what the engine writes (continue)
         self.about, self.ticket, self.loop = about, ticket, loop
         self.stopped = False  # the client went away (Stop)
         self.batch = self.start(job)
@@ -203,7 +212,7 @@ class Reply:
         self.batch.cancel()
 
     async def _run(self) -> None:
-        parts: list[str] = []
+        parts: list[str] = [self.begun] if self.begun else []
         finish, error = None, None
         try:
             while True:
@@ -360,14 +369,14 @@ def settings_of(conv: dict, body: Generate) -> dict:
 
 
 def prepare(s: Served, conv: dict, history: list[dict], body: Generate,
-            hits: list[Hit] | None = None, tools: list[Tool] | None = None,
+            hits: list[Hit] | None = None, tools: list[Tool] | None = None, prefill: str = "",
             ) -> tuple[tuple, str, dict, list[dict], list[Hit], list[dict]]:
     """((prompt ids, sampling params, adapter), model name, sampling as stored, events to
     send first, the passages given, the messages the prompt renders) for a reply to
     `history` (the branch's messages, ending with a user message), answered from the
     passages `hits` when any, the `tools` rendered with it when any. A branch longer than
     the context is read without its oldest turns (jielong.infer.context.fit_conversation),
-    and a `notice` event says so."""
+    and a `notice` event says so. With `prefill`, the reply is begun with it (continue)."""
     context = s.engine.context
     settings = settings_of(conv, body)
     name = body.model or settings.get("model") or s.model_name
@@ -380,7 +389,7 @@ def prepare(s: Served, conv: dict, history: list[dict], body: Generate,
     reserve = max_tokens if isinstance(max_tokens, int) else reply_budget(context)
 
     def encode(m: list[dict]) -> list[int]:
-        return tool_prompt(s, m, tools) if tools else s.chat_prompt(m, "content")
+        return tool_prompt(s, m, tools) if tools else s.chat_prompt(m, "content", prefill=prefill)
 
     def measure(m: list[dict]) -> int:  # upstream: at most so many (the branch goes whole)
         return s.measure(m, "content") if s.upstream \
@@ -416,11 +425,11 @@ def prepare(s: Served, conv: dict, history: list[dict], body: Generate,
 async def reply(request: Request, conv: dict, parent: dict, job: tuple, name: str,
                 stored: dict, origin: str, first: list[dict], replaces: str | None = None,
                 collection: Collection | None = None, hits: list[Hit] | None = None,
-                loop: ToolLoop | None = None) -> StreamingResponse:
+                loop: ToolLoop | None = None, begun: str = "") -> StreamingResponse:
     """Store an empty assistant reply under the user message `parent` (a regeneration
     names the reply it `replaces`), generate it and stream it after the events `first`;
     with a `collection`, answered from its passages `hits`, kept with the reply; with a
-    tool `loop`, calling its tools."""
+    tool `loop`, calling its tools; `begun`: the reply starts with this text (continue)."""
     store, docs = store_of(request), None
     if collection is not None:
         lib = library_of(request)
@@ -433,7 +442,7 @@ async def reply(request: Request, conv: dict, parent: dict, job: tuple, name: st
     ticket = admit(request, [job])  # before the reply is stored: a 429 stores nothing
     try:
         message = await store_call(store.add_message, conv["id"], parent["id"], "assistant",
-                                   "", model=name, origin=origin, sampling=stored,
+                                   begun, model=name, origin=origin, sampling=stored,
                                    edited_from=replaces, rag=docs("") if docs else None)
     except BaseException:
         if ticket is not None:
@@ -441,7 +450,7 @@ async def reply(request: Request, conv: dict, parent: dict, job: tuple, name: st
         raise
     try:
         r = Reply(served(request), store, message, job, request.app.state.chat_replies,
-                  about=parent["content"], docs=docs, ticket=ticket, loop=loop)
+                  about=parent["content"], docs=docs, ticket=ticket, loop=loop, begun=begun)
     except UserError as e:
         await store_call(store.update_message, message["id"], finish_reason="error")
         raise user_error(e) from None
@@ -683,3 +692,30 @@ async def rate(mid: str, request: Request):
     body = await read_body(request, RatingIn)
     rating = await store_call(store_of(request).rate, mid, body.value, body.reasons, body.comment)
     return {"rating": rating}
+
+
+@router.post("/messages/{mid}/continue")
+async def continue_from(mid: str, request: Request):
+    """A new version of the reply `mid` that begins with `prefix` and goes on from there."""
+    s, store = served(request), store_of(request)
+    body = await read_body(request, ContinueIn)
+    if s.upstream:
+        raise ApiError(400, "continuing a reply from a chosen beginning needs a local model: "
+                            "this server passes text to an upstream engine, which renders "
+                            "the chat itself", param="prefix", code="needs_local_model")
+    old = await store_call(store.message, mid)
+    if old["role"] != "assistant":
+        raise ApiError(400, f"message {mid} is a user message; continue a reply (an "
+                            "assistant message)")
+    conv = await store_call(store.conversation, old["conversation_id"], False)
+    history = await store_call(store.path, old["parent_id"])
+    question = history[-1]
+    verdict = await input_rail(s, question["content"])
+    if verdict.blocked:
+        return await refused(request, conv, question, verdict, s.model_name, "regenerate", [],
+                             replaces=mid)
+    question = {**question, "content": verdict.text}
+    job, name, stored, notices, _, _ = prepare(s, conv, [*history[:-1], question], body,
+                                               prefill=body.prefix)
+    return await reply(request, conv, question, job, name, stored, "regenerate", notices,
+                       replaces=mid, begun=body.prefix)

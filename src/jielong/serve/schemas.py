@@ -173,6 +173,13 @@ class EditIn(Generate):
     _content = field_validator("content")(message_text)
 
 
+class ContinueIn(Generate):
+    """A reply continued from a beginning the user picked (the Look inside panel's
+    alternative token): `prefix`, the reply's text so far."""
+
+    prefix: str = Field(..., max_length=MAX_CHARS)
+
+
 class RatingIn(Body):
     value: int
     reasons: list[str] = Field([], max_length=32)

@@ -349,6 +349,7 @@
     next: "M9 5l7 7-7 7",
     close: "M6 6l12 12M18 6L6 18",
     check: "M5 13l4 4L19 7",
+    inspect: "M10.5 4a6.5 6.5 0 1 0 0 13a6.5 6.5 0 1 0 0-13M15.5 15.5L20 20",
   };
 
   function icon(name) {
@@ -443,6 +444,7 @@
     library: null, // GET /api/collections: {collections, default, uploads, max_upload_bytes, types}
     open: new Set(), // source cards opened: "messageId:n"
     openTools: new Set(), // replies whose tool calls are unfolded: message ids
+    inspect: null, // the Look inside panel: {id, tab, reply, at, prefix, top, text, attn, layer, head, row, error}
   };
 
   const ui = {
@@ -843,6 +845,7 @@
       if (sources) body.append(sources);
       const tools = m.role === "assistant" ? toolsView(m) : null;
       if (tools) body.append(tools);
+      if (state.inspect && state.inspect.id === m.id && !writingNow(m)) body.append(inspectView(m));
     }
     const actions = el("div", { class: "actions", role: "toolbar",
       "aria-label": mine ? "Message actions" : "Answer actions" });
@@ -856,7 +859,9 @@
       if (!mine) {
         actions.append(
           iconButton("regenerate", "regenerate", "Regenerate", { disabled: busy }),
-          iconButton("copy", "copy", "Copy answer"));
+          iconButton("copy", "copy", "Copy answer"),
+          iconButton("inspect", "inspect", "Look inside: the model's choices and attention",
+            { disabled: busy, "aria-pressed": state.inspect && state.inspect.id === m.id ? "true" : "false" }));
         const value = m.rating ? m.rating.value : 0;
         actions.append(
           iconButton("thumb-up", "up", "Good answer",
@@ -1048,6 +1053,7 @@
     state.editing = null;
     state.feedback = null;
     state.thanked = null;
+    state.inspect = null;
   }
 
   function setHash(id) {
@@ -1428,6 +1434,12 @@
     } else if (is("save-edit")) {
       saveEdit(m, node.querySelector(".edit-box").value);
     } else if (is("regenerate")) regenerate(m);
+    else if (is("inspect")) toggleInspect(m);
+    else if (is("inspect-tab")) inspectTab(m, button.dataset.tab);
+    else if (is("piece")) pickPiece(m, Number(button.dataset.i));
+    else if (is("alt")) continueFrom(m, Number(button.dataset.j));
+    else if (is("attn-show")) loadAttention(m, node.querySelector(".attn-text").value);
+    else if (is("attn-row")) showRow(m, Number(button.dataset.row));
     else if (is("thumb-up")) onThumb(m, 1);
     else if (is("thumb-down")) onThumb(m, -1);
     else if (is("copy")) copyText(m.content, button);
@@ -1442,6 +1454,21 @@
       state.feedback = null;
       updateMessage(m);
     }
+  });
+
+  ui.messages.addEventListener("change", (e) => {
+    const node = e.target.closest(".message");
+    const m = node && state.msgs.get(node.dataset.id);
+    if (m && e.target.classList.contains("attn-layer")) pickLayer(m, e.target.value);
+    else if (m && e.target.classList.contains("attn-head")) pickHead(m, e.target.value);
+  });
+
+  ui.messages.addEventListener("mouseover", (e) => {
+    const row = e.target.closest && e.target.closest("tr[data-row]");
+    const node = row && row.closest(".message");
+    const m = node && state.msgs.get(node.dataset.id);
+    const i = state.inspect;
+    if (m && i && i.id === m.id && i.row !== Number(row.dataset.row)) showRow(m, Number(row.dataset.row));
   });
 
   ui.messages.addEventListener("input", (e) => {
@@ -1464,6 +1491,275 @@
     }
   });
 
+
+  // ------------------------------------------------------------------ look inside (jielong.serve.inspect_routes)
+
+  const K = 10; // alternatives shown for a token
+
+  function writingNow(m) {
+    return Boolean(state.stream && state.stream.id === m.id);
+  }
+
+  /** A piece as it can be seen: a newline as ↵, an empty piece as ∅. */
+  function pieceText(t) {
+    return t === "" ? "∅" : t.replace(/\n/g, "↵").replace(/\t/g, "→");
+  }
+
+  function percent(p) {
+    return p >= 0.1 ? (p * 100).toFixed(0) + "%" : p >= 0.001 ? (p * 100).toFixed(1) + "%" : "<0.1%";
+  }
+
+  async function inspectCall(path, body) {
+    try {
+      return await api("POST", path, body);
+    } catch (e) {
+      if (state.inspect) state.inspect.error = e.message;
+      return null;
+    }
+  }
+
+  function redraw(m) {
+    const i = state.inspect;
+    if (i && i.id === m.id) updateMessage(m);
+  }
+
+  async function toggleInspect(m) {
+    if (state.inspect && state.inspect.id === m.id) {
+      state.inspect = null;
+      updateMessage(m);
+      return;
+    }
+    const old = state.inspect && state.msgs.get(state.inspect.id);
+    state.inspect = { id: m.id, tab: "next", reply: null, at: null, prefix: "", top: null,
+      text: m.content, attn: null, layer: 0, head: "mean", row: null, error: null, loading: true };
+    if (old) updateMessage(old);
+    updateMessage(m);
+    const out = await inspectCall("/api/inspect/next", { message_id: m.id, k: K });
+    const i = state.inspect;
+    if (!i || i.id !== m.id) return;
+    i.loading = false;
+    if (out) i.reply = out.reply;
+    redraw(m);
+  }
+
+  async function pickPiece(m, at) {
+    const i = state.inspect;
+    if (!i || !i.reply) return;
+    i.at = at;
+    i.prefix = i.reply.slice(0, at).join("");
+    i.top = null;
+    i.error = null;
+    redraw(m);
+    const out = await inspectCall("/api/inspect/next", { message_id: m.id, prefix: i.prefix, k: K });
+    if (state.inspect !== i || i.at !== at) return;
+    if (out) i.top = out.top;
+    redraw(m);
+  }
+
+  /** The alternative that is the piece the reply has there (the longest whose text begins it). */
+  function chosenOf(piece, top) {
+    let best = -1;
+    top.forEach((t, j) => {
+      if (t.whole && t.text && piece.startsWith(t.text) && (best < 0 || t.text.length > top[best].text.length)) best = j;
+    });
+    return best;
+  }
+
+  async function continueFrom(m, j) {
+    const i = state.inspect;
+    if (!i || !i.top || !i.top[j] || state.stream) return;
+    const prefix = i.prefix + i.top[j].text;
+    state.inspect = null;
+    clearStatus();
+    await saveSettings();
+    await streamPost(`/api/messages/${m.id}/continue`, { prefix, ...requestOptions() });
+  }
+
+  function inspectTab(m, tab) {
+    const i = state.inspect;
+    if (!i) return;
+    i.tab = tab;
+    i.error = null;
+    redraw(m);
+    if (tab === "attention" && !i.attn) loadAttention(m, i.text);
+  }
+
+  async function loadAttention(m, text, layer) {
+    const i = state.inspect;
+    if (!i || !text.trim()) return;
+    i.text = text;
+    i.error = null;
+    i.loading = true;
+    redraw(m);
+    const body = { text };
+    if (layer !== undefined) body.layer = layer;
+    const out = await inspectCall("/api/inspect/attention", body);
+    if (state.inspect !== i) return;
+    i.loading = false;
+    if (out) {
+      const keep = i.attn && i.attn.pieces.join("\u0000") === out.pieces.join("\u0000");
+      if (keep) { // another layer of the same text: add its heads
+        i.attn.weights = i.attn.weights.map((w, l) => w || out.weights[l]);
+      } else {
+        i.attn = out;
+        i.row = out.summary.position;
+        if (i.layer !== "rollout" && i.layer >= out.layers) i.layer = 0;
+      }
+    }
+    redraw(m);
+  }
+
+  function pickLayer(m, value) {
+    const i = state.inspect;
+    if (!i || !i.attn) return;
+    i.layer = value === "rollout" ? "rollout" : Number(value);
+    if (i.layer !== "rollout" && i.head !== "mean" && !i.attn.weights[i.layer]) {
+      loadAttention(m, i.text, i.layer);
+      return;
+    }
+    redraw(m);
+  }
+
+  function pickHead(m, value) {
+    const i = state.inspect;
+    if (!i || !i.attn) return;
+    i.head = value === "mean" ? "mean" : Number(value);
+    if (i.layer !== "rollout" && i.head !== "mean" && !i.attn.weights[i.layer]) {
+      loadAttention(m, i.text, i.layer);
+      return;
+    }
+    redraw(m);
+  }
+
+  function showRow(m, row) {
+    const i = state.inspect;
+    if (!i || !i.attn) return;
+    i.row = row;
+    const node = ui.messages.querySelector(`.message[data-id="${CSS.escape(m.id)}"]`);
+    const panel = node && node.querySelector(".attention-view");
+    if (!panel) return;
+    const matrix = shownMatrix(i);
+    for (const tr of panel.querySelectorAll("tr[data-row]")) {
+      tr.classList.toggle("current", Number(tr.dataset.row) === row);
+    }
+    const note = panel.querySelector(".attn-note");
+    if (note && matrix) note.replaceChildren(...rowNote(i.attn.pieces, matrix[row], row));
+  }
+
+  /** The matrix shown: the rollout, a layer's head mean, or one head. */
+  function shownMatrix(i) {
+    const a = i.attn;
+    if (!a) return null;
+    if (i.layer === "rollout") return a.rollout;
+    if (i.head === "mean") return a.mean[i.layer];
+    const w = a.weights[i.layer];
+    return w ? w[i.head] : null;
+  }
+
+  function rowNote(pieces, row, at) {
+    const top = row.map((w, j) => [w, j]).filter(([, j]) => j <= at).sort((x, y) => y[0] - x[0]).slice(0, 3);
+    return [el("span", { text: `「${pieceText(pieces[at])}」 looks most at ` }),
+      ...top.map(([w, j]) => el("span", { class: "attn-top", text: `${pieceText(pieces[j])} ${w.toFixed(2)}` }))];
+  }
+
+  function nextView(m, i) {
+    const box = el("div", { class: "next-view" });
+    if (!i.reply) {
+      box.append(el("p", { class: "hint", text: i.loading ? "Reading the reply…" : "" }));
+      return box;
+    }
+    box.append(el("p", { class: "hint", text: "Click a token to see what else the model could have written there; " +
+      "pick one and the model goes on from it. 點一個詞，看看模型的其他選擇。" }));
+    const pieces = el("div", { class: "pieces", role: "group", "aria-label": "The reply's tokens" });
+    i.reply.forEach((t, n) => pieces.append(el("button", { type: "button", class: "piece" + (n === i.at ? " current" : ""),
+      "data-i": n, text: pieceText(t), "aria-pressed": n === i.at ? "true" : "false" })));
+    box.append(pieces);
+    if (i.at === null) return box;
+    if (!i.top) {
+      box.append(el("p", { class: "hint", text: "Asking the model…" }));
+      return box;
+    }
+    const chosen = chosenOf(i.reply[i.at], i.top);
+    const list = el("ol", { class: "alternatives", "aria-label": "The model's likeliest next tokens" });
+    i.top.forEach((t, j) => {
+      const bar = el("span", { class: "bar" });
+      bar.style.width = Math.max(1, Math.round(t.prob * 100)) + "%";
+      const label = t.whole ? `Continue with “${t.text}”` : "Not a whole character; cannot continue from it";
+      list.append(el("li", {},
+        el("button", { type: "button", class: "alt" + (j === chosen ? " chosen" : ""), "data-j": j,
+          disabled: !t.whole || Boolean(state.stream), title: label, "aria-label": `${pieceText(t.text)} ${percent(t.prob)}. ${label}` },
+        el("span", { class: "alt-text", text: pieceText(t.text) }),
+        el("span", { class: "bar-track" }, bar),
+        el("span", { class: "prob", text: percent(t.prob) }))));
+    });
+    box.append(list);
+    if (chosen < 0) {
+      box.append(el("p", { class: "hint", text: `The reply's 「${pieceText(i.reply[i.at])}」 is not among ` +
+        `the ${i.top.length} likeliest here: it was sampled from the long tail. 不在前 ${i.top.length} 名。` }));
+    }
+    return box;
+  }
+
+  function attentionView(m, i) {
+    const box = el("div", { class: "attention-view" });
+    const id = "attn-text-" + m.id;
+    const area = el("textarea", { class: "attn-text", id, rows: 2 });
+    area.value = i.text;
+    box.append(el("label", { for: id, class: "hint", text: "Text (at most 128 tokens) · 句子" }), area,
+      el("button", { type: "button", class: "attn-show ghost small", text: "Show attention" }));
+    const a = i.attn;
+    if (!a) {
+      if (i.loading) box.append(el("p", { class: "hint", text: "Reading the attention…" }));
+      return box;
+    }
+    const layer = el("select", { class: "attn-layer", "aria-label": "Layer" },
+      ...Array.from({ length: a.layers }, (_, l) => el("option", { value: String(l), text: `layer ${l}` })),
+      el("option", { value: "rollout", text: "rollout (all layers)" }));
+    layer.value = String(i.layer);
+    const head = el("select", { class: "attn-head", "aria-label": "Head", disabled: i.layer === "rollout" },
+      el("option", { value: "mean", text: "mean of heads" }),
+      ...Array.from({ length: a.heads }, (_, h) => el("option", { value: String(h), text: `head ${h}` })));
+    head.value = String(i.head);
+    box.append(el("div", { class: "attn-controls" }, layer, head));
+    const matrix = shownMatrix(i);
+    if (!matrix) {
+      box.append(el("p", { class: "hint", text: "Reading this layer…" }));
+      return box;
+    }
+    const labels = a.pieces.map(pieceText);
+    const table = el("table", { class: "heatmap" });
+    table.append(el("thead", {}, el("tr", {}, el("th", {}),
+      ...labels.map((t) => el("th", { class: "col", scope: "col", text: t })))));
+    const tbody = el("tbody");
+    matrix.forEach((row, r) => {
+      const tr = el("tr", { "data-row": r, class: r === i.row ? "current" : null },
+        el("th", { scope: "row" }, el("button", { type: "button", class: "attn-row", "data-row": r, text: labels[r],
+          title: `Where 「${labels[r]}」 looks` })));
+      row.forEach((w, c) => {
+        const td = el("td", { title: `${labels[r]} → ${labels[c]}: ${w.toFixed(3)}` });
+        td.style.backgroundColor = `rgba(15, 122, 98, ${Math.min(1, w).toFixed(3)})`;
+        tr.append(td);
+      });
+      tbody.append(tr);
+    });
+    table.append(tbody);
+    box.append(el("div", { class: "heatmap-wrap" }, table));
+    const row = i.row !== null && i.row < matrix.length ? i.row : matrix.length - 1;
+    box.append(el("p", { class: "attn-note", "aria-live": "polite" }, ...rowNote(a.pieces, matrix[row], row)));
+    return box;
+  }
+
+  function inspectView(m) {
+    const i = state.inspect;
+    const tab = (name, label) => el("button", { type: "button", class: "inspect-tab" + (i.tab === name ? " current" : ""),
+      "data-tab": name, role: "tab", "aria-selected": i.tab === name ? "true" : "false", text: label });
+    const panel = el("section", { class: "inspect-panel", "aria-label": "Look inside" },
+      el("div", { class: "inspect-tabs", role: "tablist" },
+        tab("next", "Next token 接龍"), tab("attention", "Attention 注意力")));
+    if (i.error) panel.append(el("p", { class: "inspect-error", role: "alert", text: i.error }));
+    panel.append(i.tab === "next" ? nextView(m, i) : attentionView(m, i));
+    return panel;
+  }
 
   // ------------------------------------------------------------------ the arena
 
