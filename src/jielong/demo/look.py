@@ -8,8 +8,12 @@ training — jielong.inspect's views run on the model pretraining just made, in 
   (head mean, pieces of a name summed) and after rollout, the heatmaps of the layer where it
   looks at the names most and of the rollout;
 - contextual embeddings (inspect/embeddings.py): 蘋果 (and English "apple") in fruit and in
-  phone sentences of the world's kind (world.SENSES trains such sentences), the mean cosine
-  of same-sense and of fruit–phone pairs per layer, and a PCA of the last layer;
+  phone sentences, the forms the corpus says them in (world.SENSES with the world's names),
+  the mean cosine of same-sense and of fruit–phone pairs per layer, and a PCA of the last
+  layer. In these wordings the demo model pulls the senses apart (one run: 0.76 same sense
+  against 0.63 fruit–phone at the last layer, and the PCA's first axis splits them); in new
+  wordings (樹上的蘋果又紅又甜, 小美的新手機是蘋果的) it did much less (0.71 against 0.69):
+  a 1M-parameter model learns the contexts it read, not yet the idea of a fruit;
 - the logit lens (inspect/lens.py) on a world prompt: each layer's top next token;
 - the n-gram baseline (inspect/ngram.py, Markov's idea): character and token 3-grams with
   Kneser–Ney smoothing counted on the training text, their bits per byte on the validation
@@ -33,6 +37,7 @@ import numpy as np
 import torch
 
 from jielong.demo.finetune import bold
+from jielong.demo.world import PEOPLE, SENSES
 from jielong.eval.heldout import score_texts
 from jielong.files import atomic_path
 from jielong.infer.generate import generate_text
@@ -49,15 +54,8 @@ from jielong.plots import font_family
 NEXT_PROMPT = "阿明的寵物是"
 LENS_PROMPT = "小華最喜歡的顏色是"
 SENTENCE, PRONOUN = "小美把蘋果送給阿鳳，她很開心。", "她"
-PEOPLE = ("小美", "阿鳳")  # the giver and the receiver
-WORDS = {  # the word, its fruit sentences, its phone sentences (not the training templates)
-    "蘋果": (["阿明從樹上摘了一個蘋果。", "小美吃了一個紅紅的蘋果。", "樹上的蘋果又紅又甜。"],
-             ["阿明買了一支新的蘋果手機。", "小美的新手機是蘋果的。", "小華晚上給蘋果手機充電。"]),
-    "apple": (["Ming picked a red apple from the tree.", "Mei ate a sweet apple.",
-               "The apple on the tree is ripe."],
-              ["Ming bought a new apple phone.", "The new phone of Mei is an apple.",
-               "Hua charged the apple phone."]),
-}
+NAMES = ("小美", "阿鳳")  # the giver and the receiver
+WORDS = {"蘋果": "zh-Hant", "apple": "en"}  # world.SENSES["apple"] in these languages
 NGRAM_N, SAMPLE_PROMPT, SAMPLE_LEN = 3, "阿明", 30
 SWEEP_WIDTHS, SWEEP_PRESET = (16, 32, 64), "test"
 
@@ -86,12 +84,12 @@ def attention(model, tok, out: Path) -> dict:
     s = summary(merged, rolled, texts, PRONOUN)
     at, starts = s["position"], np.cumsum([0] + [len(t) for t in texts])
     owner = {}  # piece index -> the person whose name it is part of
-    for name in PEOPLE:
+    for name in NAMES:
         a = SENTENCE.find(name)
         owner.update({j: name for j in range(len(texts)) if a <= starts[j] < a + len(name)})
 
     def shares(row: torch.Tensor) -> dict[str, float]:
-        return {name: round(float(sum(row[j] for j, n in owner.items() if n == name)), 4) for name in PEOPLE}
+        return {name: round(float(sum(row[j] for j, n in owner.items() if n == name)), 4) for name in NAMES}
 
     layers = [shares(m.mean(0)[at]) for m in merged]
     best = max(range(len(layers)), key=lambda li: sum(layers[li].values()))
@@ -101,11 +99,26 @@ def attention(model, tok, out: Path) -> dict:
             "layer": best, "files": [f.name for f in files]}
 
 
+def sense_sentences(word: str, lang: str) -> tuple[list[str], list[str]]:
+    """The fruit and the phone sentences: world.SENSES["apple"]'s templates in `lang` with
+    the world's names, those that hold `word` itself ("apples" is another token)."""
+    def said(sense: str) -> list[str]:
+        out = []
+        for i, t in enumerate(SENSES["apple"][sense][lang]):
+            at = t.find(word) + len(word)
+            if t.find(word) >= 0 and not (t[at:at + 1].isascii() and t[at:at + 1].isalpha()):
+                out.append(t.format(s=PEOPLE[i].say(lang), o=PEOPLE[i + 4].say(lang)))
+        return out
+
+    return said("fruit"), said("phone")
+
+
 def embeddings(model, tok, out: Path) -> dict:
     """Per word and layer: the mean cosine of same-sense pairs and of fruit–phone pairs;
     the first word's PCA at the last layer."""
     result = {}
-    for n, (word, (fruit, phone)) in enumerate(WORDS.items()):
+    for n, (word, lang) in enumerate(WORDS.items()):
+        fruit, phone = sense_sentences(word, lang)
         vecs = word_vectors(model, tok, word, fruit + phone)
         cos, k = cosine_table(vecs), len(fruit)
         same = np.zeros(cos.shape[1:], dtype=bool)
@@ -118,7 +131,8 @@ def embeddings(model, tok, out: Path) -> dict:
                         "fruit_phone": [round(float(c[cross].mean()), 4) for c in cos]}
         if n == 0:
             last = len(cos) - 1
-            plot_pca(pca_2d(vecs[last]), fruit + phone, word, last, out / "pca.png")
+            labels = [f"fruit · {x}" for x in fruit] + [f"phone · {x}" for x in phone]
+            plot_pca(pca_2d(vecs[last]), labels, word, last, out / "pca.png")
             result["picture"] = {"word": word, "layer": last, "file": "pca.png"}
     return result
 
@@ -226,7 +240,7 @@ def look_stage(run: Path, model, tok, train: list[str], heldout: list[str], seq_
 def findings(r: dict) -> list[str]:
     """One measured sentence per picture, keyed as report.md shows them."""
     a, e, le, ng = r["attention"], r["embeddings"], r["lens"], r["ngram"]["models"]
-    giver, receiver = PEOPLE
+    giver, receiver = NAMES
     layer = a["people"][a["layer"]]
     word = e["picture"]["word"]
     w = e[word]
@@ -284,9 +298,11 @@ def look_report(r: dict) -> list[str]:
         said["attention"], "",
         "![attention rollout](look/rollout.png)", "",
         said["rollout"], "",
-        "**Contextual embeddings**: a word's hidden state in fruit and in phone sentences (the "
-        "corpus has a few such sentences; a causal model reads only what comes before the word). "
-        "Mean cosine similarity of same-sense pairs and of fruit–phone pairs per layer:", "",
+        "**Contextual embeddings**: a word's hidden state (the mean over its tokens) in fruit and "
+        "in phone sentences, in the forms the corpus says them (every 20th training document uses "
+        f"such words). {words[0]} as a fruit: {' '.join(e[words[0]]['fruit'])} As a phone: "
+        f"{' '.join(e[words[0]]['phone'])} Mean cosine similarity of same-sense pairs and of "
+        "fruit–phone pairs per layer:", "",
         "| layer | " + " | ".join(f"{w} same sense | {w} fruit–phone" for w in words) + " |",
         "| --- |" + " --- | --- |" * len(words),
         *[f"| {'embeddings' if li == 0 else li} | "
