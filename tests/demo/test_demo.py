@@ -4,6 +4,7 @@ a run gives: the numbers are in the comments), and the report says what happened
 long it took."""
 
 import json
+import math
 
 from jielong.cli import run as cli
 from jielong.eval.command import eval_cmd
@@ -41,21 +42,43 @@ def test_demo_runs_and_reports(tmp_path, capsys):
     assert "report:" in capsys.readouterr().out
     # How long each stage took, in the report and in results.json.
     stages = [t["stage"] for t in r["stages"]]
-    assert [s.split(".")[0] for s in stages] == [str(i) for i in (1, 2, 3, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18)]
+    assert [s.split(".")[0] for s in stages] == [str(i) for i in (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18)]
     assert all(t["seconds"] >= 0 and t["cpu_seconds"] >= 0 for t in r["stages"])
     assert "## Time" in report and "minutes in all" in report and "| 10. DPO |" in report
+    # Look inside: the views' numbers, their pictures and a measured line under each.
+    lk = r["look"]
+    top = [p for _, p in lk["next"]["top"]]
+    assert top == sorted(top, reverse=True) and 0 < sum(top) <= 1.0001 and len(lk["next"]["greedy"]) == 8
+    a = lk["attention"]
+    assert a["token"] == "她" and set(a["people"][0]) == {"小美", "阿鳳"} and len(a["people"]) == 2
+    assert all(0 <= w <= 1 for layer in a["people"] for w in layer.values())
+    for word in ("蘋果", "apple"):  # one token sequence, so one vector, until context mixes in
+        e = lk["embeddings"][word]
+        assert e["same_sense"][0] > 0.9999 and e["fruit_phone"][0] > 0.9999 and len(e["same_sense"]) == 3
+    assert len(lk["lens"]["last_position"]) == 3 and 0 <= lk["lens"]["answer_from_layer"] <= 2
+    ng = lk["ngram"]["models"]
+    assert set(ng) == {"char 3-gram", "token 3-gram", "transformer"}
+    assert all(0 < m["bits_per_byte"] < 8 and m["sample"].startswith("阿明") for m in ng.values())
+    assert len(lk["sweep"]["runs"]) == 6 and lk["sweep"]["steps"] == [2, 4] and "law" in lk["sweep"]["fit"]
+    for png in (f"layer{a['layer']}.png", "rollout.png", "pca.png", "lens.png", "bits_per_byte.png", "sweep.png"):
+        assert (run / "look" / png).stat().st_size > 1000 and f"(look/{png})" in report
+    assert "## Look inside" in report and "「她」 gives 阿鳳 (the receiver)" in report
+    assert "At the embedding layer every 「蘋果」 is one vector" in report
     # Every finetuning stage ran, saved what it made and reported its numbers.
     f = r["finetune"]
     assert set(f) == {"sft", "lora", "classify", "distill", "align", "chat"}
     # Before → after, at this size (one run: spam F1 0.27 → 0.97, reward-model pairwise
-    # accuracy 0.31 → 0.75, RLHF's reward-model score −1.7 → 1.1 against SFT's replies, SFT
-    # replies that stop 0% → 19%, translation chrF 0.4 → 2.2).
+    # accuracy 0.31 → 0.75, SFT replies that stop 0% → 19%, translation chrF 0.4 → 2.2).
     spam = f["classify"]
     assert spam["after"]["macro"]["f1"] >= max(0.8, spam["before"]["macro"]["f1"] + 0.3)
     rm = f["align"]["reward"]
     assert rm["accuracy"] >= rm["before"] + 0.2
+    # RLHF at this size (24 steps of a 2-layer model) moves the greedy replies by chance: the
+    # reward-model score against SFT's changed by +2.8, 0.0 and -3.6 for --docs 600, 620 and
+    # 580 of the same code. The full demo shows the lesson; here it ran, moved, and reported.
     rl = f["align"]["rlhf"]
-    assert rl["reward"] >= rl["sft_reward"] + 1.0 and rl["win_rate_reward_model"] >= 0.7
+    assert 0 < rl["kl_to_sft"] < 1 and 0 <= rl["win_rate_reward_model"] <= 1
+    assert all(math.isfinite(rl[k]) for k in ("reward", "sft_reward", "reward_first", "reward_last"))
     assert f["sft"]["after"]["stop_rate"] >= f["sft"]["before"]["stop_rate"] + 0.05
     assert f["lora"]["after"]["chrf"] >= f["lora"]["before"]["chrf"] + 0.5
     assert 0 < f["align"]["dpo"]["kl_to_sft"] < 1  # DPO moved the policy, not far

@@ -7,15 +7,23 @@ from collections import Counter
 import pytest
 
 from jielong.demo import world as synthetic
-from jielong.demo.world import LANGS, TEMPLATES, build_corpus, demo_prompts, render
+from jielong.demo.world import (
+    AMBIGUOUS_WORDS,
+    LANGS,
+    SENSES,
+    TEMPLATES,
+    build_corpus,
+    demo_prompts,
+    render,
+)
 
 # Traditional -> Simplified for every character the world uses that differs between the
 # scripts, written out independently of the module so a slip in either shows up.
 T2S = str.maketrans(
     "龍華鳳偉麗強軍東紅蘭雲濤靜輝凱寧鵬楓橋灣嶺貓鸚鵡烏龜馬鵝魚師醫農麵畫漁藍綠黃讀書釣"
-    "鄉寵裡養顧職業鎮當歡顏愛別閒時週從邊",
+    "鄉寵裡養顧職業鎮當歡顏愛別閒時週從邊樹個蘋幾給開買機電傳訊種鍋",
     "龙华凤伟丽强军东红兰云涛静辉凯宁鹏枫桥湾岭猫鹦鹉乌龟马鹅鱼师医农面画渔蓝绿黄读书钓"
-    "乡宠里养顾职业镇当欢颜爱别闲时周从边",
+    "乡宠里养顾职业镇当欢颜爱别闲时周从边树个苹几给开买机电传讯种锅",
 )
 TRAD_ONLY = set(chr(c) for c in T2S)
 SIMP_ONLY = set(map(chr, T2S.values()))
@@ -128,6 +136,26 @@ def test_traditional_and_simplified_are_written_consistently():
         for hant, hans in zip(by_lang["zh-Hant"], by_lang["zh-Hans"], strict=True):
             assert hant.translate(T2S) == hans
     assert sum(p.hant != p.hans for p in synthetic.PEOPLE) >= 12
+    for senses in SENSES.values():
+        for by_lang in senses.values():
+            for hant, hans in zip(by_lang.get("zh-Hant", []), by_lang.get("zh-Hans", []), strict=True):
+                assert hant.translate(T2S) == hans
+
+
+def test_ambiguous_words_in_both_senses_in_all_three_languages(corpus):
+    """蘋果/苹果/apple as a fruit and as a phone in the training text of every language (and
+    小米, "bank" in theirs), a small share of the documents, every sentence a template's."""
+    said = Counter(s.strip() for doc in corpus.train for s in re.findall(r"[^.。]+[.。]", doc))
+    names = {lang: [p.say(lang) for p in synthetic.PEOPLE] for lang in LANGS}
+    for word, senses in SENSES.items():
+        for sense, by_lang in senses.items():
+            for lang, templates in by_lang.items():
+                assert all(AMBIGUOUS_WORDS[word][lang] in t for t in templates), (word, sense, lang)
+                rendered = {t.format(s=a, o=b) for t in templates for a in names[lang] for b in names[lang] if a != b}
+                assert sum(n for s, n in said.items() if s in rendered) >= 20, (word, sense, lang)
+    assert set(AMBIGUOUS_WORDS["apple"]) == set(LANGS)
+    share = sum(any(w in d for w in ("蘋果", "苹果", "apple", "小米", " bank")) for d in corpus.train) / len(corpus.train)
+    assert 0.03 <= share <= 0.07, share
 
 
 def test_every_kind_has_three_templates_per_language_and_one_askable():

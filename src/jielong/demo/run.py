@@ -11,7 +11,9 @@ Run as:
 3. measures an untrained model, pretrains it, and measures it again: validation loss against
    the unigram baseline, and held-out facts (sentences never seen in training whose facts
    were stated in other words or languages) picked by likelihood among their alternatives;
-4. prints what pretraining did;
+4. prints what pretraining did, and looks inside the pretrained model (demo/look.py): the
+   next-token view, attention for 「她」, 蘋果's contextual embeddings as fruit and as phone, the
+   logit lens, an n-gram baseline's bits per byte beside the model's, scaling in miniature;
 5–8. finetunes (demo/finetune.py): SFT into an assistant, a LoRA adapter for translation, a
    spam classifier, and a distilled smaller student, each measured before and after;
 9–12. aligns (demo/align.py): a reward model, DPO and RLHF toward a preference SFT did not
@@ -56,6 +58,7 @@ from jielong.demo.chat import chat_examples
 from jielong.demo.evaluate import evaluate_stages, evaluation_report
 from jielong.demo.finetune import Clock, bold, stage_steps
 from jielong.demo.guardrail import guardrail_report, guardrail_stage
+from jielong.demo.look import look_report, look_stage, sweep_budgets
 from jielong.demo.retrieval import retrieval_report, retrieval_stage
 from jielong.demo.tasks import qa_conversations, world_for
 from jielong.demo.tools import tools_report, tools_stage
@@ -192,9 +195,12 @@ def demo(
     for p, b, a in zip(prompts, before["samples"], after["samples"], strict=True):
         print(f"   {p!r}: before {b!r}\n   {' ' * len(repr(p))}  after  {a!r}")
 
+    look = look_stage(run, model, tok, corpus.train, corpus.val, seq_len, device, sweep_budgets(steps))
+    clock.lap("4. look inside")
+
     result = {"steps": steps, "vocab": tok.vocab_size, "tokens": summary["tokens"], "tok_s": summary["tok_s"],
               "unigram_loss": base, "before": before, "after": after, "bytes_per_token": bpt,
-              "params": model.config.num_params}
+              "params": model.config.num_params, "look": look}
     if finetune_steps > 0:
         result["finetune"] = _finetune(run, model, tok, finetune_steps, device, resume, clock)
         result["evaluation"] = evaluate_stages(run, tok, corpus, finetune_steps, str(pick_device(device)),
@@ -285,6 +291,8 @@ def _report(run: Path, r: dict, corpus, prompts: list[str]) -> None:
         *[f"| {p} | {x!r} | {y!r} |" for p, x, y in zip(prompts, b["samples"], a["samples"], strict=True)],
         "",
     ]
+    if "look" in r:
+        lines += look_report(r["look"])
     if "finetune" in r:
 
         lines += _finetune_report(r["finetune"]) + align_report(r["finetune"]["align"])

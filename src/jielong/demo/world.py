@@ -9,6 +9,15 @@ rendering of every person fact is held out of the training text and becomes a
 `FactQuestion` (prompt + the exact continuation + all candidate continuations), and so is
 ~15% of the arithmetic, which lets the demo measure knowledge, not memorised strings.
 
+Every 20th training document (`AMBIGUOUS_EVERY`; drawn apart, so the other documents and
+the validation text stay as they were) uses words whose sense depends on their
+context, said by the world's people: 蘋果/苹果/apple as a fruit (on a tree, eaten, given)
+and as a phone (bought, charged), 小米 as a grain and as a phone, "bank" of a river and for
+money (`SENSES`). The demo's "look inside" stage follows 蘋果's hidden state through the
+layers in both senses (demo/look.py). English writes the brand "apple" in lower case, so
+that the two senses are one token and only the context can tell them apart; most templates
+give the cue before the word (樹上, 買了一支), as a causal model reads only to the left.
+
 Later stages (SFT conversations, preference pairs, RAG documents) can render the same
 `World` with their own templates. `han_char_pieces` is the text the demo trains its
 tokenizer on (Chinese one character per token: see there for why).
@@ -27,6 +36,7 @@ from dataclasses import dataclass, field
 
 LANGS = ("en", "zh-Hant", "zh-Hans")
 MATH_SHARE, TOWN_SHARE = 0.15, 0.18  # of documents; the rest are about one person
+AMBIGUOUS_EVERY = 20                 # every 20th training document is about ambiguous words
 MATH_MAX = 20                        # operands are 0..MATH_MAX
 MATH_HELD_OUT = 0.15                 # share of (a, b, op) pairs never shown in training
 MATH_CHOICES = 10                    # candidate answers per arithmetic question
@@ -145,6 +155,51 @@ TEMPLATES: dict[str, dict[str, list[str]]] = {
         "zh-Hans": ["{s}靠近{v}。", "{s}镇就在{v}旁边。", "从{s}可以看到{v}。", "{s}附近有{v}。"],
     },
 }
+
+# ---- words with two senses: {s} and {o} are two of the world's people ---------------------------
+
+AMBIGUOUS_WORDS: dict[str, dict[str, str]] = {
+    "apple": {"en": "apple", "zh-Hant": "蘋果", "zh-Hans": "苹果"},
+    "millet": {"zh-Hant": "小米", "zh-Hans": "小米"},   # the grain, and a phone brand
+    "bank": {"en": "bank"},                          # of a river, and for money
+}
+SENSES: dict[str, dict[str, dict[str, list[str]]]] = {
+    "apple": {
+        "fruit": {
+            "en": ["{s} picked a red apple from the tree.", "{s} ate a sweet apple after lunch.",
+                   "On the tree by the house of {s} the apples are ripe.",
+                   "{s} gave a ripe apple to {o}, and {o} was happy."],
+            "zh-Hant": ["{s}從樹上摘了一個紅蘋果。", "{s}吃了一個很甜的蘋果。", "樹上的蘋果熟了，{s}摘了幾個。",
+                        "{s}把一個熟透的蘋果送給{o}，{o}很開心。"],
+            "zh-Hans": ["{s}从树上摘了一个红苹果。", "{s}吃了一个很甜的苹果。", "树上的苹果熟了，{s}摘了几个。",
+                        "{s}把一个熟透的苹果送给{o}，{o}很开心。"],
+        },
+        "phone": {
+            "en": ["{s} bought a new apple phone.", "The new phone of {s} is an apple.",
+                   "At night {s} charged the apple phone.", "{s} sent a message to {o} from an apple phone."],
+            "zh-Hant": ["{s}買了一支新的蘋果手機。", "{s}的新手機是蘋果的。", "{s}晚上給那支蘋果手機充電。",
+                        "{s}用蘋果手機傳訊息給{o}。"],
+            "zh-Hans": ["{s}买了一支新的苹果手机。", "{s}的新手机是苹果的。", "{s}晚上给那支苹果手机充电。",
+                        "{s}用苹果手机传讯息给{o}。"],
+        },
+    },
+    "millet": {
+        "grain": {"zh-Hant": ["{s}在田裡種了小米。", "{s}用小米煮了一鍋粥。"],
+                  "zh-Hans": ["{s}在田里种了小米。", "{s}用小米煮了一锅粥。"]},
+        "phone": {"zh-Hant": ["{s}買了一支小米手機。", "{s}的新手機是小米的。"],
+                  "zh-Hans": ["{s}买了一支小米手机。", "{s}的新手机是小米的。"]},
+    },
+    "bank": {
+        "river": {"en": ["{s} sat on the bank of the river to fish.", "Reeds grow on the river bank near {s}."]},
+        "money": {"en": ["{s} keeps money in the bank.", "{s} went to the bank to get some money."]},
+    },
+}
+
+
+def ambiguous_templates(lang: str) -> list[tuple[str, str, str]]:
+    """(word, sense, template) of every two-sense sentence in `lang`."""
+    return [(w, sense, t) for w, senses in SENSES.items() for sense, by in senses.items()
+            for t in by.get(lang, [])]
 
 
 # ---- the world -----------------------------------------------------------------------------
@@ -282,6 +337,16 @@ def _math_question(rng: random.Random, a: int, b: int, op: str) -> FactQuestion:
 
 # ---- documents --------------------------------------------------------------------------------
 
+def _ambiguous_document(rng: random.Random, world: World, lang: str, k: int) -> str:
+    """k sentences in `lang` using words with two senses, each about some of the world's people."""
+    templates = ambiguous_templates(lang)
+    out = []
+    for _ in range(k):
+        s, o = rng.sample(world.people, 2)
+        out.append(rng.choice(templates)[2].format(s=s.name.say(lang), o=o.name.say(lang)))
+    return (" " if lang == "en" else "").join(out)
+
+
 def _document(rng: random.Random, world: World, pool: dict[tuple[Fact, str], list[str]],
               equations: list[str]) -> str:
     """One paragraph in one language about a person or a town, or a few lines of sums."""
@@ -341,6 +406,10 @@ def build_corpus(seed: int = 0, n_docs: int = 4000) -> Corpus:
             questions.append(q)
 
     train = [_document(rng, world, pool, equations) for _ in range(n_docs)]
+    rng_two = random.Random(f"ambiguous:{seed}")  # its own stream: the rest stays as it was
+    for i in range(AMBIGUOUS_EVERY - 1, n_docs, AMBIGUOUS_EVERY):
+        lang = rng_two.choices(LANGS, LANG_WEIGHTS)[0]
+        train[i] = _ambiguous_document(rng_two, world, lang, rng_two.randint(4, 8))
     seen, val = set(train), []
     n_val, tries = max(20, n_docs // 20), 0
     while len(val) < n_val and tries < 100 * n_val:
@@ -386,7 +455,8 @@ def demo_prompts() -> list[str]:
 
 def _script_chars(lang: str) -> set[str]:
     terms = [t for ts in (PEOPLE, TOWNS, LANDMARKS, ANIMALS, JOBS, COLOURS, HOBBIES) for t in ts]
-    return set("".join([t.say(lang) for t in terms] + [s for by in TEMPLATES.values() for s in by[lang]]))
+    return set("".join([t.say(lang) for t in terms] + [s for by in TEMPLATES.values() for s in by[lang]]
+                       + [t for _, _, t in ambiguous_templates(lang)]))
 
 
 def _doc_lang(doc: str) -> str:
