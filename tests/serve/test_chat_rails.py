@@ -196,7 +196,7 @@ def test_a_hard_negative_is_answered_by_the_model(srv):
 def test_a_phone_number_is_stored_and_read_redacted(srv, said, kept, monkeypatch):
     served = srv.apps["default"].state.served
     read, render = [], served.chat_prompt
-    monkeypatch.setattr(served, "chat_prompt", lambda m, p: (read.append(m), render(m, p))[1])
+    monkeypatch.setattr(served, "chat_prompt", lambda m, p, **kw: (read.append(m), render(m, p, **kw))[1])
     cid, evs = send(srv.api, said)
     assert evs[0]["message"]["content"] == kept
     done = evs[-1]["message"]
