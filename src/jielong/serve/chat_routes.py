@@ -624,20 +624,28 @@ async def send(cid: str, request: Request):
                        collection=collection, hits=hits, loop=tool_loop(s, tools, job, messages))
 
 
-@router.post("/messages/{mid}/regenerate")
-async def regenerate(mid: str, request: Request):
-    s, store = served(request), store_of(request)
-    body = await read_body(request, Generate, optional=True)
+async def asked_again(s, store, mid: str, fix: str):
+    """(conversation, history up to the question, the question, its input-rail verdict) for a
+    new version of the assistant reply `mid` (regenerate, continue); `fix` ends the error when
+    `mid` is a user message."""
     old = await store_call(store.message, mid)
     if old["role"] != "assistant":
-        raise ApiError(400, f"message {mid} is a user message; regenerate a reply (an "
-                            "assistant message), or edit the user message")
+        raise ApiError(400, f"message {mid} is a user message; {fix}")
     conv = await store_call(store.conversation, old["conversation_id"], False)
     history = await store_call(store.path, old["parent_id"])
     question = history[-1]
     verdict = await input_rail(s, question["content"])
     if not question["safety"]:  # kept when it was sent, unless the rails were off then
         await keep(store, verdict.decisions, verdict.text, question["id"])
+    return conv, history, question, verdict
+
+
+@router.post("/messages/{mid}/regenerate")
+async def regenerate(mid: str, request: Request):
+    s, store = served(request), store_of(request)
+    body = await read_body(request, Generate, optional=True)
+    conv, history, question, verdict = await asked_again(
+        s, store, mid, "regenerate a reply (an assistant message), or edit the user message")
     if verdict.blocked:
         return await refused(request, conv, question, verdict, s.model_name, "regenerate", [],
                              replaces=mid)
@@ -703,14 +711,8 @@ async def continue_from(mid: str, request: Request):
         raise ApiError(400, "continuing a reply from a chosen beginning needs a local model: "
                             "this server passes text to an upstream engine, which renders "
                             "the chat itself", param="prefix", code="needs_local_model")
-    old = await store_call(store.message, mid)
-    if old["role"] != "assistant":
-        raise ApiError(400, f"message {mid} is a user message; continue a reply (an "
-                            "assistant message)")
-    conv = await store_call(store.conversation, old["conversation_id"], False)
-    history = await store_call(store.path, old["parent_id"])
-    question = history[-1]
-    verdict = await input_rail(s, question["content"])
+    conv, history, question, verdict = await asked_again(
+        s, store, mid, "continue a reply (an assistant message)")
     if verdict.blocked:
         return await refused(request, conv, question, verdict, s.model_name, "regenerate", [],
                              replaces=mid)
