@@ -70,6 +70,7 @@ from jielong.errors import UserError
 from jielong.files import atomic_dir, write_json, write_text
 from jielong.runtime import init_distributed, pick_device
 from jielong.train.eval_tasks import TaskScorer, check_tasks, language_model
+from jielong.train.throughput import Throughput
 
 
 @dataclass
@@ -103,6 +104,7 @@ class TrainConfig:
         eval_data: The folder holding cmmlu/, ceval/, mmlu/, tmmluplus/, drcd-dev.json, cmrc2018-dev.json for --eval_tasks.
         eval_shots: Solved examples before each --eval_tasks question.
         eval_limit: Score at most this many questions per subject of --eval_tasks.
+        peak_tflops: The device's peak TFLOP/s for MFU where the table of jielong.train.throughput does not know it (a CPU, an unlisted GPU), or to override it.
     """
 
     steps: int = 1000
@@ -131,6 +133,7 @@ class TrainConfig:
     eval_data: str = "data"
     eval_shots: int = 5
     eval_limit: int | None = None
+    peak_tflops: float | None = None  # MFU's denominator where jielong.train.throughput has none
 
     def validate(self) -> None:
         if self.patience < 0:
@@ -152,6 +155,8 @@ class TrainConfig:
             raise UserError(f"--warmup_steps={self.warmup_steps} must be 0 or more")
         if self.eval_shots < 0:
             raise UserError(f"--eval_shots={self.eval_shots} must be 0 or more")
+        if self.peak_tflops is not None and self.peak_tflops <= 0:
+            raise UserError(f"--peak_tflops={self.peak_tflops} must be positive (TFLOP/s per device)")
         if self.eval_limit is not None and self.eval_limit < 1:
             raise UserError(f"--eval_limit={self.eval_limit} must be 1 or more")
         if self.eval_tasks:  # every task file read now, before a stage's slow preparation
@@ -427,6 +432,7 @@ def fit(model: torch.nn.Module, stage: Stage, cfg: TrainConfig, run_dir: str | P
         return result
 
     model.train()
+    meter = Throughput(model, device, cfg, world, verbose=main)  # FLOPs/token, MFU, peak memory
     t0 = time.time()
     tokens = 0
     last_eval: dict = {}
@@ -465,7 +471,7 @@ def fit(model: torch.nn.Module, stage: Stage, cfg: TrainConfig, run_dir: str | P
                 tokens += step_tokens * world
                 elapsed = time.time() - t0
                 if main:
-                    extra = stage.step_metrics() if hasattr(stage, "step_metrics") else {}
+                    extra = {**(stage.step_metrics() if hasattr(stage, "step_metrics") else {}), **meter.step(batch)}
                     metrics.log(step=step + 1, loss=round(loss_val, 6), lr=lr,
                                 grad_norm=round(float(grad_norm), 4), tokens=tokens,
                                 tok_s=round(tokens / max(elapsed, 1e-9), 1), **extra)
@@ -504,7 +510,7 @@ def fit(model: torch.nn.Module, stage: Stage, cfg: TrainConfig, run_dir: str | P
     bar.close()
     elapsed = time.time() - t0
     summary = {"steps": finished, "loss": loss_val, **last_eval, "tokens": tokens,
-               "seconds": round(elapsed, 1), "tok_s": round(tokens / max(elapsed, 1e-9), 1)}
+               "seconds": round(elapsed, 1), "tok_s": round(tokens / max(elapsed, 1e-9), 1), **meter.summary()}
     if main and scorer is not None and last_eval:
         print(f"eval tasks at step {finished}: " + ", ".join(
             f"{k.removeprefix('eval/').replace('/', ' ')} {v:.4f}" for k, v in last_eval.items()
