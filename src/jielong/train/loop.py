@@ -69,8 +69,8 @@ from jielong.checkpoint import list_checkpoints, load_model, load_trainer_state,
 from jielong.errors import UserError
 from jielong.files import atomic_dir, write_json, write_text
 from jielong.runtime import init_distributed, pick_device
+from jielong.train import throughput
 from jielong.train.eval_tasks import TaskScorer, check_tasks, language_model
-from jielong.train.throughput import Throughput
 
 
 @dataclass
@@ -96,6 +96,7 @@ class TrainConfig:
         seed: Seed for initialisation and data order.
         device: auto, cpu, cuda, cuda:N or mps.
         compile: torch.compile the model (faster on GPUs, slow to start).
+        peak_tflops: The device's peak TFLOP/s for MFU where the table of jielong.train.throughput does not know it (a CPU, an unlisted GPU), or to override it.
         patience: Stop early when the validation loss has not improved for this many evaluations in a row (0: never).
         min_delta: An evaluation improves on the best only if its validation loss is lower by more than this.
         keep_best: Keep the checkpoint of the best validation loss in RUN/checkpoints/best (default: only with --patience or --load_best_at_end; each improvement writes a whole checkpoint).
@@ -104,7 +105,6 @@ class TrainConfig:
         eval_data: The folder holding cmmlu/, ceval/, mmlu/, tmmluplus/, drcd-dev.json, cmrc2018-dev.json for --eval_tasks.
         eval_shots: Solved examples before each --eval_tasks question.
         eval_limit: Score at most this many questions per subject of --eval_tasks.
-        peak_tflops: The device's peak TFLOP/s for MFU where the table of jielong.train.throughput does not know it (a CPU, an unlisted GPU), or to override it.
     """
 
     steps: int = 1000
@@ -125,6 +125,7 @@ class TrainConfig:
     seed: int = 1337
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     compile: bool = False
+    peak_tflops: float | None = None  # MFU's denominator where jielong.train.throughput has none
     patience: int = 0  # 0: never stop early
     min_delta: float = 0.0
     keep_best: bool | None = None  # None: with patience or load_best_at_end; needs a val_loss
@@ -133,7 +134,6 @@ class TrainConfig:
     eval_data: str = "data"
     eval_shots: int = 5
     eval_limit: int | None = None
-    peak_tflops: float | None = None  # MFU's denominator where jielong.train.throughput has none
 
     def validate(self) -> None:
         if self.patience < 0:
@@ -432,7 +432,7 @@ def fit(model: torch.nn.Module, stage: Stage, cfg: TrainConfig, run_dir: str | P
         return result
 
     model.train()
-    meter = Throughput(model, device, cfg, world, verbose=main)  # FLOPs/token, MFU, peak memory
+    meter = throughput.Throughput(model, device, cfg, world, verbose=main)  # FLOPs/token, MFU, peak memory
     t0 = time.time()
     tokens = 0
     last_eval: dict = {}
