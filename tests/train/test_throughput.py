@@ -5,10 +5,11 @@ import json
 
 import pytest
 import torch
-from conftest import run_cli, tiny_corpus
+from conftest import tiny_corpus
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
+from jielong import cli
 from jielong.config import ModelConfig, preset
 from jielong.errors import UserError
 from jielong.model import Transformer
@@ -74,15 +75,15 @@ def test_peak_table(name, dtype, tflops):
     assert (found[1] / 1e12 if found else None) == (pytest.approx(tflops) if tflops else None)
 
 
-def test_mfu_in_metrics_jsonl_with_peak_tflops(tmp_path):
+def test_mfu_in_metrics_jsonl_with_peak_tflops(tmp_path, capsys):
     corpus = tmp_path / "docs.jsonl"
     corpus.write_text("".join(json.dumps({"text": d}, ensure_ascii=False) + "\n" for d in tiny_corpus(60)),
                       encoding="utf-8")
     run = tmp_path / "run"
-    r = run_cli("pretrain", str(corpus), "--out", str(run), "--steps", "3", "--preset", "test",
-                "--vocab_size", "300", "--seq_len", "32", "--batch_size", "2", "--eval_every", "50",
-                "--device", "cpu", "--peak_tflops", "0.5")
-    assert r.returncode == 0, r.stderr
+    summary = cli.run(["pretrain", str(corpus), "--out", str(run), "--steps", "3", "--preset", "test",
+                       "--vocab_size", "300", "--seq_len", "32", "--batch_size", "2", "--eval_every", "50",
+                       "--device", "cpu", "--peak_tflops", "0.5"])
+    out = capsys.readouterr().out
     rows = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
     steps = [x for x in rows if "loss" in x]
     assert len(steps) == 3
@@ -90,9 +91,10 @@ def test_mfu_in_metrics_jsonl_with_peak_tflops(tmp_path):
         assert x["tflops"] > 0 and x["mfu"] == pytest.approx(x["tflops"] / 0.5, rel=1e-3)
         assert 0.05 < x["mem_gib"] < 64  # the process's peak RSS on a CPU
     per_token = flops_per_token(ModelConfig.load(run / "model" / "config.json"), 32)
-    assert f"accounting: {per_token / 1e6:,.2f} MFLOP/token" in r.stdout
-    assert "MFU against 0.5 TFLOP/s (--peak_tflops for cpu)" in r.stdout
-    assert "throughput: " in r.stdout and "MFU " in r.stdout
+    assert summary["flops_per_token"] == per_token and summary["mem_gib_ranks"] == [summary["mem_gib"]]
+    assert f"accounting: {per_token / 1e6:,.2f} MFLOP/token" in out
+    assert "MFU against 0.5 TFLOP/s (--peak_tflops for cpu)" in out
+    assert f"throughput: {summary['tflops']:.4g} TFLOP/s per device, MFU {summary['mfu']:.2%}" in out
 
     with pytest.raises(UserError, match="--peak_tflops=0.0 must be positive"):
         TrainConfig(peak_tflops=0.0).validate()
