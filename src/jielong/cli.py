@@ -56,6 +56,8 @@ def _commands() -> dict:
     from jielong.inspect.ngram import train_ngram
     from jielong.inspect.sweep import sweep
     from jielong.inspect.tokens import tokenize_cmd
+    from jielong.launch import slurm as launch_slurm
+    from jielong.launch import torchrun as launch_torchrun
     from jielong.prep.commands import clean as data_clean
     from jielong.prep.commands import quality_train
     from jielong.prep.commands import stats_cmd as data_stats
@@ -89,6 +91,7 @@ def _commands() -> dict:
         "data": {"clean": data_clean, "stats": data_stats, "quality-train": quality_train},
         "pretrain": pretrain,
         "sweep": sweep,
+        "launch": {"slurm": launch_slurm, "torchrun": launch_torchrun},
         "generate": generate,
         "chat": chat,
         "agent": agent_cmd,

@@ -1,6 +1,7 @@
 """Pretraining end to end through the CLI: it learns, it resumes exactly after SIGKILL."""
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -139,6 +140,7 @@ def test_torchrun_two_processes_on_cpu(tmp_path, corpus):
     assert r.returncode == 0, r.stderr[:3000] + "\n…\n" + r.stderr[-1500:]
     assert len(losses(run)) == 10
     assert r.stdout.count("done: 10 steps") == 1
+    assert re.search(r"peak memory [\d.]+ GiB \(ranks: [\d.]+, [\d.]+\)", r.stdout), r.stdout  # gathered on rank 0
     assert (run / "model" / "model.safetensors").exists()
     rows = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
     [acc] = [x["eval/exam/acc"] for x in rows if "eval/exam/acc" in x]

@@ -69,6 +69,7 @@ from jielong.checkpoint import list_checkpoints, load_model, load_trainer_state,
 from jielong.errors import UserError
 from jielong.files import atomic_dir, write_json, write_text
 from jielong.runtime import init_distributed, pick_device
+from jielong.train import throughput
 from jielong.train.eval_tasks import TaskScorer, check_tasks, language_model
 
 
@@ -95,6 +96,7 @@ class TrainConfig:
         seed: Seed for initialisation and data order.
         device: auto, cpu, cuda, cuda:N or mps.
         compile: torch.compile the model (faster on GPUs, slow to start).
+        peak_tflops: The device's peak TFLOP/s for MFU where the table of jielong.train.throughput does not know it (a CPU, an unlisted GPU), or to override it.
         patience: Stop early when the validation loss has not improved for this many evaluations in a row (0: never).
         min_delta: An evaluation improves on the best only if its validation loss is lower by more than this.
         keep_best: Keep the checkpoint of the best validation loss in RUN/checkpoints/best (default: only with --patience or --load_best_at_end; each improvement writes a whole checkpoint).
@@ -123,6 +125,7 @@ class TrainConfig:
     seed: int = 1337
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     compile: bool = False
+    peak_tflops: float | None = None  # MFU's denominator where jielong.train.throughput has none
     patience: int = 0  # 0: never stop early
     min_delta: float = 0.0
     keep_best: bool | None = None  # None: with patience or load_best_at_end; needs a val_loss
@@ -152,6 +155,8 @@ class TrainConfig:
             raise UserError(f"--warmup_steps={self.warmup_steps} must be 0 or more")
         if self.eval_shots < 0:
             raise UserError(f"--eval_shots={self.eval_shots} must be 0 or more")
+        if self.peak_tflops is not None and self.peak_tflops <= 0:
+            raise UserError(f"--peak_tflops={self.peak_tflops} must be positive (TFLOP/s per device)")
         if self.eval_limit is not None and self.eval_limit < 1:
             raise UserError(f"--eval_limit={self.eval_limit} must be 1 or more")
         if self.eval_tasks:  # every task file read now, before a stage's slow preparation
@@ -427,6 +432,7 @@ def fit(model: torch.nn.Module, stage: Stage, cfg: TrainConfig, run_dir: str | P
         return result
 
     model.train()
+    meter = throughput.Throughput(model, device, cfg, world, verbose=main)  # FLOPs/token, MFU, peak memory
     t0 = time.time()
     tokens = 0
     last_eval: dict = {}
@@ -465,7 +471,7 @@ def fit(model: torch.nn.Module, stage: Stage, cfg: TrainConfig, run_dir: str | P
                 tokens += step_tokens * world
                 elapsed = time.time() - t0
                 if main:
-                    extra = stage.step_metrics() if hasattr(stage, "step_metrics") else {}
+                    extra = {**(stage.step_metrics() if hasattr(stage, "step_metrics") else {}), **meter.step(batch)}
                     metrics.log(step=step + 1, loss=round(loss_val, 6), lr=lr,
                                 grad_norm=round(float(grad_norm), 4), tokens=tokens,
                                 tok_s=round(tokens / max(elapsed, 1e-9), 1), **extra)
@@ -504,7 +510,7 @@ def fit(model: torch.nn.Module, stage: Stage, cfg: TrainConfig, run_dir: str | P
     bar.close()
     elapsed = time.time() - t0
     summary = {"steps": finished, "loss": loss_val, **last_eval, "tokens": tokens,
-               "seconds": round(elapsed, 1), "tok_s": round(tokens / max(elapsed, 1e-9), 1)}
+               "seconds": round(elapsed, 1), "tok_s": round(tokens / max(elapsed, 1e-9), 1), **meter.summary()}
     if main and scorer is not None and last_eval:
         print(f"eval tasks at step {finished}: " + ", ".join(
             f"{k.removeprefix('eval/').replace('/', ' ')} {v:.4f}" for k, v in last_eval.items()
