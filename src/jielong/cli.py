@@ -294,6 +294,10 @@ def run(argv: list[str] | None = None, commands: dict | None = None):
 def main(argv: list[str] | None = None) -> None:
     try:
         run(argv)
+        if "torch.distributed" in sys.modules:  # under torchrun: every rank leaves together
+            from jielong.runtime import finish_distributed
+
+            finish_distributed()
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
