@@ -1,6 +1,7 @@
-"""`jielong data clean` off this machine's processes: on a Ray cluster started on loopback
-inside the test, and as Slurm job scripts written by a dry run and then run the way Slurm
-would run them. Both must give the local executor's output on the planted corpus of
+"""`jielong data clean` off this machine's processes: on a private Ray cluster started
+inside the test (Ray 2.60 will not bind to loopback alone; its token authentication keeps the
+cluster private), and as Slurm job scripts written by a dry run, then run the way Slurm would
+run them. Both must give the local executor's output on the planted corpus of
 test_data_pipeline (English, 繁, 简; duplicates, a short line, broken records, a page)."""
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ def test_ray_cluster_gives_the_local_output(corpus, local, tmp_path, monkeypatch
     out = tmp_path / "out"
     stats = cli.run(["data", "clean", *corpus, "--out", str(out), "--executor", "ray", "--workers", "2",
                      *OPTIONS])
-    assert [(k["address"], k["num_cpus"], k["_node_ip_address"]) for k in started] == [("local", 2, "127.0.0.1")]
+    assert [(k["address"], k["num_cpus"]) for k in started] == [("local", 2)]
     assert not ray.is_initialized()                      # the private cluster is shut down
     want = result(local)
     assert want["stats"]["output"]["docs"] == 8 and len(want["files"]) == 7

@@ -7,8 +7,11 @@ datatrove's Ray or Slurm executor instead of local processes, and a Slurm dry ru
                  cluster=ClusterConfig(slurm_partition="cpu", dry_run=True))
 
 Ray: datatrove's RayPipelineExecutor expects `ray.init()` done; `ray_cluster` does it: no
-address starts a private one-machine cluster on loopback (stopped at the end), "auto" joins
-the cluster `ray start` runs on this machine, HOST:6379 the one whose head that is. Every node
+address starts a private one-machine cluster (stopped at the end), "auto" joins the cluster
+`ray start` runs on this machine, HOST:6379 the one whose head that is. Ray (2.60) cannot be
+held to loopback: it turns 127.0.0.1 into the machine's address (`resolve_ip_for_localhost`)
+and listens on every interface; what keeps a cluster private is its token authentication, on
+by default, which a joining driver needs too (RAY_AUTH_MODE=token and the token). Every node
 needs jielong installed and OUT on a shared filesystem (datatrove's completions, stats and
 stage-1 shards live there). datatrove neither raises when a task fails (it logs and counts)
 nor stops waiting for a failed dependency (it sleeps in 2-minute rounds), so the stages run
@@ -45,8 +48,8 @@ from jielong.prep.config import ClusterConfig
 
 @contextmanager
 def ray_cluster(address: str | None, num_cpus: int, verbose: bool = False):
-    """Ray initialised for the run: joined at `address`, or a private local cluster on
-    loopback with `num_cpus` CPUs; shut down after unless it was running before."""
+    """Ray initialised for the run: joined at `address`, or a private local cluster with
+    `num_cpus` CPUs; shut down after unless it was running before."""
     import ray  # lazy: ray is needed only here
 
     if ray.is_initialized():  # a caller (a notebook, a test) set it up: use theirs
@@ -55,13 +58,13 @@ def ray_cluster(address: str | None, num_cpus: int, verbose: bool = False):
     quiet = {"log_to_driver": verbose, "logging_level": "INFO" if verbose else "WARNING"}
     try:
         if address is None:
-            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
-                     _node_ip_address="127.0.0.1", **quiet)
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **quiet)
         else:
             ray.init(address=address, **quiet)
     except ConnectionError as e:
-        raise UserError(f"--ray_address {address}: no Ray cluster there ({str(e).splitlines()[0]}); "
-                        "start one with `ray start --head`, or leave --ray_address out for a "
+        raise UserError(f"--ray_address {address}: cannot join a Ray cluster there ({str(e).splitlines()[0]}); "
+                        "start one with `ray start --head` (one with token authentication also needs "
+                        "RAY_AUTH_MODE=token and its token here), or leave --ray_address out for a "
                         "private one on this machine") from None
     try:
         yield ray
