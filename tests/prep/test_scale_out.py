@@ -139,7 +139,7 @@ def test_slurm_dry_run_writes_the_jobs_and_they_run_this_pipeline(corpus, local,
 def test_cluster_options_that_cannot_work(corpus, tmp_path, capsys):
     for args, message in (
         (["--dry_run"], "--dry_run writes Slurm job scripts: use it with --executor slurm, not local"),
-        (["--executor", "ray", "--ray_address", "auto", "--cpus_per_task", "0"], "must be at least 1"),
+        (["--executor", "slurm", "--slurm_partition", "cpu", "--cpus_per_task", "0"], "must be at least 1"),
         (["--ray_address", "auto"], "--ray_address is for --executor ray, not local"),
     ):
         with pytest.raises(SystemExit) as e:

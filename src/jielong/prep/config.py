@@ -81,7 +81,7 @@ def check_options(cfg: CleanConfig, executor: str = "local") -> None:
     if unknown:
         raise UserError(f"--languages {' '.join(unknown)}: languages are zh, en and other")
     if executor == "ray" and importlib.util.find_spec("ray") is None:
-        raise UserError("--executor ray needs ray: pip install 'ray[default]'")
+        raise UserError("--executor ray needs ray: pip install 'jielong[data]' (or 'ray')")
     if cfg.quality_model:
         QualityModel.load(cfg.quality_model)  # fail now on a bad file, not in a worker
         upsample_copies(np.zeros(0), cfg.upsample_top_fraction, cfg.upsample_times)
