@@ -5,8 +5,9 @@ classifier, and a report of what was kept and dropped and why.
 
 The modules, in the order a document meets them:
   commands        the CLI functions: clean, stats_cmd, quality_train
-  config          CleanConfig, the checks of its options, the run's fingerprint
+  config          CleanConfig, ClusterConfig, the checks of their options, the run's fingerprint
   pipeline        builds both stages and runs them on an executor (console: a quiet one)
+  cluster         the same stages on Ray or Slurm (ClusterConfig in config), a Slurm dry run
   readers         input files → documents (txt, jsonl, parquet, html, warc)
   html_extract    HtmlExtract: a web page's main text
   normalize       Normalize: mojibake, NFC, control characters, spaces

@@ -2,6 +2,9 @@
 
 Run as:
     jielong data clean web/ books.jsonl.zst crawl.warc.gz --out runs/data
+    jielong data clean web/ --out runs/data --executor ray                    # a private Ray cluster here
+    jielong data clean web/ --out runs/data --executor ray --ray_address auto --cpus_per_task 2
+    jielong data clean web/ --out runs/data --executor slurm --slurm_partition cpu --dry_run
     jielong data clean zh/ --out runs/zh --convert t2s --languages zh --quality_model q.json --min_quality 0.3 --upsample_top_fraction 0.1 --upsample_times 3 --tokenizer runs/tok
     jielong data stats runs/data                      # the per-step table, report.md, charts
     jielong data quality-train --good ref.jsonl --bad web.jsonl --out quality.json
@@ -22,7 +25,7 @@ from pathlib import Path
 from typing import Literal
 
 from jielong.errors import UserError
-from jielong.prep.config import CleanConfig, check_options
+from jielong.prep.config import CleanConfig, ClusterConfig, check_cluster, check_options
 from jielong.prep.dedup import MinHashConfig
 from jielong.prep.quality_model import train_quality
 from jielong.prep.report import drop_note, format_table, write_report
@@ -59,8 +62,7 @@ def clean(
     executor: Literal["local", "slurm", "ray"] = "local",
     workers: int = 0,
     tasks: int = 0,
-    slurm_partition: str | None = None,
-    slurm_time: str = "24:00:00",
+    cluster: ClusterConfig = ClusterConfig(),  # noqa: B008 (never mutated)
     verbose: bool = False,
 ) -> dict | None:
     """Clean, de-duplicate and shard raw text: the steps of a pretraining corpus.
@@ -92,8 +94,7 @@ def clean(
         executor: Where stage 1 runs: local processes, a Slurm cluster, or a Ray cluster.
         workers: Processes at once (default: the available cores).
         tasks: Stage-1 tasks, each a share of the input files (default: up to 4 per worker).
-        slurm_partition: Slurm partition (with --executor slurm).
-        slurm_time: Slurm time limit per job.
+        cluster: Ray and Slurm settings.
         verbose: Show datatrove's own logs.
     """
     _need_datatrove()
@@ -104,7 +105,8 @@ def clean(
                       upsample_top_fraction=upsample_top_fraction, upsample_times=upsample_times,
                       format=format, shard_docs=shard_docs, tokenizer=tokenizer,
                       quality_preset=quality_preset)
-    check_options(cfg, executor, slurm_partition)
+    check_options(cfg, executor)
+    check_cluster(cluster, executor)
     files = find_inputs(inputs)
     for f in files:  # a missing column is a mistake in the command: say so before starting
         if input_kind(f)[0] == "parquet":
@@ -112,7 +114,7 @@ def clean(
     cfg.files = [str(f.resolve()) for f in files]
     t0 = time.time()
     print(f"cleaning {len(files)} file{'s' * (len(files) != 1)} into {out}/", file=sys.stderr)
-    stats = run_clean(cfg, executor, workers, tasks, slurm_partition, slurm_time, verbose)
+    stats = run_clean(cfg, executor, workers, tasks, cluster, verbose)
     if stats is None:
         return None
     print(format_table(stats))

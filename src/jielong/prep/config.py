@@ -1,8 +1,10 @@
 """The options of a `jielong data clean` run: `CleanConfig` (everything the output depends
-on), their checks before anything starts, and the run's fingerprint.
+on), `ClusterConfig` (where it runs: Ray, Slurm), their checks before anything starts, and
+the run's fingerprint.
 
     cfg = CleanConfig(files=["/data/web.jsonl"], out="/runs/data", languages=["zh"])
     check_options(cfg, executor="local")   # a UserError names the bad option and the fix
+    check_cluster(ClusterConfig(slurm_partition="cpu", dry_run=True), executor="slurm")
     fingerprint(cfg, tasks=8)              # same inputs, options and tasks: a resumable run
 
 CLEAN_STEPS are the per-document steps in the order they run; SKIPPABLE what `--skip`
@@ -63,7 +65,7 @@ def options(cfg: CleanConfig) -> dict:
     return d
 
 
-def check_options(cfg: CleanConfig, executor: str = "local", slurm_partition: str | None = None) -> None:
+def check_options(cfg: CleanConfig, executor: str = "local") -> None:
     """Raise a UserError for an option that cannot work, before any file is read."""
     bad = sorted(set(cfg.skip) - set(SKIPPABLE))
     if bad:
@@ -78,10 +80,8 @@ def check_options(cfg: CleanConfig, executor: str = "local", slurm_partition: st
     unknown = sorted(set(cfg.languages) - {"zh", "en", "other"})
     if unknown:
         raise UserError(f"--languages {' '.join(unknown)}: languages are zh, en and other")
-    if executor == "slurm" and not slurm_partition:
-        raise UserError("--executor slurm needs --slurm_partition NAME")
     if executor == "ray" and importlib.util.find_spec("ray") is None:
-        raise UserError("--executor ray needs ray: pip install 'ray[default]'")
+        raise UserError("--executor ray needs ray: pip install 'jielong[data]' (or 'ray')")
     if cfg.quality_model:
         QualityModel.load(cfg.quality_model)  # fail now on a bad file, not in a worker
         upsample_copies(np.zeros(0), cfg.upsample_top_fraction, cfg.upsample_times)
@@ -98,3 +98,37 @@ def fingerprint(cfg: CleanConfig, tasks: int) -> str:
         st = os.stat(f)
         h.update(f"{f}|{st.st_size}|{st.st_mtime_ns}\n".encode())
     return h.hexdigest()[:16]
+
+
+@dataclass
+class ClusterConfig:
+    """Where the tasks run when not on this machine's processes.
+
+    Args:
+        ray_address: Ray cluster (with --executor ray): "auto" joins the one `ray start` runs on this machine, HOST:6379 names its head; default: start a private one here.
+        cpus_per_task: CPUs each task reserves (Ray and Slurm).
+        mem_per_cpu_gb: Memory each task reserves per CPU, in GB (Ray and Slurm).
+        slurm_partition: Slurm partition (with --executor slurm).
+        slurm_time: Slurm time limit per job.
+        dry_run: With --executor slurm: write the sbatch scripts to OUT/slurm/ and print how to submit them, submitting nothing.
+    """
+
+    ray_address: str | None = None
+    cpus_per_task: int = 1
+    mem_per_cpu_gb: int = 2
+    slurm_partition: str | None = None
+    slurm_time: str = "24:00:00"
+    dry_run: bool = False
+
+
+def check_cluster(cluster: ClusterConfig, executor: str) -> None:
+    """Raise a UserError for cluster options that cannot work with `executor`."""
+    if cluster.cpus_per_task < 1 or cluster.mem_per_cpu_gb < 1:
+        raise UserError(f"--cpus_per_task {cluster.cpus_per_task} and --mem_per_cpu_gb "
+                        f"{cluster.mem_per_cpu_gb} must be at least 1")
+    if executor == "slurm" and not cluster.slurm_partition:
+        raise UserError("--executor slurm needs --slurm_partition NAME")
+    if cluster.dry_run and executor != "slurm":
+        raise UserError(f"--dry_run writes Slurm job scripts: use it with --executor slurm, not {executor}")
+    if cluster.ray_address and executor != "ray":
+        raise UserError(f"--ray_address is for --executor ray, not {executor}")

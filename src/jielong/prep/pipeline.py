@@ -1,5 +1,6 @@
 """The pipeline of `jielong data clean`, built from the steps of this package and run by a
-datatrove executor: local processes by default, a Slurm or Ray cluster to scale out.
+datatrove executor: local processes by default, a Slurm or Ray cluster to scale out
+(`jielong.prep.cluster`).
 
     cfg = CleanConfig(files=[...], out="runs/data")
     stats = run_clean(cfg, executor="local", workers=8)
@@ -27,13 +28,12 @@ import shutil
 from pathlib import Path
 
 from datatrove.executor.local import LocalPipelineExecutor
-from datatrove.executor.ray import RayPipelineExecutor
-from datatrove.executor.slurm import SlurmPipelineExecutor
 from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.filters.base_filter import BaseFilter
 from datatrove.pipeline.writers.jsonl import JsonlWriter
 from datatrove.utils.logging import setup_default_logger
 
+from jielong.prep.cluster import ClusterConfig, run_on_ray, run_on_slurm
 from jielong.prep.config import CLEAN_STEPS, CleanConfig, fingerprint
 from jielong.prep.console import QuietLocalExecutor, quiet_console
 from jielong.prep.finish import Finish
@@ -90,9 +90,9 @@ def available_cores() -> int:
 
 
 def run_clean(cfg: CleanConfig, executor: str = "local", workers: int = 0, tasks: int = 0,
-              slurm_partition: str | None = None, slurm_time: str = "24:00:00",
-              verbose: bool = False) -> dict | None:
-    """Run both stages; returns the stats (None when the jobs were only submitted)."""
+              cluster: ClusterConfig | None = None, verbose: bool = False) -> dict | None:
+    """Run both stages; returns the stats (None when the jobs were only submitted or written)."""
+    cluster = cluster or ClusterConfig()
     if executor == "local":
         workers = workers or available_cores()
         tasks = tasks or min(len(cfg.files), 4 * workers)
@@ -109,37 +109,22 @@ def run_clean(cfg: CleanConfig, executor: str = "local", workers: int = 0, tasks
         work.mkdir(parents=True)
         (work / "fingerprint").write_text(fp)
     logs = work / "logs"
-    if executor == "local":
-        Local = LocalPipelineExecutor if verbose else QuietLocalExecutor
-        s1 = Local(stage1, tasks=tasks, workers=min(workers, tasks), logging_dir=str(logs / "stage1"))
-        s2 = Local(stage2, tasks=1, workers=1, logging_dir=str(logs / "stage2"), depends=s1)
-        if not verbose:
-            quiet_console()
-        try:
+    if not verbose:
+        quiet_console()
+    try:
+        if executor == "slurm":  # submitted (or written): the jobs finish the run, stats come later
+            run_on_slurm(stage1, stage2, logs, out, tasks, workers, cluster)
+            return None
+        if executor == "local":
+            Local = LocalPipelineExecutor if verbose else QuietLocalExecutor
+            s1 = Local(stage1, tasks=tasks, workers=min(workers, tasks), logging_dir=str(logs / "stage1"))
+            s2 = Local(stage2, tasks=1, workers=1, logging_dir=str(logs / "stage2"), depends=s1)
             s2.run()
-        finally:
-            if not verbose:
-                setup_default_logger()
-    elif executor == "slurm":
-        venv = os.environ.get("VIRTUAL_ENV")  # the jobs run in the environment of this command
-        common = {"time": slurm_time, "partition": slurm_partition,
-                  "venv_path": f"{venv}/bin/activate" if venv else None}
-        s1 = SlurmPipelineExecutor(stage1, tasks=tasks, workers=workers, job_name="jielong-clean",
-                                   logging_dir=str(logs / "stage1"), **common)
-        s2 = SlurmPipelineExecutor(stage2, tasks=1, job_name="jielong-finish", depends=s1,
-                                   logging_dir=str(logs / "stage2"), **common)
-        s2.run()
-        print(f"submitted to Slurm ({tasks} tasks, then one to de-duplicate and write); when they "
-              f"finish: jielong data stats {out}")
-        return None
-    else:
-        import ray  # lazy: ray is an optional extra, needed only here
-
-        if not ray.is_initialized():
-            ray.init()  # joins the cluster in RAY_ADDRESS, else starts a local one
-        s1 = RayPipelineExecutor(stage1, tasks=tasks, workers=workers, logging_dir=str(logs / "stage1"))
-        s2 = RayPipelineExecutor(stage2, tasks=1, workers=1, logging_dir=str(logs / "stage2"), depends=s1)
-        s2.run()
+        else:
+            run_on_ray(stage1, stage2, logs, tasks, workers, cluster, verbose)
+    finally:
+        if not verbose:
+            setup_default_logger()
     stats = json.loads((out / "stats.json").read_text())
     if (out / "logs").exists():
         shutil.rmtree(out / "logs")
