@@ -36,6 +36,9 @@ load, so a run saved by 2 processes resumes on 1 or 4.
 `--activation_checkpointing` recomputes each block's activations in the backward pass
 (`torch.utils.checkpoint`, non-reentrant) instead of keeping them: less memory, a third
 more compute; with or without FSDP, the losses and gradients are the same.
+
+(torch.distributed's checkpoint and FSDP modules are imported where used: they take a second
+or two to import, which every `jielong` command would pay.)
 """
 
 from __future__ import annotations
@@ -49,15 +52,6 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_model_state_dict,
-    get_state_dict,
-    set_state_dict,
-)
-from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.checkpoint import checkpoint
 
@@ -126,6 +120,9 @@ def wrap(model: torch.nn.Module, mode: str, device: torch.device, world: int,
 def shard(model: torch.nn.Module, device: torch.device, world: int,
           activation_checkpointing: bool, cpu_offload: bool) -> torch.nn.Module:
     """FSDP2: a copy of `model`, `fully_shard`ed block by block, then at the root."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
+
     if not hasattr(getattr(model, "model", None), "layers"):
         raise UserError("--parallel fsdp shards a model's decoder blocks (model.model.layers); this "
                         "stage's model has none: use --parallel ddp")
@@ -170,6 +167,8 @@ def is_sharded(path: Path) -> bool:
 
 
 def _options():
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
     # frozen weights (a LoRA base) are the base model's, never trained: not in checkpoints
     return StateDictOptions(ignore_frozen_params=True)
 
@@ -183,6 +182,9 @@ def save_sharded(train_model: torch.nn.Module, opt: torch.optim.Optimizer, path:
                  trainer_state: dict) -> None:
     """Every rank writes its shards of the trained weights and optimizer state to `path`
     (a DCP folder), rank 0 the trainer state last; written under a hidden name first."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
     main = not dist.is_initialized() or dist.get_rank() == 0
     tmp = path.with_name(f".{path.name}.tmp")
     if main:
@@ -204,6 +206,9 @@ def save_sharded(train_model: torch.nn.Module, opt: torch.optim.Optimizer, path:
 def load_sharded(train_model: torch.nn.Module, opt: torch.optim.Optimizer, path: Path) -> None:
     """Fill the trained weights and the optimizer state from a DCP folder, however many
     processes wrote it (DCP reshards to this run's shards)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
     model_sd, optim_sd = get_state_dict(train_model, opt, options=_options())
     state = {"model": model_sd, "optim": optim_sd}
     with warnings.catch_warnings():  # one process: "assuming the intent is to load in a single process"
@@ -217,6 +222,8 @@ def consolidate(train_model: torch.nn.Module, model: torch.nn.Module) -> None:
     """Gather a sharded copy's full weights into the plain `model`, on rank 0 only (the
     others get nothing: a full copy per process is what FSDP avoids). Every rank calls it.
     Without FSDP the two share their weights already."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
     if train_model is model or getattr(train_model, "module", None) is model:
         return
     full = get_model_state_dict(train_model, options=StateDictOptions(full_state_dict=True,
