@@ -121,7 +121,12 @@ def shard(model: torch.nn.Module, device: torch.device, world: int,
           activation_checkpointing: bool, cpu_offload: bool) -> torch.nn.Module:
     """FSDP2: a copy of `model`, `fully_shard`ed block by block, then at the root."""
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
+    from torch.distributed.fsdp import (
+        CPUOffloadPolicy,
+        MixedPrecisionPolicy,
+        OffloadPolicy,
+        fully_shard,
+    )
 
     if not hasattr(getattr(model, "model", None), "layers"):
         raise UserError("--parallel fsdp shards a model's decoder blocks (model.model.layers); this "
