@@ -3,7 +3,9 @@
 A batch is a function of (step, micro, rank) alone: example p of the run is element
 p mod N of epoch p // N's permutation, and each epoch's permutation is seeded by (seed,
 epoch). So a killed run resumes exactly, and across processes every example is seen once
-per epoch.
+per epoch. Position p is (step × grad_accum × world + micro × world + rank) × batch_size:
+a function of the step and the global micro-batch index alone (`jielong.train.loop`), so
+1 process with grad_accum 2 draws what 2 processes with grad_accum 1 do.
 """
 
 from __future__ import annotations
