@@ -14,15 +14,18 @@ import sys
 import pytest
 import torch
 from conftest import ROOT, tiny_corpus, write_jsonl
+from safetensors.torch import load_file
 
 from jielong.checkpoint import load_model, save_model
 from jielong.config import preset
 from jielong.errors import UserError
+from jielong.lora import LoraConfig
 from jielong.model import Transformer
 from jielong.tokenizer import train_tokenizer
 from jielong.train.loop import TrainConfig, check_layout
 from jielong.train.parallel import checkpoint_blocks, choose
 from jielong.train.pretrain import pretrain
+from jielong.train.sft import sft
 
 # A constant schedule after one warmup step, so a run of 3 steps and one of 6 agree on 1–3.
 ARGS = ["--preset", "test", "--vocab_size", "320", "--seq_len", "32", "--batch_size", "4",
@@ -108,11 +111,6 @@ def test_consolidated_model_loads_in_transformers(runs):
 
 
 def test_lora_sft_under_fsdp_matches_one_process(tmp_path):
-    from safetensors.torch import load_file
-
-    from jielong.lora import LoraConfig
-    from jielong.train.sft import sft
-
     tok = train_tokenizer(tiny_corpus(200), vocab_size=400)
     torch.manual_seed(0)
     base = save_model(tmp_path / "base", Transformer(preset("test", vocab_size=tok.vocab_size)), tok)

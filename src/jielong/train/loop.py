@@ -126,7 +126,7 @@ class TrainConfig:
         eval_data: The folder holding cmmlu/, ceval/, mmlu/, tmmluplus/, drcd-dev.json, cmrc2018-dev.json for --eval_tasks.
         eval_shots: Solved examples before each --eval_tasks question.
         eval_limit: Score at most this many questions per subject of --eval_tasks.
-        parallel: Under torchrun: ddp (a whole model per process), fsdp (FSDP2: weights, gradients and optimizer state sharded across processes, checkpoints sharded) or auto (DDP when the model's training state fits 60% of one GPU, else FSDP; DDP on a CPU).
+        parallel: Under torchrun: ddp (a whole model per process), fsdp (FSDP2: weights, gradients and optimizer state sharded across processes, checkpoints sharded) or auto (DDP when the model's training state fits 60 percent of one GPU, else FSDP; DDP on a CPU).
         activation_checkpointing: Recompute each decoder block's activations in the backward pass: less memory, about a third more compute.
         cpu_offload: With --parallel fsdp on GPUs: keep the shards, gradients and optimizer step on the CPU.
     """

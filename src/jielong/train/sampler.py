@@ -32,6 +32,11 @@ class EpochSampler:
             out.append(self._perm[1][i])
         return out
 
+    def global_micro(self, micro: int, rank: int) -> int:
+        """The step's micro-batch index across all processes (`jielong.train.loop`): what a
+        stage's other draws (negatives, questions) are seeded with, beside the step."""
+        return micro * self.world + rank
+
     def epochs(self, steps: int) -> float:
         """How many passes over the data `steps` optimizer steps make."""
         return steps * self.grad_accum * self.world * self.batch_size / max(1, self.n)
