@@ -404,6 +404,9 @@ def fit(model: torch.nn.Module, stage: Stage, cfg: TrainConfig, run_dir: str | P
                         "--parallel ddp")
     if main and world > 1:
         print(f"parallel: {mode} on {world} processes ({why})")
+    elif world == 1 and cfg.parallel == "fsdp":
+        print("parallel: one process trains plainly; --parallel fsdp keeps its checkpoints sharded, "
+              "so it can resume under torchrun")
     train_model = wrap(model, mode, device, world, cfg.activation_checkpointing, cfg.cpu_offload)
     opt = _optimizer(train_model, cfg, device)
     start = 0
