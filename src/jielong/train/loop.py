@@ -601,8 +601,8 @@ def fit(model: torch.nn.Module, stage: Stage, cfg: TrainConfig, run_dir: str | P
             print(f"early stopping at step {finished}/{cfg.steps}: val_loss has not improved by more than "
                   f"{cfg.min_delta} for {cfg.patience} evaluations; the best was "
                   f"{early.best:.4f} at step {early.best_step}")
-        if cfg.load_best_at_end and (best_dir / "best.json").exists():
-            load_fn(model, best_dir)  # the result is the best step's weights
+        if cfg.load_best_at_end and (best_dir / "best.json").exists() and (main or mode != "fsdp"):
+            load_fn(model, best_dir)  # the result is the best step's weights (FSDP: rank 0's)
             if main:
                 print(f"loaded the best checkpoint (step {early.best_step}, val_loss "
                       f"{early.best:.4f}) as the result")

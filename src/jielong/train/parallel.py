@@ -25,7 +25,9 @@ reduce_dtype=float32)`), the shards themselves stay fp32 (the optimizer's master
 FSDP trains a copy of the model (`copy.deepcopy`, sharded as soon as it is made): the
 model the stage built stays a plain module, so saving a Hugging Face directory, a LoRA
 adapter or the best checkpoint works unchanged once `consolidate` has gathered the full
-weights into it (on rank 0). Evaluation runs the sharded copy on every rank.
+weights into it, on rank 0, which alone writes results; the other ranks move theirs to the
+meta device (no memory). On a GPU rank 0's copy is in host memory, 4 bytes a parameter.
+Evaluation runs the sharded copy on every rank.
 
 Sharded checkpoints are `torch.distributed.checkpoint` (DCP) folders: every rank writes its
 shards of the model and optimizer state (`get_state_dict` names them by parameter path, not
@@ -146,6 +148,8 @@ def shard(model: torch.nn.Module, device: torch.device, world: int,
     for block in copy_.model.layers:
         fully_shard(block, **kwargs)
     fully_shard(copy_, **kwargs)  # the root: embeddings, final norm, head
+    if dist.get_rank() != 0:  # only rank 0 writes results: the others' plain copy goes
+        model.to("meta")
     return copy_
 
 
