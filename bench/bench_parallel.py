@@ -8,14 +8,17 @@ on the same batches with jielong's own wrapping (`jielong.train.parallel.wrap`, 
 does for `--parallel ddp|fsdp`) and AdamW. Per process it reports:
 - the training state it holds: weights + gradients + AdamW's two moments, counted from the
   tensors themselves (a DTensor's local shard under FSDP);
-- peak RSS (`getrusage`), which also holds the Python process, torch and the plain model
-  the stage built (FSDP trains a sharded copy of it; see jielong.train.parallel);
+- resident memory when the model is built, after the last step, and at its peak
+  (`getrusage`); besides the training state it holds the Python process, torch, the plain
+  model the stage built (FSDP trains a sharded copy of it and frees the plain one on ranks
+  other than 0; see jielong.train.parallel) and the buffers of the collectives;
 - the median step time over the steps after the first (fwd + bwd + clip + AdamW).
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import resource
@@ -43,6 +46,18 @@ def local_bytes(tensors) -> int:
     return out
 
 
+def rss_mb() -> float:
+    """This process's resident memory now (Linux /proc)."""
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def trimmed_rss_mb() -> float:
+    """Resident memory once glibc has handed its free pages back (malloc_trim): what the
+    process still uses, not what its allocator keeps for later."""
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    return rss_mb()
+
+
 def config(args) -> ModelConfig:
     return preset("test", vocab_size=args.vocab, hidden_size=args.width,
                   intermediate_size=args.width * 11 // 4, num_hidden_layers=args.layers,
@@ -56,6 +71,7 @@ def worker(args) -> None:
     torch.manual_seed(0)
     model = Transformer(config(args))
     n_params = sum(p.numel() for p in model.parameters())
+    before = rss_mb()
     train_model = wrap(model, args.mode, device, world)
     opt = torch.optim.AdamW(train_model.parameters(), lr=1e-4)
     g = torch.Generator().manual_seed(1 + rank)
@@ -73,6 +89,7 @@ def worker(args) -> None:
         times.append(time.perf_counter() - t)
     row = {"rank": rank, "held_mb": held / 2**20,
            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+           "rss_before_mb": before, "rss_end_mb": rss_mb(), "rss_trimmed_mb": trimmed_rss_mb(),
            "step_s": statistics.median(times[1:]), "params": n_params}
     rows = [None] * world
     dist.all_gather_object(rows, row)
@@ -109,11 +126,15 @@ def main() -> None:
     print(f"{n / 1e6:.1f}M parameters, {args.layers} layers × {args.width}, 2 processes × "
           f"{args.batch} × {args.seq} tokens a step, fp32, gloo, 1 thread each; "
           f"load average before: {load:.1f}")
-    print("| mode | training state held per process | peak RSS per process | step time (median) |")
+    print("| mode | training state held per process | RSS: model built → after the last step → "
+          "trimmed (peak) "
+          "| step time (median) |")
     print("| --- | --- | --- | --- |")
     for r in results:
         held = " / ".join(f"{x['held_mb']:.0f}" for x in r["rows"])
-        rss = " / ".join(f"{x['peak_rss_mb']:.0f}" for x in r["rows"])
+        rss = " / ".join(f"{x['rss_before_mb']:.0f} → {x['rss_end_mb']:.0f} → {x['rss_trimmed_mb']:.0f} "
+                         f"({x['peak_rss_mb']:.0f})"
+                         for x in r["rows"])
         step = max(x["step_s"] for x in r["rows"])
         print(f"| {r['mode']} | {held} MB | {rss} MB | {step:.2f} s |")
 
