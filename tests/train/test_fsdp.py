@@ -2,7 +2,8 @@
 and 2 processes, a sharded run resumes exactly on 2 and on 1 process, the consolidated model
 loads in transformers, LoRA SFT shards too, and activation checkpointing changes nothing.
 
-Four torchrun launches in all (each ~3 s to start); the one-process runs are in-process.
+Four torchrun launches in all (each ~3 s to start, mostly waiting), each beside the
+in-process one-process run it is compared with.
 """
 
 import json
@@ -34,14 +35,21 @@ ARGS = ["--preset", "test", "--vocab_size", "320", "--seq_len", "32", "--batch_s
 CFG = dict(steps=6, save_every=3, batch_size=4, warmup_steps=2, eval_every=50, lr=3e-3, device="cpu")
 
 
-def torchrun(*args, cwd) -> subprocess.CompletedProcess:
+def start(*args, cwd) -> subprocess.Popen:
+    """`torchrun --standalone --nproc_per_node 2 -m jielong.cli ARGS…`, started."""
     path = os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "NO_COLOR": "1", "PYTHONPATH": path}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "jielong.cli", *args]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=cwd, env=env)
-    assert r.returncode == 0, r.stderr[:3000] + "\n…\n" + r.stderr[-2000:]
-    return r
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd,
+                            env=env)
+
+
+def finished(proc: subprocess.Popen) -> str:
+    """The stdout of a started run, once it has succeeded."""
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[:3000] + "\n…\n" + err[-2000:]
+    return out
 
 
 def losses(run) -> list[float]:
@@ -51,33 +59,34 @@ def losses(run) -> list[float]:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """The one-process reference (grad_accum 2, in-process) and the 2-process FSDP run
-    (grad_accum 1): the same global batch of 2 micro-batches a step."""
+    """The one-process reference (grad_accum 2, in-process) and the 2-process FSDP and DDP
+    runs (grad_accum 1): the same global batch of 2 micro-batches a step. The three run at
+    once (torchrun spends much of its start waiting)."""
     d = tmp_path_factory.mktemp("fsdp")
     corpus = write_jsonl(d / "docs.jsonl", [{"text": t} for t in tiny_corpus()])
+    fsdp = start("pretrain", str(corpus), "--out", str(d / "fsdp"), *ARGS, "--parallel", "fsdp", cwd=d)
+    ddp = start("pretrain", str(corpus), "--out", str(d / "ddp"), *ARGS, "--parallel", "ddp", cwd=d)
     pretrain([str(corpus)], out=str(d / "ref"), preset="test", vocab_size=320, seq_len=32,
              train=TrainConfig(**CFG, grad_accum=2, parallel="fsdp"))
-    r = torchrun("pretrain", str(corpus), "--out", str(d / "fsdp"), *ARGS, "--parallel", "fsdp", cwd=d)
-    return d, corpus, r
+    return d, corpus, finished(fsdp), finished(ddp)
 
 
 def test_two_process_fsdp_and_ddp_equal_one_process(runs):
-    d, corpus, r = runs
+    d, corpus, fsdp, ddp = runs
     ref = losses(d / "ref")
     assert len(ref) == 6 and ref[-1] < ref[0]
-    assert "parallel: fsdp on 2 processes" in r.stdout and r.stdout.count("done: 6 steps") == 1
+    assert "parallel: fsdp on 2 processes" in fsdp and fsdp.count("done: 6 steps") == 1
     assert losses(d / "fsdp") == pytest.approx(ref, abs=1e-5)
     step = d / "fsdp" / "checkpoints" / "step-0000006"  # DCP: one shard file per rank
     assert {".metadata", "__0_0.distcp", "__1_0.distcp", "trainer_state.pt"} == {p.name for p in step.iterdir()}
     assert sorted(p.name for p in (d / "fsdp" / "checkpoints").iterdir()) == ["step-0000003", "step-0000006"]
-    ddp = torchrun("pretrain", str(corpus), "--out", str(d / "ddp"), *ARGS, "--parallel", "ddp", cwd=d)
-    assert "parallel: ddp on 2 processes" in ddp.stdout
+    assert "parallel: ddp on 2 processes" in ddp
     assert losses(d / "ddp") == pytest.approx(ref, abs=1e-5)
 
 
 def test_sharded_run_resumes_exactly_on_two_and_on_one_process(runs):
     """Killed after its step-3 checkpoint (and in the middle of writing step 6)."""
-    d, corpus, _ = runs
+    d, corpus = runs[:2]
     ref = losses(d / "ref")
     for name in ("on2", "on1"):
         shutil.copytree(d / "fsdp", d / name)
@@ -86,16 +95,17 @@ def test_sharded_run_resumes_exactly_on_two_and_on_one_process(runs):
         half = d / name / "checkpoints" / ".step-0000006.tmp"  # a save cut short
         half.mkdir()
         (half / "__0_0.distcp").write_bytes(b"\0")
-    r = torchrun("pretrain", str(corpus), "--out", str(d / "on2"), *ARGS, "--parallel", "fsdp",
-                 "--activation_checkpointing", "--resume", cwd=d)
-    assert "resuming from" in r.stdout and "step-0000003" in r.stdout
-    assert losses(d / "on2") == pytest.approx(ref, abs=1e-5)
+    on2 = start("pretrain", str(corpus), "--out", str(d / "on2"), *ARGS, "--parallel", "fsdp",
+                "--activation_checkpointing", "--resume", cwd=d)
     one = dict(out=str(d / "on1"), preset="test", vocab_size=320, seq_len=32, resume=True)
     with pytest.raises(UserError, match="resume with --grad_accum 2$"):  # the global batch is kept
         pretrain([str(corpus)], **one, train=TrainConfig(**CFG, parallel="fsdp"))
     pretrain([str(corpus)], **one, train=TrainConfig(**CFG, grad_accum=2, parallel="fsdp"))
     assert losses(d / "on1") == pytest.approx(ref, abs=1e-5)
     assert sorted(p.name for p in (d / "on1" / "checkpoints").iterdir()) == ["step-0000003", "step-0000006"]
+    r = finished(on2)
+    assert "resuming from" in r and "step-0000003" in r
+    assert losses(d / "on2") == pytest.approx(ref, abs=1e-5)
 
 
 def test_consolidated_model_loads_in_transformers(runs):
@@ -120,10 +130,11 @@ def test_lora_sft_under_fsdp_matches_one_process(tmp_path):
     common = ["--model", str(base), "--method", "lora", "--steps", "3", "--batch_size", "2",
               "--lr", "1e-2", "--seq_len", "64", "--warmup_steps", "1", "--eval_every", "100",
               "--device", "cpu", "--parallel", "fsdp"]
-    torchrun("train", "sft", str(chats), "--out", str(tmp_path / "two"), *common, cwd=tmp_path)
+    two = start("train", "sft", str(chats), "--out", str(tmp_path / "two"), *common, cwd=tmp_path)
     sft([str(chats)], model=str(base), out=str(tmp_path / "one"), method="lora", seq_len=64,
         train=TrainConfig(steps=3, batch_size=2, grad_accum=2, lr=1e-2, warmup_steps=1, eval_every=100,
                           device="cpu", parallel="fsdp"), lora=LoraConfig())
+    assert "parallel: fsdp on 2 processes" in finished(two)
     assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), abs=1e-5)
     two, one = (load_file(tmp_path / r / "adapter" / "adapter_model.safetensors") for r in ("two", "one"))
     assert set(two) == set(one) and len(one) == 28  # 7 projections × 2 layers × (A, B)
