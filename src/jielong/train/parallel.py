@@ -111,6 +111,8 @@ def wrap(model: torch.nn.Module, mode: str, device: torch.device, world: int,
                         "model has none (model.model.layers); leave it out")
     if mode == "fsdp":
         return shard(model, device, world, activation_checkpointing, cpu_offload)
+    if cpu_offload and (not dist.is_initialized() or dist.get_rank() == 0):
+        print(f"note: --cpu_offload is FSDP's; ignored when training {'with DDP' if mode == 'ddp' else 'plainly'}")
     model.to(device)
     if activation_checkpointing:
         checkpoint_blocks(model)
