@@ -31,9 +31,22 @@ KL and reply length this way).
 `fit(model, stage, cfg, run_dir)` does the rest: device and precision (bf16 autocast on
 CUDA), AdamW with warmup + cosine/WSD schedule, gradient accumulation and clipping, a
 progress bar with loss, tokens/s and ETA, `metrics.jsonl`, atomic checkpoints under
-`RUN/checkpoints/step-N/` (HF directory + trainer_state.pt), exact resume, and DDP when
-launched by torchrun. Because a batch depends only on (step, micro, rank) and the RNG state
-is saved, a run killed at any moment and resumed computes the same losses step for step.
+`RUN/checkpoints/step-N/` (HF directory + trainer_state.pt), exact resume, and DDP or FSDP2
+when launched by torchrun (`--parallel`, `--activation_checkpointing`, `--cpu_offload`: see
+`jielong.train.parallel`; a sharded run's checkpoints are DCP folders, and the model the
+stage gets back holds the full weights on rank 0). Because a batch depends only on (step,
+micro, rank) and the RNG state is saved, a run killed at any moment and resumed computes
+the same losses step for step.
+
+The global batch. A step is G = grad_accum × world micro-batches of batch_size sequences;
+micro-batch g (0 ≤ g < G) is drawn by rank g % world as its micro g // world, i.e. rank r
+calls `stage.batch(step, micro, r)` for the global index g = micro × world + r. A stage's
+batch must depend only on (step, g) — `EpochSampler` takes the run's (step × G + g)-th slice
+of its shuffled epochs, pretraining seeds its random windows with (step, g) — so the data of
+a step does not depend on how it is split: 1 process with grad_accum 2 and 2 processes with
+grad_accum 1 see the same sequences, and (gradients being averaged over all G) compute the
+same losses. A run resumed on another number of processes must keep G: it says which
+--grad_accum does (a UserError also when world does not divide G).
 
 When `evaluate` returns a `val_loss`, the loop keeps the best step's checkpoint in
 `RUN/checkpoints/best/` (with best.json: its step and val_loss; never a resume point), stops
@@ -62,7 +75,6 @@ from typing import Literal, Protocol
 
 import torch
 import torch.distributed as dist
-from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from jielong.checkpoint import list_checkpoints, load_model, load_trainer_state, save_model
@@ -71,6 +83,17 @@ from jielong.files import atomic_dir, write_json, write_text
 from jielong.runtime import init_distributed, pick_device
 from jielong.train import throughput
 from jielong.train.eval_tasks import TaskScorer, check_tasks, language_model
+from jielong.train.parallel import (
+    choose,
+    consolidate,
+    grad_norm_value,
+    is_sharded,
+    load_sharded,
+    no_sync,
+    save_sharded,
+    uncheckpoint_blocks,
+    wrap,
+)
 
 
 @dataclass
@@ -105,6 +128,9 @@ class TrainConfig:
         eval_data: The folder holding cmmlu/, ceval/, mmlu/, tmmluplus/, drcd-dev.json, cmrc2018-dev.json for --eval_tasks.
         eval_shots: Solved examples before each --eval_tasks question.
         eval_limit: Score at most this many questions per subject of --eval_tasks.
+        parallel: Under torchrun: ddp (a whole model per process), fsdp (FSDP2: weights, gradients and optimizer state sharded across processes, checkpoints sharded) or auto (DDP when the model's training state fits 60 percent of one GPU, else FSDP; DDP on a CPU).
+        activation_checkpointing: Recompute each decoder block's activations in the backward pass: less memory, about a third more compute.
+        cpu_offload: With --parallel fsdp on GPUs: keep the shards, gradients and optimizer step on the CPU.
     """
 
     steps: int = 1000
@@ -134,6 +160,9 @@ class TrainConfig:
     eval_data: str = "data"
     eval_shots: int = 5
     eval_limit: int | None = None
+    parallel: Literal["auto", "ddp", "fsdp"] = "auto"
+    activation_checkpointing: bool = False
+    cpu_offload: bool = False
 
     def validate(self) -> None:
         if self.patience < 0:
@@ -311,6 +340,24 @@ class Interrupted(KeyboardInterrupt):
         self.step, self.signum = step, signum
 
 
+def check_layout(state: dict, cfg: TrainConfig, world: int, ckpt: Path) -> None:
+    """A resumed run keeps its global batch (grad_accum × world micro-batches of batch_size
+    sequences), whatever number of processes it resumes on."""
+    was = state.get("train_config", {})
+    g_was = was.get("grad_accum", cfg.grad_accum) * state.get("world", world)  # older checkpoints: as now
+    b_was = was.get("batch_size", cfg.batch_size)
+    if b_was != cfg.batch_size:
+        raise UserError(f"{ckpt} was trained with --batch_size {b_was}; resume with the same")
+    if g_was == cfg.grad_accum * world:
+        return
+    if g_was % world:
+        raise UserError(f"{ckpt}: the run's global batch is {g_was} micro-batches of {b_was}, which "
+                        f"{world} processes cannot share evenly; resume on a number of processes "
+                        f"that divides {g_was}")
+    raise UserError(f"{ckpt}: the run's global batch is {g_was} micro-batches of {b_was}; on {world} "
+                    f"process{'es' if world > 1 else ''} resume with --grad_accum {g_was // world}")
+
+
 def _save_lm(model, path: Path, tokenizer, trainer_state: dict) -> None:
     save_model(path, model, tokenizer, trainer_state)
 
@@ -347,17 +394,36 @@ def fit(model: torch.nn.Module, stage: Stage, cfg: TrainConfig, run_dir: str | P
                             lm.config.max_position_embeddings)
         if main:
             print(f"eval tasks every {cfg.eval_every} steps: {scorer.describe()}")
-    model.to(device)
-    opt = _optimizer(model, cfg, device)
+    mode, why = choose(cfg.parallel, model, device, world)
+    found = list_checkpoints(run)
+    ckpt = found[-1] if resume and found else None
+    if ckpt is not None:
+        check_layout(load_trainer_state(ckpt), cfg, world, ckpt)
+    if ckpt is not None and not is_sharded(ckpt) and mode == "fsdp":
+        raise UserError(f"{ckpt} is a whole-model checkpoint (this run was not sharded); resume it "
+                        "with --parallel ddp")
+    # sharded (DCP) checkpoints under FSDP, when asked for, and for a run begun sharded
+    sharded = mode == "fsdp" or cfg.parallel == "fsdp" or (ckpt is not None and is_sharded(ckpt))
+    if mode == "fsdp" and any(v is model for v in vars(stage).values()):
+        raise UserError(f"{desc} samples from the model it trains, which FSDP shards; use "
+                        "--parallel ddp")
+    if main and world > 1:
+        print(f"parallel: {mode} on {world} processes ({why})")
+    elif world == 1 and cfg.parallel == "fsdp":
+        print("parallel: one process trains plainly; --parallel fsdp keeps its checkpoints sharded, "
+              "so it can resume under torchrun")
+    train_model = wrap(model, mode, device, world, cfg.activation_checkpointing, cfg.cpu_offload)
+    opt = _optimizer(train_model, cfg, device)
     start = 0
     early = EarlyStopping(cfg.patience, cfg.min_delta)
     keep_best = cfg.keep_best if cfg.keep_best is not None else bool(cfg.patience or cfg.load_best_at_end)
-    found = list_checkpoints(run)
-    if resume and found:
-        ckpt = found[-1]
+    if ckpt is not None:
         state = load_trainer_state(ckpt)
-        load_fn(model, ckpt)
-        opt.load_state_dict(state["optimizer"])
+        if is_sharded(ckpt):
+            load_sharded(train_model, opt, ckpt)
+        else:
+            load_fn(model, ckpt)
+            opt.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng_cpu"])
         if device.type == "cuda" and state.get("rng_cuda") is not None:
             torch.cuda.set_rng_state(state["rng_cuda"], device)
@@ -378,9 +444,6 @@ def fit(model: torch.nn.Module, stage: Stage, cfg: TrainConfig, run_dir: str | P
             shutil.rmtree(run / "checkpoints" / "best", ignore_errors=True)
     metrics = Metrics(run / "metrics.jsonl", start if resume else None) if main else None
 
-    train_model = model
-    if world > 1:
-        train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.compile:
         train_model = torch.compile(train_model)
     amp = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext())
@@ -397,13 +460,17 @@ def fit(model: torch.nn.Module, stage: Stage, cfg: TrainConfig, run_dir: str | P
         return {k: v.to(device, non_blocking=True) for k, v in b.items()}
 
     def save(step: int) -> None:
+        trainer_state = {
+            "step": step, "rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+            "train_config": asdict(cfg), "early_stopping": early.state(), "world": world,
+        }
+        path = run / "checkpoints" / f"step-{step:07d}"
+        if sharded:  # every rank writes its shards (with the optimizer's)
+            save_sharded(train_model, opt, path, trainer_state)
+        elif main:
+            save_fn(model, path, tokenizer, {**trainer_state, "optimizer": opt.state_dict()})
         if main:
-            trainer_state = {
-                "step": step, "optimizer": opt.state_dict(), "rng_cpu": torch.get_rng_state(),
-                "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-                "train_config": asdict(cfg), "early_stopping": early.state(),
-            }
-            save_fn(model, run / "checkpoints" / f"step-{step:07d}", tokenizer, trainer_state)
             for old in list_checkpoints(run)[:-cfg.keep_checkpoints]:
                 shutil.rmtree(old, ignore_errors=True)
         if world > 1:
@@ -420,10 +487,19 @@ def fit(model: torch.nn.Module, stage: Stage, cfg: TrainConfig, run_dir: str | P
     def evaluate(step: int) -> dict:
         result = {}
         model.eval()
-        if main:
+        if mode == "fsdp":  # every rank runs the sharded model; rank 0 keeps the result
+            train_model.eval()
+            with torch.no_grad(), amp:
+                result = stage.evaluate(train_model)
+            train_model.train()
+        elif main:
             with torch.no_grad(), amp:
                 result = stage.evaluate(model)
-        if scorer is not None:  # every rank scores its share; in the weights' dtype, as `jielong eval`
+        if scorer is not None and mode == "fsdp":  # rank 0 scores all, on the gathered weights
+            consolidate(train_model, model)
+            if main:
+                result.update(scorer(lm, 0, 1))
+        elif scorer is not None:  # every rank scores its share; in the weights' dtype, as `jielong eval`
             result.update(scorer(lm, rank, world))
         model.train()
         if not main:
@@ -451,14 +527,13 @@ def fit(model: torch.nn.Module, stage: Stage, cfg: TrainConfig, run_dir: str | P
                 step_tokens = 0
                 for micro in range(cfg.grad_accum):
                     batch = to_dev(stage.batch(step, micro, rank))
-                    sync = micro == cfg.grad_accum - 1 or world == 1
-                    ctx = nullcontext() if sync or not hasattr(train_model, "no_sync") else train_model.no_sync()
-                    with ctx, amp:
+                    with no_sync(train_model, micro == cfg.grad_accum - 1 or world == 1), amp:
                         loss, n = stage.loss(train_model, batch)
                         (loss / cfg.grad_accum).backward()
                     loss_sum += loss.detach()
                     step_tokens += n
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                grad_norm = grad_norm_value(torch.nn.utils.clip_grad_norm_(train_model.parameters(),
+                                                                           cfg.grad_clip))
                 opt.step()
                 opt.zero_grad(set_to_none=True)
                 loss_avg = loss_sum / cfg.grad_accum
@@ -473,7 +548,7 @@ def fit(model: torch.nn.Module, stage: Stage, cfg: TrainConfig, run_dir: str | P
                 if main:
                     extra = {**(stage.step_metrics() if hasattr(stage, "step_metrics") else {}), **meter.step(batch)}
                     metrics.log(step=step + 1, loss=round(loss_val, 6), lr=lr,
-                                grad_norm=round(float(grad_norm), 4), tokens=tokens,
+                                grad_norm=round(grad_norm, 4), tokens=tokens,
                                 tok_s=round(tokens / max(elapsed, 1e-9), 1), **extra)
                     bar.set_postfix(loss=f"{loss_val:.3f}", tok_s=f"{tokens / max(elapsed, 1e-9):,.0f}",
                                     **{k: f"{v:.3g}" for k, v in extra.items()}, refresh=False)
@@ -483,13 +558,17 @@ def fit(model: torch.nn.Module, stage: Stage, cfg: TrainConfig, run_dir: str | P
                     last_eval = evaluate(done)
                     if last_eval:
                         bar.write(f"step {done}: " + ", ".join(f"{k} {v:.4f}" for k, v in last_eval.items()))
+                    improved = False
                     if main and "val_loss" in last_eval:
-                        if early.update(done, float(last_eval["val_loss"])) and keep_best:
-                            save_best(done, float(last_eval["val_loss"]))
+                        improved = early.update(done, float(last_eval["val_loss"])) and keep_best
                     elif main and cfg.patience:
                         raise UserError(f"--patience needs a validation loss, but this stage's "
                                         f"evaluation gave none ({', '.join(last_eval) or 'nothing'}); "
                                         "give it held-out data or leave --patience out")
+                    if mode == "fsdp" and keep_best and early_stop_agreed(improved):
+                        consolidate(train_model, model)  # every rank gathers, rank 0 saves
+                    if improved:
+                        save_best(done, float(last_eval["val_loss"]))
                     stopped_early = early_stop_agreed(early.exhausted and done < cfg.steps)
                 stopping = stop.agreed(world, device)  # every rank asks, every step
                 if stopping or stopped_early or done % cfg.save_every == 0 or done == cfg.steps:
@@ -508,6 +587,10 @@ def fit(model: torch.nn.Module, stage: Stage, cfg: TrainConfig, run_dir: str | P
                       "(continue with --resume)")
             raise
     bar.close()
+    if mode == "fsdp":
+        consolidate(train_model, model)  # the stage's model gets the trained weights (rank 0)
+    elif cfg.activation_checkpointing:
+        uncheckpoint_blocks(model)
     elapsed = time.time() - t0
     summary = {"steps": finished, "loss": loss_val, **last_eval, "tokens": tokens,
                "seconds": round(elapsed, 1), "tok_s": round(tokens / max(elapsed, 1e-9), 1), **meter.summary()}
@@ -524,8 +607,8 @@ def fit(model: torch.nn.Module, stage: Stage, cfg: TrainConfig, run_dir: str | P
             print(f"early stopping at step {finished}/{cfg.steps}: val_loss has not improved by more than "
                   f"{cfg.min_delta} for {cfg.patience} evaluations; the best was "
                   f"{early.best:.4f} at step {early.best_step}")
-        if cfg.load_best_at_end and (best_dir / "best.json").exists():
-            load_fn(model, best_dir)  # the result is the best step's weights
+        if cfg.load_best_at_end and (best_dir / "best.json").exists() and (main or mode != "fsdp"):
+            load_fn(model, best_dir)  # the result is the best step's weights (FSDP: rank 0's)
             if main:
                 print(f"loaded the best checkpoint (step {early.best_step}, val_loss "
                       f"{early.best:.4f}) as the result")

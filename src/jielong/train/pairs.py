@@ -110,7 +110,7 @@ class PairBatches:
     def draw(self, step: int, micro: int, rank: int) -> tuple[list[int], list[int]]:
         """(passage indices, which of each passage's questions)."""
         idx = self.sampler.indices(step, micro, rank)
-        rng = random.Random(f"{self.seed}:{step}:{micro}:{rank}")
+        rng = random.Random(f"{self.seed}:{step}:{self.sampler.global_micro(micro, rank)}:0")
         return idx, [rng.randrange(len(self.passages[i].queries)) for i in idx]
 
 

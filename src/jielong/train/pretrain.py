@@ -57,6 +57,7 @@ class PretrainStage:
     batch_size: int
     seed: int
     eval_batches: int = 20
+    world: int = 1  # processes: a batch is drawn by its global index (jielong.train.loop)
 
     def __post_init__(self):
         self.train = TokenShards(self.data_dir, "train", self.seq_len)
@@ -66,7 +67,8 @@ class PretrainStage:
             raise UserError(f"{e}; or raise --val_fraction") from None
 
     def batch(self, step: int, micro: int, rank: int) -> dict[str, torch.Tensor]:
-        x, y = self.train.random_batch(self.batch_size, self.seed, step, micro, rank)
+        g = micro * self.world + rank  # the same windows however the step is split
+        x, y = self.train.random_batch(self.batch_size, self.seed, step, g, 0)
         return {"input_ids": x, "labels": y}
 
     def loss(self, model, batch) -> tuple[torch.Tensor, int]:
@@ -138,7 +140,7 @@ def pretrain(
     train.validate()
     seq_len = context_length(seq_len, preset_config(preset).max_position_embeddings)  # before slow work
     run = Path(out)
-    init_distributed(pick_device(train.device))  # under torchrun: rank 0 prepares the data
+    _, world = init_distributed(pick_device(train.device))  # under torchrun: rank 0 prepares the data
     with main_process_first():
         tok, tok_dir = prepare_tokenizer(data, run, tokenizer, vocab_size, field)
         meta = prepare_data(data, tok, tok_dir, run / "data", field, val_fraction)
@@ -147,7 +149,7 @@ def pretrain(
     if main:
         print(f"model: {preset} preset, {model.config.num_params / 1e6:.2f}M parameters; data: "
               f"{sum(meta['train_sizes']):,} train / {sum(meta['val_sizes']):,} val tokens")
-    stage = PretrainStage(run / "data", seq_len, train.batch_size, train.seed)
+    stage = PretrainStage(run / "data", seq_len, train.batch_size, train.seed, world=world)
     summary = fit(model, stage, train, run, tokenizer=tok, resume=resume, desc="pretrain")
     if not main:
         return summary

@@ -111,7 +111,8 @@ class RerankStage:
 
     def batch(self, step: int, micro: int, rank: int) -> dict[str, torch.Tensor]:
         idx, which = self.batches.draw(step, micro, rank)
-        rng = random.Random(f"neg:{self.seed}:{step}:{micro}:{rank}")
+        g = self.batches.sampler.global_micro(micro, rank)  # as on any number of processes
+        rng = random.Random(f"neg:{self.seed}:{step}:{g}:0")
         queries, passages = [], []
         for i, (pos, j) in enumerate(zip(idx, which, strict=True)):
             group = [pos] + negatives_for(i, idx, self.train, self.groups, self.negatives, self.hard, rng)

@@ -3,7 +3,9 @@
 A batch is a function of (step, micro, rank) alone: example p of the run is element
 p mod N of epoch p // N's permutation, and each epoch's permutation is seeded by (seed,
 epoch). So a killed run resumes exactly, and across processes every example is seen once
-per epoch.
+per epoch. Position p is (step × grad_accum × world + micro × world + rank) × batch_size:
+a function of the step and the global micro-batch index alone (`jielong.train.loop`), so
+1 process with grad_accum 2 draws what 2 processes with grad_accum 1 do.
 """
 
 from __future__ import annotations
@@ -29,6 +31,11 @@ class EpochSampler:
                 self._perm = (epoch, torch.randperm(self.n, generator=g).tolist())
             out.append(self._perm[1][i])
         return out
+
+    def global_micro(self, micro: int, rank: int) -> int:
+        """The step's micro-batch index across all processes (`jielong.train.loop`): what a
+        stage's other draws (negatives, questions) are seeded with, beside the step."""
+        return micro * self.world + rank
 
     def epochs(self, steps: int) -> float:
         """How many passes over the data `steps` optimizer steps make."""

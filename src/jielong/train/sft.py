@@ -25,6 +25,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Literal
 
+import torch
 from tqdm import tqdm
 
 from jielong.data.chat import IGNORE, encode
@@ -102,6 +103,7 @@ def sft(
     train.validate()
     device = pick_device(train.device)
     _, world = init_distributed(device)
+    torch.manual_seed(train.seed)  # LoRA's initial A: the same on any number of processes
     net, tok, gen = prepare_model(model, method, lora, dtype, device)
     seq_len = context_length(seq_len, net.config.max_position_embeddings)
     examples = load_examples(data, tok, system, train_on_prompt)
