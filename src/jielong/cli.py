@@ -294,10 +294,10 @@ def run(argv: list[str] | None = None, commands: dict | None = None):
 def main(argv: list[str] | None = None) -> None:
     try:
         run(argv)
-        if "torch.distributed" in sys.modules:  # under torchrun: every rank leaves together
-            from jielong.runtime import finish_distributed
-
-            finish_distributed()
+        dist = sys.modules.get("torch.distributed")  # imported by the command, if it needed it
+        if dist is not None and dist.is_available() and dist.is_initialized():
+            dist.barrier()  # under torchrun: every rank leaves together, the group closed
+            dist.destroy_process_group()
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
