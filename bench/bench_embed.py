@@ -19,39 +19,16 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-from tokenizers import Tokenizer as Backend
-from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
-
-from jielong.encoder import Encoder, EncoderConfig
-from jielong.tokenizer import Tokenizer
+from jielong.encoder import char_wordpiece, random_encoder
 from jielong.train.embed import train_embed
 from jielong.train.loop import TrainConfig
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
 def char_bert(texts: list[str], out: Path, hidden: int, seed: int = 0, layers: int = 2) -> Path:
-    chars = sorted({c for t in texts for c in t.lower() if not c.isspace()})
-    vocab = list(dict.fromkeys(SPECIALS + chars + [f"##{c}" for c in chars]))
-    tok = Backend(models.WordPiece({t: i for i, t in enumerate(vocab)}, unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
-    tok.decoder = decoders.WordPiece()
-    tok.add_special_tokens(SPECIALS)
-    cfg = EncoderConfig(vocab_size=tok.get_vocab_size(), hidden_size=hidden, num_hidden_layers=layers,
-                        num_attention_heads=4, intermediate_size=4 * hidden, max_position_embeddings=512)
-    torch.manual_seed(seed)
-    enc = Encoder(cfg)
-    with torch.no_grad():
-        for p in enc.parameters():
-            if p.dim() > 1:
-                p.normal_(0, 0.02)
-    enc.tokenizer, enc.pooling, enc.normalize = Tokenizer(tok), "mean", True
-    return enc.save(out)
+    return random_encoder(char_wordpiece(texts, words=False), out, hidden=hidden, layers=layers,
+                          pooling="mean", seed=seed)
 
 
 def main() -> None:

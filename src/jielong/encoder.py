@@ -48,6 +48,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
+from tokenizers import Tokenizer as Backend
+from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
 from torch import nn
 from tqdm import tqdm
 
@@ -397,3 +399,45 @@ def read_json(path: Path, needed_for: str = ""):
         raise UserError(f"{path}:{e.lineno}: not valid JSON ({json_problem(e)}); fix or "
                         "re-download the file") from None
 
+
+
+BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def char_wordpiece(texts: list[str], words: bool = True) -> Tokenizer:
+    """A BERT WordPiece tokenizer whose vocabulary is the characters of `texts` (each Han
+    character a token, as bert-base-chinese splits Chinese; ##c for a character inside a word)
+    and, with `words`, their whole lower-cased words: for an encoder trained from nothing, where
+    no pretrained vocabulary can be downloaded."""
+    split = pre_tokenizers.BertPreTokenizer().pre_tokenize_str
+    chars = sorted({c for t in texts for c in t.lower() if not c.isspace()})
+    found = sorted({w for t in texts for w, _ in split(t.lower())}) if words else []
+    vocab = list(dict.fromkeys(BERT_SPECIALS + found + chars + [f"##{c}" for c in chars]))
+    tok = Backend(models.WordPiece({t: i for i, t in enumerate(vocab)}, unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    tok.decoder = decoders.WordPiece()
+    tok.add_special_tokens(BERT_SPECIALS)
+    return Tokenizer(tok)
+
+
+def random_encoder(tok: Tokenizer, out: Path, hidden: int = 32, layers: int = 2,
+                   intermediate: int | None = None, max_positions: int = 512,
+                   pooling: str = "cls", pooler: bool = False, seed: int = 0) -> Path:
+    """A randomly initialised BERT folder for `tok` (BERT's N(0, 0.02) init, not nn.Embedding's
+    N(0, 1)), saved with its pooling and normalised vectors: the start of `jielong train embed`
+    from nothing, and the tests' tiny encoder."""
+    cfg = EncoderConfig(vocab_size=tok.vocab_size, hidden_size=hidden, num_hidden_layers=layers,
+                        num_attention_heads=4, intermediate_size=intermediate or 4 * hidden,
+                        max_position_embeddings=max_positions)
+    torch.manual_seed(seed)
+    enc = Encoder(cfg, pooler=pooler)
+    with torch.no_grad():
+        for p in enc.parameters():
+            if p.dim() > 1:
+                p.normal_(0, 0.02)
+    enc.tokenizer, enc.pooling, enc.normalize = tok, pooling, True
+    return enc.save(out)
