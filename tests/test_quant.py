@@ -131,6 +131,11 @@ def test_lora_on_a_quantized_base_equals_lora_on_the_dequantized_model(tmp_path,
         assert isinstance(q_base.base_layer, QuantLinear)  # the quantized kernel underneath
         set_adapter(q, None)
         assert (q(x) - with_lora).abs().max() > 0.05  # the adapter does change the output
+    set_adapter(q, "x")
+    for n, p in q.named_parameters():
+        p.requires_grad_(".lora_" in n)
+    q(x).logsumexp(-1).sum().backward()  # trains on top: the dequantized path has a gradient
+    assert q.model.layers[1].mlp.down_proj.lora_A["x"].weight.grad.abs().sum() > 0
     with pytest.raises(UserError, match="cannot merge"):
         merge_adapter(q, "x")
 

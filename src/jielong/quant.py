@@ -20,7 +20,8 @@ Both take bfloat16 activations on their fast path: fp32 inputs run 4-20× slower
 `F.linear` (measured on the 2-core AVX-512 box), so fp32 activations are rounded to bf16
 for the kernel and its output cast back (the kernels accumulate in fp32). Elsewhere (CUDA,
 MPS, or a shape the kernel refuses: in features not a multiple of 16, int4 out features not
-a multiple of 16) the weight is dequantized on the fly and `F.linear` runs; torch's CUDA
+a multiple of 16), and where the input needs a gradient (the kernels have none), the weight
+is dequantized on the fly and `F.linear` runs; torch's CUDA
 int4 kernel (tinygemm, another packing) is not wired in: no GPU was at hand to test it.
 
 On disk (`jielong quantize`): `….qweight` int8 (out, in), or for int4 uint8 (out, in/2)
@@ -145,7 +146,10 @@ class QuantLinear(nn.Module):
         return w.reshape(self.out_features, self.in_features).to(dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.kernel_ok(x.device) and self.qweight.device == x.device:
+        # the kernels have no backward: an input that needs a gradient (a LoRA training on
+        # top, QLoRA-style) goes through the dequantized weight
+        grad = torch.is_grad_enabled() and x.requires_grad
+        if self.kernel_ok(x.device) and self.qweight.device == x.device and not grad:
             flat = x.reshape(-1, self.in_features).to(torch.bfloat16)
             if self.method == "int8":
                 y = torch.ops.aten._weight_int8pack_mm(flat, self.qweight, self.scales)
