@@ -5,8 +5,9 @@ Run as:
     .venv/bin/python bench/bench_quant.py error --model runs/demo/model --text runs/demo/corpus/val.jsonl
 
 speed: random weights of a preset, batch 1, a 32-token prompt and 128 new tokens, greedy;
-decode tokens/s = 127 / (time for 128 new tokens - time for 1), the median of alternating
-rounds; memory is the model's tensors, disk the saved model.safetensors.
+decode tokens/s = 127 / (time for 128 new tokens - time for 1), each time the fastest of
+alternating rounds (the least disturbed by other work on a shared machine); memory is the
+model's tensors, disk the saved model.safetensors.
 error: a trained model and held-out text: logits of every position of the first documents
 against fp32 (max and mean |Δ|), held-out bits per byte (jielong.eval.heldout), and greedy
 continuations of 20 prompts (each document's first 6 characters, 32 new tokens) identical
@@ -21,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from common import machine, median, timed
+from common import machine, timed
 
 from jielong.checkpoint import save_model
 from jielong.config import preset
@@ -36,12 +37,12 @@ from jielong.quant import quantize, weight_bytes
 METHODS = ("fp32", "int8", "int4")
 
 
-def variant(model, method: str, lm_head: bool = False):
+def variant(model, method: str, lm_head: bool = False, group_size: int = 128):
     if method == "fp32":
         return model
     if method == "bf16":
         return copy.deepcopy(model).to(torch.bfloat16)
-    return quantize(copy.deepcopy(model), method, 128, lm_head=lm_head)
+    return quantize(copy.deepcopy(model), method, group_size, lm_head=lm_head)
 
 
 def speed(args) -> None:
@@ -62,13 +63,13 @@ def speed(args) -> None:
           f"batch 1, prompt {args.prompt} + {args.new} new tokens, {machine()}")
     ref = None
     for m, net in models.items():
-        tps = (args.new - 1) / (median(times[m, args.new]) - median(times[m, 1]))
+        tps = (args.new - 1) / (min(times[m, args.new]) - min(times[m, 1]))
         ref = ref or tps
         with tempfile.TemporaryDirectory() as d:
             save_model(d, net)
             disk = (Path(d) / "model.safetensors").stat().st_size
         print(f"  {m:5s} {tps:7.1f} tokens/s ({tps / ref:.2f}×)  prefill+1: "
-              f"{median(times[m, 1]) * 1e3:6.1f} ms  memory {weight_bytes(net) / 1e6:6.1f} MB  "
+              f"{min(times[m, 1]) * 1e3:6.1f} ms  memory {weight_bytes(net) / 1e6:6.1f} MB  "
               f"disk {disk / 1e6:6.1f} MB")
 
 
@@ -88,17 +89,19 @@ def error(args) -> None:
     print(f"error vs fp32: {args.model}, {len(docs)} held-out documents of {args.text} "
           f"({sum(x.shape[1] for x in ids)} positions, fp32 logits up to {scale:.1f}; "
           f"fp32 {ref_bpb:.4f} bits per byte), {machine()}")
-    for method in ("int8", "int4"):
-        for head in (False, True):
-            net = variant(base, method, lm_head=head)
-            d = [(net(x) - r).abs() for x, r in zip(ids, ref_logits, strict=True)]
-            dmax = max(v.max().item() for v in d)
-            dmean = sum(v.sum().item() for v in d) / sum(v.numel() for v in d)
-            bpb = score_texts(net, tok, docs).bits_per_byte
-            same = sum(a == b for a, b in zip(generate_ids(net, prompts, s), ref_greedy, strict=True))
-            print(f"  {method}{' + lm_head' if head else '':10s} logits |Δ| max {dmax:.4f} mean "
-                  f"{dmean:.5f}  bits/byte {bpb:.4f} ({bpb - ref_bpb:+.4f})  greedy identical "
-                  f"{same}/{len(prompts)}  memory {weight_bytes(net) / 1e6:.2f} MB")
+    kinds = [("int8", False, None), ("int8", True, None)] + \
+        [("int4", head, g) for g in args.groups for head in (False, True)]
+    for method, head, g in kinds:
+        net = variant(base, method, lm_head=head, group_size=g or 128)
+        d = [(net(x) - r).abs() for x, r in zip(ids, ref_logits, strict=True)]
+        dmax = max(v.max().item() for v in d)
+        dmean = sum(v.sum().item() for v in d) / sum(v.numel() for v in d)
+        bpb = score_texts(net, tok, docs).bits_per_byte
+        same = sum(a == b for a, b in zip(generate_ids(net, prompts, s), ref_greedy, strict=True))
+        name = method + (f" g{g}" if g else "") + (" + lm_head" if head else "")
+        print(f"  {name:18s} logits |Δ| max {dmax:.4f} mean "
+              f"{dmean:.5f}  bits/byte {bpb:.4f} ({bpb - ref_bpb:+.4f})  greedy identical "
+              f"{same}/{len(prompts)}  memory {weight_bytes(net) / 1e6:.2f} MB")
 
 
 def main() -> None:
@@ -109,7 +112,7 @@ def main() -> None:
     sp.add_argument("--vocab", type=int, default=964)  # the demo tokenizer's
     sp.add_argument("--prompt", type=int, default=32)
     sp.add_argument("--new", type=int, default=128)
-    sp.add_argument("--rounds", type=int, default=3)
+    sp.add_argument("--rounds", type=int, default=5)
     sp.add_argument("--threads", type=int, default=2)
     sp.add_argument("--methods", nargs="+", default=list(METHODS))
     ep = sub.add_parser("error")
@@ -117,6 +120,7 @@ def main() -> None:
     ep.add_argument("--text", default="runs/demo/corpus/val.jsonl")
     ep.add_argument("--docs", type=int, default=200)
     ep.add_argument("--threads", type=int, default=2)
+    ep.add_argument("--groups", type=int, nargs="+", default=[128, 32])
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     speed(args) if args.what == "speed" else error(args)
