@@ -29,6 +29,7 @@ from jielong.config import ModelConfig
 from jielong.errors import UserError
 from jielong.files import atomic_dir, write_json
 from jielong.model import Transformer, rope_frequencies
+from jielong.quant import pack, prepare
 
 WEIGHTS = "model.safetensors"
 INDEX = "model.safetensors.index.json"
@@ -262,7 +263,10 @@ def load_model(path: str | Path, device: str | torch.device = "cpu",
     dtype = resolve_dtype(dtype, cfg, device)
     with torch.device("meta"), NoInit():
         model = Transformer(cfg)
+    if cfg.quantization_config is not None:  # int8/int4 weights written by `jielong quantize`
+        prepare(model, cfg.quantization_config, str(d / "config.json"))
     params = dict(model.named_parameters())
+    params.update((k, b) for k, b in model.named_buffers() if k in model.state_dict())
     state: dict[str, torch.Tensor] = {}
     for f in weight_files(d):
         tensors = read_safetensors(f) if f.suffix == ".safetensors" else _read_bin(f)
@@ -270,7 +274,9 @@ def load_model(path: str | Path, device: str | torch.device = "cpu",
             if k.endswith("rotary_emb.inv_freq"):  # some old checkpoints saved this buffer
                 continue
             check_tensor(f, k, t, params, f"{cfg.model_type} model")
-            state[k] = torch.empty(t.shape, dtype=dtype, device=device)
+            # parameters take `dtype`; quantized buffers keep their own (int8, uint8, bf16)
+            want = dtype if isinstance(params[k], nn.Parameter) else params[k].dtype
+            state[k] = torch.empty(t.shape, dtype=want, device=device)
             state[k].copy_(t)  # cast and move in one pass: no second copy on the CPU
             del t
     if cfg.tie_word_embeddings:
@@ -279,9 +285,10 @@ def load_model(path: str | Path, device: str | torch.device = "cpu",
     if missing:
         raise UserError(f"{d}: weights are missing {len(missing)} tensors, e.g. {sorted(missing)[0]!r}")
     model.load_state_dict(state, strict=False, assign=True)
-    if cfg.tie_word_embeddings:
+    if cfg.tie_word_embeddings and isinstance(model.lm_head, nn.Linear):
         model.lm_head.weight = model.model.embed_tokens.weight
     model.inv_freq = rope_frequencies(cfg, device=device)[0]
+    pack(model)
     return model
 
 

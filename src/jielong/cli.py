@@ -46,7 +46,7 @@ def _commands() -> dict:
     from jielong.eval.prompting import prompt_cmd
     from jielong.eval.scores import score_cmd
     from jielong.export.gguf import gguf_cmd
-    from jielong.hub import merge_cmd
+    from jielong.hub import merge_cmd, quantize_cmd
     from jielong.infer.chat import chat
     from jielong.infer.generate import generate
     from jielong.inspect.attention import attention_cmd as inspect_attention
@@ -103,6 +103,7 @@ def _commands() -> dict:
                   "rlhf": rlhf, "guard": guard, "embed": train_embed, "rerank": train_rerank,
                   "ngram": train_ngram},
         "merge": merge_cmd,
+        "quantize": quantize_cmd,
         "moderate": moderate_cmd,
         "score": score_cmd,
         "prompt": prompt_cmd,

@@ -59,6 +59,8 @@ class ModelConfig:
     pad_token_id: int | None = 0
     initializer_range: float = 0.02
     torch_dtype: str = "float32"  # the dtype the weights are stored in
+    # Weight-only int8/int4 linear layers (jielong.quant); None: plain float weights.
+    quantization_config: dict | None = None
 
     def __post_init__(self) -> None:
         if self.head_dim is None:
@@ -133,6 +135,8 @@ class ModelConfig:
         d.pop("qk_norm")  # implied by model_type qwen3
         d.update(architectures=[ARCHITECTURES[self.model_type]], hidden_act="silu", use_cache=True)
         d.pop("layer_types")
+        if self.quantization_config is None:
+            d.pop("quantization_config")
         if self.model_type == "qwen2":
             d.pop("attention_bias")  # not a Qwen2 option
         if self.model_type in ("qwen2", "qwen3"):

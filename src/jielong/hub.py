@@ -15,10 +15,14 @@ What jielong reads from a model folder, and what it never does:
   `set_adapter` / `using_adapter` (or `choose_adapter`) picks one per call.
 Python files in a model folder (`trust_remote_code`) are never imported or run.
 
+- `quantize="int8"|"int4"`: the decoder's linear layers as weight-only quantized layers
+  (jielong.quant), before any adapter is loaded, so the adapters run on top of them.
+
 `jielong merge` opens a base and an adapter the same way and saves them folded into one
-model folder. Run as:
+model folder; `jielong quantize` saves a quantized copy that loads again. Run as:
 
     jielong merge BASE_DIR_OR_HUB_ID runs/chat/adapter runs/chat/merged
+    jielong quantize runs/demo/model --to int8 --out runs/demo/model-int8
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from pathlib import Path
 import torch
 
 from jielong.adapter_files import alpha_json, load_adapter, read_adapter_config
-from jielong.checkpoint import load_model, save_model
+from jielong.checkpoint import load_model, save_model, weight_files
 from jielong.errors import UserError, json_problem
 from jielong.lora import (
     TRAINABLE_CHOICES,
@@ -42,6 +46,7 @@ from jielong.lora import (
     merge_adapter,
     set_adapter,
 )
+from jielong.quant import check_method, quantize, weight_bytes
 from jielong.tokenizer import Tokenizer
 
 # What to fetch from the hub: weights in safetensors, configs, tokenizer files.
@@ -155,14 +160,19 @@ def _note_other_base(model_name, adapter_dir: Path, conf: dict) -> None:
 
 
 def open_model(name: str | Path, device: str | torch.device = "cpu", dtype="auto",
-               adapters: list[str] | None = None, adapter_name: str | None = None):
+               adapters: list[str] | None = None, adapter_name: str | None = None,
+               quantize: str | None = None):
     """(model, tokenizer, generation_config) from a folder or hub id, with the LoRA adapters
     `adapters` loaded (see `adapter_specs`) and `adapter_name` active (default: the first;
-    "off": the base model alone)."""
+    "off": the base model alone), on weights quantized to `quantize` (int8, int4; None: as
+    stored)."""
+    method = check_method(quantize)
     specs = adapter_specs(adapters)
     active = _pick(adapter_name, list(specs)) if adapter_name else next(iter(specs), None)
     path = resolve_model(name)
     model = load_model(path, device=device, dtype=dtype).eval()
+    if method is not None:
+        _quantize(model, method, name)
     tok = Tokenizer.from_dir(path)
     for n, d in specs.items():
         load_adapter(model, d, name=n)
@@ -170,6 +180,14 @@ def open_model(name: str | Path, device: str | torch.device = "cpu", dtype="auto
     if specs:
         set_adapter(model, active)
     return model, tok, read_generation_config(path)
+
+
+def _quantize(model, method: str, name) -> None:
+    have = (model.config.quantization_config or {}).get("weights")
+    if have and have != method:
+        raise UserError(f"{name}: is already quantized to {have}; leave out --quantize, or "
+                        f"quantize its float weights to {method} instead")
+    quantize(model, method)
 
 
 # ----------------------------------------------------------------------------- jielong merge
@@ -211,3 +229,43 @@ def merge_cmd(model: str, adapter: str, out: str) -> None:
           f"linear layers{extra}) into {model} → {out_dir} "
           f"({net.config.num_params / 1e6:.1f}M parameters, {dtype})")
 
+
+
+# ----------------------------------------------------------------------------- jielong quantize
+
+def quantize_cmd(model: str, to: str = "int8", out: str | None = None,
+                 group_size: int = 128) -> None:
+    """Save a copy of a model with weight-only int8 or int4 linear layers (jielong.quant).
+
+    The folder loads again wherever jielong opens a model (generate, chat, serve, eval,
+    --adapter on top); safetensors only. Other libraries do not read it: keep the float
+    model for them, or use `jielong export gguf --outtype q8_0` for llama.cpp.
+
+    Args:
+        model: the float model: a folder (from jielong or Hugging Face) or a hub id
+        to: int8 (one scale per output channel) or int4 (grouped scales and zeros)
+        out: folder to write the quantized model to (replaced atomically if it exists;
+            default: MODEL-int8 or MODEL-int4 beside the model)
+        group_size: inputs sharing one int4 scale: 32, 64, 128 or 256
+    """
+    method = check_method(to, "--to")
+    if method is None:
+        raise UserError(f"--to {to}: choose int8 or int4")
+    src = resolve_model(model)
+    out = out or str(src.parent / f"{src.name}-{method}")
+    if Path(out).resolve() == src.resolve():
+        raise UserError(f"{out}: is the model's own folder; write the quantized model elsewhere")
+    net = load_model(src, dtype=torch.float32).eval()
+    if net.config.quantization_config:
+        raise UserError(f"{model}: is already quantized "
+                        f"({net.config.quantization_config.get('weights')}); quantize its float "
+                        "weights instead")
+    fp32 = weight_bytes(net)
+    quantize(net, method, group_size)
+    tok = Tokenizer.from_dir(src) if (src / "tokenizer.json").is_file() else None
+    save_model(out, net, tok, generation=read_generation_config(src))
+    disk = sum(f.stat().st_size for f in weight_files(Path(out)))
+    print(f"quantized {model} to {method}"
+          + (f" (groups of {group_size})" if method == "int4" else "")
+          + f" → {out}: {disk / 1e6:.1f} MB of weights on disk, {weight_bytes(net) / 1e6:.1f} MB "
+          f"in memory (float32: {fp32 / 1e6:.1f} MB, {disk / fp32:.2f}×)")

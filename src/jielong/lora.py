@@ -54,6 +54,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from jielong.errors import UserError
+from jielong.quant import QuantLinear
 
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP = ("gate_proj", "up_proj", "down_proj")
@@ -156,7 +157,9 @@ class _Adapted:
 
     def _weight(self) -> torch.Tensor:
         name = self.active
-        return self.trained[name] if name is not None and name in self.trained else self.weight
+        if name is not None and name in self.trained:
+            return self.trained[name]
+        return self.weight if self.weight is not None else self.base_layer.dequantize()
 
 
 class LoRALinear(_Adapted, nn.Linear):
@@ -166,13 +169,22 @@ class LoRALinear(_Adapted, nn.Linear):
     state-dict names), adds `lora_A` / `lora_B` (ModuleDicts of bias-free nn.Linear, one entry
     per adapter) and `trained` (a full copy of the weight per adapter that trains one), and
     computes `F.linear(x, W, b) + scaling · B(A(dropout(x)))` for the active adapter.
+
+    On a weight-only quantized layer (jielong.quant.QuantLinear) it keeps that layer whole as
+    `base_layer` (PEFT's name for it), with `weight` and `bias` None: the base's own kernel
+    computes W x + b and the adapter's output is added to it, as QLoRA does.
     """
 
-    def __init__(self, base: nn.Linear):
+    def __init__(self, base: nn.Linear | QuantLinear):
         nn.Module.__init__(self)  # not nn.Linear's: it would allocate a second weight
         self.in_features, self.out_features = base.in_features, base.out_features
-        self.weight = base.weight
-        self.register_parameter("bias", base.bias)
+        if isinstance(base, QuantLinear):
+            self.base_layer = base
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+        else:
+            self.weight = base.weight
+            self.register_parameter("bias", base.bias)
         self.lora_A = nn.ModuleDict()
         self.lora_B = nn.ModuleDict()
         self.lora_dropout = nn.ModuleDict()
@@ -184,8 +196,8 @@ class LoRALinear(_Adapted, nn.Linear):
 
     def add_lora(self, name: str, r: int, alpha: float, dropout: float = 0.0,
                  rslora: bool = False) -> None:
-        w = self.weight
-        dtype = _adapter_dtype(w.dtype)
+        w = self.weight if self.weight is not None else self.base_layer.qweight
+        dtype = _adapter_dtype(w.dtype) if w.is_floating_point() else torch.float32
         A = nn.Linear(self.in_features, r, bias=False, device=w.device, dtype=dtype)
         B = nn.Linear(r, self.out_features, bias=False, device=w.device, dtype=dtype)
         nn.init.kaiming_uniform_(A.weight, a=math.sqrt(5))
@@ -220,8 +232,11 @@ class LoRALinear(_Adapted, nn.Linear):
         return w
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.linear(x, self._weight(), self.bias)
         name = self.active
+        if self.weight is None and (name is None or name not in self.trained):
+            y = self.base_layer(x)  # a quantized base: its own kernel
+        else:
+            y = F.linear(x, self._weight(), self.bias)
         if name is not None and name in self.lora_A:
             A, B = self.lora_A[name], self.lora_B[name]
             h = B(A(self.lora_dropout[name](x.to(A.weight.dtype))))
@@ -278,7 +293,7 @@ def _wrap(model: nn.Module, path: str) -> LoRALinear | TrainableEmbedding:
     m = model.get_submodule(path)
     if isinstance(m, LoRALinear | TrainableEmbedding):
         return m
-    if isinstance(m, nn.Linear):
+    if isinstance(m, nn.Linear | QuantLinear):
         new = LoRALinear(m)
     elif isinstance(m, nn.Embedding):
         new = TrainableEmbedding(m)
@@ -290,6 +305,8 @@ def _wrap(model: nn.Module, path: str) -> LoRALinear | TrainableEmbedding:
 
 def _plain(m: LoRALinear | TrainableEmbedding) -> nn.Module:
     """The plain layer again, holding the same Parameters."""
+    if isinstance(m, LoRALinear) and m.weight is None:
+        return m.base_layer
     if isinstance(m, LoRALinear):
         new = nn.Linear(m.in_features, m.out_features, bias=m.bias is not None, device="meta")
         new.bias = m.bias
@@ -502,6 +519,9 @@ def merge_adapter(model: nn.Module, name: str | None = None) -> nn.Module:
     lm_head, or an untied trained copy of one of them): then lm_head gets its own matrix and
     config.tie_word_embeddings becomes false, which is what the adapter computes."""
     name = named_adapter(model, name)
+    if any(isinstance(m, QuantLinear) for m in model.modules()):
+        raise UserError("cannot merge an adapter into int8/int4 weights: load the base model "
+                        "without --quantize (its float weights), merge, then quantize the result")
     new: dict[str, torch.Tensor] = {}  # module path -> its merged weight
     for path, m in adapted_modules(model):
         w = m.trained[name] if name in m.trained else m.weight

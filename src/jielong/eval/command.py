@@ -201,6 +201,7 @@ def eval_cmd(
     chat: Literal["auto", "on", "off"] = "auto",
     max_new_tokens: int | None = None,
     slots: int = 32,
+    quantize: str | None = None,
 ) -> dict:
     """Score a model on multiple-choice benchmarks from local files, as lm-eval does, and on
     generation tasks: the model writes each answer, which is read out of its reply and scored.
@@ -243,6 +244,8 @@ def eval_cmd(
         max_new_tokens: longest reply (default per task: 32 for a letter or label, 64 for QA,
             128 for a summary, 256 for a translation).
         slots: replies generated together (continuous batching).
+        quantize: int8 or int4: weight-only quantized linear layers (faster on a CPU, 4-8x
+            smaller); default: the weights as stored.
     """
     if not tasks and not text:
         raise UserError("nothing to evaluate: pass --tasks (cmmlu, ceval, mmlu, tmmluplus, a "
@@ -263,7 +266,8 @@ def eval_cmd(
         find_files(text)  # a wrong path fails here, not after loading a large model
     dev = pick_device(device)
     rank, world = init_distributed(dev)  # under torchrun: each rank scores its share
-    net, tok, gen_config = open_model(model, device=dev, dtype=dtype, adapters=adapter)
+    net, tok, gen_config = open_model(model, device=dev, dtype=dtype, adapters=adapter,
+                                        quantize=quantize)
     n_ctx = net.config.max_position_embeddings
     encoded = {}
     for task in loaded:

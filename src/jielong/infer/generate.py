@@ -186,6 +186,7 @@ def generate(
     dtype: str = "auto",
     adapter: list[str] | None = None,
     adapter_name: str | None = None,
+    quantize: str | None = None,
 ) -> list[str]:
     """Continue one or more prompts with a trained model.
 
@@ -206,9 +207,11 @@ def generate(
             --adapter A --adapter B), each DIR or NAME=DIR (name: the folder's, or its parent's for
             runs/NAME/adapter).
         adapter_name: Which loaded adapter generates (default: the first; off: the base).
+        quantize: int8 or int4: weight-only quantized linear layers (faster on a CPU, 4-8x
+            smaller); default: the weights as stored.
     """
     net, tok, gen = open_model(model, device=pick_device(device), dtype=dtype, adapters=adapter,
-                               adapter_name=adapter_name)
+                               adapter_name=adapter_name, quantize=quantize)
     prompt = [unescape(p) for p in prompt]
     stops = [unescape(st) for st in stop or []]
     s = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,

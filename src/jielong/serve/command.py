@@ -94,6 +94,7 @@ def serve(
     upstream: str | None = None,
     upstream_key: str | None = None,
     upstream_model: str | None = None,
+    quantize: str | None = None,
 ) -> None:
     """Serve a model over an OpenAI-compatible HTTP API (chat, completions, embeddings).
 
@@ -179,6 +180,8 @@ def serve(
             (default: JIELONG_UPSTREAM_KEY, when set).
         upstream_model: The upstream's model to serve (default: the first it lists); its
             other models are served as adapters.
+        quantize: int8 or int4: weight-only quantized linear layers (faster on a CPU, 4-8x
+            smaller); default: the weights as stored.
     """
     try:  # lazy: the serving extra
         import uvicorn
@@ -231,7 +234,8 @@ def serve(
     interrupted = store.mark_interrupted()  # replies a crash left unfinished
     try:
         if upstream is None:
-            net, tok, gen = open_model(model, device=pick_device(device), dtype=dtype, adapters=adapter)
+            net, tok, gen = open_model(model, device=pick_device(device), dtype=dtype, adapters=adapter,
+                                       quantize=quantize)
             blocks = blocks_for_memory(net, kv_memory_gb) if kv_memory_gb is not None else None
             engine = Engine(net, tok, stop_ids(tok, gen, net.config.eos_token_id), slots=slots,
                             context=context, kv_blocks=blocks, prefix_cache=prefix_cache,
