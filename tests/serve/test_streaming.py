@@ -16,7 +16,7 @@ import pytest
 pytest.importorskip("fastapi")
 
 from jielong.infer.engine import Event  # noqa: E402
-from jielong.serve.streaming import Batch, Inbox, openai_stream, sse  # noqa: E402
+from jielong.serve.streaming import Batch, Inbox, inbox, openai_stream, sse  # noqa: E402
 
 IDS = itertools.count()
 
@@ -135,3 +135,11 @@ def test_inbox_put_after_the_loop_closed_raises():
     with pytest.raises(RuntimeError):
         box.put(print, "nobody listens")
     assert not box.scheduled
+
+
+def test_one_inbox_per_loop():
+    async def main():
+        loop = asyncio.get_running_loop()
+        return inbox(loop) is inbox(loop), inbox(loop).loop is loop
+
+    assert asyncio.run(main()) == (True, True)

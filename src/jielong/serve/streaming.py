@@ -87,10 +87,14 @@ INBOXES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def inbox(loop: asyncio.AbstractEventLoop) -> Inbox:
-    """The loop's Inbox (one per loop, made on the loop's own thread by the first Batch)."""
-    box = INBOXES.get(loop)
-    if box is None:
-        box = INBOXES[loop] = Inbox(loop)
+    """The loop's Inbox (one per loop, made on the loop's own thread by the first Batch; a
+    new one each time for a loop that cannot be weakly referenced)."""
+    try:
+        box = INBOXES.get(loop)
+        if box is None:
+            box = INBOXES[loop] = Inbox(loop)
+    except TypeError:  # no weak references to this loop class
+        box = Inbox(loop)
     return box
 
 
