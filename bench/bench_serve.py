@@ -3,6 +3,7 @@ the same engine taking one request at a time and transformers' `generate` one re
 time, on the same model and prompts.
 
 Run as:  .venv/bin/python bench/bench_serve.py [--preset demo] [--device cuda] [--requests 64]
+         .venv/bin/python bench/bench_serve.py --clients 1 --profile loop.pstats   # where it goes
 
 A random model of the preset (vocabulary: a byte-level BPE trained on the demo's synthetic
 chats) is served in-process: `create_app` on uvicorn, 127.0.0.1.
@@ -28,8 +29,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import json
 import os
+import pstats
 import socket
 import statistics
 import threading
@@ -56,13 +59,14 @@ def free_port() -> int:
 class Server:
     """uvicorn serving `create_app(engine, …)` in a thread, on 127.0.0.1."""
 
-    def __init__(self, model, tok, slots: int, context: int):
+    def __init__(self, model, tok, slots: int, context: int, profile=None):
         self.engine = Engine(model, tok, stop_ids=set(), slots=slots, context=context).start()
         app = create_app(self.engine, tok, "bench", {})
         self.port = free_port()
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port,
                                                     log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        run = self.server.run if profile is None else lambda: profile.runcall(self.server.run)
+        self.thread = threading.Thread(target=run, daemon=True)
         self.thread.start()
         while not self.server.started:
             time.sleep(0.01)
@@ -192,6 +196,8 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=64, help="requests per measurement")
     ap.add_argument("--new", type=int, default=64, help="tokens per reply")
     ap.add_argument("--batched", action="store_true", help="also transformers' batched generate")
+    ap.add_argument("--profile", metavar="FILE", help="profile the server's event loop (its "
+                    "thread's CPU time) under the --clients runs; pstats to FILE, top printed")
     args = ap.parse_args()
     dev = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
@@ -214,12 +220,16 @@ def main() -> None:
     print(f"  engine one at a time: {rows['engine, one at a time']['tok_s']:.0f} tok/s", flush=True)
     rows["transformers generate, one at a time"] = hf_one_at_a_time(
         theirs, tok, prompts, max(8, args.requests // 4), args.new, dev)
-    server = Server(ours, tok, slots=max(args.clients), context=context)
+    profile = cProfile.Profile(time.thread_time) if args.profile else None
+    server = Server(ours, tok, slots=max(args.clients), context=context, profile=profile)
     for c in args.clients:
         rows[f"jielong serve, {c} clients"] = measured(server, server.url, prompts, c,
                                                        max(args.requests, c), args.new)
         print(f"  {c} clients: {rows[f'jielong serve, {c} clients']['tok_s']:.0f} tok/s", flush=True)
     server.close()
+    if profile is not None:
+        profile.dump_stats(args.profile)
+        pstats.Stats(args.profile).sort_stats("cumulative").print_stats(40)
     if args.batched:
         rows[f"transformers generate, batch of {max(args.clients)}"] = hf_batched(
             theirs, tok, prompts, max(args.clients), args.new, dev)
