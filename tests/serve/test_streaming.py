@@ -143,3 +143,24 @@ def test_one_inbox_per_loop():
         return inbox(loop) is inbox(loop), inbox(loop).loop is loop
 
     assert asyncio.run(main()) == (True, True)
+
+
+def test_what_was_ready_goes_out_before_an_unexpected_failure():
+    async def main():
+        engine = ScriptedEngine()
+        batch = Batch(engine, [([1], None, None)], METRICS)
+        engine.emit(batch.reqs[0], ["甲", "乙"])
+
+        async def chunks():
+            async for i, e in batch.events():
+                if e.finish_reason:
+                    raise RuntimeError("a bug")
+                yield {"index": i, "text": e.text}
+
+        pieces = []
+        with pytest.raises(RuntimeError, match="a bug"):
+            async for p in openai_stream(Connected(), batch, chunks()).body_iterator:
+                pieces.append(p)
+        return pieces
+
+    assert asyncio.run(main()) == [sse({"index": 0, "text": "甲"}) + sse({"index": 0, "text": "乙"})]

@@ -306,6 +306,10 @@ def openai_stream(request: Request, batch: Batch,
         except ApiError as e:
             stream_failed(request.scope, e.status)
             ready.append(sse(e.body()))
+        except Exception:
+            if ready:  # what was ready goes out before the failure, as it would one by one
+                yield "".join(ready)
+            raise
         finally:
             watch.cancel()
             batch.cancel()
