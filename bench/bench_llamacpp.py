@@ -33,12 +33,11 @@ llama.cpp's rows run bench/llamacpp_worker.py in the Python named by --llama_pyt
 (default: $JIELONG_LLAMA_PYTHON), which has llama-cpp-python; it is an optional bench
 dependency, kept out of jielong's environment because it builds from source:
 
-    python3 -m venv ~/llama-venv
-    CMAKE_ARGS="-DGGML_NATIVE=ON" ~/llama-venv/bin/pip install llama-cpp-python
+    python3 -m venv ~/llama-venv && ~/llama-venv/bin/pip install llama-cpp-python
 
-(about 22 minutes on 2 cores; for a BLAS prefill add -DGGML_BLAS=ON
--DGGML_BLAS_VENDOR=OpenBLAS to CMAKE_ARGS). Without it the script says so and prints
-jielong's rows alone.
+(it compiles llama.cpp: about 22 minutes on 2 cores; for a BLAS prefill set
+CMAKE_ARGS="-DGGML_BLAS=ON -DGGML_BLAS_VENDOR=OpenBLAS" first). Without it the script
+says so and prints jielong's rows alone.
 """
 
 from __future__ import annotations
@@ -73,9 +72,9 @@ HERE = Path(__file__).resolve().parent
 PROMPT = ("From the market by the river, the baker walked home along the old road. "
           "從前有一隻貓，住在河邊的小鎮。从前有一只猫，住在河边的小镇。")
 INSTALL = ("llama-cpp-python is an optional bench dependency and builds from source (about 22 "
-           "minutes on 2 cores): python3 -m venv ~/llama-venv && CMAKE_ARGS=\"-DGGML_NATIVE=ON\" "
-           "~/llama-venv/bin/pip install llama-cpp-python (add -DGGML_BLAS=ON "
-           "-DGGML_BLAS_VENDOR=OpenBLAS for a BLAS prefill), then rerun with "
+           "minutes on 2 cores): python3 -m venv ~/llama-venv && ~/llama-venv/bin/pip install "
+           "llama-cpp-python (for a BLAS prefill, set CMAKE_ARGS=\"-DGGML_BLAS=ON "
+           "-DGGML_BLAS_VENDOR=OpenBLAS\" first), then rerun with "
            "JIELONG_LLAMA_PYTHON=~/llama-venv/bin/python or --llama_python")
 
 
