@@ -3,6 +3,7 @@ the same engine taking one request at a time and transformers' `generate` one re
 time, on the same model and prompts.
 
 Run as:  .venv/bin/python bench/bench_serve.py [--preset demo] [--device cuda] [--requests 64]
+         .venv/bin/python bench/bench_serve.py --clients 1 --profile loop.pstats   # where it goes
 
 A random model of the preset (vocabulary: a byte-level BPE trained on the demo's synthetic
 chats) is served in-process: `create_app` on uvicorn, 127.0.0.1.
@@ -17,14 +18,21 @@ its next request as soon as its last one ends, until --requests are done.
 - "transformers generate": `model.generate` on the same weights, one prompt at a time,
   greedy, exactly --new tokens, in this process (no HTTP);
 - with --batched (meant for a GPU): also transformers' `generate` on --clients-max prompts at
-  once (left-padded), the whole batch's tokens / its time.
+  once (left-padded), the whole batch's tokens / its time;
+- CPU per generated token (Linux), split by thread: the server's event loop (the HTTP layer:
+  routes, rails, SSE, sockets), the clients (this process's asyncio loop: httpx and JSON),
+  and the rest of the process (the engine's thread and torch's worker threads). CPU time,
+  unlike wall time, hardly moves when other jobs share the machine.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import json
+import os
+import pstats
 import socket
 import statistics
 import threading
@@ -51,13 +59,14 @@ def free_port() -> int:
 class Server:
     """uvicorn serving `create_app(engine, …)` in a thread, on 127.0.0.1."""
 
-    def __init__(self, model, tok, slots: int, context: int):
+    def __init__(self, model, tok, slots: int, context: int, profile=None):
         self.engine = Engine(model, tok, stop_ids=set(), slots=slots, context=context).start()
         app = create_app(self.engine, tok, "bench", {})
         self.port = free_port()
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port,
                                                     log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        run = self.server.run if profile is None else lambda: profile.runcall(self.server.run)
+        self.thread = threading.Thread(target=run, daemon=True)
         self.thread.start()
         while not self.server.started:
             time.sleep(0.01)
@@ -67,6 +76,35 @@ class Server:
         self.server.should_exit = True
         self.thread.join()
         self.engine.close()
+
+
+def thread_cpu(thread: threading.Thread) -> float:
+    """CPU seconds `thread` has used (Linux's /proc; 0 elsewhere)."""
+    try:
+        with open(f"/proc/self/task/{thread.native_id}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def cpu_split(server: Server) -> dict[str, float]:
+    """CPU seconds so far: the server's loop, the clients (this thread), the whole process."""
+    t = os.times()
+    return {"loop": thread_cpu(server.thread), "clients": thread_cpu(threading.current_thread()),
+            "process": t.user + t.system}
+
+
+def measured(server: Server, url: str, prompts: list[str], clients: int, requests: int,
+             new: int) -> dict:
+    """`load`, with the CPU each part used per generated token (µs)."""
+    before = cpu_split(server)
+    r = asyncio.run(load(url, prompts, clients, requests, new))
+    used = {k: v - before[k] for k, v in cpu_split(server).items()}
+    per = 1e6 / max(1, r["tokens"])
+    r["cpu_us"] = {"loop": used["loop"] * per, "clients": used["clients"] * per,
+                   "engine": (used["process"] - used["loop"] - used["clients"]) * per}
+    return r
 
 
 async def one_request(client, url: str, prompt: str, new: int) -> tuple[float, int, str]:
@@ -158,6 +196,8 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=64, help="requests per measurement")
     ap.add_argument("--new", type=int, default=64, help="tokens per reply")
     ap.add_argument("--batched", action="store_true", help="also transformers' batched generate")
+    ap.add_argument("--profile", metavar="FILE", help="profile the server's event loop (its "
+                    "thread's CPU time) under the --clients runs; pstats to FILE, top printed")
     args = ap.parse_args()
     dev = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
@@ -175,17 +215,21 @@ def main() -> None:
 
     rows = {}
     server = Server(ours, tok, slots=1, context=context)
-    rows["engine, one at a time"] = asyncio.run(load(server.url, prompts, 1, args.requests, args.new))
+    rows["engine, one at a time"] = measured(server, server.url, prompts, 1, args.requests, args.new)
     server.close()
     print(f"  engine one at a time: {rows['engine, one at a time']['tok_s']:.0f} tok/s", flush=True)
     rows["transformers generate, one at a time"] = hf_one_at_a_time(
         theirs, tok, prompts, max(8, args.requests // 4), args.new, dev)
-    server = Server(ours, tok, slots=max(args.clients), context=context)
+    profile = cProfile.Profile(time.thread_time) if args.profile else None
+    server = Server(ours, tok, slots=max(args.clients), context=context, profile=profile)
     for c in args.clients:
-        rows[f"jielong serve, {c} clients"] = asyncio.run(load(server.url, prompts, c,
-                                                               max(args.requests, c), args.new))
+        rows[f"jielong serve, {c} clients"] = measured(server, server.url, prompts, c,
+                                                       max(args.requests, c), args.new)
         print(f"  {c} clients: {rows[f'jielong serve, {c} clients']['tok_s']:.0f} tok/s", flush=True)
     server.close()
+    if profile is not None:
+        profile.dump_stats(args.profile)
+        pstats.Stats(args.profile).sort_stats("cumulative").print_stats(40)
     if args.batched:
         rows[f"transformers generate, batch of {max(args.clients)}"] = hf_batched(
             theirs, tok, prompts, max(args.clients), args.new, dev)
@@ -198,11 +242,16 @@ def main() -> None:
                   "equal to the same request alone")
     seq = rows["engine, one at a time"]["tok_s"]
     hf = rows["transformers generate, one at a time"]["tok_s"]
+    print(f"\nload average {os.getloadavg()[0]:.1f} at the end")
     print("\n| | generated tok/s | × engine one at a time | × transformers one at a time "
-          "| TTFT p50 / p95 (ms) |\n|---|---|---|---|---|")
+          "| TTFT p50 / p95 (ms) | CPU µs per token: server loop / clients / engine |"
+          "\n|---|---|---|---|---|---|")
     for name, r in rows.items():
         ttft = (f"{1000 * r['ttft_p50']:.0f} / {1000 * r['ttft_p95']:.0f}" if "ttft_p50" in r else "")
-        print(f"| {name} | {r['tok_s']:,.0f} | {r['tok_s'] / seq:.2f} | {r['tok_s'] / hf:.2f} | {ttft} |")
+        cpu = " / ".join(f"{r['cpu_us'][k]:,.0f}" for k in ("loop", "clients", "engine")) \
+            if "cpu_us" in r else ""
+        print(f"| {name} | {r['tok_s']:,.0f} | {r['tok_s'] / seq:.2f} | {r['tok_s'] / hf:.2f} | "
+              f"{ttft} | {cpu} |")
 
 
 if __name__ == "__main__":

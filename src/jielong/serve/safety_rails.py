@@ -81,6 +81,7 @@ class OutputRail:
 
     def __init__(self, rails: Rails, metrics: Metrics, about: str, n: int, on_end=None):
         self.metrics, self.on_end = metrics, on_end
+        self.seconds = metrics.safety_seconds.labels("output")  # observed at every token
         self.streams = [rails.stream(about) for _ in range(n)]
         self.done: set[int] = set()
         self.broken: set[int] = set()  # choices whose rail failed: the rest goes unchecked
@@ -145,7 +146,7 @@ class OutputRail:
                 e = replace(e, text=text + tail)
         else:
             e = replace(e, text=text)
-        self.metrics.safety([], "output", time.perf_counter() - t0)
+        self.seconds.observe(time.perf_counter() - t0)
         if e.finish_reason:
             self.done.add(i)
             self.metrics.safety(rail.decisions)

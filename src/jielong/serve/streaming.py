@@ -21,15 +21,26 @@ The engine is the local one (jielong.infer.engine) or an upstream server
 (jielong.serve.upstream): `Batch.ready` waits for the upstream's answer, so that its errors
 are HTTP statuses; `Batch.usage` counts tokens as the engine counted them; `failed` is the
 error a failed request is answered with.
+
+The per-token path is kept short, as it runs for every token of every stream (issue 23; the
+profile is in bench/RESULTS.md): the engine's thread hands events to the event loop through
+one `Inbox` per loop, which wakes the loop once for all the events that arrive before it runs
+(asyncio's `call_soon_threadsafe` writes to the loop's self-pipe at every call: one system
+call, and one GIL hand-off, per token per stream); and `openai_stream` writes the events that
+are ready together (a reply's last chunk, the usage chunk and `[DONE]`; events that queued up
+while the loop was busy) as one body message, so one socket write where there were several.
+The bytes a client reads are the same.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import json
 import time
-from collections.abc import AsyncIterator
+import weakref
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import Request
@@ -43,6 +54,50 @@ from jielong.serve.metrics import Metrics, stream_failed
 from jielong.serve.upstream import UpstreamRequest
 
 
+class Inbox:
+    """Calls handed from other threads (the engine's) to one event loop, run there in the
+    order they came. The first call of a burst wakes the loop (`call_soon_threadsafe`); the
+    calls that arrive before the loop gets to them ride along with it."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self.calls: collections.deque[tuple[Callable, object]] = collections.deque()
+        self.scheduled = False
+
+    def put(self, fn: Callable, arg: object) -> None:
+        """Run fn(arg) on the loop soon (from any thread); RuntimeError once the loop closed."""
+        self.calls.append((fn, arg))  # deque.append is atomic
+        if not self.scheduled:
+            self.scheduled = True
+            try:
+                self.loop.call_soon_threadsafe(self.drain)
+            except RuntimeError:
+                self.scheduled = False
+                raise
+
+    def drain(self) -> None:  # on the loop
+        # Reset first: a call appended from now on either is popped below or schedules a drain.
+        self.scheduled = False
+        while self.calls:
+            fn, arg = self.calls.popleft()
+            fn(arg)
+
+
+INBOXES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def inbox(loop: asyncio.AbstractEventLoop) -> Inbox:
+    """The loop's Inbox (one per loop, made on the loop's own thread by the first Batch; a
+    new one each time for a loop that cannot be weakly referenced)."""
+    try:
+        box = INBOXES.get(loop)
+        if box is None:
+            box = INBOXES[loop] = Inbox(loop)
+    except TypeError:  # no weak references to this loop class
+        box = Inbox(loop)
+    return box
+
+
 class Batch:
     """Requests submitted together (n choices, several prompts); their events, in the order
     the engine made them, as (choice index, Event) on the event loop. With an output `rail`
@@ -51,8 +106,10 @@ class Batch:
     def __init__(self, engine: Engine, jobs: list[tuple[list[int], SamplingParams, str | None]],
                  metrics: Metrics, rail=None, ticket=None, keep_ticket: bool = False):
         self.loop = asyncio.get_running_loop()
+        self.inbox = inbox(self.loop)
         self.rail = rail
         self.queue: asyncio.Queue[Event] = asyncio.Queue()
+        self.unread = len(jobs)  # requests whose last event `events` has not yielded yet
         self.metrics = metrics
         self.reqs: list[EngineRequest] = []
         self.closed = False  # nobody reads the events any more
@@ -84,7 +141,7 @@ class Batch:
             if self.left == 0 and not self.keep_ticket:
                 self.ticket.release()
         try:
-            self.loop.call_soon_threadsafe(self._arrive, e)
+            self.inbox.put(self._arrive, e)
         except RuntimeError:  # the event loop has closed: nobody is listening
             pass
 
@@ -146,14 +203,18 @@ class Batch:
             self.cut("timeout")
             return await self.queue.get()
 
+    def waits(self) -> bool:
+        """Whether the next event is not here yet (a stream should send what it has)."""
+        return self.unread > 0 and self.queue.empty()
+
     async def events(self) -> AsyncIterator[tuple[int, Event]]:
-        left = len(self.reqs)
-        while left:
+        self.unread = len(self.reqs)
+        while self.unread:
             e = await self._next()
             if e.finish_reason == "cancelled" and self.cut_reason is not None:
                 e = dataclasses.replace(e, finish_reason="length")
             if e.finish_reason:
-                left -= 1
+                self.unread -= 1
             i = self.index[e.request.id]
             if self.rail is not None:
                 e = await self.rail.apply(i, e)
@@ -230,20 +291,30 @@ def openai_stream(request: Request, batch: Batch,
                   chunks: AsyncIterator[dict]) -> StreamingResponse:
     """OpenAI's stream: server-sent events from `chunks`, ending in [DONE] (an ApiError raised
     by `chunks` is sent as an error event before it); the batch is cancelled when the client
-    goes away or the stream ends early."""
+    goes away or the stream ends early. Events are sent as soon as the next one would have to
+    be waited for; those ready together go out in one write."""
 
     async def body():
         watch = asyncio.create_task(watch_disconnect(request, batch))
+        ready: list[str] = []
         try:
             async for c in chunks:
-                yield sse(c)
+                ready.append(sse(c))
+                if batch.waits():
+                    yield "".join(ready)
+                    ready.clear()
         except ApiError as e:
             stream_failed(request.scope, e.status)
-            yield sse(e.body())
+            ready.append(sse(e.body()))
+        except Exception:
+            if ready:  # what was ready goes out before the failure, as it would one by one
+                yield "".join(ready)
+            raise
         finally:
             watch.cancel()
             batch.cancel()
             batch.close()
-        yield "data: [DONE]\n\n"
+        ready.append("data: [DONE]\n\n")
+        yield "".join(ready)
 
     return event_stream(body())
