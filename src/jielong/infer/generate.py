@@ -34,6 +34,7 @@ import torch
 
 from jielong.errors import UserError
 from jielong.hub import open_model, stop_ids
+from jielong.infer.compiled import cache_length, compiled_or_none, worth_compiling
 from jielong.infer.constrain import mask_rows
 from jielong.infer.sampling import SamplingParams, sample
 from jielong.model import KVCache, Transformer
@@ -43,7 +44,8 @@ from jielong.runtime import pick_device
 @torch.no_grad()
 def generate_ids(model: Transformer, prompts: list[list[int]], s: SamplingParams,
                  stop_ids: set[int] = frozenset(), decode=None,
-                 first_allowed: list[list[int] | None] | None = None, tok=None) -> list[list[int]]:
+                 first_allowed: list[list[int] | None] | None = None, tok=None,
+                 compile: bool | None = None) -> list[list[int]]:
     """Token ids generated for each prompt (prompt excluded, stop token excluded), at most
     s.max_tokens each (None: up to the end of the context).
 
@@ -51,6 +53,8 @@ def generate_ids(model: Transformer, prompts: list[list[int]], s: SamplingParams
     first_allowed: per prompt, the only token ids the first new token may be (or None).
     tok: the tokenizer, needed only with a grammar (s.grammar: each row is held to it and
         ends when it is complete).
+    compile: decode with the compiled step (jielong.infer.compiled: a static cache under
+        torch.compile); None: where it measured faster (`worth_compiling`).
     """
     s.validate()
     if not prompts or any(len(p) == 0 for p in prompts):
@@ -80,17 +84,25 @@ def generate_ids(model: Transformer, prompts: list[list[int]], s: SamplingParams
         seen.scatter_(1, ids, valid)
     if s.presence_penalty or s.frequency_penalty:
         counts = torch.zeros((B, cfg.vocab_size), dtype=torch.int32, device=device)
-    cache = KVCache(cfg, B, L + new, device=device,
-                    dtype=next(model.parameters()).dtype)
-    if padded:
-        positions = (valid.cumsum(1) - 1).clamp(min=0)
+    if compile is None:
+        compile = worth_compiling(model, B)
+    dec = compiled_or_none(model, B, cache_length(cfg, L + new)) if compile else None
+    positions = (valid.cumsum(1) - 1).clamp(min=0)
+    pos = positions[:, -1:] + 1
+    if dec is not None:  # a static cache (jielong.infer.compiled): slot i holds padded token i
+        filled = torch.ones((B, dec.max_len), dtype=torch.bool, device=device)
+        filled[:, :L] = valid
+        logits = dec.prefill(ids, positions, torch.arange(L, device=device).expand(B, L), filled)
+        slots = torch.arange(L, dec.max_len, device=device)[:, None, None].expand(-1, B, 1)
+    elif padded:
+        cache = KVCache(cfg, B, L + new, device=device, dtype=next(model.parameters()).dtype)
         causal = torch.ones(L, L, dtype=torch.bool, device=device).tril()
         # A padding query sees itself only, so no row of the softmax is empty (NaN).
         mask = (causal & valid[:, None, :]) | torch.eye(L, dtype=torch.bool, device=device)
         logits = model(ids, positions, cache, mask[:, None], last_only=True)[:, -1]
         keys = torch.cat([valid, torch.ones(B, new, dtype=torch.bool, device=device)], 1)
-        pos = positions[:, -1:] + 1
     else:
+        cache = KVCache(cfg, B, L + new, device=device, dtype=next(model.parameters()).dtype)
         logits = model(ids, cache=cache, last_only=True)[:, -1]
     if first_allowed is not None and any(a is not None for a in first_allowed):
         allowed = torch.ones((B, cfg.vocab_size), dtype=torch.bool, device=device)
@@ -129,7 +141,10 @@ def generate_ids(model: Transformer, prompts: list[list[int]], s: SamplingParams
             seen[rows, tok_ids] = True
         if counts is not None:
             counts[rows, tok_ids] += 1
-        if padded:
+        if dec is not None:
+            logits = dec.decode(tok_ids[:, None], pos, slots[t], filled)
+            pos = pos + 1
+        elif padded:
             logits = model(tok_ids[:, None], pos, cache, keys[:, None, None, :L + t + 1])[:, -1]
             pos = pos + 1
         else:

@@ -1,0 +1,261 @@
+"""A compiled decode step: a static-shape KV cache under `torch.compile`.
+
+    dec = CompiledDecoder(model, batch=1, max_len=256)
+    logits = dec.prefill(ids, positions, slots, valid)  # (B, vocab): each row's last token
+    logits = dec.decode(tok[:, None], positions + L, slots + L, valid)  # one token a row
+
+Eager decoding spends most of a token on per-operation overhead at small sizes: hundreds of
+small kernels and their Python dispatch (see bench/RESULTS.md, issue 23, for the profile).
+`torch.compile` (TorchInductor) fuses the element-wise work into a few generated C++ loops
+(Triton kernels on a GPU) and calls the matmuls directly, but only pays off when the shapes
+stay the same from step to step, so this cache never grows: keys and values are preallocated
+at `max_len` for `batch` rows, a step writes the new token's keys at `slots` (a tensor, one
+slot per row) with an indexed copy, and attention reads the whole cache with a mask that hides
+the slots beyond each row's own (and its padding). One graph per (batch, max_len), as in
+gpt-fast's and transformers' StaticCache; the prompt's prefill is a second graph, compiled with
+dynamic shapes so every prompt length shares it. The math is the model's own (its layers and
+`attention_mask`, jielong.model), so the eager path stays the readable reference and greedy
+fp32 output matches it token for token (tests/infer/test_compiled.py).
+
+Inductor's compiled graphs are cached on disk across runs (its FX graph cache) in
+`TORCHINDUCTOR_CACHE_DIR`; jielong sets it, unless it is set already, to
+~/.cache/jielong/inductor (torch's own default is a folder under /tmp, lost at a reboot), so the
+second run of `jielong generate --compile` starts in seconds instead of compiling again.
+On a GPU the step is compiled with mode="reduce-overhead" (CUDA graphs: one launch per
+token) and the cache tensors are marked static (`mark_static_address`) so CUDA graphs read
+them in place.
+
+When compilation is unavailable (no C++ compiler, an unsupported platform, or
+JIELONG_NO_COMPILE=1 set to simulate one) or fails, `compiled_or_none` prints one line once
+and the caller decodes eagerly.
+
+When it wins (`worth_compiling`, measured in bench/RESULTS.md, issue 23): on a CPU at batch 1
+with a model of at least 20M parameters (the 124m preset: 2.2x eager fp32 decode), and on a
+GPU always. The demo preset (1M parameters) is left eager: compiling costs more than the
+whole reply saves.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import weakref
+from pathlib import Path
+
+import torch
+
+from jielong.model import Transformer, attention_mask, rope_cos_sin
+
+COMPILE_MIN_PARAMS = 20_000_000  # CPU batch 1: compile models at least this big (measured)
+ENGINE_COMPILE = False  # the engine's compiled step on a CPU by default (measured)
+said: set[str] = set()
+decoders: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def worth_compiling(model: Transformer, batch: int, serving: bool = False) -> bool:
+    """The measured default for --compile: on a GPU always; on a CPU, batch 1 of a model with
+    at least COMPILE_MIN_PARAMS parameters (smaller ones finish before compiling would pay).
+    serving: the engine's step (batch: its slots) — see ENGINE_COMPILE."""
+    p = next(model.parameters())
+    if p.device.type == "cuda":
+        return True
+    big = sum(x.numel() for x in model.parameters()) >= COMPILE_MIN_PARAMS
+    return big and (ENGINE_COMPILE if serving else batch == 1)
+
+
+def say_once(message: str) -> None:
+    if message not in said:
+        said.add(message)
+        print(message, file=sys.stderr)
+
+
+def unavailable(device: torch.device) -> str | None:
+    """Why torch.compile cannot run here, or None."""
+    if os.environ.get("JIELONG_NO_COMPILE"):
+        return "JIELONG_NO_COMPILE is set"
+    if device.type == "cpu" and not any(shutil.which(c) for c in ("g++", "clang++", "c++")):
+        return "no C++ compiler (install g++ or clang++)"
+    if device.type not in ("cpu", "cuda"):
+        return f"not supported on {device.type}"
+    return None
+
+
+def use_cache_dir() -> str:
+    """Where inductor keeps compiled graphs between runs (set once, if the user did not)."""
+    return os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR",
+                                 str(Path.home() / ".cache" / "jielong" / "inductor"))
+
+
+class SlotView:
+    """What the model's attention layers see as their cache for one compiled forward: each
+    row's new keys go to its `slots`, and every layer reads the whole preallocated cache."""
+
+    def __init__(self, k: list[torch.Tensor], v: list[torch.Tensor], slots: torch.Tensor):
+        self.k, self.v, self.slots = k, v, slots
+        self.rows = torch.arange(slots.shape[0], device=slots.device)[:, None]
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        K, V = self.k[layer], self.v[layer]  # (B, kv heads, max_len, head dim)
+        K[self.rows, :, self.slots] = k.transpose(1, 2)  # (B, T, kv heads, head dim)
+        V[self.rows, :, self.slots] = v.transpose(1, 2)
+        return K, V
+
+
+class CompiledDecoder:
+    """A static KV cache of `batch` rows × `max_len` slots and the model's forward over it:
+    `decode` for one token a row, compiled (static shapes); `prefill` for a prompt, eager
+    unless `compile_prefill` (compiled with dynamic shapes: measured no faster on a CPU,
+    where a prompt's forward is all matmuls, and a slower first compile)."""
+
+    def __init__(self, model: Transformer, batch: int, max_len: int, compile: bool = True,
+                 compile_prefill: bool = False):
+        cfg, p = model.config, next(model.parameters())
+        self.model, self.batch, self.max_len = model, batch, max_len
+        shape = (batch, cfg.num_key_value_heads, max_len, cfg.head_dim)
+        L = cfg.num_hidden_layers
+        self.k = [torch.zeros(shape, device=p.device, dtype=p.dtype) for _ in range(L)]
+        self.v = [torch.zeros(shape, device=p.device, dtype=p.dtype) for _ in range(L)]
+        self.windows = cfg.layer_windows()
+        self.keys = torch.arange(max_len, device=p.device)
+        self.step, self.prefill = self.forward_step, self.forward
+        if compile:
+            use_cache_dir()
+            # one graph per (batch, max_len, adapter): more than dynamo's default of 8
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+            cuda = p.device.type == "cuda"
+            if cuda:  # CUDA graphs read the cache where it is, not a copy
+                for t in self.k + self.v:
+                    torch._dynamo.mark_static_address(t)
+            self.step = torch.compile(self.forward_step, dynamic=False, fullgraph=True,
+                                      **compile_options(model))
+            if compile_prefill:
+                self.prefill = torch.compile(self.forward, dynamic=True, fullgraph=True)
+
+    def decode(self, ids: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor,
+               valid: torch.Tensor | None = None) -> torch.Tensor:
+        """One token a row (ids, positions, slots: (B, 1)) through the compiled step; if
+        compiling fails, says so once and goes on eagerly (the same math)."""
+        try:
+            return self.step(ids, positions, slots, valid)
+        except Exception as e:  # inductor's failures have many types (C++ build, lowering, …)
+            if self.step == self.forward_step:
+                raise
+            say_once(f"--compile: compiling failed ({type(e).__name__}: "
+                     f"{str(e).strip().splitlines()[0][:160] if str(e).strip() else ''}); decoding eagerly")
+            self.step = self.forward_step
+            return self.step(ids, positions, slots, valid)
+
+    def forward(self, ids: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor,
+                valid: torch.Tensor | None) -> torch.Tensor:
+        """Logits (B, vocab) of each row's last token. ids, positions, slots: (B, T) — the
+        tokens, their rotary positions, and the cache slots they are written to; valid:
+        (B, max_len) the slots that hold a real token (False: padding), or None (all)."""
+        model, T = self.model, ids.shape[1]
+        cos, sin = rope_cos_sin(model.inv_freq, model.rope_scale, positions)
+        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # broadcast over heads
+        seen = self.keys <= slots[..., None]  # (B, T, max_len): a row's past and itself
+        if valid is not None:  # padding hidden; a padding query sees itself (no empty row)
+            seen = (seen & valid[:, None, :]) | (self.keys == slots[..., None])
+        mask = seen[:, None]
+        masks = {w: attention_mask(w, T, 0, mask, slots)[0] for w in set(self.windows)}
+        x = model.model.embed_tokens(ids)
+        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+        view = SlotView(self.k, self.v, slots)
+        for layer, w in zip(model.model.layers, self.windows, strict=True):
+            x = layer(x, cos, sin, view, masks[w], False)
+        return model.lm_head(model.model.norm(x[:, -1]))
+
+    def forward_step(self, ids, positions, slots, valid=None):  # what is compiled
+        return self.forward(ids, positions, slots, valid)
+
+
+def compile_options(model: Transformer) -> dict:
+    """torch.compile's mode for the decode step. GPU: CUDA graphs. CPU, a model of at least
+    COMPILE_MIN_PARAMS: weights frozen into the graph (constants inductor may repack) and
+    max-autotune, which times inductor's own C++ GEMM against MKL's for each matmul shape and
+    keeps the faster — at one row per matmul its kernel read the weights 1.6× faster than
+    eager here (bench/RESULTS.md, issue 23). The cost: a slower first compile and a second,
+    packed copy of the weights in memory. Smaller models: inductor's defaults."""
+    p = next(model.parameters())
+    if p.device.type == "cuda":
+        return {"mode": "reduce-overhead"}
+    if sum(x.numel() for x in model.parameters()) >= COMPILE_MIN_PARAMS:
+        return {"options": {"freezing": True, "max_autotune": True}}
+    return {}
+
+
+def cache_length(cfg, tokens: int) -> int:
+    """The static cache's length for `tokens`: rounded up to a multiple of 128 (so nearby
+    lengths share one compiled graph), at most the model's context. Attention reads every
+    slot, so the cache is kept near what is needed rather than the whole context."""
+    return min(-(-tokens // 128) * 128, cfg.max_position_embeddings)
+
+
+def compiled_or_none(model: Transformer, batch: int, max_len: int) -> CompiledDecoder | None:
+    """The model's compiled decoder for (batch, max_len), made once and kept with the model,
+    or None (and one line, once, saying why) when compilation is unavailable here."""
+    device = next(model.parameters()).device
+    why = unavailable(device)
+    if why is not None:
+        say_once(f"--compile: {why}; decoding eagerly")
+        return None
+    key = (batch, max_len, next(model.parameters()).dtype)
+    per_model = decoders.setdefault(model, {})
+    if key not in per_model:
+        per_model[key] = CompiledDecoder(model, batch, max_len)
+    return per_model[key]
+
+
+class GatherView:
+    """The engine's paged cache as one compiled decode step sees it (jielong.infer.kv's
+    PagedView, one token a row): the new keys go to the slots `write` (B,), and each row
+    reads its keys gathered by `read` (B, keys) in position order."""
+
+    keys_at_positions = True  # key i of a row holds position i
+    pos = 0
+
+    def __init__(self, k: torch.Tensor, v: torch.Tensor, write: torch.Tensor, read: torch.Tensor):
+        self.k, self.v, self.write, self.read = k, v, write, read
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        K, V = self.k[layer], self.v[layer]  # (slots, kv heads, head dim)
+        K[self.write] = k[:, :, 0]
+        V[self.write] = v[:, :, 0]
+        return K[self.read].transpose(1, 2), V[self.read].transpose(1, 2)
+
+
+class PagedStep:
+    """The serving engine's decode step (one token for each running request) over its block
+    pool, compiled with dynamic shapes: the batch and the number of keys change every step,
+    so one graph serves them all (two: batch 1 is specialised) instead of one per shape."""
+
+    def __init__(self, model: Transformer, k: torch.Tensor, v: torch.Tensor):
+        self.model, self.k, self.v = model, k, v
+        use_cache_dir()
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+        self.step = torch.compile(self.forward, dynamic=True, fullgraph=True)
+
+    def forward(self, ids, positions, mask, write, read):
+        view = GatherView(self.k, self.v, write, read)
+        return self.model(ids, positions, view, mask)[:, -1]
+
+    def __call__(self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor,
+                 write: torch.Tensor, read: torch.Tensor) -> torch.Tensor:
+        try:
+            return self.step(ids, positions, mask, write, read)
+        except Exception as e:  # see CompiledDecoder.decode
+            if self.step == self.forward:
+                raise
+            say_once(f"--compile: compiling the engine's step failed ({type(e).__name__}); "
+                     "decoding eagerly")
+            self.step = self.forward
+            return self.step(ids, positions, mask, write, read)
+
+
+def paged_step_or_none(model: Transformer, k: torch.Tensor, v: torch.Tensor) -> PagedStep | None:
+    why = unavailable(k.device)
+    if why is not None:
+        say_once(f"--compile: {why}; decoding eagerly")
+        return None
+    return PagedStep(model, k, v)
