@@ -31,7 +31,7 @@ from jielong.model import Transformer
 
 
 def load() -> str:
-    return "load %.2f" % os.getloadavg()[0]
+    return f"load {os.getloadavg()[0]:.2f}"
 
 
 class Digits:
@@ -61,7 +61,10 @@ def engine_rate(model, n: int, new: int, compile: bool, vocab: int) -> float:
     s = SamplingParams(max_tokens=new, temperature=0, ignore_eos=True)
     engine = Engine(model, Digits(), slots=max(n, 1), compile=compile).start()
     try:
-        engine.complete(prompts[0], SamplingParams(max_tokens=8, temperature=0))  # warm up / compile
+        # warm up (compile: batch 1, then a batch of n — inductor's 0/1 specialisation)
+        engine.complete(prompts[0], SamplingParams(max_tokens=8, temperature=0))
+        with ThreadPoolExecutor(n) as pool:
+            list(pool.map(lambda p: engine.complete(p, SamplingParams(max_tokens=8, temperature=0)), prompts))
         t = time.perf_counter()
         with ThreadPoolExecutor(n) as pool:
             done = list(pool.map(lambda p: engine.complete(p, s), prompts))
@@ -91,10 +94,10 @@ def main() -> None:
     print(f"{args.preset} preset ({cfg.num_params / 1e6:.1f}M params, vocab {cfg.vocab_size}), {args.dtype}, "
           f"{args.threads} threads, torch {torch.__version__}")
     if not args.skip_generate:
-        t = time.perf_counter()
-        generate_ids(model, prompts, SamplingParams(max_tokens=2, temperature=0), compile=True)
-        print(f"  first compiled call (compile or cache load): {time.perf_counter() - t:.1f} s ({load()})")
-        with torch.inference_mode():
+        with torch.inference_mode():  # as generate_ids is called: a change of mode recompiles
+            t = time.perf_counter()
+            generate_ids(model, prompts, SamplingParams(max_tokens=args.new, temperature=0), compile=True)
+            print(f"  first compiled call (compile or cache load): {time.perf_counter() - t:.1f} s ({load()})")
             eager, eager_cpu, out_e = decode_rate(model, prompts, args.new, False, args.rounds)
             print(f"  eager     decode {eager:7.1f} tok/s, by CPU time {eager_cpu:7.1f} ({load()})")
             comp, comp_cpu, out_c = decode_rate(model, prompts, args.new, True, args.rounds)

@@ -4,35 +4,37 @@
     logits = dec.prefill(ids, positions, slots, valid)  # (B, vocab): each row's last token
     logits = dec.decode(tok[:, None], positions + L, slots + L, valid)  # one token a row
 
-Eager decoding spends most of a token on per-operation overhead at small sizes: hundreds of
-small kernels and their Python dispatch (see bench/RESULTS.md, issue 23, for the profile).
-`torch.compile` (TorchInductor) fuses the element-wise work into a few generated C++ loops
-(Triton kernels on a GPU) and calls the matmuls directly, but only pays off when the shapes
-stay the same from step to step, so this cache never grows: keys and values are preallocated
-at `max_len` for `batch` rows, a step writes the new token's keys at `slots` (a tensor, one
-slot per row) with an indexed copy, and attention reads the whole cache with a mask that hides
-the slots beyond each row's own (and its padding). One graph per (batch, max_len), as in
-gpt-fast's and transformers' StaticCache; the prompt's prefill is a second graph, compiled with
-dynamic shapes so every prompt length shares it. The math is the model's own (its layers and
+`torch.compile` (TorchInductor) fuses a step's element-wise work into a few generated C++
+loops (Triton kernels on a GPU) and calls the matmuls directly, but it only pays off when the
+shapes stay the same from step to step, so this cache never grows: keys and values are
+preallocated at `max_len` for `batch` rows, a step writes the new token's keys at `slots` (a
+tensor, one slot per row) with an indexed copy, and attention reads the whole cache with a
+mask that hides the slots beyond each row's own and its padding. One graph per (batch,
+max_len), as in gpt-fast's and transformers' StaticCache; `cache_length` rounds lengths up to
+a power of two so that few are compiled. The math is the model's own (its layers and
 `attention_mask`, jielong.model), so the eager path stays the readable reference and greedy
-fp32 output matches it token for token (tests/infer/test_compiled.py).
+fp32 output matches it token for token (tests/infer/test_compiled.py). The prompt's prefill
+runs eagerly into the same cache: compiled (dynamic shapes) it measured no faster on a CPU,
+where a prompt's forward is all matmuls, and took minutes more to compile.
 
-Inductor's compiled graphs are cached on disk across runs (its FX graph cache) in
+On a CPU, for a model of at least COMPILE_MIN_PARAMS, the step is compiled with its weights
+frozen and max-autotune (`compile_options`): inductor's own C++ GEMM for one row beat MKL's
+here. On a GPU, mode="reduce-overhead" (CUDA graphs: one launch per token), the cache
+tensors marked static (`mark_static_address`) so the graphs read them in place; not measured
+(no GPU was lent to issue 23).
+
+The serving engine's cache is paged (jielong.infer.kv); `PagedStep` compiles its decode step
+over the gathered view with dynamic shapes (batch and keys change every step), keeping
+continuous batching, the prefix cache and LoRA adapters as they are.
+
+Compiled graphs are cached on disk across runs (inductor's FX graph cache) in
 `TORCHINDUCTOR_CACHE_DIR`; jielong sets it, unless it is set already, to
-~/.cache/jielong/inductor (torch's own default is a folder under /tmp, lost at a reboot), so the
-second run of `jielong generate --compile` starts in seconds instead of compiling again.
-On a GPU the step is compiled with mode="reduce-overhead" (CUDA graphs: one launch per
-token) and the cache tensors are marked static (`mark_static_address`) so CUDA graphs read
-them in place.
+~/.cache/jielong/inductor (torch's default is a folder under /tmp, lost at a reboot). When
+compilation is unavailable (no C++ compiler, another device, or JIELONG_NO_COMPILE=1 to
+simulate one) or fails, one line says so, once, and decoding goes on eagerly.
 
-When compilation is unavailable (no C++ compiler, an unsupported platform, or
-JIELONG_NO_COMPILE=1 set to simulate one) or fails, `compiled_or_none` prints one line once
-and the caller decodes eagerly.
-
-When it wins (`worth_compiling`, measured in bench/RESULTS.md, issue 23): on a CPU at batch 1
-with a model of at least 20M parameters (the 124m preset: 2.2x eager fp32 decode), and on a
-GPU always. The demo preset (1M parameters) is left eager: compiling costs more than the
-whole reply saves.
+When it wins (`worth_compiling`; bench/bench_compile.py, bench/RESULTS.md, issue 23): see
+DEFAULT_ON below — `--compile` is asked for, not on by default, for now.
 """
 
 from __future__ import annotations
@@ -47,21 +49,20 @@ import torch
 
 from jielong.model import Transformer, attention_mask, rope_cos_sin
 
-COMPILE_MIN_PARAMS = 20_000_000  # CPU batch 1: compile models at least this big (measured)
-ENGINE_COMPILE = False  # the engine's compiled step on a CPU by default (measured)
+COMPILE_MIN_PARAMS = 20_000_000  # freeze the weights and autotune the GEMMs from this size
+# On by default nowhere yet, as measured (bench/RESULTS.md, issue 23): on this 2-core CPU the
+# 124m preset's compiled step decodes 1.1-1.6x faster, but compiling takes 30-150 s (less once
+# inductor's cache on disk has the graph), more than a reply of a few hundred tokens saves; the
+# engine's dynamic-shape step did not beat eager; no GPU was lent to measure CUDA graphs.
+DEFAULT_ON: dict[str, bool] = {"cpu": False, "cuda": False}
 said: set[str] = set()
 decoders: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def worth_compiling(model: Transformer, batch: int, serving: bool = False) -> bool:
-    """The measured default for --compile: on a GPU always; on a CPU, batch 1 of a model with
-    at least COMPILE_MIN_PARAMS parameters (smaller ones finish before compiling would pay).
-    serving: the engine's step (batch: its slots) — see ENGINE_COMPILE."""
-    p = next(model.parameters())
-    if p.device.type == "cuda":
-        return True
-    big = sum(x.numel() for x in model.parameters()) >= COMPILE_MIN_PARAMS
-    return big and (ENGINE_COMPILE if serving else batch == 1)
+    """The default for --compile, by device, as measured (DEFAULT_ON): the one place to turn
+    it on where a measurement shows it wins (batch and serving are what such a rule reads)."""
+    return DEFAULT_ON.get(next(model.parameters()).device.type, False)
 
 
 def say_once(message: str) -> None:
@@ -114,11 +115,12 @@ class CompiledDecoder:
         self.model, self.batch, self.max_len = model, batch, max_len
         shape = (batch, cfg.num_key_value_heads, max_len, cfg.head_dim)
         L = cfg.num_hidden_layers
-        self.k = [torch.zeros(shape, device=p.device, dtype=p.dtype) for _ in range(L)]
-        self.v = [torch.zeros(shape, device=p.device, dtype=p.dtype) for _ in range(L)]
+        with torch.inference_mode():
+            self.k = [torch.zeros(shape, device=p.device, dtype=p.dtype) for _ in range(L)]
+            self.v = [torch.zeros(shape, device=p.device, dtype=p.dtype) for _ in range(L)]
+            self.keys = torch.arange(max_len, device=p.device)
         self.windows = cfg.layer_windows()
-        self.keys = torch.arange(max_len, device=p.device)
-        self.step, self.prefill = self.forward_step, self.forward
+        self.step, self.prefill_fn = self.forward_step, self.forward
         if compile:
             use_cache_dir()
             # one graph per (batch, max_len, adapter): more than dynamo's default of 8
@@ -130,8 +132,18 @@ class CompiledDecoder:
             self.step = torch.compile(self.forward_step, dynamic=False, fullgraph=True,
                                       **compile_options(model))
             if compile_prefill:
-                self.prefill = torch.compile(self.forward, dynamic=True, fullgraph=True)
+                self.prefill_fn = torch.compile(self.forward, dynamic=True, fullgraph=True)
 
+    # Both run under inference mode whatever the caller's (no_grad or inference_mode): a
+    # change of grad mode would recompile the graph, and the cache is written in place.
+
+    @torch.inference_mode()
+    def prefill(self, ids: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor,
+                valid: torch.Tensor | None = None) -> torch.Tensor:
+        """A prompt's tokens (B, T) into the cache; logits of each row's last one."""
+        return self.prefill_fn(ids, positions, slots, valid)
+
+    @torch.inference_mode()
     def decode(self, ids: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor,
                valid: torch.Tensor | None = None) -> torch.Tensor:
         """One token a row (ids, positions, slots: (B, 1)) through the compiled step; if
@@ -147,7 +159,7 @@ class CompiledDecoder:
             return self.step(ids, positions, slots, valid)
 
     def forward(self, ids: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor,
-                valid: torch.Tensor | None) -> torch.Tensor:
+                valid: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (B, vocab) of each row's last token. ids, positions, slots: (B, T) — the
         tokens, their rotary positions, and the cache slots they are written to; valid:
         (B, max_len) the slots that hold a real token (False: padding), or None (all)."""
@@ -186,10 +198,11 @@ def compile_options(model: Transformer) -> dict:
 
 
 def cache_length(cfg, tokens: int) -> int:
-    """The static cache's length for `tokens`: rounded up to a multiple of 128 (so nearby
-    lengths share one compiled graph), at most the model's context. Attention reads every
-    slot, so the cache is kept near what is needed rather than the whole context."""
-    return min(-(-tokens // 128) * 128, cfg.max_position_embeddings)
+    """The static cache's length for `tokens`: the next power of two from 128 (so nearby
+    lengths share one compiled graph, and a growing chat compiles a few), at most the
+    model's context. Attention reads every slot, so the cache is kept near what is needed
+    rather than the whole context."""
+    return min(max(128, 1 << (tokens - 1).bit_length()), cfg.max_position_embeddings)
 
 
 def compiled_or_none(model: Transformer, batch: int, max_len: int) -> CompiledDecoder | None:

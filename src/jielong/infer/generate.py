@@ -6,6 +6,7 @@ Run as:
 For example, on the model `jielong demo` trains (runs/demo/model):
     jielong generate "從前有一個" "Once upon a time" --model runs/demo/model --temperature 0
     jielong generate "Q: 2+3?" --model runs/demo/model --adapter math=runs/math/adapter
+    jielong generate "Once upon a time" --model runs/demo/model --compile
 
 Several LoRA adapters can share one base model, switched per call:
     model, tok, gen = open_model("runs/demo/model", adapters=["a=runs/a/adapter", "runs/b/adapter"])
@@ -166,9 +167,11 @@ def heal_tail(tok, ids: list[int]) -> tuple[list[int], bytes, list[int] | None]:
 
 
 def generate_text(model: Transformer, tok, prompts: list[str], s: SamplingParams,
-                  heal: bool = True, stop_ids: set[int] | None = None) -> list[str]:
+                  heal: bool = True, stop_ids: set[int] | None = None,
+                  compile: bool | None = None) -> list[str]:
     """Continuations of `prompts` as text, cut before any stop string or stop token
-    (default: the tokenizer's eos and end-of-turn tokens and the model's eos)."""
+    (default: the tokenizer's eos and end-of-turn tokens and the model's eos). compile: as in
+    generate_ids."""
     if stop_ids is None:
         stop_ids = tok.end_ids | ({model.config.eos_token_id} - {None})
     encoded = [tok.encode(p) for p in prompts]
@@ -183,7 +186,7 @@ def generate_text(model: Transformer, tok, prompts: list[str], s: SamplingParams
         return raw[len(tails[i]):].decode("utf-8", errors="replace")
 
     outs = generate_ids(model, [h for h, _, _ in healed], s, stop_ids, decode=text,
-                        first_allowed=[a for _, _, a in healed], tok=tok)
+                        first_allowed=[a for _, _, a in healed], tok=tok, compile=compile)
     return [cut_at_stop(text(i, o), s.stop) for i, o in enumerate(outs)]
 
 
@@ -201,6 +204,7 @@ def generate(
     dtype: str = "auto",
     adapter: list[str] | None = None,
     adapter_name: str | None = None,
+    compile: bool | None = None,
 ) -> list[str]:
     """Continue one or more prompts with a trained model.
 
@@ -221,6 +225,9 @@ def generate(
             --adapter A --adapter B), each DIR or NAME=DIR (name: the folder's, or its parent's for
             runs/NAME/adapter).
         adapter_name: Which loaded adapter generates (default: the first; off: the base).
+        compile: Decode with the compiled step (torch.compile; compiled once, then cached on
+            disk); default off for now (compiling takes longer than a reply saves on a 2-core
+            CPU; jielong.infer.compiled).
     """
     net, tok, gen = open_model(model, device=pick_device(device), dtype=dtype, adapters=adapter,
                                adapter_name=adapter_name)
@@ -228,7 +235,8 @@ def generate(
     stops = [unescape(st) for st in stop or []]
     s = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                        repetition_penalty=repetition_penalty, stop=stops, seed=seed)
-    texts = generate_text(net, tok, prompt, s, stop_ids=stop_ids(tok, gen, net.config.eos_token_id))
+    texts = generate_text(net, tok, prompt, s, stop_ids=stop_ids(tok, gen, net.config.eos_token_id),
+                          compile=compile)
     for p, t in zip(prompt, texts, strict=True):
         print(f"\033[2m{p}\033[0m{t}" if _color() else p + t)
         print("─" * 40)
