@@ -121,6 +121,7 @@ class CompiledDecoder:
             self.keys = torch.arange(max_len, device=p.device)
         self.windows = cfg.layer_windows()
         self.step, self.prefill_fn = self.forward_step, self.forward
+        self.freeze = False
         if compile:
             use_cache_dir()
             # one graph per (batch, max_len, adapter): more than dynamo's default of 8
@@ -129,8 +130,9 @@ class CompiledDecoder:
             if cuda:  # CUDA graphs read the cache where it is, not a copy
                 for t in self.k + self.v:
                     torch._dynamo.mark_static_address(t)
-            self.step = torch.compile(self.forward_step, dynamic=False, fullgraph=True,
-                                      **compile_options(model))
+            options = compile_options(model)
+            self.freeze = "max-autotune" in options.get("mode", "")
+            self.step = torch.compile(self.forward_step, dynamic=False, fullgraph=True, **options)
             if compile_prefill:
                 self.prefill_fn = torch.compile(self.forward, dynamic=True, fullgraph=True)
 
@@ -149,7 +151,10 @@ class CompiledDecoder:
         """One token a row (ids, positions, slots: (B, 1)) through the compiled step; if
         compiling fails, says so once and goes on eagerly (the same math)."""
         try:
-            return self.step(ids, positions, slots, valid)
+            # freezing is read from inductor's config when the graph compiles (at the first
+            # call), not from torch.compile's options: set it around the call
+            with torch._inductor.config.patch(freezing=self.freeze):
+                return self.step(ids, positions, slots, valid)
         except Exception as e:  # inductor's failures have many types (C++ build, lowering, …)
             if self.step == self.forward_step:
                 raise
@@ -193,7 +198,7 @@ def compile_options(model: Transformer) -> dict:
     if p.device.type == "cuda":
         return {"mode": "reduce-overhead"}
     if sum(x.numel() for x in model.parameters()) >= COMPILE_MIN_PARAMS:
-        return {"options": {"freezing": True, "max_autotune": True}}
+        return {"mode": "max-autotune-no-cudagraphs"}  # + freezing: see CompiledDecoder.decode
     return {}
 
 
