@@ -50,10 +50,10 @@ import torch
 from jielong.model import Transformer, attention_mask, rope_cos_sin
 
 COMPILE_MIN_PARAMS = 20_000_000  # freeze the weights and autotune the GEMMs from this size
-# On by default nowhere yet, as measured (bench/RESULTS.md, issue 23): on this 2-core CPU the
-# 124m preset's compiled step decodes 1.1-1.6x faster, but compiling takes 30-150 s (less once
-# inductor's cache on disk has the graph), more than a reply of a few hundred tokens saves; the
-# engine's dynamic-shape step did not beat eager; no GPU was lent to measure CUDA graphs.
+# On by default nowhere yet, as measured (bench/RESULTS.md, issue 23): on the shared 2-core CPU
+# the 124m preset's compiled step decoded 0.2-3.95x eager from run to run (max-autotune picks
+# its GEMMs by timing them under whatever load there is), compiling takes 30-100 s, and the
+# engine's dynamic-shape step was slower than eager; no GPU was lent to measure CUDA graphs.
 DEFAULT_ON: dict[str, bool] = {"cpu": False, "cuda": False}
 said: set[str] = set()
 decoders: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -191,8 +191,8 @@ def compile_options(model: Transformer) -> dict:
     """torch.compile's mode for the decode step. GPU: CUDA graphs. CPU, a model of at least
     COMPILE_MIN_PARAMS: weights frozen into the graph (constants inductor may repack) and
     max-autotune, which times inductor's own C++ GEMM against MKL's for each matmul shape and
-    keeps the faster — at one row per matmul its kernel read the weights 1.6× faster than
-    eager here (bench/RESULTS.md, issue 23). The cost: a slower first compile and a second,
+    keeps the faster — at one row per matmul its kernel beat MKL's up to 3.8x in its own
+    timings here (bench/RESULTS.md, issue 23). The cost: a slower first compile and a second,
     packed copy of the weights in memory. Smaller models: inductor's defaults."""
     p = next(model.parameters())
     if p.device.type == "cuda":
