@@ -33,6 +33,7 @@ import torch
 from jielong.checkpoint import check_model_dir
 from jielong.errors import UserError
 from jielong.hub import choose_adapter, open_model, stop_ids
+from jielong.infer.compiled import CompiledDecoder, cache_length, compiled_or_none, worth_compiling
 from jielong.infer.context import fit_conversation, reply_budget
 from jielong.infer.sampling import SamplingParams, sample
 from jielong.lora import active_adapter, adapter_names
@@ -53,30 +54,58 @@ class Session:
     """One conversation's KV cache and the tokens it holds (read with the adapter that was
     active then: when another is, the next reply reads everything again)."""
 
-    def __init__(self, model: Transformer, context: int):
+    def __init__(self, model: Transformer, context: int, compile: bool = False):
         p = next(model.parameters())
-        self.model = model
-        self.cache = KVCache(model.config, 1, context, device=p.device, dtype=p.dtype)
+        self.model, self.context = model, context
+        # eager: a KV cache of the whole context; compiled (jielong.infer.compiled): a static
+        # one as long as the conversation needs, rounded up, grown (copied) when it outgrows it
+        self.cache = None if compile else KVCache(model.config, 1, context, device=p.device, dtype=p.dtype)
+        self.decoder: CompiledDecoder | None = None
         self.fed: list[int] = []  # the tokens whose keys and values the cache holds
         self.adapter = active_adapter(model)  # the LoRA adapter they were computed with
         self.reused = 0  # how many of them the last reply did not have to read again
 
+    def grow(self, tokens: int, keep: int) -> bool:
+        """A compiled decoder whose cache holds `tokens`, the first `keep` slots copied over;
+        False when compiling is unavailable here (said once): an empty eager cache instead."""
+        old = self.decoder
+        if old is not None and old.max_len >= tokens:
+            return True
+        self.decoder = compiled_or_none(self.model, 1, cache_length(self.model.config, tokens))
+        if self.decoder is None:
+            p = next(self.model.parameters())
+            self.cache = KVCache(self.model.config, 1, self.context, device=p.device, dtype=p.dtype)
+            return False
+        if old is not None and keep:
+            with torch.inference_mode():  # the static cache is written in inference mode
+                for a, b in zip(old.k + old.v, self.decoder.k + self.decoder.v, strict=True):
+                    b[:, :, :keep] = a[:, :, :keep]
+        return True
+
     @torch.no_grad()
     def reply(self, prompt: list[int], s: SamplingParams, stop_ids: set[int]) -> Iterator[int]:
         """Yield new token ids for `prompt` (the whole conversation) until a stop token."""
-        room = self.cache.max_len - len(prompt)
+        room = self.context - len(prompt)
         if room < 1:
             raise UserError(f"the conversation is {len(prompt)} tokens, more than the "
-                            f"{self.cache.max_len}-token context; /reset to start over")
+                            f"{self.context}-token context; /reset to start over")
         if active_adapter(self.model) != self.adapter:  # other weights made the cached keys
             self.fed, self.adapter = [], active_adapter(self.model)
         keep = 0
         while keep < min(len(prompt) - 1, len(self.fed)) and prompt[keep] == self.fed[keep]:
             keep += 1
-        self.cache.pos, self.reused = keep, keep
-        device = self.cache.k.device
-        logits = self.model(torch.tensor([prompt[keep:]], device=device), cache=self.cache,
-                            last_only=True)[:, -1]
+        self.reused = keep
+        device = next(self.model.parameters()).device
+        n = min(s.max_tokens or room, room)
+        if self.cache is None and not self.grow(len(prompt) + n, keep):
+            keep = self.reused = 0  # the eager cache starts empty
+        ids = torch.tensor([prompt[keep:]], device=device)
+        if self.cache is None:
+            at = torch.arange(keep, len(prompt), device=device)[None]
+            logits = self.decoder.prefill(ids, at, at)
+        else:
+            self.cache.pos = keep
+            logits = self.model(ids, cache=self.cache, last_only=True)[:, -1]
         self.fed = list(prompt)
         gen = torch.Generator(device=device).manual_seed(s.seed) if s.seed is not None else None
         seen = counts = None
@@ -86,7 +115,6 @@ class Session:
             seen[0, prompt] = True
         if s.presence_penalty or s.frequency_penalty:
             counts = torch.zeros((1, vocab), dtype=torch.int32, device=device)
-        n = min(s.max_tokens or room, room)
         for i in range(n):
             tok = sample(logits, s, counts, seen, gen)
             t = int(tok)
@@ -99,7 +127,11 @@ class Session:
                 seen[0, t] = True
             if counts is not None:
                 counts[0, t] += 1
-            logits = self.model(tok[:, None], cache=self.cache)[:, -1]
+            if self.cache is None:
+                at = torch.tensor([[len(self.fed)]], device=device)
+                logits = self.decoder.decode(tok[:, None], at, at)
+            else:
+                logits = self.model(tok[:, None], cache=self.cache)[:, -1]
             self.fed.append(t)
 
 
@@ -155,6 +187,7 @@ def chat(
     adapter: list[str] | None = None,
     adapter_name: str | None = None,
     quantize: str | None = None,
+    compile: bool | None = None,
 ) -> None:
     """Chat with a model in the terminal, using its own chat template; replies stream.
 
@@ -179,6 +212,9 @@ def chat(
         adapter_name: Which loaded adapter replies first (default: the first; off: the base).
         quantize: int8 or int4: weight-only quantized linear layers (faster on a CPU, 4-8x
             smaller); default: the weights as stored.
+        compile: Decode with the compiled step (torch.compile; compiled once, cached on disk);
+            default off for now (compiling takes longer than a reply saves on a 2-core CPU;
+            jielong.infer.compiled).
     """
     need_demo(model)
     net, tok, gen = open_model(model, device=pick_device(device), dtype=dtype, adapters=adapter,
@@ -202,7 +238,7 @@ def chat(
         repetition_penalty=gen.get("repetition_penalty", 1.0), seed=seed)
     s.validate()
     stops = stop_ids(tok, gen, net.config.eos_token_id)
-    session = Session(net, context)
+    session = Session(net, context, worth_compiling(net, 1) if compile is None else compile)
     messages: list[dict] = []
     interactive = sys.stdin.isatty()
     dim = (lambda t: f"\033[2m{t}\033[0m") if interactive else (lambda t: t)

@@ -66,6 +66,7 @@ from dataclasses import dataclass
 import torch
 
 from jielong.errors import UserError
+from jielong.infer.compiled import paged_step_or_none, worth_compiling
 from jielong.infer.constrain import mask_rows
 from jielong.infer.fair import FairQueue
 from jielong.infer.kv import BlockPool, PagedView, block_hash
@@ -154,7 +155,8 @@ class Engine:
 
     def __init__(self, model: Transformer, tok, stop_ids: set[int] = frozenset(), slots: int = 16,
                  context: int | None = None, kv_blocks: int | None = None, block_size: int = 16,
-                 prefix_cache: bool = True, prefill_chunk: int | None = 512):
+                 prefix_cache: bool = True, prefill_chunk: int | None = 512,
+                 compile: bool | None = None):
         cfg = model.config
         self.model, self.tok = model.eval(), tok
         self.device = next(model.parameters()).device
@@ -172,6 +174,10 @@ class Engine:
             kv_blocks = slots * -(-self.context // block_size)
         self.pool = BlockPool(model, kv_blocks, block_size)
         self.view = PagedView(self.pool)
+        if compile is None:
+            compile = worth_compiling(model, slots, serving=True)
+        # the decode step compiled over the pool (jielong.infer.compiled.PagedStep), or eager
+        self.compiled = paged_step_or_none(model, self.pool.k, self.pool.v) if compile else None
         self.limit = min(self.context, kv_blocks * block_size)  # the most tokens one request holds
         V = cfg.vocab_size
         self.counts = torch.zeros((slots, V), dtype=torch.int32, device=self.device)  # output tokens
@@ -447,7 +453,10 @@ class Engine:
             positions, mask = self.view.set([r.blocks for r in reqs], [r.length for r in reqs],
                                             [1] * len(reqs))
             x = torch.tensor([[r.output[-1]] for r in reqs], device=self.device)
-            logits = self.model(x, positions, self.view, mask)[:, -1].float()
+            if self.compiled is not None:
+                logits = self.compiled(x, positions, mask, self.view.write, self.view.read).float()
+            else:
+                logits = self.model(x, positions, self.view, mask)[:, -1].float()
             for r in reqs:
                 r.length += 1
                 self._name_blocks(r)

@@ -6,6 +6,7 @@ Run as:
 For example, on the model `jielong demo` trains (runs/demo/model):
     jielong generate "從前有一個" "Once upon a time" --model runs/demo/model --temperature 0
     jielong generate "Q: 2+3?" --model runs/demo/model --adapter math=runs/math/adapter
+    jielong generate "Once upon a time" --model runs/demo/model --compile
 
 Several LoRA adapters can share one base model, switched per call:
     model, tok, gen = open_model("runs/demo/model", adapters=["a=runs/a/adapter", "runs/b/adapter"])
@@ -34,6 +35,7 @@ import torch
 
 from jielong.errors import UserError
 from jielong.hub import open_model, stop_ids
+from jielong.infer.compiled import cache_length, compiled_or_none, worth_compiling
 from jielong.infer.constrain import mask_rows
 from jielong.infer.sampling import SamplingParams, sample
 from jielong.model import KVCache, Transformer
@@ -43,7 +45,8 @@ from jielong.runtime import pick_device
 @torch.no_grad()
 def generate_ids(model: Transformer, prompts: list[list[int]], s: SamplingParams,
                  stop_ids: set[int] = frozenset(), decode=None,
-                 first_allowed: list[list[int] | None] | None = None, tok=None) -> list[list[int]]:
+                 first_allowed: list[list[int] | None] | None = None, tok=None,
+                 compile: bool | None = None) -> list[list[int]]:
     """Token ids generated for each prompt (prompt excluded, stop token excluded), at most
     s.max_tokens each (None: up to the end of the context).
 
@@ -51,6 +54,8 @@ def generate_ids(model: Transformer, prompts: list[list[int]], s: SamplingParams
     first_allowed: per prompt, the only token ids the first new token may be (or None).
     tok: the tokenizer, needed only with a grammar (s.grammar: each row is held to it and
         ends when it is complete).
+    compile: decode with the compiled step (jielong.infer.compiled: a static cache under
+        torch.compile); None: where it measured faster (`worth_compiling`).
     """
     s.validate()
     if not prompts or any(len(p) == 0 for p in prompts):
@@ -80,17 +85,25 @@ def generate_ids(model: Transformer, prompts: list[list[int]], s: SamplingParams
         seen.scatter_(1, ids, valid)
     if s.presence_penalty or s.frequency_penalty:
         counts = torch.zeros((B, cfg.vocab_size), dtype=torch.int32, device=device)
-    cache = KVCache(cfg, B, L + new, device=device,
-                    dtype=next(model.parameters()).dtype)
-    if padded:
-        positions = (valid.cumsum(1) - 1).clamp(min=0)
+    if compile is None:
+        compile = worth_compiling(model, B)
+    dec = compiled_or_none(model, B, cache_length(cfg, L + new)) if compile else None
+    positions = (valid.cumsum(1) - 1).clamp(min=0)
+    pos = positions[:, -1:] + 1
+    if dec is not None:  # a static cache (jielong.infer.compiled): slot i holds padded token i
+        filled = torch.ones((B, dec.max_len), dtype=torch.bool, device=device)
+        filled[:, :L] = valid
+        logits = dec.prefill(ids, positions, torch.arange(L, device=device).expand(B, L), filled)
+        slots = torch.arange(L, dec.max_len, device=device)[:, None, None].expand(-1, B, 1)
+    elif padded:
+        cache = KVCache(cfg, B, L + new, device=device, dtype=next(model.parameters()).dtype)
         causal = torch.ones(L, L, dtype=torch.bool, device=device).tril()
         # A padding query sees itself only, so no row of the softmax is empty (NaN).
         mask = (causal & valid[:, None, :]) | torch.eye(L, dtype=torch.bool, device=device)
         logits = model(ids, positions, cache, mask[:, None], last_only=True)[:, -1]
         keys = torch.cat([valid, torch.ones(B, new, dtype=torch.bool, device=device)], 1)
-        pos = positions[:, -1:] + 1
     else:
+        cache = KVCache(cfg, B, L + new, device=device, dtype=next(model.parameters()).dtype)
         logits = model(ids, cache=cache, last_only=True)[:, -1]
     if first_allowed is not None and any(a is not None for a in first_allowed):
         allowed = torch.ones((B, cfg.vocab_size), dtype=torch.bool, device=device)
@@ -129,7 +142,10 @@ def generate_ids(model: Transformer, prompts: list[list[int]], s: SamplingParams
             seen[rows, tok_ids] = True
         if counts is not None:
             counts[rows, tok_ids] += 1
-        if padded:
+        if dec is not None:
+            logits = dec.decode(tok_ids[:, None], pos, slots[t], filled)
+            pos = pos + 1
+        elif padded:
             logits = model(tok_ids[:, None], pos, cache, keys[:, None, None, :L + t + 1])[:, -1]
             pos = pos + 1
         else:
@@ -151,9 +167,11 @@ def heal_tail(tok, ids: list[int]) -> tuple[list[int], bytes, list[int] | None]:
 
 
 def generate_text(model: Transformer, tok, prompts: list[str], s: SamplingParams,
-                  heal: bool = True, stop_ids: set[int] | None = None) -> list[str]:
+                  heal: bool = True, stop_ids: set[int] | None = None,
+                  compile: bool | None = None) -> list[str]:
     """Continuations of `prompts` as text, cut before any stop string or stop token
-    (default: the tokenizer's eos and end-of-turn tokens and the model's eos)."""
+    (default: the tokenizer's eos and end-of-turn tokens and the model's eos). compile: as in
+    generate_ids."""
     if stop_ids is None:
         stop_ids = tok.end_ids | ({model.config.eos_token_id} - {None})
     encoded = [tok.encode(p) for p in prompts]
@@ -168,7 +186,7 @@ def generate_text(model: Transformer, tok, prompts: list[str], s: SamplingParams
         return raw[len(tails[i]):].decode("utf-8", errors="replace")
 
     outs = generate_ids(model, [h for h, _, _ in healed], s, stop_ids, decode=text,
-                        first_allowed=[a for _, _, a in healed], tok=tok)
+                        first_allowed=[a for _, _, a in healed], tok=tok, compile=compile)
     return [cut_at_stop(text(i, o), s.stop) for i, o in enumerate(outs)]
 
 
@@ -187,6 +205,7 @@ def generate(
     adapter: list[str] | None = None,
     adapter_name: str | None = None,
     quantize: str | None = None,
+    compile: bool | None = None,
 ) -> list[str]:
     """Continue one or more prompts with a trained model.
 
@@ -209,6 +228,9 @@ def generate(
         adapter_name: Which loaded adapter generates (default: the first; off: the base).
         quantize: int8 or int4: weight-only quantized linear layers (faster on a CPU, 4-8x
             smaller); default: the weights as stored.
+        compile: Decode with the compiled step (torch.compile; compiled once, then cached on
+            disk); default off for now (compiling takes longer than a reply saves on a 2-core
+            CPU; jielong.infer.compiled).
     """
     net, tok, gen = open_model(model, device=pick_device(device), dtype=dtype, adapters=adapter,
                                adapter_name=adapter_name, quantize=quantize)
@@ -216,7 +238,8 @@ def generate(
     stops = [unescape(st) for st in stop or []]
     s = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                        repetition_penalty=repetition_penalty, stop=stops, seed=seed)
-    texts = generate_text(net, tok, prompt, s, stop_ids=stop_ids(tok, gen, net.config.eos_token_id))
+    texts = generate_text(net, tok, prompt, s, stop_ids=stop_ids(tok, gen, net.config.eos_token_id),
+                          compile=compile)
     for p, t in zip(prompt, texts, strict=True):
         print(f"\033[2m{p}\033[0m{t}" if _color() else p + t)
         print("─" * 40)

@@ -65,6 +65,7 @@ def serve(
     kv_memory_gb: float | None = None,
     prefill_chunk: int = 512,
     prefix_cache: bool = True,
+    compile: bool | None = None,
     name: str | None = None,
     device: str = "auto",
     dtype: str = "auto",
@@ -125,6 +126,8 @@ def serve(
             pieces between the running requests' decode steps, so their streams keep flowing.
         prefix_cache: Keep the KV cache of prompt prefixes (a system prompt, a chat's earlier
             turns) for the next request that begins the same way.
+        compile: Decode with the compiled step over the paged cache (torch.compile, dynamic
+            shapes; jielong.infer.compiled). Default: off for now (measured no faster on a CPU).
         name: The model name clients use (default: --model as given; for an absolute path,
             its folder's name).
         device: auto, cpu, cuda, mps.
@@ -239,7 +242,7 @@ def serve(
             blocks = blocks_for_memory(net, kv_memory_gb) if kv_memory_gb is not None else None
             engine = Engine(net, tok, stop_ids(tok, gen, net.config.eos_token_id), slots=slots,
                             context=context, kv_blocks=blocks, prefix_cache=prefix_cache,
-                            prefill_chunk=prefill_chunk).start()
+                            prefill_chunk=prefill_chunk, compile=compile).start()
         else:
             engine, tok, gen = open_upstream(upstream, upstream_key, upstream_model, adapter,
                                                slots, context), None, {}

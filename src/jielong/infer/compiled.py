@@ -1,0 +1,279 @@
+"""A compiled decode step: a static-shape KV cache under `torch.compile`.
+
+    dec = CompiledDecoder(model, batch=1, max_len=256)
+    logits = dec.prefill(ids, positions, slots, valid)  # (B, vocab): each row's last token
+    logits = dec.decode(tok[:, None], positions + L, slots + L, valid)  # one token a row
+
+`torch.compile` (TorchInductor) fuses a step's element-wise work into a few generated C++
+loops (Triton kernels on a GPU) and calls the matmuls directly, but it only pays off when the
+shapes stay the same from step to step, so this cache never grows: keys and values are
+preallocated at `max_len` for `batch` rows, a step writes the new token's keys at `slots` (a
+tensor, one slot per row) with an indexed copy, and attention reads the whole cache with a
+mask that hides the slots beyond each row's own and its padding. One graph per (batch,
+max_len), as in gpt-fast's and transformers' StaticCache; `cache_length` rounds lengths up to
+a power of two so that few are compiled. The math is the model's own (its layers and
+`attention_mask`, jielong.model), so the eager path stays the readable reference and greedy
+fp32 output matches it token for token (tests/infer/test_compiled.py). The prompt's prefill
+runs eagerly into the same cache: compiled (dynamic shapes) it measured no faster on a CPU,
+where a prompt's forward is all matmuls, and took minutes more to compile.
+
+On a CPU, for a model of at least COMPILE_MIN_PARAMS, the step is compiled with its weights
+frozen and max-autotune (`compile_options`): inductor's own C++ GEMM for one row beat MKL's
+here. On a GPU, mode="reduce-overhead" (CUDA graphs: one launch per token), the cache
+tensors marked static (`mark_static_address`) so the graphs read them in place; not measured
+(no GPU was lent to issue 23).
+
+The serving engine's cache is paged (jielong.infer.kv); `PagedStep` compiles its decode step
+over the gathered view with dynamic shapes (batch and keys change every step), keeping
+continuous batching, the prefix cache and LoRA adapters as they are.
+
+Compiled graphs are cached on disk across runs (inductor's FX graph cache) in
+`TORCHINDUCTOR_CACHE_DIR`; jielong sets it, unless it is set already, to
+~/.cache/jielong/inductor (torch's default is a folder under /tmp, lost at a reboot). When
+compilation is unavailable (no C++ compiler, another device, or JIELONG_NO_COMPILE=1 to
+simulate one) or fails, one line says so, once, and decoding goes on eagerly.
+
+When it wins (`worth_compiling`; bench/bench_compile.py, bench/RESULTS.md, issue 23): see
+DEFAULT_ON below — `--compile` is asked for, not on by default, for now.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import weakref
+from pathlib import Path
+
+import torch
+
+from jielong.model import Transformer, attention_mask, rope_cos_sin
+
+COMPILE_MIN_PARAMS = 20_000_000  # freeze the weights and autotune the GEMMs from this size
+# On by default nowhere yet, as measured (bench/RESULTS.md, issue 23): on the shared 2-core CPU
+# the 124m preset's compiled step decoded 0.2-3.95x eager from run to run (max-autotune picks
+# its GEMMs by timing them under whatever load there is), compiling takes 30-100 s, and the
+# engine's dynamic-shape step was slower than eager; no GPU was lent to measure CUDA graphs.
+DEFAULT_ON: dict[str, bool] = {"cpu": False, "cuda": False}
+said: set[str] = set()
+decoders: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def worth_compiling(model: Transformer, batch: int, serving: bool = False) -> bool:
+    """The default for --compile, by device, as measured (DEFAULT_ON): the one place to turn
+    it on where a measurement shows it wins (batch and serving are what such a rule reads)."""
+    return DEFAULT_ON.get(next(model.parameters()).device.type, False)
+
+
+def say_once(message: str) -> None:
+    if message not in said:
+        said.add(message)
+        print(message, file=sys.stderr)
+
+
+def unavailable(device: torch.device) -> str | None:
+    """Why torch.compile cannot run here, or None."""
+    if os.environ.get("JIELONG_NO_COMPILE"):
+        return "JIELONG_NO_COMPILE is set"
+    if device.type == "cpu" and not any(shutil.which(c) for c in ("g++", "clang++", "c++")):
+        return "no C++ compiler (install g++ or clang++)"
+    if device.type not in ("cpu", "cuda"):
+        return f"not supported on {device.type}"
+    return None
+
+
+def use_cache_dir() -> str:
+    """Where inductor keeps compiled graphs between runs (set once, if the user did not)."""
+    return os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR",
+                                 str(Path.home() / ".cache" / "jielong" / "inductor"))
+
+
+class SlotView:
+    """What the model's attention layers see as their cache for one compiled forward: each
+    row's new keys go to its `slots`, and every layer reads the whole preallocated cache."""
+
+    def __init__(self, k: list[torch.Tensor], v: list[torch.Tensor], slots: torch.Tensor):
+        self.k, self.v, self.slots = k, v, slots
+        self.rows = torch.arange(slots.shape[0], device=slots.device)[:, None]
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        K, V = self.k[layer], self.v[layer]  # (B, kv heads, max_len, head dim)
+        K[self.rows, :, self.slots] = k.transpose(1, 2)  # (B, T, kv heads, head dim)
+        V[self.rows, :, self.slots] = v.transpose(1, 2)
+        return K, V
+
+
+class CompiledDecoder:
+    """A static KV cache of `batch` rows × `max_len` slots and the model's forward over it:
+    `decode` for one token a row, compiled (static shapes); `prefill` for a prompt, eager
+    unless `compile_prefill` (compiled with dynamic shapes: measured no faster on a CPU,
+    where a prompt's forward is all matmuls, and a slower first compile)."""
+
+    def __init__(self, model: Transformer, batch: int, max_len: int, compile: bool = True,
+                 compile_prefill: bool = False):
+        cfg, p = model.config, next(model.parameters())
+        self.model, self.batch, self.max_len = model, batch, max_len
+        shape = (batch, cfg.num_key_value_heads, max_len, cfg.head_dim)
+        L = cfg.num_hidden_layers
+        with torch.inference_mode():
+            self.k = [torch.zeros(shape, device=p.device, dtype=p.dtype) for _ in range(L)]
+            self.v = [torch.zeros(shape, device=p.device, dtype=p.dtype) for _ in range(L)]
+            self.keys = torch.arange(max_len, device=p.device)
+        self.windows = cfg.layer_windows()
+        self.step, self.prefill_fn = self.forward_step, self.forward
+        self.freeze = False
+        if compile:
+            use_cache_dir()
+            # one graph per (batch, max_len, adapter): more than dynamo's default of 8
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+            cuda = p.device.type == "cuda"
+            if cuda:  # CUDA graphs read the cache where it is, not a copy
+                for t in self.k + self.v:
+                    torch._dynamo.mark_static_address(t)
+            options = compile_options(model)
+            self.freeze = "max-autotune" in options.get("mode", "")
+            self.step = torch.compile(self.forward_step, dynamic=False, fullgraph=True, **options)
+            if compile_prefill:
+                self.prefill_fn = torch.compile(self.forward, dynamic=True, fullgraph=True)
+
+    # Both run under inference mode whatever the caller's (no_grad or inference_mode): a
+    # change of grad mode would recompile the graph, and the cache is written in place.
+
+    @torch.inference_mode()
+    def prefill(self, ids: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor,
+                valid: torch.Tensor | None = None) -> torch.Tensor:
+        """A prompt's tokens (B, T) into the cache; logits of each row's last one."""
+        return self.prefill_fn(ids, positions, slots, valid)
+
+    @torch.inference_mode()
+    def decode(self, ids: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor,
+               valid: torch.Tensor | None = None) -> torch.Tensor:
+        """One token a row (ids, positions, slots: (B, 1)) through the compiled step; if
+        compiling fails, says so once and goes on eagerly (the same math)."""
+        try:
+            # freezing is read from inductor's config when the graph compiles (at the first
+            # call), not from torch.compile's options: set it around the call
+            with torch._inductor.config.patch(freezing=self.freeze):
+                return self.step(ids, positions, slots, valid)
+        except Exception as e:  # inductor's failures have many types (C++ build, lowering, …)
+            if self.step == self.forward_step:
+                raise
+            say_once(f"--compile: compiling failed ({type(e).__name__}: "
+                     f"{str(e).strip().splitlines()[0][:160] if str(e).strip() else ''}); decoding eagerly")
+            self.step = self.forward_step
+            return self.step(ids, positions, slots, valid)
+
+    def forward(self, ids: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor,
+                valid: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B, vocab) of each row's last token. ids, positions, slots: (B, T) — the
+        tokens, their rotary positions, and the cache slots they are written to; valid:
+        (B, max_len) the slots that hold a real token (False: padding), or None (all)."""
+        model, T = self.model, ids.shape[1]
+        cos, sin = rope_cos_sin(model.inv_freq, model.rope_scale, positions)
+        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # broadcast over heads
+        seen = self.keys <= slots[..., None]  # (B, T, max_len): a row's past and itself
+        if valid is not None:  # padding hidden; a padding query sees itself (no empty row)
+            seen = (seen & valid[:, None, :]) | (self.keys == slots[..., None])
+        mask = seen[:, None]
+        masks = {w: attention_mask(w, T, 0, mask, slots)[0] for w in set(self.windows)}
+        x = model.model.embed_tokens(ids)
+        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+        view = SlotView(self.k, self.v, slots)
+        for layer, w in zip(model.model.layers, self.windows, strict=True):
+            x = layer(x, cos, sin, view, masks[w], False)
+        return model.lm_head(model.model.norm(x[:, -1]))
+
+    def forward_step(self, ids, positions, slots, valid=None):  # what is compiled
+        return self.forward(ids, positions, slots, valid)
+
+
+def compile_options(model: Transformer) -> dict:
+    """torch.compile's mode for the decode step. GPU: CUDA graphs. CPU, a model of at least
+    COMPILE_MIN_PARAMS: weights frozen into the graph (constants inductor may repack) and
+    max-autotune, which times inductor's own C++ GEMM against MKL's for each matmul shape and
+    keeps the faster — at one row per matmul its kernel beat MKL's up to 3.8x in its own
+    timings here (bench/RESULTS.md, issue 23). The cost: a slower first compile and a second,
+    packed copy of the weights in memory. Smaller models: inductor's defaults."""
+    p = next(model.parameters())
+    if p.device.type == "cuda":
+        return {"mode": "reduce-overhead"}
+    if sum(x.numel() for x in model.parameters()) >= COMPILE_MIN_PARAMS:
+        return {"mode": "max-autotune-no-cudagraphs"}  # + freezing: see CompiledDecoder.decode
+    return {}
+
+
+def cache_length(cfg, tokens: int) -> int:
+    """The static cache's length for `tokens`: the next power of two from 128 (so nearby
+    lengths share one compiled graph, and a growing chat compiles a few), at most the
+    model's context. Attention reads every slot, so the cache is kept near what is needed
+    rather than the whole context."""
+    return min(max(128, 1 << (tokens - 1).bit_length()), cfg.max_position_embeddings)
+
+
+def compiled_or_none(model: Transformer, batch: int, max_len: int) -> CompiledDecoder | None:
+    """The model's compiled decoder for (batch, max_len), made once and kept with the model,
+    or None (and one line, once, saying why) when compilation is unavailable here."""
+    device = next(model.parameters()).device
+    why = unavailable(device)
+    if why is not None:
+        say_once(f"--compile: {why}; decoding eagerly")
+        return None
+    key = (batch, max_len, next(model.parameters()).dtype)
+    per_model = decoders.setdefault(model, {})
+    if key not in per_model:
+        per_model[key] = CompiledDecoder(model, batch, max_len)
+    return per_model[key]
+
+
+class GatherView:
+    """The engine's paged cache as one compiled decode step sees it (jielong.infer.kv's
+    PagedView, one token a row): the new keys go to the slots `write` (B,), and each row
+    reads its keys gathered by `read` (B, keys) in position order."""
+
+    keys_at_positions = True  # key i of a row holds position i
+    pos = 0
+
+    def __init__(self, k: torch.Tensor, v: torch.Tensor, write: torch.Tensor, read: torch.Tensor):
+        self.k, self.v, self.write, self.read = k, v, write, read
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        K, V = self.k[layer], self.v[layer]  # (slots, kv heads, head dim)
+        K[self.write] = k[:, :, 0]
+        V[self.write] = v[:, :, 0]
+        return K[self.read].transpose(1, 2), V[self.read].transpose(1, 2)
+
+
+class PagedStep:
+    """The serving engine's decode step (one token for each running request) over its block
+    pool, compiled with dynamic shapes: the batch and the number of keys change every step,
+    so one graph serves them all (two: batch 1 is specialised) instead of one per shape."""
+
+    def __init__(self, model: Transformer, k: torch.Tensor, v: torch.Tensor):
+        self.model, self.k, self.v = model, k, v
+        use_cache_dir()
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+        self.step = torch.compile(self.forward, dynamic=True, fullgraph=True)
+
+    def forward(self, ids, positions, mask, write, read):
+        view = GatherView(self.k, self.v, write, read)
+        return self.model(ids, positions, view, mask)[:, -1]
+
+    def __call__(self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor,
+                 write: torch.Tensor, read: torch.Tensor) -> torch.Tensor:
+        try:
+            return self.step(ids, positions, mask, write, read)
+        except Exception as e:  # see CompiledDecoder.decode
+            if self.step == self.forward:
+                raise
+            say_once(f"--compile: compiling the engine's step failed ({type(e).__name__}); "
+                     "decoding eagerly")
+            self.step = self.forward
+            return self.step(ids, positions, mask, write, read)
+
+
+def paged_step_or_none(model: Transformer, k: torch.Tensor, v: torch.Tensor) -> PagedStep | None:
+    why = unavailable(k.device)
+    if why is not None:
+        say_once(f"--compile: {why}; decoding eagerly")
+        return None
+    return PagedStep(model, k, v)

@@ -1,0 +1,114 @@
+"""The compiled decode step (jielong.infer.compiled): greedy tokens equal eager decoding, token
+for token, for Llama and Qwen2/Qwen3 layouts, alone and in a padded batch; the engine's
+compiled step gives the same tokens; without a compiler it says so once and decodes eagerly."""
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+
+from jielong.config import ModelConfig
+from jielong.infer import compiled
+from jielong.infer.chat import Session
+from jielong.infer.engine import Engine
+from jielong.infer.generate import generate_ids
+from jielong.infer.sampling import SamplingParams
+from jielong.model import Transformer
+
+GREEDY = SamplingParams(max_tokens=8, temperature=0)
+
+
+def tiny(model_type: str, **kw) -> Transformer:
+    torch.manual_seed(0)
+    cfg = ModelConfig(**{**dict(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                num_attention_heads=4, num_key_value_heads=2,
+                                max_position_embeddings=128, model_type=model_type), **kw})
+    return Transformer(cfg).eval()
+
+
+BATCH = [[5, 6, 7, 8, 9, 10, 11], [3, 4], [100, 200, 30, 40]]  # padded to 7
+# Each case compiles a graph (~3-5 s of CPU on 2 cores); the last two only with
+# JIELONG_SLOW_TESTS=1, to keep the suite fast (the first two cover their features).
+slow = pytest.mark.skipif(not os.environ.get("JIELONG_SLOW_TESTS"), reason="JIELONG_SLOW_TESTS=1 runs it")
+
+
+@pytest.mark.parametrize("model_type, kw, prompts", [
+    ("llama", {}, BATCH),  # grouped-query attention, left padding
+    # q/k/v/o bias and QK-norm at once, and a sliding window shorter than prompt + reply
+    ("qwen3", {"attention_bias": True, "sliding_window": 6}, BATCH),
+    pytest.param("llama", {}, [[5, 6, 7, 8, 9]], marks=slow),  # batch 1, unpadded
+    pytest.param("qwen2", {}, BATCH, marks=slow),
+])
+def test_compiled_greedy_equals_eager(model_type, kw, prompts):
+    model = tiny(model_type, **kw)
+    eager = generate_ids(model, prompts, GREEDY, compile=False)
+    assert generate_ids(model, prompts, GREEDY, compile=True) == eager
+    dec = compiled.compiled_or_none(model, len(prompts), 128)
+    assert dec.step != dec.forward_step  # it ran compiled, not fallen back
+
+
+def test_without_a_compiler_it_says_so_once_and_decodes_eagerly(monkeypatch, capsys):
+    model = tiny("llama")
+    eager = generate_ids(model, [[5, 6, 7]], GREEDY, compile=False)
+    monkeypatch.setenv("JIELONG_NO_COMPILE", "1")
+    monkeypatch.setattr(compiled, "said", set())
+    for _ in range(2):
+        assert generate_ids(model, [[5, 6, 7]], GREEDY, compile=True) == eager
+    err = capsys.readouterr().err
+    assert err.count("--compile: JIELONG_NO_COMPILE is set; decoding eagerly") == 1
+
+
+def test_a_failed_compile_falls_back_once(monkeypatch, capsys):
+    model = tiny("llama")
+    eager = generate_ids(model, [[5, 6, 7]], GREEDY, compile=False)
+
+    def broken(fn, **kw):
+        def run(*a, **k):
+            raise RuntimeError("C++ compile failed: cc1plus not found")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken)
+    monkeypatch.setattr(compiled, "said", set())
+    monkeypatch.setattr(compiled, "decoders", type(compiled.decoders)())
+    assert generate_ids(model, [[5, 6, 7]], GREEDY, compile=True) == eager
+    assert generate_ids(model, [[5, 6, 7]], GREEDY, compile=True) == eager
+    err = capsys.readouterr().err
+    assert err.count("compiling failed (RuntimeError: C++ compile failed") == 1
+
+
+class Digits:
+    """A stand-in tokenizer: the engine only decodes."""
+
+    def decode(self, ids, skip_special_tokens=True):
+        return " ".join(map(str, ids))
+
+
+def test_the_engine_gives_the_same_tokens_compiled():
+    model = tiny("qwen2")
+    prompts = [[5, 6, 7, 8, 9, 10, 11], [3, 4], [100, 200, 30, 40], list(range(20, 40))]
+    got = {}
+    for compile in (False, True):
+        engine = Engine(model, Digits(), slots=3, block_size=4, compile=compile).start()
+        try:
+            with ThreadPoolExecutor(4) as pool:
+                got[compile] = list(pool.map(
+                    lambda p, e=engine: e.complete(p, SamplingParams(max_tokens=6, temperature=0)).token_ids,
+                    prompts))
+        finally:
+            engine.close()
+        assert (engine.compiled is not None) == compile
+    assert got[True] == got[False]
+    assert engine.compiled.step != engine.compiled.forward  # compiled, not fallen back
+
+
+def test_chat_session_compiled_equals_eager_across_turns_and_a_grown_cache():
+    model = tiny("llama", max_position_embeddings=256)
+    turns = [list(range(3, 40)), list(range(3, 40)) + [7] * 8 + list(range(50, 150))]  # 2nd: > 128
+    s = SamplingParams(max_tokens=6, temperature=0)
+    eager, fast = Session(model, 256), Session(model, 256, compile=True)
+    for prompt in turns:
+        got = list(fast.reply(prompt, s, set()))
+        assert got == list(eager.reply(prompt, s, set()))
+        assert fast.reused == eager.reused
+    assert fast.decoder.max_len == 256 and fast.reused == 37  # grown, the first turn's keys kept
