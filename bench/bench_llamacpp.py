@@ -25,7 +25,9 @@ peak memory is its own):
   still flip a token).
 
 jielong's rows: fp32 and bf16 (open_model's dtype), plus `--quantize int8` when open_model
-takes `quantize` and `--compile` when generate_ids takes `compile`; --jielong_args adds
+takes `quantize` and `--compile` when generate_ids takes `compile`; each row loads as
+`jielong generate` does (float weights packed for oneDNN, `open_model(pack=1)`, unless it
+compiles), and "--pack 0" is fp32 on plain `F.linear` weights; --jielong_args adds
 rows, each a string of flags: `--dtype` goes to open_model, any other `--name [value]` to
 whichever of open_model or generate_ids has a parameter of that name.
 
@@ -128,10 +130,13 @@ def split_options(opts: dict) -> tuple[dict, dict]:
 
 def default_rows() -> list[str]:
     rows = ["", "--dtype bfloat16"]
+    if "pack" in inspect.signature(open_model).parameters:  # jielong generate's default
+        rows.insert(1, "--pack 0")
     if "quantize" in inspect.signature(open_model).parameters:
         rows.append("--quantize int8")
     if "compile" in inspect.signature(generate_ids).parameters:
-        rows += ["--compile", "--quantize int8 --compile"] if len(rows) == 3 else ["--compile"]
+        rows += ["--compile", "--quantize int8 --compile"] if "--quantize int8" in rows \
+            else ["--compile"]
     return rows
 
 
@@ -147,6 +152,10 @@ def jielong_worker(model_dir: str, row: str, spec: dict) -> dict:
     torch.set_num_threads(spec["threads"])
     load_kw, gen_kw = split_options(row_options(row))
     load_kw.setdefault("dtype", "float32")
+    if "pack" in inspect.signature(open_model).parameters:  # as `jielong generate` does
+        pack = load_kw.get("pack", False if gen_kw.get("compile") else 1)
+        load_kw["pack"] = pack if not isinstance(pack, str) else \
+            (False if pack.lower() in ("0", "false", "no") else int(pack))
     runtime = peak_rss_mb()
     model, _, _ = open_model(model_dir, **load_kw)
     prompt, new = [spec["prompt"]], spec["new"]

@@ -3,6 +3,7 @@ the same engine taking one request at a time and transformers' `generate` one re
 time, on the same model and prompts.
 
 Run as:  .venv/bin/python bench/bench_serve.py [--preset demo] [--device cuda] [--requests 64]
+         [--dtype bfloat16] [--quantize int8] [--no_pack]
          .venv/bin/python bench/bench_serve.py --clients 1 --profile loop.pstats   # where it goes
 
 A random model of the preset (vocabulary: a byte-level BPE trained on the demo's synthetic
@@ -46,6 +47,7 @@ from common import machine, model_pair
 from jielong.config import preset
 from jielong.demo.tasks import qa_conversations, world_for
 from jielong.infer.engine import Engine
+from jielong.quant import pack_linears, quantize
 from jielong.serve.app import create_app
 from jielong.tokenizer import train_tokenizer
 
@@ -195,6 +197,9 @@ def main() -> None:
     ap.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
     ap.add_argument("--requests", type=int, default=64, help="requests per measurement")
     ap.add_argument("--new", type=int, default=64, help="tokens per reply")
+    ap.add_argument("--quantize", choices=["int8", "int4"], help="weight-only, as `jielong serve --quantize`")
+    ap.add_argument("--no_pack", action="store_true", help="plain F.linear weights on a CPU "
+                    "(`jielong serve` packs them for oneDNN: jielong.quant.pack_linears)")
     ap.add_argument("--batched", action="store_true", help="also transformers' batched generate")
     ap.add_argument("--profile", metavar="FILE", help="profile the server's event loop (its "
                     "thread's CPU time) under the --clients runs; pstats to FILE, top printed")
@@ -209,8 +214,14 @@ def main() -> None:
     cfg = preset(args.preset, vocab_size=tok.vocab_size, eos_token_id=tok.eos_id, pad_token_id=0)
     ours, theirs = model_pair(cfg)
     ours, theirs = ours.to(dev, dtype).eval(), theirs.to(dev, dtype).eval()
+    if args.quantize:
+        quantize(ours, args.quantize)
+    if dev.type == "cpu" and not args.no_pack:  # what `jielong serve` does
+        pack_linears(ours)
     context = min(cfg.max_position_embeddings, 512)
-    print(f"serving {args.preset} ({cfg.num_params / 1e6:.1f}M parameters, {args.dtype}), "
+    how = f"{args.dtype}{', ' + args.quantize if args.quantize else ''}" \
+          f"{', packed' if dev.type == 'cpu' and not args.no_pack else ''}"
+    print(f"serving {args.preset} ({cfg.num_params / 1e6:.1f}M parameters, {how}), "
           f"{args.requests} streamed requests × {args.new} tokens; {machine()}", flush=True)
 
     rows = {}

@@ -1,6 +1,7 @@
 """Weight-only int8 / int4 layers (jielong.quant): the weights within one quantization step,
 the kernels equal to a matmul with the dequantized weight, logits near fp32, greedy tokens
-kept, a saved quantized folder that loads again, LoRA on top, and bad options refused."""
+kept, a saved quantized folder that loads again, LoRA on top, and bad options refused.
+Float layers packed for oneDNN (PackedLinear): the plain model's logits and tokens."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from jielong.infer.generate import generate_ids
 from jielong.infer.sampling import SamplingParams
 from jielong.lora import LoraConfig, add_adapter, merge_adapter, set_adapter, unload
 from jielong.model import Transformer
-from jielong.quant import QuantLinear, dequantized, quantize
+from jielong.quant import PackedLinear, QuantLinear, dequantized, pack_linears, quantize, weight_bytes
 
 FAMILIES = {"llama": {}, "qwen2": {}, "qwen3": {}, "mistral": {"sliding_window": 8}}
 # Measured on these tiny models (logits up to ~1.5): largest |logit - fp32 logit| 0.004-0.005
@@ -178,3 +179,67 @@ def test_shapes_the_kernels_refuse_dequantize_on_the_fly():
         assert not q.kernel_ok(torch.device("cpu")) and not q.packed
         x = torch.randn(3, lin.in_features)
         assert torch.allclose(q(x), x @ q.dequantize().T + lin.bias.detach(), atol=1e-5)
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_packed_linears_give_the_plain_models_logits_and_greedy_tokens(family):
+    net = tiny(family)
+    net.config.tie_word_embeddings = family != "qwen3"  # one untied head: packed too
+    if family == "qwen3":
+        net.lm_head.weight = nn.Parameter(net.lm_head.weight.detach().clone() * 1.5)
+    packed = copy.deepcopy(net)
+    n = pack_linears(packed)
+    assert n == 7 * 2 + (family == "qwen3")
+    assert isinstance(packed.model.layers[1].mlp.down_proj, PackedLinear)
+    assert isinstance(packed.lm_head, PackedLinear) == (family == "qwen3")
+    x = torch.randint(0, 4096, (2, 12))
+    with torch.no_grad():
+        assert (packed(x) - net(x)).abs().max() < 1e-4  # the same sums in another order
+    prompts, s = [[5, 17, 99], [1000, 2000, 7, 8, 9]], SamplingParams(max_tokens=16, temperature=0)
+    assert generate_ids(packed, prompts, s) == generate_ids(net, prompts, s)
+    # it saves as the plain model did, and costs no memory beyond it
+    want, got = net.state_dict(), packed.state_dict()
+    assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
+    assert weight_bytes(packed) == weight_bytes(net)
+    # an input that needs a gradient goes through the plain matrix (the packed matmul has none)
+    h = torch.randn(1, 3, 64, requires_grad=True)
+    layer = packed.model.layers[0].self_attn.q_proj
+    layer(h).sum().backward()
+    assert torch.allclose(h.grad, layer.dequantize().sum(0).expand(1, 3, 64), atol=1e-6)
+
+
+def test_packed_bf16_layers_and_the_switch_that_turns_packing_off(monkeypatch):
+    net = tiny().to(torch.bfloat16)
+    packed = copy.deepcopy(net)
+    assert pack_linears(packed, rows=1) == 14 and packed.model.layers[0].mlp.up_proj.packed.dtype == torch.bfloat16
+    x = torch.randint(0, 4096, (1, 9))
+    with torch.no_grad():
+        assert (packed(x).float() - net(x).float()).abs().max() < 0.05  # bf16 rounding
+    monkeypatch.setenv("JIELONG_NO_PACK", "1")
+    assert pack_linears(copy.deepcopy(net)) == 0
+
+
+def test_lora_on_a_packed_base_equals_lora_on_the_plain_model(tmp_path):
+    base = tiny()
+    torch.manual_seed(4)
+    add_adapter(base, LoraConfig(r=4, alpha=8), name="x")
+    with torch.no_grad():
+        for n, p in base.named_parameters():
+            if ".lora_B." in n:
+                p.normal_(0, 0.3)
+    save_adapter(base, tmp_path / "adapter", name="x")
+    unload(base)
+    # packed first, then the adapter on top (open_model's order for the decoding commands)
+    packed, plain = copy.deepcopy(base), copy.deepcopy(base)
+    assert pack_linears(packed, rows=1) == 14
+    load_adapter(packed, tmp_path / "adapter", name="x")
+    load_adapter(plain, tmp_path / "adapter", name="x")
+    assert isinstance(packed.model.layers[0].self_attn.q_proj.base_layer, PackedLinear)
+    x = torch.randint(0, 4096, (1, 10))
+    with torch.no_grad():
+        assert (packed(x) - plain(x)).abs().max() < 1e-4
+        set_adapter(packed, None)
+        set_adapter(plain, None)
+        assert (packed(x) - plain(x)).abs().max() < 1e-4
+    with pytest.raises(UserError, match="packed for decoding"):
+        merge_adapter(packed, "x")

@@ -46,7 +46,7 @@ from jielong.lora import (
     merge_adapter,
     set_adapter,
 )
-from jielong.quant import check_method, quantize, weight_bytes
+from jielong.quant import check_method, pack_linears, quantize, weight_bytes
 from jielong.tokenizer import Tokenizer
 
 # What to fetch from the hub: weights in safetensors, configs, tokenizer files.
@@ -161,11 +161,13 @@ def _note_other_base(model_name, adapter_dir: Path, conf: dict) -> None:
 
 def open_model(name: str | Path, device: str | torch.device = "cpu", dtype="auto",
                adapters: list[str] | None = None, adapter_name: str | None = None,
-               quantize: str | None = None):
+               quantize: str | None = None, pack: bool | int = False):
     """(model, tokenizer, generation_config) from a folder or hub id, with the LoRA adapters
     `adapters` loaded (see `adapter_specs`) and `adapter_name` active (default: the first;
     "off": the base model alone), on weights quantized to `quantize` (int8, int4; None: as
-    stored)."""
+    stored). `pack`: a model that only decodes, on a CPU, gets its float linear weights
+    reordered for oneDNN's matmul (jielong.quant.pack_linears: faster, not trainable); an int
+    is the rows a call will mostly have (1: one sequence), True: any."""
     method = check_method(quantize)
     specs = adapter_specs(adapters)
     active = _pick(adapter_name, list(specs)) if adapter_name else next(iter(specs), None)
@@ -173,6 +175,8 @@ def open_model(name: str | Path, device: str | torch.device = "cpu", dtype="auto
     model = load_model(path, device=device, dtype=dtype).eval()
     if method is not None:
         _quantize(model, method, name)
+    if pack is not False:
+        pack_linears(model, None if pack is True else pack)
     tok = Tokenizer.from_dir(path)
     for n, d in specs.items():
         load_adapter(model, d, name=n)

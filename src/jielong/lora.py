@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from jielong.errors import UserError
-from jielong.quant import QuantLinear
+from jielong.quant import PackedLinear, QuantLinear
 
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP = ("gate_proj", "up_proj", "down_proj")
@@ -170,15 +170,16 @@ class LoRALinear(_Adapted, nn.Linear):
     per adapter) and `trained` (a full copy of the weight per adapter that trains one), and
     computes `F.linear(x, W, b) + scaling · B(A(dropout(x)))` for the active adapter.
 
-    On a weight-only quantized layer (jielong.quant.QuantLinear) it keeps that layer whole as
-    `base_layer` (PEFT's name for it), with `weight` and `bias` None: the base's own kernel
-    computes W x + b and the adapter's output is added to it, as QLoRA does.
+    On a weight-only quantized layer (jielong.quant.QuantLinear), or one packed for decoding
+    on a CPU (PackedLinear), it keeps that layer whole as `base_layer` (PEFT's name for it),
+    with `weight` and `bias` None: the base's own kernel computes W x + b and the adapter's
+    output is added to it, as QLoRA does.
     """
 
-    def __init__(self, base: nn.Linear | QuantLinear):
+    def __init__(self, base: nn.Linear | QuantLinear | PackedLinear):
         nn.Module.__init__(self)  # not nn.Linear's: it would allocate a second weight
         self.in_features, self.out_features = base.in_features, base.out_features
-        if isinstance(base, QuantLinear):
+        if isinstance(base, QuantLinear | PackedLinear):
             self.base_layer = base
             self.register_parameter("weight", None)
             self.register_parameter("bias", None)
@@ -196,7 +197,8 @@ class LoRALinear(_Adapted, nn.Linear):
 
     def add_lora(self, name: str, r: int, alpha: float, dropout: float = 0.0,
                  rslora: bool = False) -> None:
-        w = self.weight if self.weight is not None else self.base_layer.qweight
+        w = self.weight if self.weight is not None else getattr(
+            self.base_layer, "qweight", getattr(self.base_layer, "packed", None))
         dtype = _adapter_dtype(w.dtype) if w.is_floating_point() else torch.float32
         A = nn.Linear(self.in_features, r, bias=False, device=w.device, dtype=dtype)
         B = nn.Linear(r, self.out_features, bias=False, device=w.device, dtype=dtype)
@@ -293,7 +295,7 @@ def _wrap(model: nn.Module, path: str) -> LoRALinear | TrainableEmbedding:
     m = model.get_submodule(path)
     if isinstance(m, LoRALinear | TrainableEmbedding):
         return m
-    if isinstance(m, nn.Linear | QuantLinear):
+    if isinstance(m, nn.Linear | QuantLinear | PackedLinear):
         new = LoRALinear(m)
     elif isinstance(m, nn.Embedding):
         new = TrainableEmbedding(m)
@@ -522,6 +524,9 @@ def merge_adapter(model: nn.Module, name: str | None = None) -> nn.Module:
     if any(isinstance(m, QuantLinear) for m in model.modules()):
         raise UserError("cannot merge an adapter into int8/int4 weights: load the base model "
                         "without --quantize (its float weights), merge, then quantize the result")
+    if any(isinstance(m, PackedLinear) for m in model.modules()):
+        raise UserError("cannot merge an adapter into weights packed for decoding: load the "
+                        "base model with open_model(pack=False), then merge")
     new: dict[str, torch.Tensor] = {}  # module path -> its merged weight
     for path, m in adapted_modules(model):
         w = m.trained[name] if name in m.trained else m.weight

@@ -145,8 +145,9 @@ class Attention(nn.Module):
         if self.n_kv != self.n_head:  # grouped-query attention: share each k/v head
             k = k.repeat_interleave(self.n_head // self.n_kv, dim=1)
             v = v.repeat_interleave(self.n_head // self.n_kv, dim=1)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
-        return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
+        # a cache may hand back float32 keys for a bf16 model (jielong.infer.kv.pool_dtype)
+        y = F.scaled_dot_product_attention(q.to(k.dtype), k, v, attn_mask=mask, is_causal=causal)
+        return self.o_proj(y.to(x.dtype).transpose(1, 2).reshape(B, T, -1))
 
 
 class MLP(nn.Module):

@@ -41,6 +41,7 @@ Run as:
 from __future__ import annotations
 
 import copy
+import os
 
 import torch
 import torch.nn.functional as F
@@ -172,6 +173,56 @@ class QuantLinear(nn.Module):
                f"{self.method}{g}, bias={self.bias is not None}"
 
 
+class PackedLinear(nn.Module):
+    """A float linear layer for decoding on a CPU: its weight reordered once, at load, into
+    the blocked layout oneDNN's matmul reads (`torch.ops.mkldnn._reorder_linear_weight`, what
+    inductor does to a frozen graph's weights), then `mkldnn._linear_pointwise` per call.
+    `F.linear` hands the plain (out, in) matrix to MKL, which re-reads it in its own order
+    every call: for one row (a decoded token) the packed matmul took 271 µs where F.linear took
+    500 (a 2048×768 fp32 weight, 2 threads; 134 vs 210 µs in bf16; 567 vs 966 µs for 32 rows:
+    bench/RESULTS.md, issue 23). The same sums in another order: outputs within float
+    rounding of F.linear's.
+
+    Only the packed copy is kept (no extra memory); `dequantize` reads the plain matrix back
+    and `state_dict` writes it as `weight`, so a packed model saves as before. The packed
+    matmul has no backward: an input that needs a gradient goes through the plain matrix."""
+
+    def __init__(self, lin: nn.Linear, rows: int | None = None):
+        super().__init__()
+        self.in_features, self.out_features = lin.in_features, lin.out_features
+        # rows: the inputs' rows oneDNN picks a layout for (None: any). 1 suits decoding one
+        # sequence (224 vs 275 µs for that weight) but costs batches (690 vs 589 µs at 32 rows)
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(lin.weight.detach(), rows)
+        self.bias = lin.bias
+
+    @staticmethod
+    def usable(lin: nn.Module) -> bool:
+        w = getattr(lin, "weight", None)
+        return type(lin) is nn.Linear and w is not None and w.device.type == "cpu" and \
+            w.dtype in (torch.float32, torch.bfloat16) and torch.backends.mkldnn.is_available()
+
+    def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The plain (out, in) weight (a new tensor, in `dtype` if given)."""
+        w = self.packed.to_dense()
+        return w if dtype is None else w.to(dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (torch.is_grad_enabled() and x.requires_grad) or x.dtype != self.packed.dtype \
+                or x.device.type != "cpu" or x.numel() == 0:
+            return F.linear(x.to(self.packed.dtype), self.dequantize(), self.bias)
+        bias = None if self.bias is None else self.bias.detach()
+        return torch.ops.mkldnn._linear_pointwise(x.contiguous(), self.packed, bias,
+                                                  "none", [], "")
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        destination[prefix + "weight"] = self.dequantize()
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, " \
+               f"bias={self.bias is not None}, packed for oneDNN ({self.packed.dtype})"
+
+
 # ----------------------------------------------------------------------------- the model
 
 def check_method(method: str | None, where: str = "--quantize") -> str | None:
@@ -233,6 +284,28 @@ def quantize(model: nn.Module, method: str, group_size: int = 128, lm_head: bool
     return model
 
 
+def pack_linears(model: nn.Module, rows: int | None = None) -> int:
+    """Replace the float nn.Linear layers of a CPU model that only decodes by `PackedLinear`,
+    in place (decoder blocks, and lm_head unless it shares the embedding's matrix); the number
+    replaced. For inference only: training needs the plain weights as Parameters, so
+    `open_model(pack=…)` is what the decoding commands ask for: rows=1 for generate, chat and
+    agent (one sequence at a time), None for serve (batches); `JIELONG_NO_PACK=1` leaves
+    every layer plain."""
+    if os.environ.get("JIELONG_NO_PACK"):
+        return 0
+    paths = _targets(model, False)
+    head, embed = getattr(model, "lm_head", None), model.model.embed_tokens
+    if head is not None and getattr(head, "weight", None) is not embed.weight:
+        paths.append("lm_head")
+    n = 0
+    for path in paths:
+        lin = model.get_submodule(path)
+        if PackedLinear.usable(lin):
+            _replace(model, path, PackedLinear(lin, rows))
+            n += 1
+    return n
+
+
 def prepare(model: nn.Module, qc: dict, where: str = "config.json") -> None:
     """Give a freshly built (meta-device) model the empty quantized layers that
     `quantization_config` `qc` describes, for a quantized checkpoint to load into."""
@@ -276,6 +349,7 @@ def dequantized(model: nn.Module) -> nn.Module:
 def weight_bytes(model: nn.Module) -> int:
     """Bytes the model's tensors take in memory (parameters and buffers, a shared one once)."""
     seen = {}
-    for t in list(model.parameters()) + list(model.buffers()):
+    packed = [m.packed for m in model.modules() if isinstance(m, PackedLinear)]
+    for t in list(model.parameters()) + list(model.buffers()) + packed:
         seen[id(t)] = t.numel() * t.element_size()
     return sum(seen.values())

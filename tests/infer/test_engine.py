@@ -13,7 +13,9 @@ from jielong.errors import UserError
 from jielong.infer.engine import Engine, visible
 from jielong.infer.generate import generate_ids
 from jielong.infer.sampling import SamplingParams
+from jielong.hub import open_model
 from jielong.lora import LoraConfig, add_adapter, set_adapter
+from jielong.quant import PackedLinear
 from jielong.tokenizer import Tokenizer
 
 pytest.importorskip("transformers")
@@ -250,3 +252,27 @@ def test_the_crowd_decodes_as_each_alone(qwen_dir, device):
         got = list(pool.map(lambda i: e.complete(prompts[i % 5], greedy(16)).token_ids, range(10)))
     e.close()
     assert got == [want[i % 5] for i in range(10)]
+
+
+def test_a_bf16_model_on_packed_weights_decodes_as_each_alone(qwen_dir):
+    """What `jielong serve --dtype bfloat16` runs on a CPU: weights packed for oneDNN, the KV
+    pool in float32 (torch's bf16 attention is slow there), so attention runs in float32."""
+    model, tok, _ = open_model(qwen_dir, dtype="bfloat16", pack=True)
+    assert isinstance(model.model.layers[0].mlp.up_proj, PackedLinear)
+    plain = load_model(qwen_dir, dtype=torch.bfloat16).eval()
+    prompts = [tok.encode(t) for t in TEXTS]
+    e = Engine(model, tok, slots=4).start()
+    try:
+        assert e.pool.k.dtype == torch.float32
+        alone_ = [e.complete(p, greedy(12, logprobs=0)) for p in prompts]
+        with ThreadPoolExecutor(10) as pool:
+            got = list(pool.map(lambda i: e.complete(prompts[i % 5], greedy(12)).token_ids, range(10)))
+    finally:
+        e.close()
+    assert got == [alone_[i % 5].token_ids for i in range(10)]
+    for p, c in zip(prompts, alone_, strict=True):  # the first token: the plain bf16 model's
+        with torch.no_grad():
+            logits = plain(torch.tensor([p]))[0, -1].float()
+        assert c.token_ids[0] == int(logits.argmax())
+        want = torch.log_softmax(logits, -1)[c.token_ids[0]].item()
+        assert abs(c.logprobs[0].logprob - want) < 0.05

@@ -10,7 +10,7 @@ from jielong.config import preset
 from jielong.errors import UserError
 from jielong.infer.engine import Engine
 from jielong.infer.generate import generate_ids
-from jielong.infer.kv import BlockPool, block_hash, blocks_for_memory
+from jielong.infer.kv import BlockPool, block_hash, blocks_for_memory, bytes_per_token, gather, pool_dtype
 from jielong.infer.sampling import SamplingParams
 from jielong.lora import LoraConfig, add_adapter, set_adapter
 from jielong.model import Transformer
@@ -148,3 +148,13 @@ def test_the_pool_shares_named_blocks_and_evicts_the_least_recent(model):
     order = [pool.take() for _ in range(4)]  # free blocks first, then the cached, b before a
     assert order[2:] == [b, a] and pool.by_hash == {}
     assert blocks_for_memory(model, 1e-3, 16) == 10**6 // (2 * 2 * 2 * 16 * 4 * 16)
+
+
+def test_gather_reads_each_rows_slots_in_order_and_a_bf16_pool_is_float32_on_a_cpu():
+    pool = torch.randn(40, 2, 8)  # (slots, kv heads, head dim)
+    read = torch.tensor([[3, 4, 5, 0], [39, 7, 7, 1]])
+    assert torch.equal(gather(pool, read), pool[read].transpose(1, 2))
+    model = Transformer(preset("test", vocab_size=64)).to(torch.bfloat16)
+    assert pool_dtype(model) == torch.float32
+    assert bytes_per_token(model) == 2 * 2 * 2 * 16 * 4  # layers, kv heads, head dim, 4 bytes
+    assert BlockPool(model, 2, 4).k.dtype == torch.float32

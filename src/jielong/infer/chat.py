@@ -218,7 +218,7 @@ def chat(
     """
     need_demo(model)
     net, tok, gen = open_model(model, device=pick_device(device), dtype=dtype, adapters=adapter,
-                               adapter_name=adapter_name, quantize=quantize)
+                               adapter_name=adapter_name, quantize=quantize, pack=False if compile else 1)
     if not tok.config.get("chat_template"):
         raise UserError(f"{model}: the tokenizer has no chat template, so it cannot chat; use "
                         "`jielong generate` to continue text")

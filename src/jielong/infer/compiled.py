@@ -47,6 +47,7 @@ from pathlib import Path
 
 import torch
 
+from jielong.infer.kv import gather
 from jielong.model import Transformer, attention_mask, rope_cos_sin
 
 COMPILE_MIN_PARAMS = 20_000_000  # freeze the weights and autotune the GEMMs from this size
@@ -238,9 +239,9 @@ class GatherView:
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         K, V = self.k[layer], self.v[layer]  # (slots, kv heads, head dim)
-        K[self.write] = k[:, :, 0]
-        V[self.write] = v[:, :, 0]
-        return K[self.read].transpose(1, 2), V[self.read].transpose(1, 2)
+        K[self.write] = k[:, :, 0].to(K.dtype)
+        V[self.write] = v[:, :, 0].to(V.dtype)
+        return gather(K, self.read), gather(V, self.read)
 
 
 class PagedStep:

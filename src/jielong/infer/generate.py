@@ -233,7 +233,7 @@ def generate(
             CPU; jielong.infer.compiled).
     """
     net, tok, gen = open_model(model, device=pick_device(device), dtype=dtype, adapters=adapter,
-                               adapter_name=adapter_name, quantize=quantize)
+                               adapter_name=adapter_name, quantize=quantize, pack=False if compile else 1)
     prompt = [unescape(p) for p in prompt]
     stops = [unescape(st) for st in stop or []]
     s = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,

@@ -42,10 +42,21 @@ from jielong.errors import UserError
 from jielong.model import Transformer
 
 
+def pool_dtype(model: Transformer) -> torch.dtype:
+    """The paged KV pool's dtype: the model's, except float32 for a half-precision model on a
+    CPU, where the model's attention then runs in float32 — torch's bf16 attention kernel
+    took 2.2 ms for 32 one-token queries over 96 keys where float32 took 0.34 ms (2 threads),
+    and converting the gathered keys instead cost more than it saved (bench/RESULTS.md)."""
+    p = next(model.parameters())
+    if p.device.type == "cpu" and p.dtype in (torch.bfloat16, torch.float16):
+        return torch.float32
+    return p.dtype
+
+
 def bytes_per_token(model: Transformer) -> int:
-    """KV cache bytes one token holds: keys and values, every layer, in the model's dtype."""
-    cfg, p = model.config, next(model.parameters())
-    return 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim * p.element_size()
+    """KV cache bytes one token holds: keys and values, every layer, in `pool_dtype`."""
+    cfg, size = model.config, torch.finfo(pool_dtype(model)).bits // 8
+    return 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim * size
 
 
 def blocks_for_memory(model: Transformer, gb: float, block_size: int = 16) -> int:
@@ -74,8 +85,8 @@ class BlockPool:
                             f"{blocks} blocks of {block_size}")
         cfg, p = model.config, next(model.parameters())
         shape = (cfg.num_hidden_layers, blocks * block_size, cfg.num_key_value_heads, cfg.head_dim)
-        self.k = torch.zeros(shape, device=p.device, dtype=p.dtype)
-        self.v = torch.zeros(shape, device=p.device, dtype=p.dtype)
+        self.k = torch.zeros(shape, device=p.device, dtype=pool_dtype(model))
+        self.v = torch.zeros(shape, device=p.device, dtype=pool_dtype(model))
         self.total, self.size = blocks, block_size
         self.refs = [0] * blocks
         self.free: deque[int] = deque(range(blocks))  # held by no one, holding nothing known
@@ -137,6 +148,15 @@ class BlockPool:
         return blocks, hashes
 
 
+def gather(pool: torch.Tensor, read: torch.Tensor) -> torch.Tensor:
+    """Rows `read` (B, keys) of a layer's pool (slots, kv heads, head dim) as (B, kv heads,
+    keys, head dim). `index_select` on the flattened indices, not `pool[read]`: advanced
+    indexing took 710 µs where this takes 146 µs for 32 rows × 96 keys of the 124m preset
+    (2 CPU threads), and the engine does it twice a layer every step (bench/RESULTS.md)."""
+    B, keys = read.shape
+    return pool.index_select(0, read.reshape(-1)).view(B, keys, *pool.shape[1:]).transpose(1, 2)
+
+
 class PagedView:
     """What the model sees as its cache for one forward over some requests' blocks: `set` says
     which blocks each row reads and where its new keys go; `update` (called by each attention
@@ -173,6 +193,6 @@ class PagedView:
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         K, V = self.pool.k[layer], self.pool.v[layer]  # (slots, kv heads, head dim)
-        K[self.write] = k.transpose(1, 2)[self.valid]
-        V[self.write] = v.transpose(1, 2)[self.valid]
-        return K[self.read].transpose(1, 2), V[self.read].transpose(1, 2)
+        K[self.write] = k.transpose(1, 2)[self.valid].to(K.dtype)
+        V[self.write] = v.transpose(1, 2)[self.valid].to(V.dtype)
+        return gather(K, self.read), gather(V, self.read)

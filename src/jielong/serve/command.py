@@ -238,7 +238,7 @@ def serve(
     try:
         if upstream is None:
             net, tok, gen = open_model(model, device=pick_device(device), dtype=dtype, adapters=adapter,
-                                       quantize=quantize)
+                                       quantize=quantize, pack=not compile)
             blocks = blocks_for_memory(net, kv_memory_gb) if kv_memory_gb is not None else None
             engine = Engine(net, tok, stop_ids(tok, gen, net.config.eos_token_id), slots=slots,
                             context=context, kv_blocks=blocks, prefix_cache=prefix_cache,
