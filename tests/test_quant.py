@@ -188,7 +188,7 @@ def test_packed_linears_give_the_plain_models_logits_and_greedy_tokens(family):
     if family == "qwen3":
         net.lm_head.weight = nn.Parameter(net.lm_head.weight.detach().clone() * 1.5)
     packed = copy.deepcopy(net)
-    n = pack_linears(packed)
+    n = pack_linears(packed, min_weights=0)  # every layer, small as they are here
     assert n == 7 * 2 + (family == "qwen3")
     assert isinstance(packed.model.layers[1].mlp.down_proj, PackedLinear)
     assert isinstance(packed.lm_head, PackedLinear) == (family == "qwen3")
@@ -211,12 +211,18 @@ def test_packed_linears_give_the_plain_models_logits_and_greedy_tokens(family):
 def test_packed_bf16_layers_and_the_switch_that_turns_packing_off(monkeypatch):
     net = tiny().to(torch.bfloat16)
     packed = copy.deepcopy(net)
-    assert pack_linears(packed, rows=1) == 14 and packed.model.layers[0].mlp.up_proj.packed.dtype == torch.bfloat16
+    assert pack_linears(packed, rows=1, min_weights=0) == 14 and packed.model.layers[0].mlp.up_proj.packed.dtype == torch.bfloat16
     x = torch.randint(0, 4096, (1, 9))
     with torch.no_grad():
         assert (packed(x).float() - net(x).float()).abs().max() < 0.05  # bf16 rounding
+    assert pack_linears(copy.deepcopy(net)) == 0  # layers this small stay plain (faster)
+    wide = Transformer(preset("test", hidden_size=512, intermediate_size=1024)).eval()
+    pack_linears(wide)  # 512×512 and up: q and o (k, v: 512×256 with 2 of 4 kv heads), the MLP
+    assert [type(m).__name__ for m in (wide.model.layers[0].self_attn.q_proj,
+            wide.model.layers[0].self_attn.k_proj, wide.model.layers[0].mlp.up_proj)] == \
+        ["PackedLinear", "Linear", "PackedLinear"]
     monkeypatch.setenv("JIELONG_NO_PACK", "1")
-    assert pack_linears(copy.deepcopy(net)) == 0
+    assert pack_linears(copy.deepcopy(net), min_weights=0) == 0
 
 
 def test_lora_on_a_packed_base_equals_lora_on_the_plain_model(tmp_path):
@@ -231,7 +237,7 @@ def test_lora_on_a_packed_base_equals_lora_on_the_plain_model(tmp_path):
     unload(base)
     # packed first, then the adapter on top (open_model's order for the decoding commands)
     packed, plain = copy.deepcopy(base), copy.deepcopy(base)
-    assert pack_linears(packed, rows=1) == 14
+    assert pack_linears(packed, rows=1, min_weights=0) == 14
     load_adapter(packed, tmp_path / "adapter", name="x")
     load_adapter(plain, tmp_path / "adapter", name="x")
     assert isinstance(packed.model.layers[0].self_attn.q_proj.base_layer, PackedLinear)

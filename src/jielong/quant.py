@@ -50,6 +50,9 @@ from torch import nn
 from jielong.errors import UserError
 
 METHODS = ("int8", "int4")
+# PackedLinear pays from about this many weights a layer: 2 threads, one row, a packed
+# 128×128 took 15 µs where F.linear took 3; 512×512 even; 2048×768 1.9× faster (bench/RESULTS.md)
+PACK_MIN_WEIGHTS = 1 << 18
 GROUPS = (32, 64, 128, 256)  # the group sizes torch's int4 kernels accept
 QUANT_METHOD = "jielong"
 
@@ -284,15 +287,18 @@ def quantize(model: nn.Module, method: str, group_size: int = 128, lm_head: bool
     return model
 
 
-def pack_linears(model: nn.Module, rows: int | None = None) -> int:
+def pack_linears(model: nn.Module, rows: int | None = None,
+                 min_weights: int | None = None) -> int:
     """Replace the float nn.Linear layers of a CPU model that only decodes by `PackedLinear`,
     in place (decoder blocks, and lm_head unless it shares the embedding's matrix); the number
-    replaced. For inference only: training needs the plain weights as Parameters, so
+    replaced. Layers of fewer than `min_weights` (default PACK_MIN_WEIGHTS) weights stay plain (oneDNN's fixed cost per
+    call outweighs the gain there: the demo model keeps every layer). For inference only: training needs the plain weights as Parameters, so
     `open_model(pack=…)` is what the decoding commands ask for: rows=1 for generate, chat and
     agent (one sequence at a time), None for serve (batches); `JIELONG_NO_PACK=1` leaves
     every layer plain."""
     if os.environ.get("JIELONG_NO_PACK"):
         return 0
+    least = PACK_MIN_WEIGHTS if min_weights is None else min_weights
     paths = _targets(model, False)
     head, embed = getattr(model, "lm_head", None), model.model.embed_tokens
     if head is not None and getattr(head, "weight", None) is not embed.weight:
@@ -300,7 +306,7 @@ def pack_linears(model: nn.Module, rows: int | None = None) -> int:
     n = 0
     for path in paths:
         lin = model.get_submodule(path)
-        if PackedLinear.usable(lin):
+        if PackedLinear.usable(lin) and lin.weight.numel() >= least:
             _replace(model, path, PackedLinear(lin, rows))
             n += 1
     return n

@@ -254,9 +254,10 @@ def test_the_crowd_decodes_as_each_alone(qwen_dir, device):
     assert got == [want[i % 5] for i in range(10)]
 
 
-def test_a_bf16_model_on_packed_weights_decodes_as_each_alone(qwen_dir):
+def test_a_bf16_model_on_packed_weights_decodes_as_each_alone(qwen_dir, monkeypatch):
     """What `jielong serve --dtype bfloat16` runs on a CPU: weights packed for oneDNN, the KV
     pool in float32 (torch's bf16 attention is slow there), so attention runs in float32."""
+    monkeypatch.setattr("jielong.quant.PACK_MIN_WEIGHTS", 0)  # pack this tiny model's layers too
     model, tok, _ = open_model(qwen_dir, dtype="bfloat16", pack=True)
     assert isinstance(model.model.layers[0].mlp.up_proj, PackedLinear)
     plain = load_model(qwen_dir, dtype=torch.bfloat16).eval()
