@@ -61,8 +61,9 @@ def free_port() -> int:
 class Server:
     """uvicorn serving `create_app(engine, …)` in a thread, on 127.0.0.1."""
 
-    def __init__(self, model, tok, slots: int, context: int, profile=None):
-        self.engine = Engine(model, tok, stop_ids=set(), slots=slots, context=context).start()
+    def __init__(self, model, tok, slots: int, context: int, threads: int, profile=None):
+        self.engine = Engine(model, tok, stop_ids=set(), slots=slots, context=context,
+                             threads=threads).start()
         app = create_app(self.engine, tok, "bench", {})
         self.port = free_port()
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port,
@@ -155,6 +156,21 @@ async def load(url: str, prompts: list[str], clients: int, requests: int, new: i
 
 
 @torch.no_grad()
+def in_thread(threads: int, fn, *args):
+    """fn(*args) in a thread of its own with `threads` torch threads: where the engine runs,
+    so that the peer gets the same footing (this process's main thread keeps one)."""
+    out = {}
+
+    def run():
+        torch.set_num_threads(threads)
+        out["r"] = fn(*args)
+
+    t = threading.Thread(target=run)
+    t.start()
+    t.join()
+    return out["r"]
+
+
 def hf_one_at_a_time(theirs, tok, prompts: list[str], requests: int, new: int, dev) -> dict:
     ids = [torch.tensor([tok.encode(p)], device=dev) for p in prompts]
     theirs.generate(ids[0], max_new_tokens=2, do_sample=False, pad_token_id=0)  # warm-up
@@ -206,6 +222,8 @@ def main() -> None:
     args = ap.parse_args()
     dev = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
+    threads = torch.get_num_threads()  # the engine's (Engine's `threads`); this thread: one,
+    torch.set_num_threads(1)           # as `jielong serve` does (jielong.infer.engine.one_thread)
 
     chats = qa_conversations(world_for(0), seed=0, n_train=3000).train
     text = [m["content"] for r in chats for m in r["messages"]]
@@ -225,14 +243,15 @@ def main() -> None:
           f"{args.requests} streamed requests × {args.new} tokens; {machine()}", flush=True)
 
     rows = {}
-    server = Server(ours, tok, slots=1, context=context)
+    server = Server(ours, tok, slots=1, context=context, threads=threads)
     rows["engine, one at a time"] = measured(server, server.url, prompts, 1, args.requests, args.new)
     server.close()
     print(f"  engine one at a time: {rows['engine, one at a time']['tok_s']:.0f} tok/s", flush=True)
-    rows["transformers generate, one at a time"] = hf_one_at_a_time(
+    rows["transformers generate, one at a time"] = in_thread(threads, hf_one_at_a_time,
         theirs, tok, prompts, max(8, args.requests // 4), args.new, dev)
     profile = cProfile.Profile(time.thread_time) if args.profile else None
-    server = Server(ours, tok, slots=max(args.clients), context=context, profile=profile)
+    server = Server(ours, tok, slots=max(args.clients), context=context, threads=threads,
+                    profile=profile)
     for c in args.clients:
         rows[f"jielong serve, {c} clients"] = measured(server, server.url, prompts, c,
                                                        max(args.requests, c), args.new)
@@ -242,7 +261,7 @@ def main() -> None:
         profile.dump_stats(args.profile)
         pstats.Stats(args.profile).sort_stats("cumulative").print_stats(40)
     if args.batched:
-        rows[f"transformers generate, batch of {max(args.clients)}"] = hf_batched(
+        rows[f"transformers generate, batch of {max(args.clients)}"] = in_thread(threads, hf_batched,
             theirs, tok, prompts, max(args.clients), args.new, dev)
 
     alone = rows["engine, one at a time"]["texts"]

@@ -10,7 +10,7 @@ import torch
 
 from jielong.checkpoint import load_model
 from jielong.errors import UserError
-from jielong.infer.engine import Engine, visible
+from jielong.infer.engine import Engine, one_thread, visible
 from jielong.infer.generate import generate_ids
 from jielong.infer.sampling import SamplingParams
 from jielong.hub import open_model
@@ -277,3 +277,17 @@ def test_a_bf16_model_on_packed_weights_decodes_as_each_alone(qwen_dir, monkeypa
         assert c.token_ids[0] == int(logits.argmax())
         want = torch.log_softmax(logits, -1)[c.token_ids[0]].item()
         assert abs(c.logprobs[0].logprob - want) < 0.05
+
+
+def test_the_engine_loop_runs_on_the_threads_it_was_given(qwen):
+    """A server loads on one thread and gives the engine's loop the count (one OpenMP team)."""
+    model, tok = qwen
+    before = torch.get_num_threads()
+    with one_thread() as n:
+        assert n == before and torch.get_num_threads() == 1
+        e = Engine(model, tok, slots=1, threads=2).start()
+    assert torch.get_num_threads() == before
+    try:
+        assert e.call(lambda m: torch.get_num_threads()).result() == 2
+    finally:
+        e.close()

@@ -61,6 +61,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -150,15 +151,35 @@ class Request:
         return None if self.first_token_at is None else self.first_token_at - self.submitted
 
 
+@contextmanager
+def one_thread():
+    """Run the block with torch on one thread, and give the count it had (for an Engine's
+    `threads`): a server loads its model this way so that only the engine's loop ever runs
+    a multi-threaded region (see Engine). The count is restored at the end."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield n
+    finally:
+        torch.set_num_threads(n)
+
+
 class Engine:
     """Continuous batching over `slots` concurrent requests; see the module's docstring."""
 
     def __init__(self, model: Transformer, tok, stop_ids: set[int] = frozenset(), slots: int = 16,
                  context: int | None = None, kv_blocks: int | None = None, block_size: int = 16,
                  prefix_cache: bool = True, prefill_chunk: int | None = 512,
-                 compile: bool | None = None):
+                 compile: bool | None = None, threads: int | None = None):
         cfg = model.config
         self.model, self.tok = model.eval(), tok
+        # torch's intra-op threads for the engine's loop (default: the constructing thread's).
+        # A server best loads its model on one thread (`one_thread`) and gives the count
+        # here: OpenMP (libgomp) keeps a team of threads for every thread that ran a parallel
+        # region, and once the teams' threads outnumber the cores, none spins between regions,
+        # so each of a token's ~100 matmuls waits for a woken thread — 273 µs instead of 226 µs
+        # for a 2048×768 weight, one row, 2 cores (bench/RESULTS.md, issue 23).
+        self.threads = threads or torch.get_num_threads()
         self.device = next(model.parameters()).device
         self.context = min(context or cfg.max_position_embeddings, cfg.max_position_embeddings)
         if slots < 1 or self.context < 2:
@@ -309,6 +330,7 @@ class Engine:
             self.lock.notify_all()
 
     def _loop(self) -> None:
+        torch.set_num_threads(self.threads)
         with torch.inference_mode():
             while True:
                 with self.lock:

@@ -43,7 +43,7 @@ from typing import Literal
 from jielong.errors import UserError
 from jielong.hub import open_model, stop_ids
 from jielong.infer.chat import need_demo
-from jielong.infer.engine import Engine
+from jielong.infer.engine import Engine, one_thread
 from jielong.infer.kv import blocks_for_memory
 from jielong.rag.embed import load_embedder
 from jielong.runtime import pick_device
@@ -216,103 +216,107 @@ def serve(
     for flag, v in (("read_timeout", read_timeout), ("idle_timeout", idle_timeout)):
         if not v > 0:
             raise UserError(f"--{flag} {v}: must be more than 0 seconds")
-    rails = build_rails(safety, locale, guard_model, guard_classifier, pick_device(device))
-    home = model if upstream is None else upstream  # where the store goes by default
-    folder = uploads_folder(uploads, db, home, max_upload_bytes)
-    embedder = load_embedder(rag_embedder) if rag_embedder else None
-    library = Library(parse_rag(rag), folder, max_upload_bytes, embedder, rag_method, rag_dense_weight)
-    sock = _bind(host, port)  # before loading the model: a busy port fails in a second
-    try:
-        side_sock = _bind(host, metrics_port) if metrics_port else None
-    except BaseException:
-        sock.close()
-        raise
-    try:
-        store = open_store(db, home, redact_pii, hard_delete)
-    except BaseException:
-        sock.close()
-        if side_sock is not None:
-            side_sock.close()
-        raise
-    interrupted = store.mark_interrupted()  # replies a crash left unfinished
-    try:
-        if upstream is None:
-            net, tok, gen = open_model(model, device=pick_device(device), dtype=dtype, adapters=adapter,
-                                       quantize=quantize, pack=not compile)
-            blocks = blocks_for_memory(net, kv_memory_gb) if kv_memory_gb is not None else None
-            engine = Engine(net, tok, stop_ids(tok, gen, net.config.eos_token_id), slots=slots,
-                            context=context, kv_blocks=blocks, prefix_cache=prefix_cache,
-                            prefill_chunk=prefill_chunk, compile=compile).start()
-        else:
-            engine, tok, gen = open_upstream(upstream, upstream_key, upstream_model, adapter,
-                                               slots, context), None, {}
-    except BaseException:
-        sock.close()
-        if side_sock is not None:
-            side_sock.close()
-        store.close()
-        raise
-    served = name or (served_name(model) if upstream is None else engine.model)
-    share = client_tokens or slots * engine.context // 2
-    admission = Admission(engine, max_queue, max_request_tokens, share, request_timeout)
-    app = create_app(engine, tok, served, gen, system_prompt=system_prompt, api_keys=keys,
-                     max_body_bytes=max_body_bytes, store=store, allowed_hosts=hosts,
-                     rails=rails, library=library, admission=admission,
-                     read_timeout=read_timeout, metrics_elsewhere=metrics_port is not None)
-    where = f"[{host}]" if ":" in host else host
-    if upstream is not None:
-        print(f"generating on the upstream engine at {engine.url} ({engine.model}; key "
-              f"{'sent' if engine.key else 'none'})", file=sys.stderr)
-    extra = f" + adapters {', '.join(engine.adapters)}" if engine.adapters else ""
-    pool = getattr(engine, "pool", None)  # an upstream keeps its own KV cache
-    kv = f" · KV cache {pool.total} blocks × {pool.size} tokens ({pool.bytes / 1e9:.2g} GB)" if pool else ""
-    print(f"serving {served}{extra} at http://{where}:{port}/v1 · {slots} slots · context "
-          f"{engine.context}{kv} · API key {'required' if keys else 'not required'}",
-          file=sys.stderr)
-    print(f"chats and feedback kept in {store.file}" +
-          (" (personal data redacted)" if redact_pii else "") +
-          ("; deleting a chat removes it" if hard_delete else "") +
-          (f" ({interrupted} unfinished replies marked interrupted)" if interrupted else ""),
-          file=sys.stderr)
-    print(f"admission: {max_queue or 'unbounded'} queued at most, {admission.max_request_tokens} "
-          f"tokens a request, {share} a client"
-          + (f", {request_timeout:g} s a request" if request_timeout else "")
-          + (f"; metrics at http://{host}:{metrics_port}/metrics" if metrics_port else ""),
-          file=sys.stderr)
-    if library is not None:
-        names = ", ".join(library.collections) or "none yet"
-        print(f"documents: {names}" + (f" (default {library.default})" if library.default else "")
-              + (f"; uploads kept in {library.uploads}" if library.uploads else ""),
+    # torch's threads go to the engine's loop (Engine's `threads`: OpenMP keeps a team for
+    # every thread that ran a parallel region, and two teams on the cores slow every matmul);
+    # this thread loads the model, the rails and the documents on one
+    with one_thread() as threads:
+        rails = build_rails(safety, locale, guard_model, guard_classifier, pick_device(device))
+        home = model if upstream is None else upstream  # where the store goes by default
+        folder = uploads_folder(uploads, db, home, max_upload_bytes)
+        embedder = load_embedder(rag_embedder) if rag_embedder else None
+        library = Library(parse_rag(rag), folder, max_upload_bytes, embedder, rag_method, rag_dense_weight)
+        sock = _bind(host, port)  # before loading the model: a busy port fails in a second
+        try:
+            side_sock = _bind(host, metrics_port) if metrics_port else None
+        except BaseException:
+            sock.close()
+            raise
+        try:
+            store = open_store(db, home, redact_pii, hard_delete)
+        except BaseException:
+            sock.close()
+            if side_sock is not None:
+                side_sock.close()
+            raise
+        interrupted = store.mark_interrupted()  # replies a crash left unfinished
+        try:
+            if upstream is None:
+                net, tok, gen = open_model(model, device=pick_device(device), dtype=dtype, adapters=adapter,
+                                           quantize=quantize, pack=not compile)
+                blocks = blocks_for_memory(net, kv_memory_gb) if kv_memory_gb is not None else None
+                engine = Engine(net, tok, stop_ids(tok, gen, net.config.eos_token_id), slots=slots,
+                                context=context, kv_blocks=blocks, prefix_cache=prefix_cache,
+                                prefill_chunk=prefill_chunk, compile=compile, threads=threads).start()
+            else:
+                engine, tok, gen = open_upstream(upstream, upstream_key, upstream_model, adapter,
+                                                   slots, context), None, {}
+        except BaseException:
+            sock.close()
+            if side_sock is not None:
+                side_sock.close()
+            store.close()
+            raise
+        served = name or (served_name(model) if upstream is None else engine.model)
+        share = client_tokens or slots * engine.context // 2
+        admission = Admission(engine, max_queue, max_request_tokens, share, request_timeout)
+        app = create_app(engine, tok, served, gen, system_prompt=system_prompt, api_keys=keys,
+                         max_body_bytes=max_body_bytes, store=store, allowed_hosts=hosts,
+                         rails=rails, library=library, admission=admission,
+                         read_timeout=read_timeout, metrics_elsewhere=metrics_port is not None)
+        where = f"[{host}]" if ":" in host else host
+        if upstream is not None:
+            print(f"generating on the upstream engine at {engine.url} ({engine.model}; key "
+                  f"{'sent' if engine.key else 'none'})", file=sys.stderr)
+        extra = f" + adapters {', '.join(engine.adapters)}" if engine.adapters else ""
+        pool = getattr(engine, "pool", None)  # an upstream keeps its own KV cache
+        kv = f" · KV cache {pool.total} blocks × {pool.size} tokens ({pool.bytes / 1e9:.2g} GB)" if pool else ""
+        print(f"serving {served}{extra} at http://{where}:{port}/v1 · {slots} slots · context "
+              f"{engine.context}{kv} · API key {'required' if keys else 'not required'}",
               file=sys.stderr)
-    print(f"safety policy: {rails.policy.source}" + (f", locale {locale}" if locale else "") +
-          ("" if rails.enabled else " (rails off)"), file=sys.stderr)
-    if not keys and host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"warning: listening on {host} without an API key: anyone who can reach this "
-              "port can use the model; set JIELONG_API_KEY or --api_key", file=sys.stderr)
-    if host in _ANY and not allowed_hosts:
-        print(f"note: requests must name {', '.join(LOOPBACK)} as their host; add the names "
-              "clients use to reach this machine with --allowed_hosts NAME", file=sys.stderr)
-    config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5,
-                            http=deadline_protocol(read_timeout), timeout_keep_alive=idle_timeout,
-                            h11_max_incomplete_event_size=16 * 1024)
-    side = None if side_sock is None else Quiet(uvicorn.Config(
-        metrics_app(app), log_level="warning", http=deadline_protocol(read_timeout),
-        timeout_keep_alive=idle_timeout))
-    server = Server(config, admission, drain_seconds, app.state.chat_replies, side, side_sock)
-    try:
-        server.run(sockets=[sock])
-    finally:
-        engine.close()
-        sock.close()
-        if side_sock is not None:
-            side_sock.close()
-        store.close()
-        if server.cut:
-            print(f"shutdown: {server.cut} requests still running after {drain_seconds:g} s "
-                  "were cut (each got its final event)", file=sys.stderr)
-        s = engine.stats()
-        print(f"served {s['requests']} requests: {s['prompt_tokens']} prompt tokens, "
-              f"{s['generated_tokens']} generated", file=sys.stderr)
+        print(f"chats and feedback kept in {store.file}" +
+              (" (personal data redacted)" if redact_pii else "") +
+              ("; deleting a chat removes it" if hard_delete else "") +
+              (f" ({interrupted} unfinished replies marked interrupted)" if interrupted else ""),
+              file=sys.stderr)
+        print(f"admission: {max_queue or 'unbounded'} queued at most, {admission.max_request_tokens} "
+              f"tokens a request, {share} a client"
+              + (f", {request_timeout:g} s a request" if request_timeout else "")
+              + (f"; metrics at http://{host}:{metrics_port}/metrics" if metrics_port else ""),
+              file=sys.stderr)
+        if library is not None:
+            names = ", ".join(library.collections) or "none yet"
+            print(f"documents: {names}" + (f" (default {library.default})" if library.default else "")
+                  + (f"; uploads kept in {library.uploads}" if library.uploads else ""),
+                  file=sys.stderr)
+        print(f"safety policy: {rails.policy.source}" + (f", locale {locale}" if locale else "") +
+              ("" if rails.enabled else " (rails off)"), file=sys.stderr)
+        if not keys and host not in ("127.0.0.1", "localhost", "::1"):
+            print(f"warning: listening on {host} without an API key: anyone who can reach this "
+                  "port can use the model; set JIELONG_API_KEY or --api_key", file=sys.stderr)
+        if host in _ANY and not allowed_hosts:
+            print(f"note: requests must name {', '.join(LOOPBACK)} as their host; add the names "
+                  "clients use to reach this machine with --allowed_hosts NAME", file=sys.stderr)
+        config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5,
+                                http=deadline_protocol(read_timeout), timeout_keep_alive=idle_timeout,
+                                h11_max_incomplete_event_size=16 * 1024)
+        side = None if side_sock is None else Quiet(uvicorn.Config(
+            metrics_app(app), log_level="warning", http=deadline_protocol(read_timeout),
+            timeout_keep_alive=idle_timeout))
+        server = Server(config, admission, drain_seconds, app.state.chat_replies, side, side_sock)
+        try:
+            server.run(sockets=[sock])
+        finally:
+            engine.close()
+            sock.close()
+            if side_sock is not None:
+                side_sock.close()
+            store.close()
+            if server.cut:
+                print(f"shutdown: {server.cut} requests still running after {drain_seconds:g} s "
+                      "were cut (each got its final event)", file=sys.stderr)
+            s = engine.stats()
+            print(f"served {s['requests']} requests: {s['prompt_tokens']} prompt tokens, "
+                  f"{s['generated_tokens']} generated", file=sys.stderr)
 
 
 MIN_KEY = 8  # characters of an API key: shorter is guessed, and "" was taken for none
