@@ -162,6 +162,7 @@ def in_thread(threads: int, fn, *args):
     out = {}
 
     def run():
+        torch.get_num_threads()  # a new thread's first use sets its count: before ours
         torch.set_num_threads(threads)
         out["r"] = fn(*args)
 

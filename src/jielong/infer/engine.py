@@ -330,7 +330,8 @@ class Engine:
             self.lock.notify_all()
 
     def _loop(self) -> None:
-        torch.set_num_threads(self.threads)
+        torch.get_num_threads()  # torch sets a new thread's count at its first use (from
+        torch.set_num_threads(self.threads)  # OMP_NUM_THREADS): let that happen first
         with torch.inference_mode():
             while True:
                 with self.lock:
