@@ -267,6 +267,9 @@ def load_model(path: str | Path, device: str | torch.device = "cpu",
         prepare(model, cfg.quantization_config, str(d / "config.json"))
     params = dict(model.named_parameters())
     params.update((k, b) for k, b in model.named_buffers() if k in model.state_dict())
+    # tensors a module keeps in a dtype of its own (a quantized layer's int8 weights and bf16
+    # scales, `own_dtype`), like the buffers; every other parameter takes `dtype`
+    own = {f"{path}.{n}" for path, m in model.named_modules() for n in getattr(m, "own_dtype", ())}
     state: dict[str, torch.Tensor] = {}
     for f in weight_files(d):
         tensors = read_safetensors(f) if f.suffix == ".safetensors" else _read_bin(f)
@@ -274,8 +277,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu",
             if k.endswith("rotary_emb.inv_freq"):  # some old checkpoints saved this buffer
                 continue
             check_tensor(f, k, t, params, f"{cfg.model_type} model")
-            # parameters take `dtype`; quantized buffers keep their own (int8, uint8, bf16)
-            want = dtype if isinstance(params[k], nn.Parameter) else params[k].dtype
+            want = dtype if isinstance(params[k], nn.Parameter) and k not in own else params[k].dtype
             state[k] = torch.empty(t.shape, dtype=want, device=device)
             state[k].copy_(t)  # cast and move in one pass: no second copy on the CPU
             del t

@@ -61,6 +61,10 @@ def _int4_kernel(x: torch.Tensor, packed: torch.Tensor, group: int, sz: torch.Te
     return torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, group, sz)
 
 
+def frozen(t: torch.Tensor) -> nn.Parameter:
+    return nn.Parameter(t, requires_grad=False)
+
+
 class QuantLinear(nn.Module):
     """y = x Wᵀ + b with W stored as int8 (per-row scales) or int4 (grouped scales and zeros).
 
@@ -68,20 +72,25 @@ class QuantLinear(nn.Module):
     the kernel's packed layout instead (`packed` True), which depends on the CPU's
     instruction set, and `state_dict` writes the portable one back out."""
 
+    own_dtype = ("qweight", "scales", "scales_and_zeros")  # what load_model leaves as stored
+
     def __init__(self, in_features: int, out_features: int, method: str, group_size: int | None,
                  bias: bool, device=None, dtype=torch.float32):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self.method, self.group_size = method, group_size
+        # Parameters that never train, not buffers: torch.compile's freezing (the compiled
+        # decode step) folds a model's parameters into the graph as constants and leaves
+        # buffers as inputs — int8 decoding compiled ran at 187 tok/s with parameters and 108
+        # with buffers (the 124m preset, 2 threads; bench/RESULTS.md, issue 23)
         if method == "int8":
-            self.register_buffer("qweight", torch.empty(out_features, in_features, dtype=torch.int8,
-                                                        device=device))
-            self.register_buffer("scales", torch.empty(out_features, dtype=torch.bfloat16,
-                                                       device=device))
+            self.qweight = frozen(torch.empty(out_features, in_features, dtype=torch.int8,
+                                              device=device))
+            self.scales = frozen(torch.empty(out_features, dtype=torch.bfloat16, device=device))
         else:
-            self.register_buffer("qweight", torch.empty(out_features, in_features // 2,
-                                                        dtype=torch.uint8, device=device))
-            self.register_buffer("scales_and_zeros", torch.empty(
+            self.qweight = frozen(torch.empty(out_features, in_features // 2, dtype=torch.uint8,
+                                              device=device))
+            self.scales_and_zeros = frozen(torch.empty(
                 in_features // group_size, out_features, 2, dtype=torch.bfloat16, device=device))
         self.register_parameter("bias", nn.Parameter(
             torch.empty(out_features, device=device, dtype=dtype), requires_grad=False)
@@ -121,8 +130,8 @@ class QuantLinear(nn.Module):
     def pack(self) -> QuantLinear:
         """Put an int4 weight into the CPU kernel's layout (once, at load)."""
         if self.method == "int4" and not self.packed and self.kernel_ok(self.qweight.device):
-            self.qweight = torch.ops.aten._convert_weight_to_int4pack_for_cpu(
-                self.int4_values().to(torch.int32), 2)
+            self.qweight = frozen(torch.ops.aten._convert_weight_to_int4pack_for_cpu(
+                self.int4_values().to(torch.int32), 2))
             self.packed = True
         return self
 
