@@ -15,6 +15,7 @@ from jielong.infer.engine import Engine
 from jielong.infer.generate import generate_ids
 from jielong.infer.sampling import SamplingParams
 from jielong.model import Transformer
+from jielong.quant import quantize
 
 GREEDY = SamplingParams(max_tokens=8, temperature=0)
 
@@ -46,6 +47,17 @@ def test_compiled_greedy_equals_eager(model_type, kw, prompts):
     assert generate_ids(model, prompts, GREEDY, compile=True) == eager
     dec = compiled.compiled_or_none(model, len(prompts), 128)
     assert dec.step != dec.forward_step  # it ran compiled, not fallen back
+
+
+def test_compiled_int8_greedy_equals_eager_int8():
+    """--quantize int8 --compile: the weight-only kernel inside the compiled step gives the
+    eager quantized model's tokens; its int8 tensors are parameters that never train (what
+    freezing folds into the graph as constants on a large model)."""
+    model = quantize(tiny("llama"), "int8")
+    layer = model.model.layers[0].mlp.up_proj
+    assert isinstance(layer.qweight, torch.nn.Parameter) and not layer.qweight.requires_grad
+    eager = generate_ids(model, BATCH, GREEDY, compile=False)
+    assert generate_ids(model, BATCH, GREEDY, compile=True) == eager
 
 
 def test_without_a_compiler_it_says_so_once_and_decodes_eagerly(monkeypatch, capsys):
