@@ -22,7 +22,14 @@ from jielong.infer.generate import generate_ids
 from jielong.infer.sampling import SamplingParams
 from jielong.lora import LoraConfig, add_adapter, merge_adapter, set_adapter, unload
 from jielong.model import Transformer
-from jielong.quant import PackedLinear, QuantLinear, dequantized, pack_linears, quantize, weight_bytes
+from jielong.quant import (
+    PackedLinear,
+    QuantLinear,
+    dequantized,
+    pack_linears,
+    quantize,
+    weight_bytes,
+)
 
 FAMILIES = {"llama": {}, "qwen2": {}, "qwen3": {}, "mistral": {"sliding_window": 8}}
 # Measured on these tiny models (logits up to ~1.5): largest |logit - fp32 logit| 0.004-0.005

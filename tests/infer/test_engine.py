@@ -10,10 +10,10 @@ import torch
 
 from jielong.checkpoint import load_model
 from jielong.errors import UserError
+from jielong.hub import open_model
 from jielong.infer.engine import Engine, one_thread, visible
 from jielong.infer.generate import generate_ids
 from jielong.infer.sampling import SamplingParams
-from jielong.hub import open_model
 from jielong.lora import LoraConfig, add_adapter, set_adapter
 from jielong.quant import PackedLinear
 from jielong.tokenizer import Tokenizer

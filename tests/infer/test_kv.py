@@ -10,7 +10,14 @@ from jielong.config import preset
 from jielong.errors import UserError
 from jielong.infer.engine import Engine
 from jielong.infer.generate import generate_ids
-from jielong.infer.kv import BlockPool, block_hash, blocks_for_memory, bytes_per_token, gather, pool_dtype
+from jielong.infer.kv import (
+    BlockPool,
+    block_hash,
+    blocks_for_memory,
+    bytes_per_token,
+    gather,
+    pool_dtype,
+)
 from jielong.infer.sampling import SamplingParams
 from jielong.lora import LoraConfig, add_adapter, set_adapter
 from jielong.model import Transformer
