@@ -116,8 +116,8 @@ def test_saved_quantized_folder_loads_with_identical_logits(tmp_path, method):
     assert isinstance(back.model.layers[1].self_attn.q_proj, QuantLinear)
 
 
-@pytest.mark.parametrize("method", ["int8", "int4"])
-def test_lora_on_a_quantized_base_equals_lora_on_the_dequantized_model(tmp_path, method):
+def base_and_adapter(out) -> Transformer:
+    """A tiny model, with a LoRA adapter "x" (non-zero B) saved to `out` and taken off again."""
     base = tiny()
     torch.manual_seed(4)
     add_adapter(base, LoraConfig(r=4, alpha=8), name="x")
@@ -125,8 +125,14 @@ def test_lora_on_a_quantized_base_equals_lora_on_the_dequantized_model(tmp_path,
         for n, p in base.named_parameters():
             if ".lora_B." in n:
                 p.normal_(0, 0.3)
-    save_adapter(base, tmp_path / "adapter", name="x")
+    save_adapter(base, out, name="x")
     unload(base)
+    return base
+
+
+@pytest.mark.parametrize("method", ["int8", "int4"])
+def test_lora_on_a_quantized_base_equals_lora_on_the_dequantized_model(tmp_path, method):
+    base = base_and_adapter(tmp_path / "adapter")
     q = quantize(base, method, 64)
     plain = dequantized(q)
     load_adapter(q, tmp_path / "adapter", name="x")
@@ -233,15 +239,7 @@ def test_packed_bf16_layers_and_the_switch_that_turns_packing_off(monkeypatch):
 
 
 def test_lora_on_a_packed_base_equals_lora_on_the_plain_model(tmp_path):
-    base = tiny()
-    torch.manual_seed(4)
-    add_adapter(base, LoraConfig(r=4, alpha=8), name="x")
-    with torch.no_grad():
-        for n, p in base.named_parameters():
-            if ".lora_B." in n:
-                p.normal_(0, 0.3)
-    save_adapter(base, tmp_path / "adapter", name="x")
-    unload(base)
+    base = base_and_adapter(tmp_path / "adapter")
     # packed first, then the adapter on top (open_model's order for the decoding commands)
     packed, plain = copy.deepcopy(base), copy.deepcopy(base)
     assert pack_linears(packed, rows=1, min_weights=0) == 14
