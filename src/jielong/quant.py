@@ -18,13 +18,14 @@ Kernels (torch's own, no extra library; signatures as of torch 2.13):
   scales_and_zeros (in/group, out, 2) = (s, zero) pairs.
 The quantized tensors are Parameters that never train (not buffers): `torch.compile`'s
 freezing folds parameters into the compiled graph as constants (int8 decoding compiled:
-108 → 187 tok/s on the 124m preset). Both kernels take bfloat16 activations on their fast path: fp32 inputs run 4-8× slower than fp32
-`F.linear` (measured on the 2-core AVX-512 box), so fp32 activations are rounded to bf16
-for the kernel and its output cast back (the kernels accumulate in fp32). Elsewhere (CUDA,
-MPS, or a shape the kernel refuses: in features not a multiple of 16, int4 out features not
-a multiple of 16), and where the input needs a gradient (the kernels have none), the weight
-is dequantized on the fly and `F.linear` runs; torch's CUDA
-int4 kernel (tinygemm, another packing) is not wired in: no GPU was at hand to test it.
+108 → 187 tok/s on the 124m preset). Both kernels take bfloat16 activations on their fast
+path: fp32 inputs run 4-8× slower than fp32 `F.linear` (measured on the 2-core AVX-512
+box), so fp32 activations are rounded to bf16 for the kernel and its output cast back (the
+kernels accumulate in fp32). Elsewhere (CUDA, MPS, or a shape the kernel refuses: in
+features not a multiple of 16, int4 out features not a multiple of 16), and where the input
+needs a gradient (the kernels have none), the weight is dequantized on the fly and
+`F.linear` runs; torch's CUDA int4 kernel (tinygemm, another packing) is not wired in: no
+GPU was at hand to test it.
 
 On disk (`jielong quantize`): `….qweight` int8 (out, in), or for int4 uint8 (out, in/2)
 with two values a byte, the even column in the high nibble (the layout torch's CUDA int4
