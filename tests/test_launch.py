@@ -38,12 +38,15 @@ def test_the_script_runs_one_torchrun_a_node_with_the_command_intact(tmp_path, c
         assert f"#SBATCH {want}" in lines
     assert all(ln.startswith("# export NCCL") or ln.startswith("# export TORCH_NCCL")
                for ln in lines if "NCCL_" in ln and "export" in ln)  # hints, off until uncommented
-    assert 'head_node=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)' in lines
+    assert 'head_node=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | awk \'NR == 1\')' in lines
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
 
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    fake(bin_dir, "scontrol", '[ "$1 $2" = "show hostnames" ] && printf "gpu-a\\ngpu-b\\n"\n')
+    # a big allocation: many names, written one at a time, as a reader that stops at the first
+    # line would make the writer die of SIGPIPE (exit 141 under pipefail)
+    fake(bin_dir, "scontrol", '[ "$1 $2" = "show hostnames" ] || exit 1\n'
+         'echo gpu-a; echo gpu-b; for i in $(seq 3 3000); do echo "gpu-$i"; done\n')
     fake(bin_dir, "srun", 'echo srun >> "$CALLS"\nwhile [[ "$1" == --* ]]; do shift; done\nexec "$@"\n')
     fake(bin_dir, "torchrun", 'printf "%s\\0" "$@" > "$ARGS_OUT"\n')
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_ID": "4242",
