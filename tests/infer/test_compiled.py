@@ -49,6 +49,42 @@ def test_compiled_greedy_equals_eager(model_type, kw, prompts):
     assert dec.step != dec.forward_step  # it ran compiled, not fallen back
 
 
+def test_one_row_products_equal_linear_and_leave_batches_alone():
+    torch.manual_seed(0)
+    w, b = torch.randn(24, 16), torch.randn(24)
+    one, two = torch.randn(1, 1, 16), torch.randn(2, 1, 16)
+    seen = []
+
+    class Spy(torch.overrides.TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            seen.append(func)
+            return func(*args, **(kwargs or {}))
+
+    with Spy(), compiled.OneRowProducts():
+        got = torch.nn.functional.linear(one, w, b)
+        torch.testing.assert_close(got, torch.nn.functional.linear(one, w, b))
+        n = len(seen)
+        assert torch.equal(torch.nn.functional.linear(two, w), two @ w.T)
+    assert torch.Tensor.sum in seen[:n] and torch.Tensor.sum not in seen[n:]  # a sum for one row only
+
+
+def test_one_sequence_decodes_through_products_not_matmuls():
+    """Batch 1 on a CPU: the compiled step's linear layers are elementwise products and sums
+    (OneRowProducts), no matmul call left in the generated code; greedy tokens as eager,
+    with q/k/v biases, QK-norm and a sliding window."""
+    from torch._inductor.utils import run_and_get_code
+
+    model = tiny("qwen3", attention_bias=True, sliding_window=6)
+    prompt = [[5, 6, 7, 8, 9, 10, 11]]
+    eager = generate_ids(model, prompt, GREEDY, compile=False)
+    torch._dynamo.reset()
+    got, code = run_and_get_code(generate_ids, model, prompt, GREEDY, compile=True)
+    assert got == eager
+    decode_graph = [c for c in code if "scaled_dot_product" in c]
+    assert decode_graph and not any("extern_kernels.mm" in c or "extern_kernels.addmm" in c
+                                    for c in decode_graph)
+
+
 def test_compiled_int8_greedy_equals_eager_int8():
     """--quantize int8 --compile: the weight-only kernel inside the compiled step gives the
     eager quantized model's tokens; its int8 tensors are parameters that never train (what

@@ -18,8 +18,9 @@ runs eagerly into the same cache: compiled (dynamic shapes) it measured no faste
 where a prompt's forward is all matmuls, and took minutes more to compile.
 
 On a CPU, for a model of at least COMPILE_MIN_PARAMS, the step is compiled with its weights
-frozen and max-autotune (`compile_options`): inductor's own C++ GEMM for one row beat MKL's
-here. On a GPU, mode="reduce-overhead" (CUDA graphs: one launch per token), the cache
+frozen and max-autotune (`compile_options`); for one sequence its linear layers are traced
+as elementwise products and sums (`OneRowProducts`), which inductor fuses into one streaming
+loop a layer: faster than any matmul library call for a single row. On a GPU, mode="reduce-overhead" (CUDA graphs: one launch per token), the cache
 tensors marked static (`mark_static_address`) so the graphs read them in place; not measured
 (no GPU was lent to issue 23).
 
@@ -46,6 +47,8 @@ import weakref
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
 
 from jielong.infer.kv import gather
 from jielong.model import Transformer, attention_mask, rope_cos_sin
@@ -87,6 +90,28 @@ def use_cache_dir() -> str:
     """Where inductor keeps compiled graphs between runs (set once, if the user did not)."""
     return os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR",
                                  str(Path.home() / ".cache" / "jielong" / "inductor"))
+
+
+class OneRowProducts(TorchFunctionMode):
+    """Inside a compiled decode step on a CPU: `F.linear` of one row (one sequence's token)
+    written as an elementwise product and a sum over the inputs, `(x * W).sum(-1)`. Inductor
+    turns that into a vectorised loop that streams each weight row once, fused with the
+    element-wise work around it, where a matmul stays a library call: decoding one token is a
+    pass over the weights, bound by memory bandwidth, and the 124m preset's 84 one-row products
+    took 11.0 ms this way against 15.4 ms as oneDNN's packed matmul (2 threads): its compiled
+    fp32 decode went from 54 to 77-91 tok/s (llama.cpp f32: 80; bench/RESULTS.md, issue 23). Weight-only int8 is
+    left to torch's kernel (written the same way it ran at half the speed), and so is
+    attention (torch's kernel: as products it decoded at 71 tok/s, as two matmuls 73, against
+    85). More rows, or any other call, go on as they were."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.linear and args[0].numel() == args[0].shape[-1]:
+            x, w = args[0], args[1]
+            b = args[2] if len(args) > 2 else kwargs.get("bias")
+            y = (x.unsqueeze(-2) * w).sum(-1)
+            return y if b is None else y + b
+        return func(*args, **kwargs)
 
 
 class SlotView:
@@ -185,16 +210,20 @@ class CompiledDecoder:
         return model.lm_head(model.model.norm(x[:, -1]))
 
     def forward_step(self, ids, positions, slots, valid=None):  # what is compiled
-        return self.forward(ids, positions, slots, valid)
+        if self.batch > 1 or self.k[0].device.type != "cpu":
+            return self.forward(ids, positions, slots, valid)
+        with OneRowProducts():  # traced by dynamo: the graph holds the products, not the mode
+            return self.forward(ids, positions, slots, valid)
 
 
 def compile_options(model: Transformer) -> dict:
     """torch.compile's mode for the decode step. GPU: CUDA graphs. CPU, a model of at least
     COMPILE_MIN_PARAMS: weights frozen into the graph (constants inductor may repack) and
-    max-autotune, which times inductor's own C++ GEMM against MKL's for each matmul shape and
-    keeps the faster — at one row per matmul its kernel beat MKL's up to 3.8x in its own
-    timings here (bench/RESULTS.md, issue 23). The cost: a slower first compile and a second,
-    packed copy of the weights in memory. Smaller models: inductor's defaults."""
+    max-autotune, which times inductor's own C++ GEMM against MKL's for each matmul shape of a
+    batch and keeps the faster (its kernel beat MKL's up to 3.8x in its own timings here;
+    bench/RESULTS.md, issue 23). The cost: a slower first compile, and a second, packed copy
+    of the weights where a matmul is repacked (not for one sequence: OneRowProducts leaves
+    no matmul to pack). Smaller models: inductor's defaults."""
     p = next(model.parameters())
     if p.device.type == "cuda":
         return {"mode": "reduce-overhead"}
