@@ -54,10 +54,11 @@ from jielong.infer.kv import gather
 from jielong.model import Transformer, attention_mask, rope_cos_sin
 
 COMPILE_MIN_PARAMS = 20_000_000  # freeze the weights and autotune the GEMMs from this size
-# On by default nowhere yet, as measured (bench/RESULTS.md, issue 23): on the shared 2-core CPU
-# the 124m preset's compiled step decoded 0.2-3.95x eager from run to run (max-autotune picks
-# its GEMMs by timing them under whatever load there is), compiling takes 30-100 s, and the
-# engine's dynamic-shape step was slower than eager; no GPU was lent to measure CUDA graphs.
+# On by default nowhere yet, as measured (bench/RESULTS.md, issue 23): on the 2-core CPU the
+# 124m preset decodes 1.5-1.9x faster compiled (fp32; int8 2.4x), but compiling costs each
+# start 7-23 s (inductor's cache warm or cold), so a 128-token `jielong generate` takes 13-28 s
+# against 6 s eager; the engine's dynamic-shape step was slower than eager; no GPU was lent
+# to measure CUDA graphs.
 DEFAULT_ON: dict[str, bool] = {"cpu": False, "cuda": False}
 said: set[str] = set()
 decoders: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -96,13 +97,14 @@ class OneRowProducts(TorchFunctionMode):
     """Inside a compiled decode step on a CPU: `F.linear` of one row (one sequence's token)
     written as an elementwise product and a sum over the inputs, `(x * W).sum(-1)`. Inductor
     turns that into a vectorised loop that streams each weight row once, fused with the
-    element-wise work around it, where a matmul stays a library call: decoding one token is a
-    pass over the weights, bound by memory bandwidth, and the 124m preset's 84 one-row products
-    took 11.0 ms this way against 15.4 ms as oneDNN's packed matmul (2 threads): its compiled
-    fp32 decode went from 54 to 77-91 tok/s (llama.cpp f32: 80; bench/RESULTS.md, issue 23). Weight-only int8 is
-    left to torch's kernel (written the same way it ran at half the speed), and so is
-    attention (torch's kernel: as products it decoded at 71 tok/s, as two matmuls 73, against
-    85). More rows, or any other call, go on as they were."""
+    element-wise work around it, where a matmul stays a library call. Decoding one token is a
+    pass over the weights, bound by memory bandwidth: the 124m preset's 84 one-row products
+    took 11.0 ms this way against 15.4 ms as oneDNN's packed matmul (2 threads), and its
+    compiled fp32 decode went from 54 to 70-91 tok/s, against llama.cpp f32's 75-80 in the
+    same runs (bench/RESULTS.md, issue 23). Weight-only int8 is left to torch's kernel
+    (written this way it ran at half the speed), and so is attention (as products it decoded
+    at 71 tok/s, as two matmuls 73, against 85). More rows, or any other call, go on as
+    they were."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
