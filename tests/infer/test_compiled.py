@@ -53,6 +53,7 @@ def test_one_row_products_equal_linear_and_leave_batches_alone():
     torch.manual_seed(0)
     w, b = torch.randn(24, 16), torch.randn(24)
     one, two = torch.randn(1, 1, 16), torch.randn(2, 1, 16)
+    want_one, want_two = torch.nn.functional.linear(one, w, b), torch.nn.functional.linear(two, w)
     seen = []
 
     class Spy(torch.overrides.TorchFunctionMode):
@@ -61,11 +62,13 @@ def test_one_row_products_equal_linear_and_leave_batches_alone():
             return func(*args, **(kwargs or {}))
 
     with Spy(), compiled.OneRowProducts():
-        got = torch.nn.functional.linear(one, w, b)
-        torch.testing.assert_close(got, torch.nn.functional.linear(one, w, b))
+        got_one = torch.nn.functional.linear(one, w, b)
         n = len(seen)
-        assert torch.equal(torch.nn.functional.linear(two, w), two @ w.T)
+        got_two = torch.nn.functional.linear(two, w)
+    torch.testing.assert_close(got_one, want_one)
+    assert torch.equal(got_two, want_two)  # two rows: F.linear itself, the same bits
     assert torch.Tensor.sum in seen[:n] and torch.Tensor.sum not in seen[n:]  # a sum for one row only
+    assert torch.nn.functional.linear in seen[n:]
 
 
 def test_one_sequence_decodes_through_products_not_matmuls():

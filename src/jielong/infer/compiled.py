@@ -20,9 +20,10 @@ where a prompt's forward is all matmuls, and took minutes more to compile.
 On a CPU, for a model of at least COMPILE_MIN_PARAMS, the step is compiled with its weights
 frozen and max-autotune (`compile_options`); for one sequence its linear layers are traced
 as elementwise products and sums (`OneRowProducts`), which inductor fuses into one streaming
-loop a layer: faster than any matmul library call for a single row. On a GPU, mode="reduce-overhead" (CUDA graphs: one launch per token), the cache
-tensors marked static (`mark_static_address`) so the graphs read them in place; not measured
-(no GPU was lent to issue 23).
+loop a layer: faster than any matmul library call for a single row. On a GPU,
+mode="reduce-overhead" (CUDA graphs: one launch per token), the cache tensors marked static
+(`mark_static_address`) so the graphs read them in place; not measured (no GPU was lent to
+issue 23).
 
 The serving engine's cache is paged (jielong.infer.kv); `PagedStep` compiles its decode step
 over the gathered view with dynamic shapes (batch and keys change every step), keeping
@@ -99,12 +100,12 @@ class OneRowProducts(TorchFunctionMode):
     turns that into a vectorised loop that streams each weight row once, fused with the
     element-wise work around it, where a matmul stays a library call. Decoding one token is a
     pass over the weights, bound by memory bandwidth: the 124m preset's 84 one-row products
-    took 11.0 ms this way against 15.4 ms as oneDNN's packed matmul (2 threads), and its
-    compiled fp32 decode went from 54 to 70-91 tok/s, against llama.cpp f32's 75-80 in the
-    same runs (bench/RESULTS.md, issue 23). Weight-only int8 is left to torch's kernel
-    (written this way it ran at half the speed), and so is attention (as products it decoded
-    at 71 tok/s, as two matmuls 73, against 85). More rows, or any other call, go on as
-    they were."""
+    took 11.1 ms this way against 14.1 ms as oneDNN's packed matmul (2 threads;
+    bench/bench_gemv.py), and its compiled fp32 decode went from 54 to 70-91 tok/s, against
+    llama.cpp f32's 75-80 in the same runs (bench/RESULTS.md, issue 23). Weight-only int8 is
+    left to torch's kernel (written this way it ran at half the speed), and so is attention
+    (as products it decoded at 71 tok/s, as two matmuls 73, against 85). More rows, or any
+    other call, go on as they were."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
