@@ -303,8 +303,9 @@ def pack_linears(model: nn.Module, rows: int | None = None,
                  min_weights: int | None = None) -> int:
     """Replace the float nn.Linear layers of a CPU model that only decodes by `PackedLinear`,
     in place (decoder blocks, and lm_head unless it shares the embedding's matrix); the number
-    replaced. Layers of fewer than `min_weights` (default PACK_MIN_WEIGHTS) weights stay plain (oneDNN's fixed cost per
-    call outweighs the gain there: the demo model keeps every layer). For inference only: training needs the plain weights as Parameters, so
+    replaced. Layers of fewer than `min_weights` (default PACK_MIN_WEIGHTS) weights stay
+    plain (oneDNN's fixed cost per call outweighs the gain there: the demo model keeps every
+    layer). For inference only: training needs the plain weights as Parameters, so
     `open_model(pack=…)` is what the decoding commands ask for: rows=1 for generate, chat and
     agent (one sequence at a time), None for serve (batches); `JIELONG_NO_PACK=1` leaves
     every layer plain."""

@@ -55,8 +55,8 @@ def pool_dtype(model: Transformer) -> torch.dtype:
 
 def bytes_per_token(model: Transformer) -> int:
     """KV cache bytes one token holds: keys and values, every layer, in `pool_dtype`."""
-    cfg, size = model.config, torch.finfo(pool_dtype(model)).bits // 8
-    return 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim * size
+    cfg = model.config
+    return 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim * pool_dtype(model).itemsize
 
 
 def blocks_for_memory(model: Transformer, gb: float, block_size: int = 16) -> int:
