@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import copy
 import json
+import mmap
+import os
 
 import pytest
 import torch
 from torch import nn
 
+from jielong import quant
 from jielong.adapter_files import load_adapter, save_adapter
 from jielong.checkpoint import load_model, save_model
 from jielong.cli import main
@@ -23,9 +26,11 @@ from jielong.infer.sampling import SamplingParams
 from jielong.lora import LoraConfig, add_adapter, merge_adapter, set_adapter, unload
 from jielong.model import Transformer
 from jielong.quant import (
+    HUGE_PAGE,
     PackedLinear,
     QuantLinear,
     dequantized,
+    huge_pages,
     pack_linears,
     quantize,
     weight_bytes,
@@ -254,3 +259,63 @@ def test_lora_on_a_packed_base_equals_lora_on_the_plain_model(tmp_path):
         assert (packed(x) - plain(x)).abs().max() < 1e-4
     with pytest.raises(UserError, match="packed for decoding"):
         merge_adapter(packed, "x")
+
+
+def advised_huge(ptr: int) -> bool:
+    """Whether the mapping holding address `ptr` carries madvise(MADV_HUGEPAGE) ("hg")."""
+    lines = open("/proc/self/smaps").read().splitlines()
+    inside = False
+    for line in lines:
+        head = line.split()[0]
+        if "-" in head and all(c in "0123456789abcdef-" for c in head):
+            lo, hi = (int(a, 16) for a in head.split("-"))
+            inside = lo <= ptr < hi
+        elif inside and line.startswith("VmFlags:"):
+            return "hg" in line.split()[1:]
+    return False
+
+
+@pytest.mark.skipif(not hasattr(mmap, "MADV_HUGEPAGE") or not os.path.exists("/proc/self/smaps"),
+                    reason="transparent huge pages are Linux's")
+def test_huge_pages_move_weights_bit_for_bit_into_advised_memory(tmp_path, monkeypatch):
+    monkeypatch.setattr(quant, "HUGE_MIN_BYTES", 4096)  # the tiny model's tensors are small
+    net = tiny("llama")
+    net.config.tie_word_embeddings = True
+    net.lm_head.weight = net.model.embed_tokens.weight
+    quantize(net, "int8")  # int8 weights move too (plain tensors the kernel reads)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    x = torch.randint(0, 4096, (2, 9))
+    with torch.no_grad():
+        want = net(x)
+    big = {id(t): t for t in list(net.parameters()) + list(net.buffers())
+           if t.numel() * t.element_size() >= 4096}
+    assert huge_pages(net) >= sum(t.numel() * t.element_size() for t in big.values())
+    with torch.no_grad():
+        assert torch.equal(net(x), want)
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    assert net.lm_head.weight is net.model.embed_tokens.weight  # still one tensor
+    moved = [t for t in big.values() if getattr(t, "in_huge_pages", False)]
+    assert len(moved) == len(big)
+    starts = sorted(t.data_ptr() for t in moved)
+    assert starts[0] % HUGE_PAGE == 0 and all(advised_huge(p) for p in starts)
+    assert len({t.untyped_storage().data_ptr() for t in moved}) == len(moved)  # one storage each
+    assert huge_pages(net) == 0  # already there
+    save_model(tmp_path / "m", net)  # safetensors refuses tensors that share a storage
+    again = load_model(tmp_path / "m")
+    with torch.no_grad():
+        assert torch.equal(again(x), want)
+
+
+def test_huge_pages_switch_off_and_leave_small_or_packed_tensors(monkeypatch):
+    net = tiny("llama")
+    monkeypatch.setattr(quant, "HUGE_MIN_BYTES", 2 << 20)
+    assert huge_pages(net) == 0  # every tensor under HUGE_MIN_BYTES (the largest: 1 MB)
+    monkeypatch.setattr(quant, "HUGE_MIN_BYTES", 4096)
+    monkeypatch.setenv("JIELONG_NO_HUGE_PAGES", "1")
+    assert huge_pages(net) == 0
+    monkeypatch.delenv("JIELONG_NO_HUGE_PAGES")
+    packed = copy.deepcopy(net)
+    pack_linears(packed, min_weights=0)
+    n = huge_pages(packed)  # the embedding only: oneDNN keeps its packed weights
+    e = packed.model.embed_tokens.weight
+    assert n == -(-e.numel() * e.element_size() // 64) * 64 or not hasattr(mmap, "MADV_HUGEPAGE")

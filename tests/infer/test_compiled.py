@@ -2,12 +2,14 @@
 for token, for Llama and Qwen2/Qwen3 layouts, alone and in a padded batch; the engine's
 compiled step gives the same tokens; without a compiler it says so once and decodes eagerly."""
 
+import mmap
 import os
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
 
+from jielong import quant
 from jielong.config import ModelConfig
 from jielong.infer import compiled
 from jielong.infer.chat import Session
@@ -71,18 +73,21 @@ def test_one_row_products_equal_linear_and_leave_batches_alone():
     assert torch.nn.functional.linear in seen[n:]
 
 
-def test_one_sequence_decodes_through_products_not_matmuls():
+def test_one_sequence_decodes_through_products_not_matmuls(monkeypatch):
     """Batch 1 on a CPU: the compiled step's linear layers are elementwise products and sums
     (OneRowProducts), no matmul call left in the generated code; greedy tokens as eager,
-    with q/k/v biases, QK-norm and a sliding window."""
+    with q/k/v biases, QK-norm and a sliding window, the weights moved to huge pages."""
     from torch._inductor.utils import run_and_get_code
 
+    monkeypatch.setattr(quant, "HUGE_MIN_BYTES", 4096)  # this model's weights are small
     model = tiny("qwen3", attention_bias=True, sliding_window=6)
     prompt = [[5, 6, 7, 8, 9, 10, 11]]
     eager = generate_ids(model, prompt, GREEDY, compile=False)
     torch._dynamo.reset()
     got, code = run_and_get_code(generate_ids, model, prompt, GREEDY, compile=True)
     assert got == eager
+    if hasattr(mmap, "MADV_HUGEPAGE"):  # Linux: the decoder moved the weights it streams
+        assert model.model.layers[1].mlp.up_proj.weight.in_huge_pages
     decode_graph = [c for c in code if "scaled_dot_product" in c]
     assert decode_graph and not any("extern_kernels.mm" in c or "extern_kernels.addmm" in c
                                     for c in decode_graph)

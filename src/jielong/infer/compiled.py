@@ -20,7 +20,8 @@ where a prompt's forward is all matmuls, and took minutes more to compile.
 On a CPU, for a model of at least COMPILE_MIN_PARAMS, the step is compiled with its weights
 frozen and max-autotune (`compile_options`); for one sequence its linear layers are traced
 as elementwise products and sums (`OneRowProducts`), which inductor fuses into one streaming
-loop a layer: faster than any matmul library call for a single row. On a GPU,
+loop a layer: faster than any matmul library call for a single row; the weights are moved
+into memory backed by 2 MB pages first (jielong.quant.huge_pages). On a GPU,
 mode="reduce-overhead" (CUDA graphs: one launch per token), the cache tensors marked static
 (`mark_static_address`) so the graphs read them in place; not measured (no GPU was lent to
 issue 23).
@@ -53,6 +54,7 @@ from torch.overrides import TorchFunctionMode
 
 from jielong.infer.kv import gather
 from jielong.model import Transformer, attention_mask, rope_cos_sin
+from jielong.quant import huge_pages
 
 COMPILE_MIN_PARAMS = 20_000_000  # freeze the weights and autotune the GEMMs from this size
 # On by default nowhere yet, as measured (bench/RESULTS.md, issue 23): on the 2-core CPU the
@@ -153,6 +155,8 @@ class CompiledDecoder:
         self.freeze = False
         if compile:
             use_cache_dir()
+            if p.device.type == "cpu":  # the step streams every weight: 2 MB pages read faster
+                huge_pages(model)
             # one graph per (batch, max_len, adapter): more than dynamo's default of 8
             torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
             cuda = p.device.type == "cuda"
