@@ -3,7 +3,7 @@
 Run as:
     JIELONG_LLAMA_PYTHON=/path/to/llama-venv/bin/python \\
         .venv/bin/python bench/bench_llamacpp.py [--model DIR] [--threads 2] \\
-        [--jielong_args "--quantize int8" "--compile"]
+        [--jielong_args "--quantize int8" "--compile"] [--processes 5 --only_extra]
 
 The model (default: the 124m preset with random weights and a 2,048-token byte-level BPE
 trained on the demo's chats; or --model DIR, a Llama / Qwen folder) is exported with
@@ -15,7 +15,11 @@ peak memory is its own):
 - prefill tokens/s: prompt tokens / the time to the first new token (the prompt's forward
   and its argmax);
 - decode tokens/s: (new - 1) / (the whole run's time - the prefill's), medians of --rounds
-  runs after a warm-up run (which also compiles, where a row compiles);
+  runs after a warm-up run (which also compiles, where a row compiles); with --processes N,
+  every row runs in N processes taken in turn (row after row, N times over) and the table
+  shows the process with the median decode speed, the slowest and fastest in brackets: on a
+  shared machine the memory bandwidth a process gets drifts from one process to the next,
+  for llama.cpp as for jielong (75-99 tok/s for llama.cpp f32 here);
 - peak RSS: the process's peak resident memory (VmHWM; torch or llama.cpp's library
   included; "runtime": the same before the model is loaded); llama.cpp maps the file, and the mapped pages
   it touches count;
@@ -225,6 +229,11 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--jielong_args", nargs="*", default=[],
                     help="extra jielong rows, each a quoted string of flags, e.g. '--quantize int8'")
+    ap.add_argument("--processes", type=int, default=1, help="run every row in this many "
+                    "processes, in turn, and report the median one (the machine's speed drifts "
+                    "from one process to the next)")
+    ap.add_argument("--only_extra", action="store_true",
+                    help="of jielong's default rows keep fp32 alone (the reference), then --jielong_args")
     ap.add_argument("--llama_python", default=os.environ.get("JIELONG_LLAMA_PYTHON"),
                     help="a Python with llama-cpp-python (default: $JIELONG_LLAMA_PYTHON)")
     ap.add_argument("--out", help="where the model and GGUF files go (default: a temp folder)")
@@ -242,25 +251,32 @@ def main() -> None:
     spec = {"prompt": prompt, "new": args.new, "threads": args.threads, "rounds": args.rounds}
     torch.set_num_threads(args.threads)
     print(f"{model_dir}: batch 1, {args.prompt}-token prompt, {args.new} greedy tokens, "
-          f"{args.threads} threads, median of {args.rounds}; {platform.machine()}, "
+          f"{args.threads} threads, median of {args.rounds}"
+          f"{f' in each of {args.processes} processes' if args.processes > 1 else ''}; {platform.machine()}, "
           f"torch {torch.__version__}, load average {os.getloadavg()[0]:.1f}", flush=True)
 
-    rows: dict[str, dict] = {}
-    for row in ["", *[r for r in default_rows() if r], *args.jielong_args]:
-        name = "jielong " + (row or "fp32")
-        cmd = [sys.executable, str(HERE / "bench_llamacpp.py"), "--model", str(model_dir),
-               "--worker", json.dumps({**spec, "row": row})]
-        rows[name] = figures(run_json(cmd, args.threads), args.prompt, args.new)
-        print(f"  {name}: decode {rows[name]['decode_tok_s']:.1f} tok/s", flush=True)
-
+    jobs: dict[str, list[str]] = {}
+    for row in ["", *[r for r in default_rows() if r and not args.only_extra], *args.jielong_args]:
+        jobs["jielong " + (row or "fp32")] = [
+            sys.executable, str(HERE / "bench_llamacpp.py"), "--model", str(model_dir),
+            "--worker", json.dumps({**spec, "row": row})]
     python = llama_python(args.llama_python)
     if python:
         for outtype in ("f32", "q8_0"):
             path = export_gguf(model_dir, out / f"model-{outtype}.gguf", outtype)
-            name = f"llama.cpp {outtype}"
-            cmd = [python, str(HERE / "llamacpp_worker.py"), str(path), json.dumps(spec)]
-            rows[name] = figures(run_json(cmd, args.threads), args.prompt, args.new)
-            print(f"  {name}: decode {rows[name]['decode_tok_s']:.1f} tok/s", flush=True)
+            jobs[f"llama.cpp {outtype}"] = [python, str(HERE / "llamacpp_worker.py"), str(path),
+                                            json.dumps(spec)]
+    runs: dict[str, list[dict]] = {name: [] for name in jobs}
+    for i in range(args.processes):  # round robin: a slow spell of the machine hits every row
+        for name, cmd in jobs.items():
+            runs[name].append(figures(run_json(cmd, args.threads), args.prompt, args.new))
+            print(f"  {name}: decode {runs[name][-1]['decode_tok_s']:.1f} tok/s"
+                  + (f" (process {i + 1} of {args.processes})" if args.processes > 1 else ""),
+                  flush=True)
+    rows: dict[str, dict] = {}
+    for name, rs in runs.items():  # the process with the median decode speed, and the range
+        rs = sorted(rs, key=lambda r: r["decode_tok_s"])
+        rows[name] = {**rs[(len(rs) - 1) // 2], "spread": (rs[0]["decode_tok_s"], rs[-1]["decode_tok_s"])}
 
     ref = rows["jielong fp32"]["ids"]
     bars = [n for n in ("llama.cpp f32", "llama.cpp q8_0") if n in rows]
@@ -273,7 +289,9 @@ def main() -> None:
         ratios = "".join(f"{r['decode_tok_s'] / rows[b]['decode_tok_s']:.2f} | " for b in bars)
         runtime = f" ({r['runtime_rss_mb']:,.0f})" if "runtime_rss_mb" in r else ""
         warm = f" (first run {r['warmup_s']:.0f} s)" if "compile" in name else ""
-        print(f"| {name}{warm} | {r['prefill_tok_s']:,.0f} | {r['decode_tok_s']:.1f} | {ratios}"
+        lo, hi = r["spread"]
+        spread = f" ({lo:.1f}–{hi:.1f})" if args.processes > 1 else ""
+        print(f"| {name}{warm} | {r['prefill_tok_s']:,.0f} | {r['decode_tok_s']:.1f}{spread} | {ratios}"
               f"{r['peak_rss_mb']:,.0f}{runtime} | {agreement(r['ids'], ref)} |")
 
 
