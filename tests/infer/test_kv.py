@@ -1,6 +1,8 @@
 """The paged KV cache: blocks, prefix caching, chunked prefill and preemption leave every
 greedy reply what plain generation gives, and the pool's books balance."""
 
+import itertools
+import queue
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -12,6 +14,7 @@ from jielong.infer.engine import Engine
 from jielong.infer.generate import generate_ids
 from jielong.infer.kv import (
     BlockPool,
+    PagedView,
     block_hash,
     blocks_for_memory,
     bytes_per_token,
@@ -165,3 +168,56 @@ def test_gather_reads_each_rows_slots_in_order_and_a_bf16_pool_is_float32_on_a_c
     assert pool_dtype(model) == torch.float32
     assert bytes_per_token(model) == 2 * 2 * 2 * 16 * 4  # layers, kv heads, head dim, 4 bytes
     assert BlockPool(model, 2, 4).k.dtype == torch.float32
+
+
+def test_a_packed_prefill_writes_the_keys_and_gives_the_logits_of_padded_rows(model):
+    """Rows of mixed lengths, two continuing keys already cached, fed as one unpadded row
+    (PagedView.set_packed): the same keys and values land in the pool and every token gets
+    the logits right-padded rows give it."""
+    pool = BlockPool(model, 12, 4)
+    view = PagedView(pool)
+    tables, starts, counts = [[0, 1, 2], [3, 4], [5, 6, 7, 8]], [0, 3, 5], [9, 4, 8]
+    seqs = [prompt(20 + i, s + c) for i, (s, c) in enumerate(zip(starts, counts, strict=True))]
+    with torch.no_grad():  # the cached part first: rows 1 and 2's first 3 and 5 tokens
+        early = torch.tensor([seqs[1][:3] + [0, 0], seqs[2][:5]])
+        positions, mask = view.set(tables[1:], [0, 0], [3, 5])
+        model(early, positions, view, mask)
+        k0, v0 = pool.k.clone(), pool.v.clone()
+        ids = torch.zeros((3, 9), dtype=torch.long)
+        for i, (q, s, c) in enumerate(zip(seqs, starts, counts, strict=True)):
+            ids[i, :c] = torch.tensor(q[s:])
+        positions, mask = view.set(tables, starts, counts)
+        padded = model(ids, positions, view, mask)
+        k1, v1 = pool.k.clone(), pool.v.clone()
+        pool.k.copy_(k0)
+        pool.v.copy_(v0)
+        flat = torch.tensor([[t for q, s in zip(seqs, starts, strict=True) for t in q[s:]]])
+        positions, mask = view.set_packed(tables, starts, counts)
+        assert positions.tolist() == [list(range(9)) + [3, 4, 5, 6] + list(range(5, 13))]
+        assert mask.shape == (1, 1, 21, 9 + 7 + 13)
+        packed = model(flat, positions, view, mask)
+    ends = list(itertools.accumulate(counts))
+    for i, c in enumerate(counts):
+        assert torch.allclose(packed[0, ends[i] - c:ends[i]], padded[i, :c], atol=1e-5)
+    assert torch.allclose(pool.k, k1, atol=1e-6) and torch.allclose(pool.v, v1, atol=1e-6)
+    assert (pool.k != k0).any()
+
+
+def test_prompts_of_mixed_lengths_prefill_packed_and_reply_as_alone(model):
+    e = Engine(model, Chars(), slots=4, block_size=4).start()
+    ps = [prompt(30 + k, n) for k, n in enumerate([3, 17, 5, 11])]
+    events: queue.SimpleQueue = queue.SimpleQueue()
+    with e.lock:  # the loop waits until all four are queued, then admits them together
+        reqs = [e.submit(p, greedy(6), None, events.put) for p in ps]
+    finished = 0
+    while finished < len(ps):
+        finished += bool(events.get(timeout=60).finish_reason)
+    s = e.stats()
+    e.close()
+    assert [r.output for r in reqs] == [alone(model, p, 6) for p in ps]
+    assert s["packed_prefills"] == 1 and s["prefill_chunks"] == 4  # 36 tokens, not 4 × 17
+    windowed = Engine(model, Chars(), slots=2)
+    windowed.windowed = True  # the rule: sliding windows always pad
+    assert not windowed._packs([0, 0], [3, 17]) and e._packs([0, 0], [3, 17])
+    assert not e._packs([0], [17])  # one row: nothing to pack
+    assert not e._packs([0, 0], [8, 8])  # equal lengths: no padding to save

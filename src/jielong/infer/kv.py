@@ -191,6 +191,31 @@ class PagedView:
         self.pos = 0
         return positions, (keys <= positions[..., None])[:, None]
 
+    def set_packed(self, tables: list[list[int]], starts: list[int],
+                   counts: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The same feed as `set`, packed into one row with no padding: the rows' new tokens one
+        after another, and their keys likewise (row b's keys 0…starts[b]+counts[b]-1, then the
+        next row's). Returns positions (1, T) and the mask (1, 1, T, keys), each query seeing
+        its own row's keys up to its position. Key i is not position i here, so this is for
+        models without sliding windows (the model windows by key index)."""
+        dev, size = self.pool.k.device, self.pool.size
+        reads, writes, positions, key_rows, key_positions = [], [], [], [], []
+        for b, (t, s, c) in enumerate(zip(tables, starts, counts, strict=True)):
+            keys = torch.arange(s + c)
+            reads.append(torch.tensor(t)[keys // size] * size + keys % size)
+            writes.append(reads[-1][s:])
+            positions.append(keys[s:])
+            key_rows.append(torch.full((s + c,), b))
+            key_positions.append(keys)
+        pos, kpos = torch.cat(positions), torch.cat(key_positions)
+        query_rows = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts))
+        mask = (query_rows[:, None] == torch.cat(key_rows)[None]) & (kpos[None] <= pos[:, None])
+        self.read = torch.cat(reads).to(dev)[None]
+        self.write = torch.cat(writes).to(dev)
+        self.valid = torch.ones((1, pos.numel()), dtype=torch.bool, device=dev)
+        self.pos = 0
+        return pos.to(dev)[None], mask.to(dev)[None, None]
+
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         K, V = self.pool.k[layer], self.pool.v[layer]  # (slots, kv heads, head dim)
         K[self.write] = k.transpose(1, 2)[self.valid].to(K.dtype)
