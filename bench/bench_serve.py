@@ -16,6 +16,8 @@ its next request as soon as its last one ends, until --requests are done.
 - time to first token: from sending a request to its first content chunk (p50, p95);
 - "engine, one at a time": the same server and engine with one slot (so one request runs at a
   time; the HTTP path is the same) and one client;
+- "engine alone (no HTTP)": the same requests handed to a fresh engine of --clients-max slots
+  directly, all at once: the engine's own throughput, so the HTTP layer's share shows;
 - "transformers generate": `model.generate` on the same weights, one prompt at a time,
   greedy, exactly --new tokens, in this process (no HTTP);
 - with --batched (meant for a GPU): also transformers' `generate` on --clients-max prompts at
@@ -34,6 +36,7 @@ import cProfile
 import json
 import os
 import pstats
+import queue
 import socket
 import statistics
 import threading
@@ -47,6 +50,7 @@ from common import machine, model_pair
 from jielong.config import preset
 from jielong.demo.tasks import qa_conversations, world_for
 from jielong.infer.engine import Engine
+from jielong.infer.sampling import SamplingParams
 from jielong.quant import pack_linears, quantize
 from jielong.serve.app import create_app
 from jielong.tokenizer import train_tokenizer
@@ -155,6 +159,24 @@ async def load(url: str, prompts: list[str], clients: int, requests: int, new: i
             "tokens": tokens, "seconds": wall, "texts": texts}
 
 
+def engine_alone(model, tok, prompts: list[str], slots: int, context: int, threads: int,
+                 requests: int, new: int) -> dict:
+    """The same requests handed to a fresh engine of `slots` rows directly, all at once (no
+    HTTP, no clients): what the engine itself sustains, next to the served rows."""
+    engine = Engine(model, tok, stop_ids=set(), slots=slots, context=context, threads=threads).start()
+    done: queue.SimpleQueue = queue.SimpleQueue()
+    params = SamplingParams(max_tokens=new, temperature=0, ignore_eos=True)
+    t0 = time.perf_counter()
+    reqs = [engine.submit(tok.encode(prompts[i % len(prompts)]), params, None,
+                          lambda e: e.finish_reason and done.put(e)) for i in range(requests)]
+    for _ in reqs:
+        done.get()
+    wall = time.perf_counter() - t0
+    engine.close()
+    return {"tok_s": sum(len(r.output) for r in reqs) / wall, "seconds": wall,
+            "texts": {i: tok.decode(r.output) for i, r in enumerate(reqs)}}
+
+
 @torch.no_grad()
 def in_thread(threads: int, fn, *args):
     """fn(*args) in a thread of its own with `threads` torch threads: where the engine runs,
@@ -258,6 +280,9 @@ def main() -> None:
                                                        max(args.requests, c), args.new)
         print(f"  {c} clients: {rows[f'jielong serve, {c} clients']['tok_s']:.0f} tok/s", flush=True)
     server.close()
+    c = max(args.clients)
+    rows[f"engine alone (no HTTP), {c} at once"] = engine_alone(
+        ours, tok, prompts, c, context, threads, max(args.requests, c), args.new)
     if profile is not None:
         profile.dump_stats(args.profile)
         pstats.Stats(args.profile).sort_stats("cumulative").print_stats(40)

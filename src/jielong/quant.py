@@ -336,8 +336,9 @@ def huge_pages(model: nn.Module) -> int:
     Linux backs with 2 MB pages (transparent huge pages, asked for with
     `madvise(MADV_HUGEPAGE)`), in place; the bytes moved. Decoding one token streams every
     weight once, and with 4 KB pages that stream also walks a page table entry every 4 KB:
-    the 124m preset's compiled fp32 decode took 70-89 tok/s with its weights where torch put
-    them and 76-119 in huge pages, 5 of 6 alternating runs faster (bench/RESULTS.md, issue 23).
+    the 124m preset's compiled fp32 decode took 64-89 tok/s (median 72) with its weights
+    where torch put them and 75-119 (median 81) in huge pages, faster in 8 of 10 alternating
+    pairs of processes; bf16 compiled gained ~6%, int8 none (bench/RESULTS.md, issue 23).
 
     Each tensor gets a storage of its own inside the mapping (`torch.frombuffer` at its
     offset), so saving, `state_dict` and tied weights behave as before; values are copied

@@ -6,6 +6,7 @@ Kwon et al. 2023, and its automatic prefix caching), in our own short code.
     view = PagedView(pool)
     positions, mask = view.set(tables, starts, counts)    # before each forward
     model(ids, positions, view, mask)
+    positions, mask = view.set_packed(tables, starts, counts)  # the same, one unpadded row
 
 Memory follows the tokens a request actually holds: one of 300 tokens holds ceil(300/16) = 19
 blocks, not a row as long as the context, so the same memory runs more requests at once.
