@@ -25,10 +25,10 @@ Each turn of the loop:
    fit waits (and those behind it: no overtaking, so a long prompt is not starved);
 3. prefill: at most `prefill_chunk` prompt tokens, oldest request first, are fed in one
    forward per adapter, packed one after another into a single row when that computes less
-   than right-padding every row to the longest (`_packs`); a long prompt takes several turns (chunked prefill,
-   as vLLM and Sarathi-Serve do), so the running streams below still get a token every turn
-   instead of waiting for a whole 2k-token prefill. A request whose prompt is done samples
-   its first token;
+   than right-padding every row to the longest (`_packs`); a long prompt takes several turns
+   (chunked prefill, as vLLM and Sarathi-Serve do), so the running streams below still get a
+   token every turn instead of waiting for a whole 2k-token prefill. A request whose prompt
+   is done samples its first token;
 4. every request past its prefill decodes one token in one forward, each row at its own
    position with a mask that hides the keys beyond it; a request that is done leaves now and
    its blocks go back to the pool, so short requests never wait for the longest.
@@ -463,7 +463,7 @@ class Engine:
         """Whether a prefill of rows starting at `starts` with `counts` new tokens costs fewer
         multiply-adds packed into one row (PagedView.set_packed) than right-padded: padding
         computes max(counts) tokens a row, and packing has every query score every row's keys.
-        Prompts arrive with mixed lengths: 32 of the demo's questions are 147 tokens, padded
+        Prompts arrive with mixed lengths: bench_serve's 32 questions are 147 tokens, padded
         416. Not for sliding windows (the model windows by key index, which packing shifts)."""
         if len(counts) < 2 or self.windowed:
             return False
