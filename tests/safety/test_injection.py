@@ -14,6 +14,7 @@ from jielong.safety.injection import (
     THRESHOLD,
     detect,
     flagged,
+    fold,
     labelled,
     mark_data,
     rates,
@@ -121,6 +122,12 @@ def test_heldout_precision_recall_per_script():
         if "忽略不計" in text or "ignore a file in git" in text:
             assert label == 0
     assert (TEXTS / "heldout.tsv").read_text(encoding="utf-8").startswith("#")
+
+
+def test_fold_maps_each_character_it_reads_back_to_where_it_came_from():
+    # A→a; ß→ss, two read from offset 1; the zero-width space dropped; ﬁ→fi; 語→语; İ→i + dot
+    assert fold("Aß\u200bﬁ語İ") == ("assfi语i\u0307", [0, 1, 1, 3, 3, 4, 5, 5])
+    assert fold("Aß\u200bﬁ語İ") == fold("Aß\u200bﬁ語İ")  # the same again, from the cache
 
 
 def test_mark_data_neutralises_role_tokens_and_a_fake_boundary():
