@@ -141,21 +141,31 @@ class Digits:
 
 
 def test_the_engine_gives_the_same_tokens_compiled():
+    """The engine's compiled step: the eager engine's tokens, and the new keys written into
+    the block pool in place (a write through one layer's view once made every step copy
+    each layer's whole pool: 1.3 s a step instead of 80 ms for 32 rows of the 124m preset)."""
+    from torch._inductor.utils import run_and_get_code
+
     model = tiny("qwen2")
     prompts = [[5, 6, 7, 8, 9, 10, 11], [3, 4], [100, 200, 30, 40], list(range(20, 40))]
-    got = {}
+    got, code = {}, []
     for compile in (False, True):
         engine = Engine(model, Digits(), slots=3, block_size=4, compile=compile).start()
-        try:
+
+        def run(e=engine, c=compile):
             with ThreadPoolExecutor(4) as pool:
-                got[compile] = list(pool.map(
-                    lambda p, e=engine: e.complete(p, SamplingParams(max_tokens=6, temperature=0)).token_ids,
+                got[c] = list(pool.map(
+                    lambda p: e.complete(p, SamplingParams(max_tokens=6, temperature=0)).token_ids,
                     prompts))
+        try:
+            _, code = run_and_get_code(run) if compile else (run(), [])
         finally:
             engine.close()
         assert (engine.compiled is not None) == compile
     assert got[True] == got[False]
     assert engine.compiled.step != engine.compiled.forward  # compiled, not fallen back
+    layer = engine.pool.k[0].numel()  # one layer's pool: no kernel of the step loops over it
+    assert code and not any(f"<static_cast<int64_t>({layer}L)" in c for c in code)
 
 
 def test_chat_session_compiled_equals_eager_across_turns_and_a_grown_cache():
