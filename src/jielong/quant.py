@@ -338,7 +338,7 @@ def huge_pages(model: nn.Module) -> int:
     weight once, and with 4 KB pages that stream also walks a page table entry every 4 KB:
     the 124m preset's compiled fp32 decode took 64-89 tok/s (median 72) with its weights
     where torch put them and 75-119 (median 81) in huge pages, faster in 8 of 10 alternating
-    pairs of processes; bf16 compiled gained ~6%, int8 none (bench/RESULTS.md, issue 23).
+    pairs of processes; bf16 compiled gained about 7%, int8 none (bench/RESULTS.md, issue 23).
 
     Each tensor gets a storage of its own inside the mapping (`torch.frombuffer` at its
     offset), so saving, `state_dict` and tied weights behave as before; values are copied
