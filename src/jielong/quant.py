@@ -363,9 +363,11 @@ def huge_pages(model: nn.Module) -> int:
     offset = -torch.frombuffer(area, dtype=torch.uint8, count=1).data_ptr() % HUGE_PAGE
     for t, span in zip(todo.values(), spans, strict=True):
         n = t.numel() * t.element_size()
-        home = torch.frombuffer(area, dtype=torch.uint8, count=n, offset=offset)
-        home = home.view(t.dtype).view(t.shape)
-        with torch.no_grad():
+        # normal tensors even when called under inference mode (a decoder may be built there):
+        # an inference tensor as a weight would refuse to train afterwards
+        with torch.inference_mode(False), torch.no_grad():
+            home = torch.frombuffer(area, dtype=torch.uint8, count=n, offset=offset)
+            home = home.view(t.dtype).view(t.shape)
             home.copy_(t)
         t.data = home  # the same Parameter object: ties and optimizers still see it
         t.in_huge_pages = True
