@@ -239,6 +239,8 @@ def main() -> None:
     ap.add_argument("--out", help="where the model and GGUF files go (default: a temp folder)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)  # internal: one jielong row
     args = ap.parse_args()
+    if args.processes < 1 or args.rounds < 1:
+        ap.error("--processes and --rounds need at least 1")
 
     if args.worker is not None:
         spec = json.loads(args.worker)

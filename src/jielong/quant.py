@@ -347,13 +347,10 @@ def huge_pages(model: nn.Module) -> int:
     `JIELONG_NO_HUGE_PAGES=1`, nothing moves. Calling it again moves only new tensors."""
     if not hasattr(mmap, "MADV_HUGEPAGE") or os.environ.get("JIELONG_NO_HUGE_PAGES"):
         return 0
-    todo: dict[int, torch.Tensor] = {}
-    for m in model.modules():
-        for t in (*m._parameters.values(), *m._buffers.values()):
-            if t is not None and t.device.type == "cpu" and t.layout == torch.strided \
-                    and t.is_contiguous() and t.numel() * t.element_size() >= HUGE_MIN_BYTES \
-                    and not getattr(t, "in_huge_pages", False):
-                todo[id(t)] = t
+    todo = {id(t): t for t in (*model.parameters(), *model.buffers())  # a shared one once
+            if t.device.type == "cpu" and t.layout == torch.strided and t.is_contiguous()
+            and t.numel() * t.element_size() >= HUGE_MIN_BYTES
+            and not getattr(t, "in_huge_pages", False)}
     if not todo:
         return 0
     spans = [-(-t.numel() * t.element_size() // 64) * 64 for t in todo.values()]
