@@ -1,6 +1,7 @@
 """The serving engine: continuous batching gives each request what it would get alone."""
 
 import queue
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -11,7 +12,7 @@ import torch
 from jielong.checkpoint import load_model
 from jielong.errors import UserError
 from jielong.hub import open_model
-from jielong.infer.engine import Engine, one_thread, visible
+from jielong.infer.engine import SWITCH_INTERVAL, Engine, one_thread, visible
 from jielong.infer.generate import generate_ids
 from jielong.infer.sampling import SamplingParams
 from jielong.lora import LoraConfig, add_adapter, set_adapter
@@ -291,3 +292,21 @@ def test_the_engine_loop_runs_on_the_threads_it_was_given(qwen):
         assert e.call(lambda m: torch.get_num_threads()).result() == 2
     finally:
         e.close()
+
+
+def test_starting_an_engine_lowers_the_gil_switch_interval_never_raises_it(qwen):
+    """The engine's thread takes the GIL back after every torch call; a server's event loop
+    holding it would hand it over only each switch interval (Engine.start)."""
+    model, tok = qwen
+    before = sys.getswitchinterval()
+    try:
+        sys.setswitchinterval(0.005)
+        e = Engine(model, tok, slots=1).start()
+        e.close()
+        assert SWITCH_INTERVAL < 0.005 and sys.getswitchinterval() == pytest.approx(SWITCH_INTERVAL, rel=0.05)
+        sys.setswitchinterval(0.0001)
+        e = Engine(model, tok, slots=1).start()
+        e.close()
+        assert sys.getswitchinterval() == pytest.approx(0.0001, rel=0.05)  # kept in µs
+    finally:
+        sys.setswitchinterval(before)

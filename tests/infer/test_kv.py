@@ -170,6 +170,25 @@ def test_gather_reads_each_rows_slots_in_order_and_a_bf16_pool_is_float32_on_a_c
     assert BlockPool(model, 2, 4).k.dtype == torch.float32
 
 
+def test_a_step_without_padding_writes_each_rows_new_keys_to_its_own_slots():
+    """Decoding (one token a row) and packed prefill feed no padding query: their new keys
+    are a reshape of the layer's (no boolean pick), and still land in each row's slots in
+    order; right-padded rows pick out their real queries."""
+    model = Transformer(preset("test", vocab_size=64))
+    view = PagedView(BlockPool(model, 6, 4))
+    view.set([[2], [0, 5]], [1, 6], [1, 1])  # one decode step: positions 1 and 6
+    assert view.valid is None and view.write.tolist() == [2 * 4 + 1, 5 * 4 + 2]
+    k = torch.randn(2, 2, 1, 16)  # (rows, kv heads, T, head dim)
+    view.update(0, k, -k)
+    assert torch.equal(view.pool.k[0, 9], k[0, :, 0]) and torch.equal(view.pool.k[0, 22], k[1, :, 0])
+    assert torch.equal(view.pool.v[0, 22], -k[1, :, 0])
+    view.set([[1], [3]], [0, 0], [3, 1])  # padded: row 1's second and third queries are padding
+    k = torch.randn(2, 2, 3, 16)
+    assert torch.equal(view.queries(k), torch.stack([k[0, :, 0], k[0, :, 1], k[0, :, 2], k[1, :, 0]]))
+    view.set_packed([[1], [3]], [0, 0], [3, 1])
+    assert view.valid is None and torch.equal(view.queries(k[:1]), k[0].transpose(0, 1))
+
+
 def test_a_packed_prefill_writes_the_keys_and_gives_the_logits_of_padded_rows(model):
     """Rows of mixed lengths, two continuing keys already cached, fed as one unpadded row
     (PagedView.set_packed): the same keys and values land in the pool and every token gets

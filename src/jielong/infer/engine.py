@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import itertools
 import queue
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -75,6 +76,8 @@ from jielong.infer.kv import BlockPool, PagedView, block_hash
 from jielong.infer.sampling import SamplingParams, sample
 from jielong.lora import adapter_names, set_adapter
 from jielong.model import Transformer, mean_pooled
+
+SWITCH_INTERVAL = 0.0005  # seconds; see Engine.start
 
 
 @dataclass
@@ -226,6 +229,12 @@ class Engine:
 
     def start(self) -> Engine:
         if self.thread is None:
+            # The engine's thread lets go of the GIL in each of a step's ~500 torch calls and
+            # must take it back after; a thread running Python (a server's event loop) hands it
+            # over only every switch interval, 5 ms by default, so each take-back could wait
+            # that long. At 0.5 ms, a one-prompt prefill while 30 requests arrived took 64 ms,
+            # not 150 (bench/RESULTS.md, issue 23). Process-wide: only ever lowered here.
+            sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL))
             self.thread = threading.Thread(target=self._loop, name="jielong-engine", daemon=True)
             self.thread.start()
         return self
