@@ -31,7 +31,7 @@ peak memory is its own):
 jielong's rows: fp32 and bf16 (open_model's dtype), plus `--quantize int8` when open_model
 takes `quantize` and `--compile` when generate_ids takes `compile`; each row loads as
 `jielong generate` does (float weights packed for oneDNN, `open_model(pack=1)`, unless it
-compiles), and "--pack 0" is fp32 on plain `F.linear` weights; --jielong_args adds
+compiles; inside `jielong.runtime.decoding_memory` where the code has it), and "--pack 0" is fp32 on plain `F.linear` weights; --jielong_args adds
 rows, each a string of flags: `--dtype` goes to open_model, any other `--name [value]` to
 whichever of open_model or generate_ids has a parameter of that name.
 
@@ -49,6 +49,7 @@ says so and prints jielong's rows alone.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import inspect
 import json
 import os
@@ -63,6 +64,7 @@ from pathlib import Path
 
 import torch
 
+import jielong.runtime as jielong_runtime
 from jielong.checkpoint import save_model
 from jielong.config import preset
 from jielong.demo.tasks import qa_conversations, world_for
@@ -161,7 +163,9 @@ def jielong_worker(model_dir: str, row: str, spec: dict) -> dict:
         load_kw["pack"] = pack if not isinstance(pack, str) else \
             (False if pack.lower() in ("0", "false", "no") else int(pack))
     runtime = peak_rss_mb()
-    model, _, _ = open_model(model_dir, **load_kw)
+    memory = getattr(jielong_runtime, "decoding_memory", contextlib.nullcontext)
+    with memory():  # as `jielong generate` loads (2 MB pages, freed memory kept), where it does
+        model, _, _ = open_model(model_dir, **load_kw)
     prompt, new = [spec["prompt"]], spec["new"]
 
     def run(n: int) -> list[int]:

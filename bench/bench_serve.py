@@ -22,6 +22,8 @@ its next request as soon as its last one ends, until --requests are done.
   greedy, exactly --new tokens, in this process (no HTTP);
 - with --batched (meant for a GPU): also transformers' `generate` on --clients-max prompts at
   once (left-padded), the whole batch's tokens / its time;
+- everything loads as `jielong serve` loads (jielong.runtime.decoding_memory: torch's large
+  allocations in 2 MB pages, freed memory kept by malloc), the peers too;
 - CPU per generated token (Linux), split by thread: the server's event loop (the HTTP layer:
   routes, rails, SSE, sockets), the clients (this process's asyncio loop: httpx and JSON),
   and the rest of the process (the engine's thread and torch's worker threads). CPU time,
@@ -52,6 +54,7 @@ from jielong.demo.tasks import qa_conversations, world_for
 from jielong.infer.engine import Engine
 from jielong.infer.sampling import SamplingParams
 from jielong.quant import pack_linears, quantize
+from jielong.runtime import decoding_memory
 from jielong.serve.app import create_app
 from jielong.tokenizer import train_tokenizer
 
@@ -243,6 +246,11 @@ def main() -> None:
     ap.add_argument("--profile", metavar="FILE", help="profile the server's event loop (its "
                     "thread's CPU time) under the --clients runs; pstats to FILE, top printed")
     args = ap.parse_args()
+    with decoding_memory():  # what `jielong serve` loads under (its peer runs under it too)
+        run(args)
+
+
+def run(args) -> None:
     dev = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
     threads = torch.get_num_threads()  # the engine's (Engine's `threads`); this thread: one,

@@ -39,7 +39,7 @@ from jielong.hub import open_model, stop_ids
 from jielong.infer.chat import Session
 from jielong.infer.context import reply_budget
 from jielong.infer.sampling import SamplingParams
-from jielong.runtime import pick_device
+from jielong.runtime import decoding_memory, pick_device
 from jielong.tokenizer import use_color
 
 
@@ -53,7 +53,8 @@ SHOWN_LINES, SHOWN_CHARS = 6, 400  # of a tool's result in the terminal trace
 def model_chat(model: str, temperature: float, max_tokens: int | None, context: int,
                seed: int | None, device: str, dtype: str) -> Chat:
     """The chat function of a local model (greedy when temperature is 0)."""
-    net, tok, gen = open_model(model, device=pick_device(device), dtype=dtype, pack=1)
+    with decoding_memory():
+        net, tok, gen = open_model(model, device=pick_device(device), dtype=dtype, pack=1)
     if not tok.config.get("chat_template"):
         raise UserError(f"{model}: the tokenizer has no chat template, so it cannot take tools "
                         "or questions; use a chat model")

@@ -38,7 +38,7 @@ from jielong.infer.context import fit_conversation, reply_budget
 from jielong.infer.sampling import SamplingParams, sample
 from jielong.lora import active_adapter, adapter_names
 from jielong.model import KVCache, Transformer
-from jielong.runtime import pick_device
+from jielong.runtime import decoding_memory, pick_device
 
 HELP = """commands:
   /reset          forget the conversation (keeps the system prompt)
@@ -217,8 +217,10 @@ def chat(
             jielong.infer.compiled).
     """
     need_demo(model)
-    net, tok, gen = open_model(model, device=pick_device(device), dtype=dtype, adapters=adapter,
-                               adapter_name=adapter_name, quantize=quantize, pack=False if compile else 1)
+    with decoding_memory():
+        net, tok, gen = open_model(model, device=pick_device(device), dtype=dtype, adapters=adapter,
+                                   adapter_name=adapter_name, quantize=quantize,
+                                   pack=False if compile else 1)
     if not tok.config.get("chat_template"):
         raise UserError(f"{model}: the tokenizer has no chat template, so it cannot chat; use "
                         "`jielong generate` to continue text")

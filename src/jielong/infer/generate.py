@@ -39,7 +39,7 @@ from jielong.infer.compiled import cache_length, compiled_or_none, worth_compili
 from jielong.infer.constrain import mask_rows
 from jielong.infer.sampling import SamplingParams, sample
 from jielong.model import KVCache, Transformer
-from jielong.runtime import pick_device
+from jielong.runtime import decoding_memory, pick_device
 
 
 @torch.no_grad()
@@ -232,8 +232,10 @@ def generate(
             disk); default off for now (compiling takes longer than a reply saves on a 2-core
             CPU; jielong.infer.compiled).
     """
-    net, tok, gen = open_model(model, device=pick_device(device), dtype=dtype, adapters=adapter,
-                               adapter_name=adapter_name, quantize=quantize, pack=False if compile else 1)
+    with decoding_memory():
+        net, tok, gen = open_model(model, device=pick_device(device), dtype=dtype, adapters=adapter,
+                                   adapter_name=adapter_name, quantize=quantize,
+                                   pack=False if compile else 1)
     prompt = [unescape(p) for p in prompt]
     stops = [unescape(st) for st in stop or []]
     s = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,

@@ -46,7 +46,7 @@ from jielong.infer.chat import need_demo
 from jielong.infer.engine import Engine, one_thread
 from jielong.infer.kv import blocks_for_memory
 from jielong.rag.embed import load_embedder
-from jielong.runtime import pick_device
+from jielong.runtime import decoding_memory, pick_device
 from jielong.safety.rails import build_rails
 from jielong.serve.hosts import LOOPBACK, host_name
 from jielong.serve.store import Store
@@ -218,8 +218,9 @@ def serve(
             raise UserError(f"--{flag} {v}: must be more than 0 seconds")
     # torch's threads go to the engine's loop (Engine's `threads`: OpenMP keeps a team for
     # every thread that ran a parallel region, and two teams on the cores slow every matmul);
-    # this thread loads the model, the rails and the documents on one
-    with one_thread() as threads:
+    # this thread loads the model, the rails and the documents on one; all of it in the
+    # memory a decoding process asks for (jielong.runtime.decoding_memory)
+    with one_thread() as threads, decoding_memory():
         rails = build_rails(safety, locale, guard_model, guard_classifier, pick_device(device))
         home = model if upstream is None else upstream  # where the store goes by default
         folder = uploads_folder(uploads, db, home, max_upload_bytes)
