@@ -42,7 +42,10 @@ def probe(**env) -> list[str]:
 
 
 def glibc_linux() -> bool:
-    return sys.platform == "linux" and os.confstr("CS_GNU_LIBC_VERSION") is not None
+    try:
+        return sys.platform == "linux" and os.confstr("CS_GNU_LIBC_VERSION") is not None
+    except (ValueError, OSError):  # no such name here: not glibc
+        return False
 
 
 @pytest.mark.skipif(not glibc_linux(), reason="2 MB pages and mallopt: glibc Linux only")

@@ -78,12 +78,13 @@ def decoding_memory():
     keeps freed memory (up to 1 GiB, `mallopt`) instead of returning it to the system, so a
     step's activations reuse pages already faulted in. Decoding streams every weight once a
     token, and with 4 KB pages that stream walks a page table entry every 4 KB. The 124m
-    preset, fp32, 2 threads (bench/RESULTS.md, issue 23): `generate` 39 → 46.5 tok/s (medians,
-    4 of 4 process pairs faster), `serve` at 32 clients 463 → 510 tok/s (5 of 6 pairs), one
-    client 40 → 44.5 (6 of 6); the huge pages without the kept memory were slower (5 of 6).
+    preset, fp32, 2 threads (bench/RESULTS.md, issue 23): batch-1 generation 38.7 → 46.6 tok/s
+    (medians; faster in 4 of 4 process pairs), `serve` at 32 clients 463 → 509.5 tok/s (5 of
+    6 pairs), one client 40 → 44.5 (6 of 6); the huge pages without the kept memory made the
+    engine's steps slower (5 of 6).
 
-    Process-wide and kept after the block (the environment variable is restored, so child
-    processes do not inherit it). Nothing changes off glibc Linux or with
+    Both settings are the process's and stay after the block; the environment variable is
+    restored, so child processes do not inherit it. Nothing changes off glibc Linux or with
     `JIELONG_NO_HUGE_PAGES=1`."""
     libc = None
     if sys.platform == "linux" and not os.environ.get("JIELONG_NO_HUGE_PAGES"):
