@@ -84,7 +84,8 @@ def decoding_memory():
     engine's steps slower (5 of 6).
 
     Both settings are the process's and stay after the block; the environment variable is
-    restored, so child processes do not inherit it. Nothing changes off glibc Linux or with
+    restored when the block ends, so processes started after it do not inherit it (`serve`
+    holds the block until it stops). Nothing changes off glibc Linux or with
     `JIELONG_NO_HUGE_PAGES=1`."""
     libc = None
     if sys.platform == "linux" and not os.environ.get("JIELONG_NO_HUGE_PAGES"):
