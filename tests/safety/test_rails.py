@@ -75,8 +75,9 @@ def test_self_harm_wins_and_replies_follow_the_users_script(rails):
     assert hk.blocked.card["region"] == "HK" and "18111" in hk.blocked.reply
 
 
-def stream(rails, about, deltas):
+def stream(rails, about, deltas, every=None):
     s, shown, verdicts = rails.stream(about), [], []
+    s.every = s.every if every is None else every
     for d in deltas:
         out, v = s.feed(d)
         shown.append(out)
@@ -96,19 +97,21 @@ def test_the_stream_is_held_back_then_shown_whole(rails):
     assert text.startswith(early) and len(early) <= 40 - HOLDBACK
 
 
-def test_a_term_split_across_deltas_stops_the_stream_before_it_shows(rails):
+@pytest.mark.parametrize("every", [8, 32])  # the server's steps: light load, 32 streams
+def test_a_term_split_across_deltas_stops_the_stream_before_it_shows(rails, every):
     reply = "好的，我來說明。" * 5 + "首先你要製作炸彈，然後……" + "後面還有很多字。" * 5
     for size in (1, 2, 3, 7):
         deltas = [reply[i:i + size] for i in range(0, len(reply), size)]
-        s, shown, v = stream(rails, "怎麼做？", deltas)
+        s, shown, v = stream(rails, "怎麼做？", deltas, every)
         assert v.blocked.category == "violence" and s.stopped is v.blocked
         assert "炸" not in shown and reply.startswith(shown)
         assert len(s.raw) < len(reply)  # stopped before the reply ended
 
 
-def test_private_data_in_a_reply_is_never_shown(rails):
+@pytest.mark.parametrize("every", [8, 32])
+def test_private_data_in_a_reply_is_never_shown(rails, every):
     reply = "你可以打給王先生，他的電話是 0912-345-678，或寫信到 wang@example.com 喔。" + "謝謝。" * 10
-    s, shown, v = stream(rails, "王先生的電話？", list(reply))
+    s, shown, v = stream(rails, "王先生的電話？", list(reply), every)
     assert "0912" not in shown and "wang@" not in shown
     assert "<PHONE>" in shown and "<EMAIL>" in shown and shown.endswith("謝謝。")
     assert {d.category for d in s.decisions} == {"private_data"} and v is None or not v.blocked
@@ -127,3 +130,18 @@ def test_build_rails_checks_its_arguments(tmp_path):
         build_rails("default", "Taiwan!")
     with pytest.raises(UserError, match="safety policy not found"):
         build_rails(str(tmp_path / "missing.yaml"))
+
+
+def test_a_term_never_shows_in_part_whatever_the_step(rails):
+    """Whatever the characters between checks (the server's step grows with its load), no
+    character of the term that stops a reply is shown before the stop (HOLDBACK), at every
+    offset of the term against the checks, in English and Chinese."""
+    for lead, term in (("Well, let me explain it all to you. ", "I will kill you"),
+                       ("好的，我來慢慢說明這件事。", "製作炸彈")):
+        for every in (1, 8, 13, 24, 32):
+            for pad in range(every):
+                reply = "x" * pad + " " + lead * 3 + term + " and more words after it." * 3
+                deltas = [reply[i:i + 3] for i in range(0, len(reply), 3)]
+                s, shown, v = stream(rails, "hi", deltas, every)
+                assert v is not None and v.blocked and v.blocked.category == "violence"
+                assert reply.startswith(shown) and len(shown) <= reply.index(term), (every, pad)

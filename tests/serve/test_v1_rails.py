@@ -21,6 +21,7 @@ from jielong.infer.engine import Engine  # noqa: E402
 from jielong.safety.policy import load_policy  # noqa: E402
 from jielong.safety.rails import Rails  # noqa: E402
 from jielong.serve.app import create_app  # noqa: E402
+from jielong.serve.safety_rails import check_every  # noqa: E402
 from jielong.serve.store import Store  # noqa: E402
 
 GREEDY = {"temperature": 0, "max_tokens": 40}
@@ -160,3 +161,23 @@ def test_a_store_that_fails_never_fails_the_reply(server, default_rails, monkeyp
     r = client.chat.completions.create(
         model="tiny", messages=[{"role": "user", "content": "我想自杀"}], **GREEDY)
     assert r.choices[0].finish_reason == "content_filter" and "12356" in r.choices[0].message.content
+
+
+def test_under_load_the_output_rail_checks_in_larger_steps(server, default_rails, monkeypatch):
+    assert [check_every(n) for n in (0, 1, 8, 9, 20, 32, 500)] == [8, 8, 8, 9, 20, 32, 32]
+    app, _, client, _ = server
+    ask = [{"role": "user", "content": "Tell me about Taipei, please."}]
+
+    def pieces() -> list[str]:
+        stream = client.chat.completions.create(model="tiny", messages=ask, stream=True,
+                                                **{**GREEDY, "max_tokens": 160})
+        return [c.choices[0].delta.content for c in stream
+                if c.choices and c.choices[0].delta.content]
+
+    light = pieces()
+    monkeypatch.setattr(app.state.served.engine, "decoding", lambda: 32)  # 32 replies at once
+    busy = pieces()
+    assert "".join(busy) == "".join(light) and len("".join(busy)) > 120
+    # after the first, every piece but the held-back tail is one check's new characters
+    assert all(len(p) >= 32 for p in busy[1:-1]) and len(busy) >= 3
+    assert min(map(len, light[1:-1])) < 32 and len(light) > len(busy)

@@ -333,6 +333,11 @@ class Engine:
         self._wake()
         return fut
 
+    def decoding(self) -> int:
+        """Requests in the batch now: a snapshot read without the lock (for heuristics, such as
+        how often the server's output rail reads the replies)."""
+        return len(self.running)
+
     def stats(self) -> dict:
         with self.lock:
             return {"waiting": len(self.waiting), "running": len(self.running),

@@ -34,7 +34,8 @@ across two checks is still read whole, and a check costs the same at token 10 an
 1000), and it holds back the last HOLDBACK characters, so a phone number or a term split
 across tokens is redacted or stopped before any of it is shown. A term longer than HOLDBACK
 characters, or a category whose threshold needs several terms further apart than OVERLAP,
-can slip through a stream. Model detectors (a guard model, a trained classifier) are slow;
+can slip through a stream. A stream's `every` may change between feeds (the server checks in
+larger steps under load: jielong.serve.safety_rails.check_every). Model detectors (a guard model, a trained classifier) are slow;
 they run on the input rail and on the finished reply (`finish`), not per token.
 """
 

@@ -167,7 +167,7 @@ class ChatRail(OutputRail):
     decisions kept with the reply."""
 
     def __init__(self, s: Served, store: Store, mid: str, about: str):
-        super().__init__(s.rails, s.metrics, about, 1, self.ended)
+        super().__init__(s.rails, s.metrics, about, 1, self.ended, load=s.engine.decoding)
         self.store, self.mid = store, mid
 
     async def ended(self, i: int, decisions: list[Decision], text: str) -> None:

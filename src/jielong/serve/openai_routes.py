@@ -167,7 +167,8 @@ def store_of(request: Request):
 def output_rail(request: Request, s: Served, about: str, n: int) -> OutputRail | None:
     if not s.rails.enabled:
         return None
-    return OutputRail(s.rails, s.metrics, about, n, v1_recorder(store_of(request)))
+    return OutputRail(s.rails, s.metrics, about, n, v1_recorder(store_of(request)),
+                      load=s.engine.decoding)
 
 
 def output_decisions(batch: Batch, i: int | None = None) -> list[dict]:

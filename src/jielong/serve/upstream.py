@@ -304,6 +304,10 @@ class UpstreamEngine:
         self.totals["requests"] += 1
         return UpstreamRequest(self, prompt, params, adapter, on_event)
 
+    def decoding(self) -> int:
+        """Choices being generated upstream now (as Engine.decoding)."""
+        return self.running
+
     def stats(self) -> dict:
         return {"waiting": self.waiting, "running": self.running, "slots": self.slots,
                 **self.totals}
