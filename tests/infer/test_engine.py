@@ -310,3 +310,41 @@ def test_starting_an_engine_lowers_the_gil_switch_interval_never_raises_it(qwen)
         assert sys.getswitchinterval() == pytest.approx(0.0001, rel=0.05)  # kept in µs
     finally:
         sys.setswitchinterval(before)
+
+
+def test_requests_that_arrive_during_a_prefill_are_prefilled_before_the_decode(qwen):
+    """A burst: B and C arrive while A's prompt is being fed; they are prefilled next and the
+    three decode together, with no decode of A alone in between; and only once: D, arriving
+    during that second prefill, waits for the three's decode. Replies are each one's alone."""
+    model, tok = qwen
+    e = Engine(model, tok, slots=4)
+    prompts = [tok.encode(t) for t in TEXTS[:4]]
+    turns, reqs = [], []
+    prefill, decode = e._prefill, e._decode
+
+    def traced_prefill():
+        fed = prefill()
+        if fed:
+            turns.append(("prefill", len(e.running)))
+            arriving = {1: prompts[1:3], 2: prompts[3:]}.get(len(turns), [])
+            reqs.extend(e.submit(p, greedy(4)) for p in arriving)
+        return fed
+
+    def traced_decode():
+        if e.running:
+            turns.append(("decode", len(e.running)))
+        decode()
+
+    e._prefill, e._decode = traced_prefill, traced_decode
+    e.start()
+    try:
+        reqs.append(e.submit(prompts[0], greedy(4)))
+        deadline = time.time() + 60
+        while (len(reqs) < 4 or any(r.finish_reason is None for r in reqs)) and time.time() < deadline:
+            time.sleep(0.01)
+    finally:
+        e.close()
+    assert turns[:5] == [("prefill", 1), ("prefill", 3), ("decode", 3), ("prefill", 4),
+                         ("decode", 4)], turns
+    by_prompt = {tuple(r.prompt): r.output for r in reqs}
+    assert [by_prompt[tuple(p)] for p in prompts] == [alone(model, p, 4) for p in prompts]
