@@ -35,8 +35,9 @@ across two checks is still read whole, and a check costs the same at token 10 an
 across tokens is redacted or stopped before any of it is shown. A term longer than HOLDBACK
 characters, or a category whose threshold needs several terms further apart than OVERLAP,
 can slip through a stream. A stream's `every` may change between feeds (the server checks in
-larger steps under load: jielong.serve.safety_rails.check_every). Model detectors (a guard model, a trained classifier) are slow;
-they run on the input rail and on the finished reply (`finish`), not per token.
+larger steps under load: jielong.serve.safety_rails.check_every); the holdback holds whatever
+the step. Model detectors (a guard model, a trained classifier) are slow; they run on the
+input rail and on the finished reply (`finish`), not per token.
 """
 
 from __future__ import annotations
